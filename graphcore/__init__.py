@@ -1,0 +1,37 @@
+"""graphcore: a ggml-style lazy computation-graph engine with a numba-compiled executor.
+
+Names mirror ggml's C API without the `ggml_` prefix: `gc.init`, `gc.new_tensor_2d`,
+`gc.mul_mat`, `gc.build_forward_expand`, `gc.graph_plan`, `gc.graph_compute`, ...
+"""
+from .errors import ComputeError, GraphError, OutOfMemoryError
+from .types import (TYPE_F16, TYPE_F32, TYPE_I32, TYPE_TRAITS, blck_size, fp16_to_fp32, fp32_to_fp16,
+                    type_name, type_size)
+from .context import Context, free, get_mem_size, get_no_alloc, init, set_no_alloc, used_mem
+from .tensor import (FLAG_INPUT, FLAG_OUTPUT, FLAG_PARAM, MAX_DIMS, MAX_NAME, MAX_OP_PARAMS, MAX_SRC, Tensor,
+                     are_same_shape, can_repeat, can_repeat_rows, dup_tensor, element_size, format_name,
+                     from_numpy, get_f32_1d, get_f32_nd, get_i32_1d, get_i32_nd, get_name, is_contiguous,
+                     is_permuted, is_scalar, is_transposed, n_dims, nbytes, nelements, new_f32, new_i32,
+                     new_tensor, new_tensor_1d, new_tensor_2d, new_tensor_3d, new_tensor_4d, nrows,
+                     set_f32, set_f32_1d, set_f32_nd, set_i32, set_i32_1d, set_i32_nd, set_input, set_name,
+                     set_output, set_zero, unravel_index, view_tensor)
+from .ops.registry import BY_NAME, NOT_DIFFERENTIABLE, OPS, OpDef, op_name, op_symbol
+from .ops.elementwise import (abs_ as abs, abs_inplace, add, add1, add1_inplace, add_inplace, div,
+                              div_inplace, gelu, gelu_inplace, log, log_inplace, mul, mul_inplace, neg,
+                              neg_inplace, relu, relu_inplace, scale, scale_inplace, sgn, sgn_inplace, silu,
+                              silu_inplace, sqr, sqr_inplace, sqrt, sqrt_inplace, step, step_inplace, sub,
+                              sub_inplace)
+from .ops.layout import (cont, cont_1d, cont_2d, cont_3d, cont_4d, cpy, dup, dup_inplace, permute, reshape,
+                         reshape_1d, reshape_2d, reshape_3d, reshape_4d, transpose, view_1d, view_2d, view_3d,
+                         view_4d)
+from .ops.reduce import argmax, mean, repeat, sum, sum_rows
+from .ops.matmul import mul_mat, out_prod
+from .graph import (DEFAULT_GRAPH_SIZE, Graph, build_forward, build_forward_expand, graph_clear, graph_cpy,
+                    graph_dup, graph_get_tensor, graph_node, graph_print, graph_view, new_graph,
+                    new_graph_custom)
+from .planner import CPlan, default_n_threads, graph_plan
+from .executor import STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
+
+# ggml_op constants: OP_NONE, OP_ADD, ... derived from the registry
+globals().update({f"OP_{op.name}": op.code for op in OPS})
+
+__version__ = "0.1.0"

@@ -1,0 +1,13 @@
+"""Exceptions raised by graphcore. Bad input never crashes the interpreter: it raises one of these."""
+
+
+class GraphError(ValueError):
+    """A shape, type or argument problem found while building, planning or computing a graph."""
+
+
+class OutOfMemoryError(MemoryError):
+    """A context's arena cannot fit a requested tensor."""
+
+
+class ComputeError(GraphError):
+    """A kernel reported a data-dependent failure (for example an index out of range) while computing."""

@@ -1,0 +1,179 @@
+"""Computation graphs: nodes in ggml's visit order (depth first, src[0] first), leafs kept apart."""
+from __future__ import annotations
+
+from . import tensor as TN
+from . import types as T
+from .errors import GraphError
+from .ops.registry import OP_NONE, op_name
+
+DEFAULT_GRAPH_SIZE = 2048  # ggml's GGML_DEFAULT_GRAPH_SIZE
+
+
+class Graph:
+    """ggml_cgraph: `nodes` (computed tensors and parameters, in execution order), `leafs`
+    (constants and inputs), and, for graphs built with grads, the gradient of each node."""
+
+    def __init__(self, size: int = DEFAULT_GRAPH_SIZE, grads: bool = False):
+        if not isinstance(size, int) or size <= 0:
+            raise GraphError(f"new_graph_custom: size must be a positive int, got {size!r}")
+        self.size = size
+        self.nodes: list = []
+        self.leafs: list = []
+        self.grads = [] if grads else None
+        self.visited: set = set()
+        self.version = 0          # bumped on every change, so a plan can tell it is stale
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def n_leafs(self) -> int:
+        return len(self.leafs)
+
+    def _changed(self):
+        self.version += 1
+
+    def __repr__(self):
+        return f"<graphcore.Graph {self.n_nodes} nodes, {self.n_leafs} leafs, size {self.size}>"
+
+
+def new_graph(ctx) -> Graph:
+    return Graph(DEFAULT_GRAPH_SIZE, False)
+
+
+def new_graph_custom(ctx, size: int = DEFAULT_GRAPH_SIZE, grads: bool = False) -> Graph:
+    return Graph(size, grads)
+
+
+def _visit(g: Graph, root) -> None:
+    """ggml_visit_parents without recursion (a 10,000-node chain must not hit Python's limit)."""
+    if id(root) in g.visited:
+        return
+    g.visited.add(id(root))
+    stack = [(root, 0)]
+    while stack:
+        node, i = stack[-1]
+        if i < len(node.src):
+            stack[-1] = (node, i + 1)
+            s = node.src[i]
+            if s is not None and id(s) not in g.visited:
+                g.visited.add(id(s))
+                stack.append((s, 0))
+            continue
+        stack.pop()
+        if node.op == OP_NONE and node.grad is None:
+            if g.n_leafs >= g.size:
+                raise GraphError(f"build_forward_expand: graph size {g.size} exceeded by leafs "
+                                 f"(use new_graph_custom with a larger size)")
+            if not node.name:
+                node.name = f"leaf_{g.n_leafs}"
+            g.leafs.append(node)
+        else:
+            if g.n_nodes >= g.size:
+                raise GraphError(f"build_forward_expand: graph size {g.size} exceeded "
+                                 f"(use new_graph_custom with a larger size)")
+            if not node.name:
+                node.name = f"node_{g.n_nodes}"
+            g.nodes.append(node)
+            if g.grads is not None:
+                g.grads.append(node.grad)
+
+
+def build_forward_expand(g: Graph, tensor) -> None:
+    """Add `tensor` and everything it depends on (not yet in g) to g, in execution order."""
+    if not isinstance(g, Graph):
+        raise GraphError(f"build_forward_expand: expected a Graph, got {type(g).__name__}")
+    TN.check_tensor("build_forward_expand", tensor)
+    n0, l0, v0 = g.n_nodes, g.n_leafs, set(g.visited)
+    try:
+        _visit(g, tensor)
+    except GraphError:
+        # leave the graph as it was: no half-added tensors
+        del g.nodes[n0:]
+        del g.leafs[l0:]
+        if g.grads is not None:
+            del g.grads[n0:]
+        g.visited = v0
+        raise
+    if g.n_nodes != n0 or g.n_leafs != l0:
+        g._changed()
+
+
+def build_forward(tensor) -> Graph:
+    g = Graph(DEFAULT_GRAPH_SIZE, False)
+    build_forward_expand(g, tensor)
+    return g
+
+
+def graph_view(g: Graph, i0: int, i1: int) -> Graph:
+    """A graph holding nodes i0..i1-1 of g (no leafs, no grads), as ggml_graph_view."""
+    if not 0 <= i0 <= i1 <= g.n_nodes:
+        raise GraphError(f"graph_view: range [{i0}, {i1}) outside 0..{g.n_nodes}")
+    v = Graph(max(1, i1 - i0), False)
+    v.nodes = g.nodes[i0:i1]
+    v.visited = {id(n) for n in v.nodes}
+    return v
+
+
+def graph_cpy(src: Graph, dst: Graph) -> None:
+    """Copy src's nodes, leafs and grads into dst (dst must be at least as large)."""
+    if dst.size < src.n_nodes or dst.size < src.n_leafs:
+        raise GraphError(f"graph_cpy: destination size {dst.size} cannot hold {src.n_nodes} nodes "
+                         f"and {src.n_leafs} leafs")
+    if src.grads is not None and dst.grads is None and any(x is not None for x in src.grads):
+        raise GraphError("graph_cpy: source has gradients but the destination graph was built without grads")
+    dst.nodes = list(src.nodes)
+    dst.leafs = list(src.leafs)
+    if dst.grads is not None:
+        dst.grads = list(src.grads) if src.grads is not None else [None] * src.n_nodes
+    dst.visited = set(src.visited)
+    dst._changed()
+
+
+def graph_dup(ctx, g: Graph) -> Graph:
+    d = Graph(g.size, g.grads is not None)
+    graph_cpy(g, d)
+    return d
+
+
+def graph_clear(g: Graph) -> None:
+    g.nodes, g.leafs, g.visited = [], [], set()
+    if g.grads is not None:
+        g.grads = []
+    g._changed()
+
+
+def graph_node(g: Graph, i: int):
+    """ggml_graph_node: node i; negative i counts from the end."""
+    return g.nodes[i]
+
+
+def graph_get_tensor(g: Graph, name: str):
+    for t in g.leafs:
+        if t.name == name:
+            return t
+    for t in g.nodes:
+        if t.name == name:
+            return t
+    return None
+
+
+def graph_print(g: Graph, file=None) -> str:
+    """ggml_graph_print's layout, plus each tensor's type, bytes and name. Returns the text
+    and prints it to `file` when one is given."""
+    from .ops.registry import op_name as _name
+    lines = ["=== GRAPH ===", f"n_nodes = {g.n_nodes}"]
+    for i, n in enumerate(g.nodes):
+        flag = "x" if n.flags & TN.FLAG_PARAM else ("g" if n.grad is not None else " ")
+        lines.append(f" - {i:3d}: [ {n.ne[0]:5d}, {n.ne[1]:5d}, {n.ne[2]:5d}, {n.ne[3]:5d}] "
+                     f"{_name(n.op):>16s} {flag} {T.type_name(n.type):>4s} {TN.nbytes(n):10d} B  {n.name}")
+    lines.append(f"n_leafs = {g.n_leafs}")
+    for i, n in enumerate(g.leafs):
+        lines.append(f" - {i:3d}: [ {n.ne[0]:5d}, {n.ne[1]:5d}] {_name(n.op):>8s} "
+                     f"{T.type_name(n.type):>4s} {TN.nbytes(n):10d} B {n.name:>16s}")
+    lines.append("=" * 40)
+    text = "\n".join(lines) + "\n"
+    if file is not None:
+        file.write(text)
+    return text

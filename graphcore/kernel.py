@@ -1,0 +1,171 @@
+"""What a kernel sees: one node record (flat int64s) and helpers to read it as numba arrays.
+
+A kernel is a plain Python function `kernel(rec, ith, nth, phase, wdata, wsize)` compiled lazily
+with numba as a C function (see ops/registry.py). `rec` is the address of the node's record:
+
+    [0] op code  [1] number of sources  [2] error code  [3] error argument  [4] node index
+    [5] sgemm address   slot s (0 = dst, 1 + j = src[j]) at 8 + 10*s: type, addr, ne0..ne3, nb0..nb3
+    [80..87] op_params, 16 int32 (the bytes of tensor.op_params)
+
+`ith/nth` are ggml's thread index and task count; `phase` runs 0..n_phases-1 with a barrier
+between phases (ggml's INIT/COMPUTE/FINALIZE); `wdata/wsize` is the shared work buffer.
+A kernel never raises: it reports a data-dependent failure with `fail(r, code, arg)`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .native import f32_1d, f32_4d, i32_1d, i32_4d, i64_1d, u16_4d, f32_bits, f32_from_bits
+
+REC_LEN = 88
+R_OP, R_NSRC, R_ERR, R_ERRARG, R_NODE, R_BLAS = 0, 1, 2, 3, 4, 5
+SLOT0, SLOT_LEN = 8, 10
+P_BASE = 80
+
+# error codes a kernel may report (executor turns them into exceptions)
+ERR_INDEX = 1       # an index tensor holds a value out of range; arg = the value
+ERRORS = {ERR_INDEX: "index out of range"}
+
+inline = njit(inline="always", cache=True, error_model="numpy")
+
+
+@inline
+def record(rec):
+    return i64_1d(rec, (REC_LEN,), (8,))
+
+
+@inline
+def t_type(r, s):
+    return r[SLOT0 + SLOT_LEN * s]
+
+
+@inline
+def t_addr(r, s):
+    return r[SLOT0 + SLOT_LEN * s + 1]
+
+
+@inline
+def t_ne(r, s, d):
+    return r[SLOT0 + SLOT_LEN * s + 2 + d]
+
+
+@inline
+def t_nb(r, s, d):
+    return r[SLOT0 + SLOT_LEN * s + 6 + d]
+
+
+@inline
+def _shape(r, s):
+    b = SLOT0 + SLOT_LEN * s
+    return (r[b + 5], r[b + 4], r[b + 3], r[b + 2])
+
+
+@inline
+def _strides(r, s):
+    b = SLOT0 + SLOT_LEN * s
+    return (r[b + 9], r[b + 8], r[b + 7], r[b + 6])
+
+
+@inline
+def view_f32(r, s):
+    """Slot s as a strided float32 array indexed [i3, i2, i1, i0]."""
+    return f32_4d(t_addr(r, s), _shape(r, s), _strides(r, s))
+
+
+@inline
+def view_i32(r, s):
+    return i32_4d(t_addr(r, s), _shape(r, s), _strides(r, s))
+
+
+@inline
+def view_u16(r, s):
+    return u16_4d(t_addr(r, s), _shape(r, s), _strides(r, s))
+
+
+@inline
+def row_f32(r, s, i1, i2, i3):
+    """Row (i1, i2, i3) of slot s as a contiguous float32 array; valid only when nb0 == 4."""
+    b = SLOT0 + SLOT_LEN * s
+    return f32_1d(r[b + 1] + i1 * r[b + 7] + i2 * r[b + 8] + i3 * r[b + 9], (r[b + 2],), (4,))
+
+
+@inline
+def rows_contiguous(r, s):
+    return t_nb(r, s, 0) == 4
+
+
+@inline
+def param_i32(rec, k):
+    return i32_1d(rec + P_BASE * 8, (16,), (4,))[k]
+
+
+@inline
+def param_f32(rec, k):
+    return f32_1d(rec + P_BASE * 8, (16,), (4,))[k]
+
+
+@inline
+def work_f32(wdata, n):
+    return f32_1d(wdata, (n,), (4,))
+
+
+@inline
+def split(n, ith, nth):
+    """ggml's row split: thread ith of nth takes [lo, hi)."""
+    per = (n + nth - 1) // nth
+    lo = min(n, per * ith)
+    return lo, min(n, lo + per)
+
+
+@inline
+def fail(r, code, arg):
+    r[R_ERR] = code
+    r[R_ERRARG] = arg
+
+
+@inline
+def fp16_to_fp32(h):
+    """IEEE half bits -> float32 (exact)."""
+    h = np.uint32(h)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    e = (h >> np.uint32(10)) & np.uint32(0x1F)
+    m = h & np.uint32(0x3FF)
+    if e == 0:
+        v = np.float32(m) * np.float32(5.960464477539063e-08)  # subnormal: m * 2^-24, exact
+        return -v if sign else v
+    if e == 31:
+        return f32_from_bits(sign | np.uint32(0x7F800000) | (m << np.uint32(13)))
+    return f32_from_bits(sign | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13)))
+
+
+@inline
+def fp32_to_fp16(x):
+    """float32 -> IEEE half bits, round to nearest even; overflow gives inf, NaN stays NaN."""
+    f = f32_bits(np.float32(x))
+    sgn = np.uint16((f & np.uint32(0x80000000)) >> np.uint32(16))
+    fe = f & np.uint32(0x7F800000)
+    if fe >= np.uint32(0x47800000):
+        if fe == np.uint32(0x7F800000):
+            sig = f & np.uint32(0x007FFFFF)
+            if sig != 0:
+                ret = np.uint32(0x7C00) + (sig >> np.uint32(13))
+                if ret == np.uint32(0x7C00):
+                    ret += np.uint32(1)
+                return np.uint16(sgn + ret)
+        return np.uint16(sgn + np.uint32(0x7C00))
+    if fe <= np.uint32(0x38000000):
+        if fe < np.uint32(0x33000000):
+            return sgn
+        e = fe >> np.uint32(23)
+        sig = np.uint32(0x00800000) + (f & np.uint32(0x007FFFFF))
+        lost = f & np.uint32(0x7FF)
+        sig = sig >> (np.uint32(113) - e)
+        if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000) or lost != 0:
+            sig += np.uint32(0x1000)
+        return np.uint16(sgn + (sig >> np.uint32(13)))
+    he = (fe - np.uint32(0x38000000)) >> np.uint32(13)
+    sig = f & np.uint32(0x007FFFFF)
+    if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
+        sig += np.uint32(0x1000)
+    return np.uint16(sgn + ((sig >> np.uint32(13)) + he))

@@ -1,0 +1,171 @@
+"""Low-level numba intrinsics: arrays over raw addresses, atomics, calls through function pointers.
+
+Kernels address tensor memory the way ggml does (a base address plus byte strides); these
+intrinsics turn such an address into an ordinary numba array so kernel bodies read like numpy.
+Nothing here allocates or checks bounds: the builders and the planner check every view first.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
+from numba.np.arrayobj import populate_array
+
+_I64 = ir.IntType(64)
+
+
+def _array_intrinsic(dtype, ndim: int, layout: str):
+    """An intrinsic `f(addr, shape_tuple, strides_tuple)` -> Array(dtype, ndim, layout) borrowing memory."""
+
+    @intrinsic
+    def array_at(typingctx, addr, shape, strides):
+        aryty = types.Array(dtype, ndim, layout)
+        sig = aryty(types.int64, shape, strides)
+
+        def codegen(context, builder, signature, args):
+            a, sh, st = args
+            ary = context.make_array(aryty)(context, builder)
+            lty = context.get_data_type(dtype)
+            populate_array(ary,
+                           data=builder.inttoptr(a, lty.as_pointer()),
+                           shape=cgutils.unpack_tuple(builder, sh, ndim),
+                           strides=cgutils.unpack_tuple(builder, st, ndim),
+                           itemsize=context.get_constant(types.intp, context.get_abi_sizeof(lty)),
+                           meminfo=None)
+            return ary._getvalue()
+
+        return sig, codegen
+
+    return array_at
+
+
+# strided 4-D views, numpy order (ne3, ne2, ne1, ne0) with byte strides (nb3, nb2, nb1, nb0)
+f32_4d = _array_intrinsic(types.float32, 4, "A")
+u16_4d = _array_intrinsic(types.uint16, 4, "A")
+i32_4d = _array_intrinsic(types.int32, 4, "A")
+# contiguous 1-D and 2-D views
+f32_1d = _array_intrinsic(types.float32, 1, "C")
+f64_1d = _array_intrinsic(types.float64, 1, "C")
+i32_1d = _array_intrinsic(types.int32, 1, "C")
+i64_1d = _array_intrinsic(types.int64, 1, "C")
+u16_1d = _array_intrinsic(types.uint16, 1, "C")
+f32_2d = _array_intrinsic(types.float32, 2, "C")
+
+
+@intrinsic
+def call_kernel(typingctx, fn, rec, ith, nth, phase, wdata, wsize):
+    """Call a kernel compiled as a C function `void(int64 rec, ith, nth, phase, wdata, wsize)`."""
+    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.VoidType(), [_I64] * 6)
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def sgemm(typingctx, fn, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Fortran BLAS sgemm through its address (scipy.linalg.cython_blas), column-major arguments."""
+    i64, f32 = types.int64, types.float32
+    sig = types.void(i64, i64, i64, i64, i64, i64, f32, i64, i64, i64, i64, f32, i64, i64)
+
+    def codegen(context, builder, signature, args):
+        i8, i32, fl = ir.IntType(8), ir.IntType(32), ir.FloatType()
+
+        def by_ref(ty, v):
+            p = cgutils.alloca_once(builder, ty)
+            builder.store(v, p)
+            return p
+
+        fn_, ta, tb, m_, n_, k_, al, a_, lda_, b_, ldb_, be, c_, ldc_ = args
+        fptr = fl.as_pointer()
+        argv = [by_ref(i8, builder.trunc(ta, i8)), by_ref(i8, builder.trunc(tb, i8)),
+                by_ref(i32, builder.trunc(m_, i32)), by_ref(i32, builder.trunc(n_, i32)),
+                by_ref(i32, builder.trunc(k_, i32)), by_ref(fl, al),
+                builder.inttoptr(a_, fptr), by_ref(i32, builder.trunc(lda_, i32)),
+                builder.inttoptr(b_, fptr), by_ref(i32, builder.trunc(ldb_, i32)), by_ref(fl, be),
+                builder.inttoptr(c_, fptr), by_ref(i32, builder.trunc(ldc_, i32))]
+        fnty = ir.FunctionType(ir.VoidType(), [x.type for x in argv])
+        builder.call(builder.inttoptr(fn_, fnty.as_pointer()), argv)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _element_ptr(builder, arr_struct_val, context, aryty, idx):
+    ary = context.make_array(aryty)(context, builder, arr_struct_val)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [idx], wraparound=False)
+
+
+@intrinsic
+def atomic_add(typingctx, arr, idx, val):
+    """Atomically add `val` to arr[idx] (int64 array); returns the old value (seq_cst)."""
+    sig = types.int64(arr, idx, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_ptr(builder, args[0], context, signature.args[0], args[1])
+        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def atomic_load(typingctx, arr, idx):
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_ptr(builder, args[0], context, signature.args[0], args[1])
+        return builder.load_atomic(ptr, "seq_cst", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def atomic_store(typingctx, arr, idx, val):
+    sig = types.void(arr, idx, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_ptr(builder, args[0], context, signature.args[0], args[1])
+        builder.store_atomic(args[2], ptr, "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """Give the core away (libc sched_yield): waiting threads must not starve the one doing work."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        builder.call(cgutils.get_or_insert_function(builder.module, fnty, "sched_yield"), [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_bits(typingctx, x):
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, x):
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+f32_2d_strided = _array_intrinsic(types.float32, 2, "A")
+u16_2d_strided = _array_intrinsic(types.uint16, 2, "A")

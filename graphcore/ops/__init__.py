@@ -1,0 +1,2 @@
+"""Op families; importing this package registers every op."""
+from . import registry, elementwise, layout, reduce, matmul  # noqa: F401

@@ -1,0 +1,260 @@
+"""Copies and views: dup cpy cont (kernels) and reshape view permute transpose (no compute)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import tensor as TN
+from .. import types as T
+from ..errors import GraphError
+from ..kernel import fp16_to_fp32, fp32_to_fp16, inline, record, split, t_type, view_f32, view_i32, view_u16
+from .common import shapes
+from .registry import new_node, register, tasks_by_rows
+
+_F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
+
+
+# -- dup / cpy / cont: copy elements in row-major order, converting types --------------------------------
+@inline
+def _copy_loop(r, ith, nth, src, dst, conv):
+    """dst's element k (row-major) = conv(src's element k); src and dst may differ in shape and strides."""
+    s3, s2, s1, s0 = src.shape
+    d3, d2, d1, d0 = dst.shape
+    lo, hi = split(s1 * s2 * s3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (s2 * s1), (ir // s1) % s2, ir % s1
+        k = ir * s0                       # linear index of the row's first element
+        j0, j1, j2, j3 = k % d0, (k // d0) % d1, (k // (d0 * d1)) % d2, k // (d0 * d1 * d2)
+        for i0 in range(s0):
+            dst[j3, j2, j1, j0] = conv(src[i3, i2, i1, i0])
+            j0 += 1
+            if j0 == d0:
+                j0 = 0
+                j1 += 1
+                if j1 == d1:
+                    j1 = 0
+                    j2 += 1
+                    if j2 == d2:
+                        j2 = 0
+                        j3 += 1
+
+
+@inline
+def _same(x):
+    return x
+
+
+@inline
+def _to_f32(x):
+    return np.float32(x)
+
+
+@inline
+def _to_i32(x):
+    return np.int32(x)
+
+
+@inline
+def _f16_to_i32(h):
+    return np.int32(fp16_to_fp32(h))
+
+
+@inline
+def _i32_to_f16(x):
+    return fp32_to_fp16(np.float32(x))
+
+
+def _dup_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    st, dt = t_type(r, 1), t_type(r, 0)
+    if st == _F32:
+        if dt == _F32:
+            _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), _same)
+        elif dt == _F16:
+            _copy_loop(r, ith, nth, view_f32(r, 1), view_u16(r, 0), fp32_to_fp16)
+        else:
+            _copy_loop(r, ith, nth, view_f32(r, 1), view_i32(r, 0), _to_i32)
+    elif st == _F16:
+        if dt == _F32:
+            _copy_loop(r, ith, nth, view_u16(r, 1), view_f32(r, 0), fp16_to_fp32)
+        elif dt == _F16:
+            _copy_loop(r, ith, nth, view_u16(r, 1), view_u16(r, 0), _same)
+        else:
+            _copy_loop(r, ith, nth, view_u16(r, 1), view_i32(r, 0), _f16_to_i32)
+    else:
+        if dt == _F32:
+            _copy_loop(r, ith, nth, view_i32(r, 1), view_f32(r, 0), _to_f32)
+        elif dt == _F16:
+            _copy_loop(r, ith, nth, view_i32(r, 1), view_u16(r, 0), _i32_to_f16)
+        else:
+            _copy_loop(r, ith, nth, view_i32(r, 1), view_i32(r, 0), _same)
+
+
+def _tasks_by_src_rows(node, n_threads):
+    # the copy loop splits src0's rows
+    s = node.src[0]
+    return max(1, min(n_threads, TN.nrows(s), TN.nelements(s) // 16384))
+
+
+_COPY_TYPES = (_F32, _F16, _I32)
+
+
+def _check_copy(op, a, b=None):
+    TN.check_tensor(op, a, *( [b] if b is not None else []))
+    for t in (a, b):
+        if t is not None and t.type not in _COPY_TYPES:
+            raise GraphError(f"{op}: unsupported type: {shapes(a, b) if b is not None else shapes(a)}")
+
+
+DUP = register("DUP", "x", _dup_kernel, n_tasks=_tasks_by_src_rows, inplace=True)
+CPY = register("CPY", "x-\\>y", _dup_kernel, n_tasks=_tasks_by_src_rows)
+CONT = register("CONT", "cont(x)", _dup_kernel, n_tasks=_tasks_by_src_rows)
+
+
+def dup(ctx, a):
+    """A contiguous copy of a."""
+    _check_copy("dup", a)
+    return new_node(ctx, DUP, a.type, a.ne, [a])
+
+
+def dup_inplace(ctx, a):
+    _check_copy("dup_inplace", a)
+    from .common import inplace_view
+    return inplace_view(ctx, DUP, a, [a])
+
+
+def cpy(ctx, a, b):
+    """Copy a's elements (row-major order) into b, converting types; returns a view of b."""
+    _check_copy("cpy", a, b)
+    if TN.nelements(a) != TN.nelements(b):
+        raise GraphError(f"cpy: element counts differ ({TN.nelements(a)} vs {TN.nelements(b)}): {shapes(a, b)}")
+    t = new_node(ctx, CPY, b.type, b.ne, [a, b], view_of=b, nb=b.nb)
+    if b.name:
+        t.name = f"{b.name} (copy of {a.name})"[:TN.MAX_NAME - 1]
+    return t
+
+
+def cont(ctx, a):
+    """A contiguous copy of a (same shape)."""
+    _check_copy("cont", a)
+    return new_node(ctx, CONT, a.type, a.ne, [a])
+
+
+def cont_4d(ctx, a, ne0, ne1, ne2, ne3):
+    _check_copy("cont_4d", a)
+    if ne0 * ne1 * ne2 * ne3 != TN.nelements(a):
+        raise GraphError(f"cont_4d: [{ne0}, {ne1}, {ne2}, {ne3}] does not hold {TN.nelements(a)} elements: {shapes(a)}")
+    return new_node(ctx, CONT, a.type, [ne0, ne1, ne2, ne3], [a])
+
+
+def cont_1d(ctx, a, ne0):
+    return cont_4d(ctx, a, ne0, 1, 1, 1)
+
+
+def cont_2d(ctx, a, ne0, ne1):
+    return cont_4d(ctx, a, ne0, ne1, 1, 1)
+
+
+def cont_3d(ctx, a, ne0, ne1, ne2):
+    return cont_4d(ctx, a, ne0, ne1, ne2, 1)
+
+
+# -- reshape: a contiguous tensor seen with another shape ------------------------------------------------
+RESHAPE = register("RESHAPE", "reshape(x)")
+
+
+def _reshape(ctx, a, ne, op):
+    TN.check_tensor(op, a)
+    if not TN.is_contiguous(a):
+        raise GraphError(f"{op}: src0 must be contiguous (use cont first): {shapes(a)}")
+    n = 1
+    for x in ne:
+        n *= x
+    if any(x <= 0 for x in ne) or n != TN.nelements(a):
+        raise GraphError(f"{op}: new shape {list(ne)} does not hold the {TN.nelements(a)} elements of {shapes(a)}")
+    return new_node(ctx, RESHAPE, a.type, ne, [a], view_of=a, name="reshaped")
+
+
+def reshape(ctx, a, b):
+    """a with b's shape."""
+    TN.check_tensor("reshape", b)
+    return _reshape(ctx, a, list(b.ne), "reshape")
+
+
+def reshape_1d(ctx, a, ne0):
+    return _reshape(ctx, a, [ne0], "reshape_1d")
+
+
+def reshape_2d(ctx, a, ne0, ne1):
+    return _reshape(ctx, a, [ne0, ne1], "reshape_2d")
+
+
+def reshape_3d(ctx, a, ne0, ne1, ne2):
+    return _reshape(ctx, a, [ne0, ne1, ne2], "reshape_3d")
+
+
+def reshape_4d(ctx, a, ne0, ne1, ne2, ne3):
+    return _reshape(ctx, a, [ne0, ne1, ne2, ne3], "reshape_4d")
+
+
+# -- view: any ne/nb/offset inside the source's bytes -------------------------------------------------------
+VIEW = register("VIEW", "view(x)")
+
+
+def _view(ctx, a, ne, nbs, offset, op):
+    TN.check_tensor(op, a)
+    if any(not isinstance(x, (int, np.integer)) for x in (*ne, *nbs, offset)):
+        raise GraphError(f"{op}: sizes, strides and offset must be ints")
+    if any(x <= 0 for x in ne) or any(x <= 0 for x in nbs) or offset < 0:
+        raise GraphError(f"{op}: sizes and strides must be positive and offset >= 0, got ne={list(ne)} "
+                         f"nb={list(nbs)} offset={offset} on {shapes(a)}")
+    ne4 = list(ne) + [1] * (4 - len(ne))
+    es = T.type_size(a.type)
+    nb = [es, *nbs]
+    for i in range(len(nb), 4):
+        nb.append(nb[i - 1] * ne4[i - 1])
+    span = es + sum((ne4[i] - 1) * nb[i] for i in range(4))
+    if offset + span > TN.nbytes(a):
+        raise GraphError(f"{op}: view of ne={list(ne)} nb={nb} at offset {offset} spans {span} bytes, "
+                         f"beyond the {TN.nbytes(a)} bytes of {shapes(a)}")
+    return new_node(ctx, VIEW, a.type, ne4, [a], [offset], view_of=a, view_offs=offset, name="view", nb=nb)
+
+
+def view_1d(ctx, a, ne0, offset):
+    return _view(ctx, a, [ne0], [], offset, "view_1d")
+
+
+def view_2d(ctx, a, ne0, ne1, nb1, offset):
+    return _view(ctx, a, [ne0, ne1], [nb1], offset, "view_2d")
+
+
+def view_3d(ctx, a, ne0, ne1, ne2, nb1, nb2, offset):
+    return _view(ctx, a, [ne0, ne1, ne2], [nb1, nb2], offset, "view_3d")
+
+
+def view_4d(ctx, a, ne0, ne1, ne2, ne3, nb1, nb2, nb3, offset):
+    return _view(ctx, a, [ne0, ne1, ne2, ne3], [nb1, nb2, nb3], offset, "view_4d")
+
+
+# -- permute / transpose: the same bytes with axes reordered ------------------------------------------------
+PERMUTE = register("PERMUTE", "permute(x)")
+TRANSPOSE = register("TRANSPOSE", "transpose(x)")
+
+
+def permute(ctx, a, axis0, axis1, axis2, axis3):
+    """ggml_permute: source dim i becomes result dim axis_i."""
+    TN.check_tensor("permute", a)
+    axes = [axis0, axis1, axis2, axis3]
+    if sorted(axes) != [0, 1, 2, 3]:
+        raise GraphError(f"permute: axes {axes} are not a permutation of 0..3 ({shapes(a)})")
+    ne, nb = [0] * 4, [0] * 4
+    for i, ax in enumerate(axes):
+        ne[ax], nb[ax] = a.ne[i], a.nb[i]
+    return new_node(ctx, PERMUTE, a.type, ne, [a], axes, view_of=a, name="permuted", nb=nb)
+
+
+def transpose(ctx, a):
+    """Swap dims 0 and 1."""
+    TN.check_tensor("transpose", a)
+    ne = [a.ne[1], a.ne[0], a.ne[2], a.ne[3]]
+    return new_node(ctx, TRANSPOSE, a.type, ne, [a], view_of=a, name="transposed",
+                    nb=[a.nb[1], a.nb[0], a.nb[2], a.nb[3]])

@@ -1,0 +1,163 @@
+"""Reductions and tiling: sum sum_rows mean argmax repeat.
+
+Sums accumulate in float64, row by row in a fixed order, so results are the same bits for any
+thread count.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import tensor as TN
+from .. import types as T
+from ..errors import GraphError
+from ..kernel import inline, record, row_f32, rows_contiguous, split, view_f32, view_i32
+from ..native import f64_1d as _f64
+from .common import check_f32, shapes
+from .registry import new_node, register, tasks_by_rows, MIN_ELEMENTS_PER_TASK
+
+
+@inline
+def _row_sum(a, i3, i2, i1):
+    s = 0.0
+    for i0 in range(a.shape[3]):
+        s += a[i3, i2, i1, i0]
+    return s
+
+
+# -- sum: all elements into a one-element tensor ---------------------------------------------------------
+def _sum_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    a = view_f32(r, 1)
+    ne3, ne2, ne1 = a.shape[0], a.shape[1], a.shape[2]
+    nr = ne1 * ne2 * ne3
+    if phase == 0:              # per-row partial sums into the work buffer
+        part = _f64(wdata, (nr,), (8,))
+        lo, hi = split(nr, ith, nth)
+        for ir in range(lo, hi):
+            part[ir] = _row_sum(a, ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1)
+    elif ith == 0:              # combine in row order
+        part = _f64(wdata, (nr,), (8,))
+        s = 0.0
+        for ir in range(nr):
+            s += part[ir]
+        view_f32(r, 0)[0, 0, 0, 0] = np.float32(s)
+
+
+def _sum_tasks(node, n_threads):
+    a = node.src[0]
+    return max(1, min(n_threads, TN.nrows(a), TN.nelements(a) // MIN_ELEMENTS_PER_TASK))
+
+
+SUM = register("SUM", "Σx", _sum_kernel, n_tasks=_sum_tasks,
+               work_size=lambda node, nt: 8 * TN.nrows(node.src[0]), n_phases=2)
+
+
+def sum(ctx, a):
+    """The sum of all elements, as a [1] tensor."""
+    check_f32("sum", a)
+    return new_node(ctx, SUM, T.TYPE_F32, [1], [a])
+
+
+# -- sum_rows / mean: one value per row --------------------------------------------------------------------
+@inline
+def _row_sums(rec, ith, nth, mean):
+    r = record(rec)
+    a = view_f32(r, 1)
+    d = view_f32(r, 0)
+    ne3, ne2, ne1, ne0 = a.shape
+    scale = 1.0 / ne0 if mean else 1.0
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        d[i3, i2, i1, 0] = np.float32(_row_sum(a, i3, i2, i1) * scale)
+
+
+def _sum_rows_kernel(rec, ith, nth, phase, wdata, wsize):
+    _row_sums(rec, ith, nth, False)
+
+
+def _mean_kernel(rec, ith, nth, phase, wdata, wsize):
+    _row_sums(rec, ith, nth, True)
+
+
+def _rows_of_src(node, n_threads):
+    a = node.src[0]
+    return max(1, min(n_threads, TN.nrows(a), TN.nelements(a) // MIN_ELEMENTS_PER_TASK))
+
+
+SUM_ROWS = register("SUM_ROWS", "Σx_k", _sum_rows_kernel, n_tasks=_rows_of_src)
+MEAN = register("MEAN", "Σx/n", _mean_kernel, n_tasks=_rows_of_src)
+
+
+def sum_rows(ctx, a):
+    """Row sums: [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
+    check_f32("sum_rows", a)
+    return new_node(ctx, SUM_ROWS, T.TYPE_F32, [1, *a.ne[1:]], [a])
+
+
+def mean(ctx, a):
+    """Row means (ggml_mean): [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
+    check_f32("mean", a)
+    return new_node(ctx, MEAN, T.TYPE_F32, [1, *a.ne[1:]], [a])
+
+
+# -- argmax: index of the largest element of each row of a matrix -------------------------------------------
+def _argmax_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    a = view_f32(r, 1)
+    d = view_i32(r, 0)
+    ne1, ne0 = a.shape[2], a.shape[3]
+    lo, hi = split(ne1, ith, nth)
+    for i1 in range(lo, hi):
+        best, idx = a[0, 0, i1, 0], 0
+        for i0 in range(1, ne0):
+            v = a[0, 0, i1, i0]
+            if v > best or (best != best and v == v):   # first maximum; NaN never wins
+                best, idx = v, i0
+        d[0, 0, 0, i1] = idx
+
+
+ARGMAX = register("ARGMAX", "argmax(x)", _argmax_kernel, n_tasks=_rows_of_src)
+
+
+def argmax(ctx, a):
+    """For each row of a matrix [ne0, ne1], the index of its largest element, as I32 [ne1]."""
+    check_f32("argmax", a)
+    if a.ne[2] != 1 or a.ne[3] != 1:
+        raise GraphError(f"argmax: src0 must be a matrix (ne2 == ne3 == 1), got {shapes(a)}")
+    return new_node(ctx, ARGMAX, T.TYPE_I32, [a.ne[1]], [a])
+
+
+# -- repeat: tile a to b's shape ---------------------------------------------------------------------------
+def _repeat_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    a = view_f32(r, 1)
+    d = view_f32(r, 0)
+    ne3, ne2, ne1, ne0 = d.shape
+    a3, a2, a1, a0 = a.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        j3, j2, j1 = i3 % a3, i2 % a2, i1 % a1
+        if fast:
+            dr = row_f32(r, 0, i1, i2, i3)
+            ar = row_f32(r, 1, j1, j2, j3)
+            for k in range(0, ne0, a0):
+                for i0 in range(a0):
+                    dr[k + i0] = ar[i0]
+        else:
+            for i0 in range(ne0):
+                d[i3, i2, i1, i0] = a[j3, j2, j1, i0 % a0]
+
+
+REPEAT = register("REPEAT", "repeat(x)", _repeat_kernel)
+
+
+def repeat(ctx, a, b):
+    """a tiled to b's shape (each b.ne[i] a multiple of a.ne[i])."""
+    check_f32("repeat", a)
+    TN.check_tensor("repeat", b)
+    if not TN.can_repeat(a, b):
+        raise GraphError(f"repeat: src0 cannot be tiled to src1's shape: {shapes(a, b)}")
+    return new_node(ctx, REPEAT, a.type, b.ne, [a])

@@ -1,0 +1,129 @@
+"""The op registry: each op is one record (name, dot symbol, kernel, planner rule, backward rule).
+
+Op modules call `register(...)` next to the op's builder and kernel, so an op's whole story
+sits in one place; dispatch tables, docs and dot symbols are derived from OPS.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+from numba import cfunc, types
+
+from ..errors import GraphError
+from .. import tensor as TN
+
+KERNEL_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64)
+
+# Planner granularity: a task should cover at least this much work (elements touched, or
+# multiply-adds for matrix products). Below it, splitting costs more in synchronisation
+# (about 0.5 us per barrier at 2 threads here) than it saves, so the node runs on one thread.
+MIN_ELEMENTS_PER_TASK = 16384
+MIN_FLOPS_PER_TASK = 1 << 17
+
+NOT_DIFFERENTIABLE = "not differentiable"
+
+
+@dataclass
+class OpDef:
+    name: str                                   # ggml's name, e.g. "ADD"
+    symbol: str                                 # ggml's dot symbol, e.g. "x+y"
+    code: int
+    kernel: Optional[Callable]                  # python source of the numba kernel; None = no compute (views)
+    n_tasks: Callable                           # (node, n_threads) -> tasks
+    work_size: Callable                         # (node, n_tasks) -> bytes of shared work buffer
+    backward: object                            # rule building gradient nodes, NOT_DIFFERENTIABLE, or None (to come)
+    inplace: bool                               # the kernel may run with dst aliasing src0
+    n_phases: object = 1                         # int, or (node) -> int
+    _address: int = field(default=0, repr=False)
+
+    def kernel_address(self) -> int:
+        """Compile the kernel (once; cached on disk by numba) and return its C address; 0 for no-ops."""
+        if self.kernel is None:
+            return 0
+        if not self._address:
+            with _compile_lock:
+                if not self._address:
+                    compiled = cfunc(KERNEL_SIG, cache=True, error_model="numpy")(self.kernel)
+                    _keep_alive.append(compiled)
+                    self._address = compiled.address
+        return self._address
+
+
+OPS: list[OpDef] = []
+BY_NAME: dict[str, OpDef] = {}
+_compile_lock = threading.Lock()
+_keep_alive = []
+
+
+# -- planner rules -----------------------------------------------------------------------------------
+def tasks_one(node, n_threads):
+    return 1
+
+
+def tasks_by_rows(node, n_threads):
+    """Row-parallel ops: one task per MIN_ELEMENTS_PER_TASK elements, at most one per row."""
+    n = TN.nelements(node)
+    return max(1, min(n_threads, TN.nrows(node), n // MIN_ELEMENTS_PER_TASK))
+
+
+def no_work(node, n_tasks):
+    return 0
+
+
+def register(name, symbol, kernel=None, n_tasks=tasks_by_rows, work_size=no_work, backward=None,
+             inplace=False, n_phases=1) -> int:
+    if name in BY_NAME:
+        raise RuntimeError(f"op {name} registered twice")
+    op = OpDef(name, symbol, len(OPS), kernel, n_tasks if kernel is not None else tasks_one,
+               work_size, backward, inplace, n_phases)
+    OPS.append(op)
+    BY_NAME[name] = op
+    return op.code
+
+
+OP_NONE = register("NONE", "none", backward=NOT_DIFFERENTIABLE)
+
+
+def op_name(code: int) -> str:
+    return OPS[code].name if 0 <= code < len(OPS) else f"<op {code}>"
+
+
+def op_symbol(code: int) -> str:
+    return OPS[code].symbol if 0 <= code < len(OPS) else "?"
+
+
+# -- building nodes ------------------------------------------------------------------------------------
+def new_node(ctx, op: int, type_: int, ne, srcs, params=None, view_of=None, view_offs=0,
+             name: str | None = None, nb=None):
+    """A tensor computed by `op` from `srcs`. With `view_of`, the result shares that tensor's data
+    (in-place ops and view ops); `params` go to op_params (ints, or floats stored as their bits)."""
+    t = TN.new_tensor_impl(ctx, type_, ne, view_of, view_offs, op=OPS[op].name.lower(), nb=nb)
+    t.op = op
+    t.src = list(srcs)
+    if params is not None:
+        set_op_params(t, params)
+    if view_of is not None:
+        t.name = f"{view_of.name} ({name or 'view'})"[:TN.MAX_NAME - 1] if view_of.name else ""
+    return t
+
+
+def set_op_params(t, params):
+    """Store params (ints or floats; floats as float32 bits) in the op_params slots."""
+    if len(params) > TN.MAX_OP_PARAMS:
+        raise GraphError(f"{op_name(t.op)}: too many op params ({len(params)})")
+    for i, p in enumerate(params):
+        if isinstance(p, (float, np.floating)):
+            t.op_params[i] = np.array([p], dtype=np.float32).view(np.int32)[0]
+        else:
+            t.op_params[i] = int(p)
+
+
+def param_f32(t, i) -> float:
+    return float(t.op_params[i:i + 1].view(np.float32)[0])
+
+
+def param_i32(t, i) -> int:
+    return int(t.op_params[i])

@@ -1,0 +1,376 @@
+"""Tensors in ggml's layout: ne[0] innermost, nb[i] byte strides, data in a context's arena."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import types as T
+from .context import Context
+from .errors import GraphError
+
+MAX_DIMS = 4
+MAX_NAME = 64
+MAX_OP_PARAMS = 16   # int32 slots (ggml: 64 bytes)
+MAX_SRC = 6
+
+FLAG_INPUT = 1
+FLAG_OUTPUT = 2
+FLAG_PARAM = 4
+
+
+class Tensor:
+    """A tensor: metadata plus (unless the context is no_alloc) a place in its context's arena."""
+
+    __slots__ = ("ctx", "type", "ne", "nb", "op", "op_params", "flags", "src", "grad", "name",
+                 "view_src", "view_offs", "_buf", "_offs", "__weakref__")
+
+    def __init__(self, ctx, type_, ne, nb, buf, offs, view_src=None, view_offs=0):
+        self.ctx = ctx
+        self.type = type_
+        self.ne = ne            # list of 4 ints
+        self.nb = nb            # list of 4 ints, bytes
+        self.op = 0             # OP_NONE
+        self.op_params = np.zeros(MAX_OP_PARAMS, dtype=np.int32)
+        self.flags = 0
+        self.src = []
+        self.grad = None
+        self.name = ""
+        self.view_src = view_src
+        self.view_offs = view_offs
+        self._buf = buf         # the arena array (kept alive as long as the tensor is)
+        self._offs = offs       # byte offset of element 0 in _buf, or -1 when there is no data
+
+    # -- data ---------------------------------------------------------------------------------
+    @property
+    def has_data(self) -> bool:
+        return self._offs >= 0 and self._buf is not None
+
+    @property
+    def data(self) -> int:
+        """Address of element 0 (as ggml's `data` pointer); 0 when there is none."""
+        if not self.has_data:
+            return 0
+        return int(self._buf.ctypes.data) + self._offs
+
+    def numpy(self) -> np.ndarray:
+        """Zero-copy writable view: shape is ne reversed and cut to n_dims; strides from nb."""
+        if not self.has_data:
+            raise GraphError(f"numpy: tensor '{self.name}' {self.ne} has no data (no_alloc context)")
+        self.ctx.check_alive("numpy")
+        nd = n_dims(self)
+        return np.ndarray(shape=tuple(self.ne[:nd][::-1]), dtype=T.traits(self.type).dtype,
+                          buffer=self._buf, offset=self._offs, strides=tuple(self.nb[:nd][::-1]))
+
+    def numpy4d(self) -> np.ndarray:
+        """Like numpy() but always 4-D, in (ne3, ne2, ne1, ne0) order."""
+        if not self.has_data:
+            raise GraphError(f"numpy: tensor '{self.name}' {self.ne} has no data (no_alloc context)")
+        self.ctx.check_alive("numpy")
+        return np.ndarray(shape=tuple(self.ne[::-1]), dtype=T.traits(self.type).dtype,
+                          buffer=self._buf, offset=self._offs, strides=tuple(self.nb[::-1]))
+
+    def __repr__(self):
+        from .ops.registry import op_name
+        return (f"<Tensor '{self.name}' {T.type_name(self.type)} ne={self.ne} op={op_name(self.op)}>")
+
+    # numpy interop: np.asarray(t) gives the zero-copy view
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+
+def describe(t) -> str:
+    """`name[ne] type` for error messages."""
+    if not isinstance(t, Tensor):
+        return f"<{type(t).__name__}, not a tensor>"
+    nm = f"'{t.name}'" if t.name else "tensor"
+    return f"{nm} ne={list(t.ne)} {T.type_name(t.type)}"
+
+
+def check_tensor(op: str, *ts):
+    for t in ts:
+        if not isinstance(t, Tensor):
+            raise GraphError(f"{op}: expected a graphcore Tensor, got {type(t).__name__}"
+                             + (f" with shape {t.shape}" if hasattr(t, "shape") else ""))
+
+
+def _check_ctx(op, ctx):
+    if not isinstance(ctx, Context):
+        raise GraphError(f"{op}: expected a Context as first argument, got {type(ctx).__name__}")
+    ctx.check_alive(op)
+
+
+def _contiguous_nb(type_, ne):
+    ts, bs = T.type_size(type_), T.blck_size(type_)
+    nb = [ts, ts * (ne[0] // bs), 0, 0]
+    nb[2] = nb[1] * ne[1]
+    nb[3] = nb[2] * ne[2]
+    return nb
+
+
+def _norm_ne(op, ne):
+    try:
+        ne = [int(x) for x in ne]
+    except TypeError:
+        raise GraphError(f"{op}: ne must be a sequence of ints, got {ne!r}") from None
+    if not 1 <= len(ne) <= MAX_DIMS:
+        raise GraphError(f"{op}: tensors have 1 to {MAX_DIMS} dims, got ne={ne}")
+    if any(x <= 0 for x in ne):
+        raise GraphError(f"{op}: every dimension must be >= 1, got ne={ne}")
+    return ne + [1] * (MAX_DIMS - len(ne))
+
+
+def new_tensor_impl(ctx: Context, type_: int, ne, view_src: Tensor | None = None, view_offs: int = 0,
+                    op: str = "new_tensor", nb=None) -> Tensor:
+    """Create a tensor; with view_src it shares that tensor's bytes (nb: its strides, default contiguous)."""
+    _check_ctx(op, ctx)
+    T.traits(type_)
+    ne = _norm_ne(op, ne)
+    if ne[0] % T.blck_size(type_):
+        raise GraphError(f"{op}: ne[0]={ne[0]} is not a multiple of {T.type_name(type_)}'s block size")
+    nb = _contiguous_nb(type_, ne) if nb is None else [int(x) for x in nb]
+    nbytes = _span(type_, ne, nb)
+    if view_src is not None:
+        if view_src.view_src is not None:       # always point at the tensor that owns the data
+            view_offs += view_src.view_offs
+            view_src = view_src.view_src
+        if view_offs < 0 or view_offs + nbytes > nbytes_of(view_src):
+            raise GraphError(f"{op}: view of {nbytes} bytes at offset {view_offs} reaches outside "
+                             f"{describe(view_src)} ({nbytes_of(view_src)} bytes)")
+        buf, offs = view_src._buf, (view_src._offs + view_offs if view_src._offs >= 0 else -1)
+    elif ctx.no_alloc:
+        buf, offs = None, -1
+    else:
+        buf, offs = ctx.arena, ctx.alloc(nbytes)
+    ctx.n_objects += 1
+    return Tensor(ctx, type_, ne, nb, buf, offs, view_src, view_offs)
+
+
+def _span(type_, ne, nb):
+    n = T.type_size(type_)
+    for i in range(MAX_DIMS):
+        n += ((ne[i] // T.blck_size(type_) if i == 0 else ne[i]) - 1) * nb[i]
+    return n
+
+
+# -- constructors (ggml_new_tensor_*) --------------------------------------------------------------
+def new_tensor(ctx, type, ne) -> Tensor:
+    return new_tensor_impl(ctx, type, ne)
+
+
+def new_tensor_1d(ctx, type, ne0) -> Tensor:
+    return new_tensor_impl(ctx, type, [ne0], op="new_tensor_1d")
+
+
+def new_tensor_2d(ctx, type, ne0, ne1) -> Tensor:
+    return new_tensor_impl(ctx, type, [ne0, ne1], op="new_tensor_2d")
+
+
+def new_tensor_3d(ctx, type, ne0, ne1, ne2) -> Tensor:
+    return new_tensor_impl(ctx, type, [ne0, ne1, ne2], op="new_tensor_3d")
+
+
+def new_tensor_4d(ctx, type, ne0, ne1, ne2, ne3) -> Tensor:
+    return new_tensor_impl(ctx, type, [ne0, ne1, ne2, ne3], op="new_tensor_4d")
+
+
+def new_f32(ctx, value: float) -> Tensor:
+    t = new_tensor_impl(ctx, T.TYPE_F32, [1], op="new_f32")
+    set_f32(t, value)
+    return t
+
+
+def new_i32(ctx, value: int) -> Tensor:
+    t = new_tensor_impl(ctx, T.TYPE_I32, [1], op="new_i32")
+    set_i32(t, value)
+    return t
+
+
+def dup_tensor(ctx, src: Tensor) -> Tensor:
+    """A new tensor with src's type and shape (not its data)."""
+    check_tensor("dup_tensor", src)
+    return new_tensor_impl(ctx, src.type, src.ne, op="dup_tensor")
+
+
+def view_tensor(ctx, src: Tensor) -> Tensor:
+    """A tensor sharing src's data, type, shape and strides (op stays NONE)."""
+    check_tensor("view_tensor", src)
+    t = new_tensor_impl(ctx, src.type, src.ne, src, 0, op="view_tensor", nb=src.nb)
+    t.name = f"{src.name} (view)"[:MAX_NAME - 1]
+    return t
+
+
+def from_numpy(ctx, arr, type=None) -> Tensor:
+    """Copy a numpy array into a new tensor (shape reversed into ne). float64 becomes F32,
+    integer arrays become I32 when every value fits."""
+    _check_ctx("from_numpy", ctx)
+    a = np.asarray(arr)
+    if a.ndim == 0:
+        a = a.reshape(1)
+    if a.ndim > MAX_DIMS:
+        raise GraphError(f"from_numpy: at most {MAX_DIMS} dims, got shape {a.shape}")
+    if type is None:
+        if a.dtype == np.float64:
+            type = T.TYPE_F32
+        elif a.dtype.kind in "iub" and a.dtype != np.int32:
+            if a.size and (a.min() < -2**31 or a.max() >= 2**31):
+                raise GraphError(f"from_numpy: {a.dtype} values outside int32 range")
+            type = T.TYPE_I32
+        else:
+            type = T.type_from_dtype(a.dtype)
+    t = new_tensor_impl(ctx, type, list(a.shape[::-1]) or [1], op="from_numpy")
+    if t.has_data:
+        t.numpy()[...] = a.reshape(t.numpy().shape).astype(T.traits(type).dtype)
+    return t
+
+
+# -- properties (ggml_nelements, ...) -------------------------------------------------------------
+def nelements(t) -> int:
+    return t.ne[0] * t.ne[1] * t.ne[2] * t.ne[3]
+
+
+def nrows(t) -> int:
+    return t.ne[1] * t.ne[2] * t.ne[3]
+
+
+def nbytes_of(t) -> int:
+    """ggml_nbytes: bytes spanned from the first to one past the last element."""
+    return _span(t.type, t.ne, t.nb)
+
+
+nbytes = nbytes_of
+
+
+def element_size(t) -> int:
+    return T.type_size(t.type)
+
+
+def n_dims(t) -> int:
+    for i in range(MAX_DIMS - 1, 0, -1):
+        if t.ne[i] > 1:
+            return i + 1
+    return 1
+
+
+def is_contiguous(t) -> bool:
+    return t.nb[0] == T.type_size(t.type) and all(
+        t.nb[i] == t.nb[i - 1] * (t.ne[i - 1] // (T.blck_size(t.type) if i == 1 else 1)) for i in range(1, MAX_DIMS))
+
+
+def is_transposed(t) -> bool:
+    return t.nb[0] > t.nb[1]
+
+
+def is_permuted(t) -> bool:
+    return t.nb[0] > t.nb[1] or t.nb[1] > t.nb[2] or t.nb[2] > t.nb[3]
+
+
+def is_scalar(t) -> bool:
+    return nelements(t) == 1
+
+
+def are_same_shape(a, b) -> bool:
+    return list(a.ne) == list(b.ne)
+
+
+def can_repeat(a, b) -> bool:
+    """ggml_can_repeat: a can be tiled to b's shape (every b.ne[i] a multiple of a.ne[i])."""
+    return all(b.ne[i] % a.ne[i] == 0 for i in range(MAX_DIMS))
+
+
+def can_repeat_rows(a, b) -> bool:
+    return a.ne[0] == b.ne[0] and can_repeat(a, b)
+
+
+# -- names ----------------------------------------------------------------------------------------
+def set_name(t, name: str) -> Tensor:
+    check_tensor("set_name", t)
+    t.name = str(name)[:MAX_NAME - 1]
+    return t
+
+
+def get_name(t) -> str:
+    return t.name
+
+
+def format_name(t, fmt: str, *args) -> Tensor:
+    return set_name(t, fmt % args if args else fmt)
+
+
+def set_input(t):
+    t.flags |= FLAG_INPUT
+
+
+def set_output(t):
+    t.flags |= FLAG_OUTPUT
+
+
+# -- element access (work on every type and on non-contiguous views) -------------------------------
+def unravel_index(t, i: int):
+    n = nelements(t)
+    if not 0 <= i < n:
+        raise IndexError(f"index {i} out of range for {describe(t)} with {n} elements")
+    i0 = i % t.ne[0]
+    i1 = (i // t.ne[0]) % t.ne[1]
+    i2 = (i // (t.ne[0] * t.ne[1])) % t.ne[2]
+    i3 = i // (t.ne[0] * t.ne[1] * t.ne[2])
+    return i0, i1, i2, i3
+
+
+def _nd(t):
+    a = t.numpy4d()
+    return a.view(np.uint16).view(np.float16) if t.type == T.TYPE_F16 else a
+
+
+def get_f32_1d(t, i: int) -> float:
+    i0, i1, i2, i3 = unravel_index(t, i)
+    return float(_nd(t)[i3, i2, i1, i0])
+
+
+def get_i32_1d(t, i: int) -> int:
+    i0, i1, i2, i3 = unravel_index(t, i)
+    return int(_nd(t)[i3, i2, i1, i0])
+
+
+def set_f32_1d(t, i: int, value: float) -> None:
+    i0, i1, i2, i3 = unravel_index(t, i)
+    _nd(t)[i3, i2, i1, i0] = value if t.type != T.TYPE_I32 else int(value)
+
+
+def set_i32_1d(t, i: int, value: int) -> None:
+    i0, i1, i2, i3 = unravel_index(t, i)
+    _nd(t)[i3, i2, i1, i0] = value
+
+
+def get_f32_nd(t, i0, i1=0, i2=0, i3=0) -> float:
+    return float(_nd(t)[i3, i2, i1, i0])
+
+
+def set_f32_nd(t, i0, i1, i2, i3, value) -> None:
+    _nd(t)[i3, i2, i1, i0] = value
+
+
+def get_i32_nd(t, i0, i1=0, i2=0, i3=0) -> int:
+    return int(_nd(t)[i3, i2, i1, i0])
+
+
+def set_i32_nd(t, i0, i1, i2, i3, value) -> None:
+    _nd(t)[i3, i2, i1, i0] = value
+
+
+def set_f32(t, value: float) -> Tensor:
+    """Fill every element (ggml_set_f32)."""
+    check_tensor("set_f32", t)
+    _nd(t)[...] = value if t.type != T.TYPE_I32 else int(value)
+    return t
+
+
+def set_i32(t, value: int) -> Tensor:
+    check_tensor("set_i32", t)
+    _nd(t)[...] = value
+    return t
+
+
+def set_zero(t) -> Tensor:
+    check_tensor("set_zero", t)
+    _nd(t)[...] = 0
+    return t
