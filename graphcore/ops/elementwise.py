@@ -12,8 +12,8 @@ import numpy as np
 from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import inline, param_f32, record, split, view_f32
-from .common import binary_loop, check_f32, elementwise_node, shapes, unary_loop
-from .registry import new_node, register
+from .common import binary_loop, check_f32, elementwise_node, shapes, tasks_by_segments, unary_loop
+from .registry import register
 
 
 # -- binary ops: src1 is tiled over src0 when ggml's can_repeat(b, a) holds --------------------------
@@ -34,7 +34,7 @@ def _add_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _add_f)
 
 
-ADD = register("ADD", "x+y", _add_kernel, inplace=True)
+ADD = register("ADD", "x+y", _add_kernel, n_tasks=tasks_by_segments, inplace=True)
 
 
 def add(ctx, a, b):
@@ -55,7 +55,7 @@ def _sub_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _sub_f)
 
 
-SUB = register("SUB", "x-y", _sub_kernel, inplace=True)
+SUB = register("SUB", "x-y", _sub_kernel, n_tasks=tasks_by_segments, inplace=True)
 
 
 def sub(ctx, a, b):
@@ -75,7 +75,7 @@ def _mul_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _mul_f)
 
 
-MUL = register("MUL", "x*y", _mul_kernel, inplace=True)
+MUL = register("MUL", "x*y", _mul_kernel, n_tasks=tasks_by_segments, inplace=True)
 
 
 def mul(ctx, a, b):
@@ -95,7 +95,7 @@ def _div_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _div_f)
 
 
-DIV = register("DIV", "x/y", _div_kernel, inplace=True)
+DIV = register("DIV", "x/y", _div_kernel, n_tasks=tasks_by_segments, inplace=True)
 
 
 def div(ctx, a, b):
@@ -113,7 +113,7 @@ def _add1_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _add_f, b[0, 0, 0, 0])
 
 
-ADD1 = register("ADD1", "x+1", _add1_kernel, inplace=True)
+ADD1 = register("ADD1", "x+1", _add1_kernel, n_tasks=tasks_by_segments, inplace=True)
 
 
 def _add1(ctx, a, b, inplace, name):
@@ -136,7 +136,7 @@ def _scale_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _mul_f, param_f32(rec, 0))
 
 
-SCALE = register("SCALE", "x*v", _scale_kernel, inplace=True)
+SCALE = register("SCALE", "x*v", _scale_kernel, n_tasks=tasks_by_segments, inplace=True)
 
 
 def _scale(ctx, a, s, inplace, name):
@@ -179,7 +179,7 @@ def _sqr_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _sqr_f, 0.0)
 
 
-SQR = register("SQR", "x^2", _sqr_kernel, inplace=True)
+SQR = register("SQR", "x^2", _sqr_kernel, n_tasks=tasks_by_segments, inplace=True)
 sqr, sqr_inplace = _unary_builders(SQR, "sqr")
 
 
@@ -192,7 +192,7 @@ def _sqrt_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _sqrt_f, 0.0)
 
 
-SQRT = register("SQRT", "√x", _sqrt_kernel, inplace=True)
+SQRT = register("SQRT", "√x", _sqrt_kernel, n_tasks=tasks_by_segments, inplace=True)
 sqrt, sqrt_inplace = _unary_builders(SQRT, "sqrt")
 
 
@@ -205,7 +205,7 @@ def _log_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _log_f, 0.0)
 
 
-LOG = register("LOG", "log(x)", _log_kernel, inplace=True)
+LOG = register("LOG", "log(x)", _log_kernel, n_tasks=tasks_by_segments, inplace=True)
 log, log_inplace = _unary_builders(LOG, "log")
 
 
@@ -218,7 +218,7 @@ def _neg_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _neg_f, 0.0)
 
 
-NEG = register("NEG", "-x", _neg_kernel, inplace=True)
+NEG = register("NEG", "-x", _neg_kernel, n_tasks=tasks_by_segments, inplace=True)
 neg, neg_inplace = _unary_builders(NEG, "neg")
 
 
@@ -231,7 +231,7 @@ def _abs_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _abs_f, 0.0)
 
 
-ABS = register("ABS", "abs(x)", _abs_kernel, inplace=True)
+ABS = register("ABS", "abs(x)", _abs_kernel, n_tasks=tasks_by_segments, inplace=True)
 abs_, abs_inplace = _unary_builders(ABS, "abs")
 
 
@@ -244,7 +244,7 @@ def _sgn_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _sgn_f, 0.0)
 
 
-SGN = register("SGN", "sgn(x)", _sgn_kernel, inplace=True)
+SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True)
 sgn, sgn_inplace = _unary_builders(SGN, "sgn")
 
 
@@ -257,7 +257,7 @@ def _step_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _step_f, 0.0)
 
 
-STEP = register("STEP", "step(x)", _step_kernel, inplace=True)
+STEP = register("STEP", "step(x)", _step_kernel, n_tasks=tasks_by_segments, inplace=True)
 step, step_inplace = _unary_builders(STEP, "step")
 
 
@@ -270,7 +270,7 @@ def _relu_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _relu_f, 0.0)
 
 
-RELU = register("RELU", "relu(x)", _relu_kernel, inplace=True)
+RELU = register("RELU", "relu(x)", _relu_kernel, n_tasks=tasks_by_segments, inplace=True)
 relu, relu_inplace = _unary_builders(RELU, "relu")
 
 GELU_COEF_A = 0.044715
@@ -288,7 +288,7 @@ def _gelu_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _gelu_f, 0.0)
 
 
-GELU = register("GELU", "gelu(x)", _gelu_kernel, inplace=True)
+GELU = register("GELU", "gelu(x)", _gelu_kernel, n_tasks=tasks_by_segments, inplace=True)
 gelu, gelu_inplace = _unary_builders(GELU, "gelu")
 
 
@@ -302,5 +302,5 @@ def _silu_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _silu_f, 0.0)
 
 
-SILU = register("SILU", "silu(x)", _silu_kernel, inplace=True)
+SILU = register("SILU", "silu(x)", _silu_kernel, n_tasks=tasks_by_segments, inplace=True)
 silu, silu_inplace = _unary_builders(SILU, "silu")
