@@ -156,7 +156,7 @@ def graph_compute(g, cplan: CPlan) -> int:
         return STATUS_SUCCESS
     recs, fns, n_tasks, n_phases = cplan.lowered or lower(cplan)
     recs[:, K.R_ERR] = 0
-    nth = cplan.n_threads
+    nth = min(cplan.n_threads, int(n_tasks.max()))   # no waking threads that would only wait
     sync = np.zeros(24, dtype=np.int64)
     wd = cplan.work_data
     wdata, wsize = (int(wd.ctypes.data), int(wd.nbytes)) if wd is not None and wd.nbytes else (0, 0)

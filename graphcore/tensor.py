@@ -317,8 +317,13 @@ def unravel_index(t, i: int):
 
 
 def _nd(t):
-    a = t.numpy4d()
-    return a.view(np.uint16).view(np.float16) if t.type == T.TYPE_F16 else a
+    return t.numpy4d()
+
+
+def _store(t, index, value):
+    """Write with C-cast semantics: F16 overflows to inf quietly, I32 truncates toward zero."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        _nd(t)[index] = int(value) if t.type == T.TYPE_I32 else value
 
 
 def get_f32_1d(t, i: int) -> float:
@@ -333,12 +338,12 @@ def get_i32_1d(t, i: int) -> int:
 
 def set_f32_1d(t, i: int, value: float) -> None:
     i0, i1, i2, i3 = unravel_index(t, i)
-    _nd(t)[i3, i2, i1, i0] = value if t.type != T.TYPE_I32 else int(value)
+    _store(t, (i3, i2, i1, i0), value)
 
 
 def set_i32_1d(t, i: int, value: int) -> None:
     i0, i1, i2, i3 = unravel_index(t, i)
-    _nd(t)[i3, i2, i1, i0] = value
+    _store(t, (i3, i2, i1, i0), int(value))
 
 
 def get_f32_nd(t, i0, i1=0, i2=0, i3=0) -> float:
@@ -346,7 +351,7 @@ def get_f32_nd(t, i0, i1=0, i2=0, i3=0) -> float:
 
 
 def set_f32_nd(t, i0, i1, i2, i3, value) -> None:
-    _nd(t)[i3, i2, i1, i0] = value
+    _store(t, (i3, i2, i1, i0), value)
 
 
 def get_i32_nd(t, i0, i1=0, i2=0, i3=0) -> int:
@@ -354,19 +359,19 @@ def get_i32_nd(t, i0, i1=0, i2=0, i3=0) -> int:
 
 
 def set_i32_nd(t, i0, i1, i2, i3, value) -> None:
-    _nd(t)[i3, i2, i1, i0] = value
+    _store(t, (i3, i2, i1, i0), int(value))
 
 
 def set_f32(t, value: float) -> Tensor:
     """Fill every element (ggml_set_f32)."""
     check_tensor("set_f32", t)
-    _nd(t)[...] = value if t.type != T.TYPE_I32 else int(value)
+    _store(t, Ellipsis, value)
     return t
 
 
 def set_i32(t, value: int) -> Tensor:
     check_tensor("set_i32", t)
-    _nd(t)[...] = value
+    _store(t, Ellipsis, int(value))
     return t
 
 

@@ -54,10 +54,10 @@ def unary_loop(rec, ith, nth, f, p):
         ir, s0 = u // nseg, (u % nseg) * SEG
         s1 = min(ne0, s0 + SEG)
         i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
-        if fast:
-            dr = row_f32(r, 0, i1, i2, i3)
-            ar = row_f32(r, 1, i1, i2, i3)
-            for i0 in range(s0, s1):
+        if fast:   # sliced, 0-based loops over contiguous rows vectorize
+            dr = row_f32(r, 0, i1, i2, i3)[s0:s1]
+            ar = row_f32(r, 1, i1, i2, i3)[s0:s1]
+            for i0 in range(s1 - s0):
                 dr[i0] = f(ar[i0], p)
         else:
             for i0 in range(s0, s1):
@@ -82,10 +82,10 @@ def binary_loop(rec, ith, nth, f):
         i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
         j3, j2, j1 = i3 % nb3, i2 % nb2, i1 % nb1
         if fast and nb0 == ne0:
-            dr = row_f32(r, 0, i1, i2, i3)
-            ar = row_f32(r, 1, i1, i2, i3)
-            br = row_f32(r, 2, j1, j2, j3)
-            for i0 in range(s0, s1):
+            dr = row_f32(r, 0, i1, i2, i3)[s0:s1]
+            ar = row_f32(r, 1, i1, i2, i3)[s0:s1]
+            br = row_f32(r, 2, j1, j2, j3)[s0:s1]
+            for i0 in range(s1 - s0):
                 dr[i0] = f(ar[i0], br[i0])
         else:
             for i0 in range(s0, s1):

@@ -24,9 +24,9 @@ CHUNK = 64
 def chunking(M, N):
     """(along_n, chunk, count): how one M x N product is cut into tasks. Shapes only."""
     if N >= 2 * CHUNK:
-        size = max(CHUNK, -(-N // 8))
+        size = max(2 * CHUNK, -(-N // 4))
         return True, size, -(-N // size)
-    size = max(CHUNK, -(-M // 8))
+    size = max(2 * CHUNK, -(-M // 4))
     return False, size, -(-M // size)
 
 
