@@ -30,6 +30,13 @@ from .graph import (DEFAULT_GRAPH_SIZE, Graph, build_forward, build_forward_expa
                     new_graph_custom)
 from .planner import CPlan, default_n_threads, graph_plan
 from .executor import STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
+from .dump import graph_dot, graph_dump_dot
+from .optim import (LINESEARCH_BACKTRACKING_ARMIJO, LINESEARCH_BACKTRACKING_STRONG_WOLFE,
+                    LINESEARCH_BACKTRACKING_WOLFE, LINESEARCH_DEFAULT, LINESEARCH_FAIL,
+                    LINESEARCH_INVALID_PARAMETERS, LINESEARCH_MAXIMUM_ITERATIONS, LINESEARCH_MAXIMUM_STEP,
+                    LINESEARCH_MINIMUM_STEP, OPT_ADAM, OPT_CANCEL, OPT_DID_NOT_CONVERGE, OPT_FAIL,
+                    OPT_INVALID_WOLFE, OPT_LBFGS, OPT_NO_CONTEXT, OPT_OK, AdamParams, LBFGSParams, OptContext,
+                    OptParams, opt, opt_default_params, opt_init, opt_resume, opt_resume_g)
 
 # ggml_op constants: OP_NONE, OP_ADD, ... derived from the registry
 globals().update({f"OP_{op.name}": op.code for op in OPS})

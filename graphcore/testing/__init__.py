@@ -2,3 +2,11 @@
 
 Several modules are filled in by different work streams; each adds its own import line below.
 """
+from .compare import (SENTINEL, assert_close_nmse, assert_same_bits, check_untouched, compute_guarded,  # noqa: F401
+                      element_byte_offsets, nmse, sentinel_context)
+try:  # the strategies need hypothesis (a test dependency); the comparisons do not
+    from .strategies import (CONTIGUOUS, LAYOUT_KINDS, Layout, broadcastable_pairs, layouts,  # noqa: F401
+                             logical_4d, make_tensor, matmul_pairs, ne4, random_values, seeds, shapes)
+except ModuleNotFoundError as _e:  # pragma: no cover
+    if _e.name != "hypothesis":
+        raise

@@ -1,0 +1,158 @@
+"""More activations and a backward op: tanh elu gelu_quick leaky_relu clamp silu_back.
+
+Computed in float64 and rounded once to float32 (ggml uses float32 math and, for some, fp16
+lookup tables); any strides, the same bits for any thread count.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..kernel import inline, param_f32
+from .args import boolean, real
+from .common import binary_loop, check_f32, check_same_shape, elementwise_node, tasks_by_segments, unary_loop
+from .registry import register
+
+
+def _unary_builders(op, name):
+    def build(ctx, a):
+        check_f32(name, a)
+        return elementwise_node(ctx, op, a, [a])
+
+    def build_inplace(ctx, a):
+        check_f32(name + "_inplace", a)
+        return elementwise_node(ctx, op, a, [a], inplace=True)
+
+    build.__name__, build_inplace.__name__ = name, name + "_inplace"
+    build.__doc__ = f"{name}(a), elementwise."
+    build_inplace.__doc__ = f"{name}(a) written over a; returns a view of a."
+    return build, build_inplace
+
+
+# -- tanh ---------------------------------------------------------------------------------------------------
+@inline
+def _tanh_f(x, p):
+    return np.float32(math.tanh(np.float64(x)))
+
+
+def _tanh_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _tanh_f, 0.0)
+
+
+TANH = register("TANH", "tanh(x)", _tanh_kernel, n_tasks=tasks_by_segments, inplace=True)
+tanh, tanh_inplace = _unary_builders(TANH, "tanh")
+
+
+# -- elu: x for x > 0, exp(x) - 1 otherwise --------------------------------------------------------------------
+@inline
+def _elu_f(x, p):
+    if x > 0:
+        return x
+    return np.float32(math.expm1(np.float64(x)))
+
+
+def _elu_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _elu_f, 0.0)
+
+
+ELU = register("ELU", "elu(x)", _elu_kernel, n_tasks=tasks_by_segments, inplace=True)
+elu, elu_inplace = _unary_builders(ELU, "elu")
+
+
+# -- gelu_quick: x * sigmoid(1.702 x) --------------------------------------------------------------------------
+GELU_QUICK_COEF = -1.702
+
+
+@inline
+def _gelu_quick_f(x, p):
+    v = np.float64(x)
+    return np.float32(v / (1.0 + math.exp(GELU_QUICK_COEF * v)))
+
+
+def _gelu_quick_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _gelu_quick_f, 0.0)
+
+
+GELU_QUICK = register("GELU_QUICK", "gelu_quick(x)", _gelu_quick_kernel, n_tasks=tasks_by_segments, inplace=True)
+gelu_quick, gelu_quick_inplace = _unary_builders(GELU_QUICK, "gelu_quick")
+
+
+# -- leaky_relu: max(x, 0) + slope * min(x, 0); op_params[0] = slope (float) ------------------------------------
+@inline
+def _leaky_relu_f(x, slope):
+    pos = x if x > 0 else np.float32(0.0)
+    neg = x if x < 0 else np.float32(0.0)
+    return np.float32(np.float64(pos) + np.float64(slope) * np.float64(neg))
+
+
+def _leaky_relu_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _leaky_relu_f, param_f32(rec, 0))
+
+
+LEAKY_RELU = register("LEAKY_RELU", "leaky_relu(x)", _leaky_relu_kernel, n_tasks=tasks_by_segments, inplace=True)
+
+
+def leaky_relu(ctx, a, negative_slope: float, inplace: bool = False):
+    """ggml_leaky_relu: x for x > 0, negative_slope * x for x < 0 (ggml's signature, inplace flag last)."""
+    op = "leaky_relu"
+    check_f32(op, a)
+    s = real(op, "negative_slope", negative_slope)
+    return elementwise_node(ctx, LEAKY_RELU, a, [a], [s], inplace=boolean(op, "inplace", inplace))
+
+
+# -- clamp: min(max(x, lo), hi); op_params = {min, max} (floats) ------------------------------------------------
+@inline
+def _clamp_f(x, p):
+    if x != x:
+        return x
+    lo, hi = p
+    v = x if x < hi else hi
+    return v if v > lo else lo
+
+
+def _clamp_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _clamp_f, (param_f32(rec, 0), param_f32(rec, 1)))
+
+
+CLAMP = register("CLAMP", "clamp(x)", _clamp_kernel, n_tasks=tasks_by_segments, inplace=True)
+
+
+def _clamp(ctx, a, min, max, inplace, op):
+    check_f32(op, a)
+    lo = real(op, "min", min, finite=False)
+    hi = real(op, "max", max, finite=False)
+    return elementwise_node(ctx, CLAMP, a, [a], [lo, hi], inplace=inplace)
+
+
+def clamp(ctx, a, min: float, max: float):
+    """ggml_clamp: each element limited to [min, max] (MAX(MIN(x, max), min), so min wins when
+    min > max); NaN stays NaN. Unlike ggml (which returns a view of a and so writes over it),
+    the result is a new tensor; clamp_inplace writes over a."""
+    return _clamp(ctx, a, min, max, False, "clamp")
+
+
+def clamp_inplace(ctx, a, min: float, max: float):
+    return _clamp(ctx, a, min, max, True, "clamp_inplace")
+
+
+# -- silu_back: gradient of silu at x (src0) for the output gradient dy (src1) ----------------------------------
+@inline
+def _silu_back_f(x, dy):
+    v = np.float64(x)
+    s = 1.0 / (1.0 + math.exp(-v))
+    return np.float32(np.float64(dy) * s * (1.0 + v * (1.0 - s)))
+
+
+def _silu_back_kernel(rec, ith, nth, phase, wdata, wsize):
+    binary_loop(rec, ith, nth, _silu_back_f)
+
+
+SILU_BACK = register("SILU_BACK", "silu_back(x)", _silu_back_kernel, n_tasks=tasks_by_segments, inplace=True)
+
+
+def silu_back(ctx, a, b):
+    """ggml_silu_back: b * silu'(a), where a is silu's input and b the gradient of its output."""
+    check_f32("silu_back", a, b)
+    check_same_shape("silu_back", a, b)
+    return elementwise_node(ctx, SILU_BACK, a, [a, b])

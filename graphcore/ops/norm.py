@@ -1,0 +1,142 @@
+"""Row normalisation: norm, rms_norm and rms_norm_back (ggml's definitions, any strides).
+
+Each row of ne0 elements is reduced in float64, in order, so results are the same bits for any
+thread count. eps is stored as op_params[0] (float32 bits), as in ggml.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernel import param_f32, record, split, view_f32
+from .args import real
+from .common import check_f32, check_same_shape, inplace_view
+from .registry import new_node, register, tasks_by_rows
+
+
+def _eps(op, eps):
+    return real(op, "eps", eps, positive=True)
+
+
+# -- norm: (x - mean) / sqrt(var + eps) per row -------------------------------------------------------
+def _norm_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    d = view_f32(r, 0)
+    a = view_f32(r, 1)
+    eps = np.float64(param_f32(rec, 0))
+    ne3, ne2, ne1, ne0 = a.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        x = a[i3, i2, i1]
+        y = d[i3, i2, i1]
+        s = 0.0
+        for i0 in range(ne0):
+            s += np.float64(x[i0])
+        mean = s / ne0
+        s2 = 0.0
+        for i0 in range(ne0):
+            v = np.float64(x[i0]) - mean
+            s2 += v * v
+        rs = 1.0 / np.sqrt(s2 / ne0 + eps)
+        for i0 in range(ne0):
+            y[i0] = np.float32((np.float64(x[i0]) - mean) * rs)
+
+
+NORM = register("NORM", "norm(x)", _norm_kernel, n_tasks=tasks_by_rows, inplace=True)
+
+
+def _norm(ctx, a, eps, inplace, op):
+    check_f32(op, a)
+    eps = _eps(op, eps)
+    if inplace:
+        return inplace_view(ctx, NORM, a, [a], [eps])
+    return new_node(ctx, NORM, a.type, a.ne, [a], [eps])
+
+
+def norm(ctx, a, eps: float):
+    """Each row normalised to mean 0 and variance 1: (x - mean) / sqrt(var + eps)."""
+    return _norm(ctx, a, eps, False, "norm")
+
+
+def norm_inplace(ctx, a, eps: float):
+    return _norm(ctx, a, eps, True, "norm_inplace")
+
+
+# -- rms_norm: x / sqrt(mean(x^2) + eps) per row -------------------------------------------------------
+def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    d = view_f32(r, 0)
+    a = view_f32(r, 1)
+    eps = np.float64(param_f32(rec, 0))
+    ne3, ne2, ne1, ne0 = a.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        x = a[i3, i2, i1]
+        y = d[i3, i2, i1]
+        s = 0.0
+        for i0 in range(ne0):
+            v = np.float64(x[i0])
+            s += v * v
+        rs = 1.0 / np.sqrt(s / ne0 + eps)
+        for i0 in range(ne0):
+            y[i0] = np.float32(np.float64(x[i0]) * rs)
+
+
+RMS_NORM = register("RMS_NORM", "rms_norm(x)", _rms_norm_kernel, n_tasks=tasks_by_rows, inplace=True)
+
+
+def _rms_norm(ctx, a, eps, inplace, op):
+    check_f32(op, a)
+    eps = _eps(op, eps)
+    if inplace:
+        return inplace_view(ctx, RMS_NORM, a, [a], [eps])
+    return new_node(ctx, RMS_NORM, a.type, a.ne, [a], [eps])
+
+
+def rms_norm(ctx, a, eps: float):
+    """Each row divided by its root mean square: x / sqrt(mean(x^2) + eps)."""
+    return _rms_norm(ctx, a, eps, False, "rms_norm")
+
+
+def rms_norm_inplace(ctx, a, eps: float):
+    return _rms_norm(ctx, a, eps, True, "rms_norm_inplace")
+
+
+# -- rms_norm_back: gradient of rms_norm at x (src0) for the output gradient dz (src1) -----------------
+def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    d = view_f32(r, 0)
+    a = view_f32(r, 1)
+    g = view_f32(r, 2)
+    eps = np.float64(param_f32(rec, 0))
+    ne3, ne2, ne1, ne0 = a.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        x = a[i3, i2, i1]
+        dz = g[i3, i2, i1]
+        y = d[i3, i2, i1]
+        sxx = 0.0
+        sxdz = 0.0
+        for i0 in range(ne0):
+            v = np.float64(x[i0])
+            sxx += v * v
+            sxdz += v * np.float64(dz[i0])
+        rrms = 1.0 / np.sqrt(sxx / ne0 + eps)
+        c = -sxdz / (sxx + eps * ne0)
+        for i0 in range(ne0):
+            y[i0] = np.float32((np.float64(dz[i0]) + np.float64(x[i0]) * c) * rrms)
+
+
+RMS_NORM_BACK = register("RMS_NORM_BACK", "rms_norm_back(x)", _rms_norm_back_kernel, n_tasks=tasks_by_rows,
+                         inplace=True)
+
+
+def rms_norm_back(ctx, a, b, eps: float):
+    """ggml_rms_norm_back: the gradient of rms_norm(a, eps) given b, the gradient of its output:
+    (b - a * sum(a*b) / (sum(a^2) + n*eps)) / sqrt(mean(a^2) + eps), row by row."""
+    check_f32("rms_norm_back", a, b)
+    check_same_shape("rms_norm_back", a, b)
+    eps = _eps("rms_norm_back", eps)
+    return new_node(ctx, RMS_NORM_BACK, a.type, a.ne, [a, b], [eps])

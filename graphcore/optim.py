@@ -1,0 +1,486 @@
+"""Optimizers as in ggml_opt (llama.cpp 4480542): Adam/AdamW and L-BFGS with backtracking line searches.
+
+The optimizer works on one flat float32 vector x holding every parameter (nodes of the forward
+graph flagged as parameters, in graph order); parameters and gradients move between the graph
+and x one tensor at a time with numpy, never element by element. Scalars follow ggml's float
+arithmetic; dot products accumulate in float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import tensor as TN
+from . import types as T
+from .errors import GraphError
+
+OPT_ADAM, OPT_LBFGS = 0, 1
+
+LINESEARCH_BACKTRACKING_ARMIJO = 0
+LINESEARCH_BACKTRACKING_WOLFE = 1
+LINESEARCH_BACKTRACKING_STRONG_WOLFE = 2
+LINESEARCH_DEFAULT = LINESEARCH_BACKTRACKING_WOLFE
+
+OPT_OK = 0
+OPT_DID_NOT_CONVERGE = 1
+OPT_NO_CONTEXT = 2
+OPT_INVALID_WOLFE = 3
+OPT_FAIL = 4
+OPT_CANCEL = 5
+LINESEARCH_FAIL = -128
+LINESEARCH_MINIMUM_STEP = -127
+LINESEARCH_MAXIMUM_STEP = -126
+LINESEARCH_MAXIMUM_ITERATIONS = -125
+LINESEARCH_INVALID_PARAMETERS = -124
+
+RESULT_NAMES = {OPT_OK: "OK", OPT_DID_NOT_CONVERGE: "DID_NOT_CONVERGE", OPT_NO_CONTEXT: "NO_CONTEXT",
+                OPT_INVALID_WOLFE: "INVALID_WOLFE", OPT_FAIL: "FAIL", OPT_CANCEL: "CANCEL",
+                LINESEARCH_FAIL: "LINESEARCH_FAIL", LINESEARCH_MINIMUM_STEP: "LINESEARCH_MINIMUM_STEP",
+                LINESEARCH_MAXIMUM_STEP: "LINESEARCH_MAXIMUM_STEP",
+                LINESEARCH_MAXIMUM_ITERATIONS: "LINESEARCH_MAXIMUM_ITERATIONS",
+                LINESEARCH_INVALID_PARAMETERS: "LINESEARCH_INVALID_PARAMETERS"}
+
+_F = np.float32
+
+
+@dataclass
+class AdamParams:
+    n_iter: int = 10000
+    sched: float = 1.0          # learning-rate schedule factor (a callback may change it)
+    decay: float = 0.0          # weight decay (AdamW) for tensors with >= decay_min_ndim dims
+    decay_min_ndim: int = 2
+    alpha: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    eps_f: float = 1e-5         # stop when |f - f_prev| / f < eps_f
+    eps_g: float = 1e-3         # kept for ggml compatibility (ggml does not use it either)
+    gclip: float = 0.0          # clip the gradient's norm to gclip when > 0
+
+
+@dataclass
+class LBFGSParams:
+    m: int = 6
+    n_iter: int = 100
+    max_linesearch: int = 20
+    eps: float = 1e-5           # stop when ||g|| / max(||x||, 1) <= eps
+    ftol: float = 1e-4          # sufficient-decrease (Armijo) constant
+    wolfe: float = 0.9          # curvature constant
+    min_step: float = 1e-20
+    max_step: float = 1e20
+    linesearch: int = LINESEARCH_DEFAULT
+
+
+@dataclass
+class OptParams:
+    """ggml_opt_params."""
+    type: int = OPT_ADAM
+    graph_size: int = 2048
+    n_threads: int = 1
+    past: int = 0               # delta-based test over the last `past` values of f (0: off)
+    delta: float = 1e-5
+    max_no_improvement: int = 100
+    print_forward_graph: bool = False    # ggml defaults these to true and writes .dot files
+    print_backward_graph: bool = False
+    n_gradient_accumulation: int = 1
+    adam: AdamParams = field(default_factory=AdamParams)
+    lbfgs: LBFGSParams = field(default_factory=LBFGSParams)
+
+
+def opt_default_params(type: int) -> OptParams:
+    """ggml_opt_default_params(GGML_OPT_ADAM | GGML_OPT_LBFGS)."""
+    if type == OPT_ADAM:
+        return OptParams(type=OPT_ADAM, max_no_improvement=100)
+    if type == OPT_LBFGS:
+        return OptParams(type=OPT_LBFGS, max_no_improvement=0)
+    raise GraphError(f"opt_default_params: unknown optimizer type {type!r} (OPT_ADAM=0, OPT_LBFGS=1)")
+
+
+@dataclass
+class OptContext:
+    """ggml_opt_context: the optimizer's state, kept across opt_resume calls."""
+    ctx: object = None
+    params: Optional[OptParams] = None
+    iter: int = 0
+    nx: int = 0
+    just_initialized: bool = True
+    loss_before: float = 0.0
+    loss_after: float = 0.0
+    # Adam
+    g: Optional[np.ndarray] = None
+    m: Optional[np.ndarray] = None
+    v: Optional[np.ndarray] = None
+    pf: Optional[np.ndarray] = None
+    fx_best: float = 0.0
+    fx_prev: float = 0.0
+    n_no_improvement: int = 0
+    # L-BFGS
+    x: Optional[np.ndarray] = None
+    xp: Optional[np.ndarray] = None
+    gp: Optional[np.ndarray] = None
+    d: Optional[np.ndarray] = None
+    lmal: Optional[np.ndarray] = None
+    lmys: Optional[np.ndarray] = None
+    lms: Optional[np.ndarray] = None
+    lmy: Optional[np.ndarray] = None
+    step: float = 0.0
+    j: int = 0
+    k: int = 1
+    end: int = 0
+    n_evals: int = 0            # forward+backward evaluations made (not in ggml; for reports)
+
+
+def opt_init(ctx, opt: OptContext, params: OptParams, nx: int) -> OptContext:
+    """ggml_opt_init: (re)initialise opt's state for nx parameters."""
+    if not isinstance(params, OptParams):
+        raise GraphError(f"opt_init: params must come from opt_default_params, got {type(params).__name__}")
+    opt.ctx, opt.params, opt.iter, opt.nx, opt.just_initialized = ctx, params, 0, nx, True
+    z = lambda n: np.zeros(n, dtype=_F)  # noqa: E731
+    opt.pf = z(params.past) if params.past > 0 else None
+    if params.type == OPT_ADAM:
+        opt.g, opt.m, opt.v = z(nx), z(nx), z(nx)
+    elif params.type == OPT_LBFGS:
+        mm = params.lbfgs.m
+        opt.x, opt.xp, opt.g, opt.gp, opt.d = z(nx), z(nx), z(nx), z(nx), z(nx)
+        opt.lmal, opt.lmys = z(mm), z(mm)
+        opt.lms, opt.lmy = np.zeros((mm, nx), _F), np.zeros((mm, nx), _F)
+    else:
+        raise GraphError(f"opt_init: unknown optimizer type {params.type!r}")
+    return opt
+
+
+def _dot(a, b) -> float:
+    return float(np.dot(a.astype(np.float64), b.astype(np.float64)))
+
+
+def _norm(a) -> float:
+    return float(np.sqrt(_dot(a, a)))
+
+
+class _Problem:
+    """The parameters of a forward graph, a planned backward graph, and one evaluation f(x), g(x)."""
+
+    def __init__(self, f, gf, gb, params: OptParams):
+        from .executor import graph_compute
+        from .planner import graph_plan
+        if not isinstance(f, TN.Tensor) or not TN.is_scalar(f):
+            raise GraphError(f"opt: f must be a scalar tensor, got {TN.describe(f)}")
+        if f.grad is None:
+            raise GraphError("opt: f has no gradient; mark parameters with set_param before building f, "
+                             "then build the backward graph")
+        self.ps = [n for n in gf.nodes if n.flags & TN.FLAG_PARAM]
+        for p in self.ps:
+            if p.type != T.TYPE_F32:
+                raise GraphError(f"opt: parameters must be F32, got {TN.describe(p)}")
+            if p.grad is None:
+                raise GraphError(f"opt: parameter {TN.describe(p)} has no gradient in the backward graph")
+        self.sizes = [TN.nelements(p) for p in self.ps]
+        self.offs = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+        self.nx = int(self.offs[-1])
+        self.f, self.gb = f, gb
+        self.plan = graph_plan(gb, params.n_threads)
+        if self.plan.work_size:
+            self.plan.work_data = np.empty(self.plan.work_size, np.uint8)
+        self._compute = graph_compute
+        self.n_accum = max(1, params.n_gradient_accumulation)
+
+    def get_params(self, x):
+        for p, a, b in zip(self.ps, self.offs[:-1], self.offs[1:]):
+            x[a:b] = p.numpy4d().reshape(-1)
+
+    def set_params(self, x):
+        for p, a, b in zip(self.ps, self.offs[:-1], self.offs[1:]):
+            p.numpy4d()[...] = x[a:b].reshape(p.numpy4d().shape)
+
+    def acc_grad(self, g, scale):
+        for p, a, b in zip(self.ps, self.offs[:-1], self.offs[1:]):
+            g[a:b] += p.grad.numpy4d().reshape(-1) * _F(scale)
+
+    def evaluate(self, opt, g, callback, sched_box):
+        """f at the parameters now in the graph, its gradient accumulated into g (zeroed first).
+        Returns f, or None when the callback cancelled."""
+        norm = _F(1.0) / _F(self.n_accum)
+        fx = _F(0.0)
+        g[:] = 0
+        for accum_step in range(self.n_accum):
+            if callback is not None:
+                if callback(accum_step, sched_box):
+                    return None
+            TN.set_f32(self.f.grad, 1.0)
+            self._compute(self.gb, self.plan)
+            opt.n_evals += 1
+            self.acc_grad(g, norm)
+            fx += _F(TN.get_f32_1d(self.f, 0))
+        return _F(fx * norm)
+
+
+class _Sched:
+    """A mutable learning-rate schedule factor handed to callbacks (ggml passes `float * sched`)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _adam(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
+    if opt.params.type != params.type or opt.nx != prob.nx or opt.params.past != params.past:
+        it = opt.iter
+        opt_init(opt.ctx, opt, params, prob.nx)
+        opt.iter = it
+    a = params.adam
+    sched = _Sched(a.sched)
+    alpha, beta1, beta2, eps, gclip = _F(a.alpha), _F(a.beta1), _F(a.beta2), _F(a.eps), a.gclip
+    decay = _F(a.decay) * alpha
+    g, m, v, pf = opt.g, opt.m, opt.v, opt.pf
+    x = np.empty(prob.nx, _F)
+    decays = np.concatenate([np.full(n, 1.0 if TN.n_dims(p) >= a.decay_min_ndim else 0.0, _F)
+                             for p, n in zip(prob.ps, prob.sizes)]) if prob.nx else np.zeros(0, _F)
+
+    fx = prob.evaluate(opt, g, callback, sched)
+    if fx is None:
+        return OPT_CANCEL
+    opt.fx_prev = opt.fx_best = fx
+    if pf is not None:
+        pf[opt.iter % params.past] = fx
+    opt.loss_before = opt.loss_after = fx
+    if opt.just_initialized:
+        opt.n_no_improvement = 0
+        opt.just_initialized = False
+
+    iter0 = opt.iter
+    for t in range(a.n_iter):
+        opt.iter = iter0 + t + 1
+        gnorm = _F(1.0)
+        if gclip > 0:
+            norm = _norm(g)
+            if norm > gclip:
+                gnorm = _F(gclip / norm)
+        beta1h = _F(alpha * _F(sched.value) / (_F(1.0) - _F(beta1 ** opt.iter)))
+        beta2h = _F(_F(1.0) / (_F(1.0) - _F(beta2 ** opt.iter)))
+        prob.get_params(x)
+        gg = g * gnorm
+        m[:] = m * beta1 + gg * (_F(1.0) - beta1)
+        v[:] = v * beta2 + gg * gg * (_F(1.0) - beta2)
+        vh = np.sqrt(v * beta2h) + eps
+        x[:] = x * (_F(1.0) - decays * decay * _F(sched.value)) - (m * beta1h) / vh
+        prob.set_params(x)
+
+        fx = prob.evaluate(opt, g, callback, sched)
+        if fx is None:
+            return OPT_CANCEL
+        opt.loss_after = fx
+        if not np.isfinite(fx):
+            return OPT_FAIL
+        if abs(fx - opt.fx_prev) / fx < a.eps_f:
+            return OPT_OK
+        if pf is not None:
+            if params.past <= iter0 + t:
+                rate = (pf[(iter0 + t) % params.past] - fx) / fx
+                if abs(rate) < params.delta:
+                    return OPT_OK
+            pf[(iter0 + t) % params.past] = fx
+        if params.max_no_improvement > 0:
+            if opt.fx_best > fx:
+                opt.fx_best = fx
+                opt.n_no_improvement = 0
+            else:
+                opt.n_no_improvement += 1
+                if opt.n_no_improvement >= params.max_no_improvement:
+                    return OPT_OK
+        opt.fx_prev = fx
+    return OPT_DID_NOT_CONVERGE
+
+
+def _linesearch_backtracking(params: OptParams, x, fx, g, d, step, xp, prob: _Problem, opt, callback):
+    """Returns (result, fx, step): result is the number of evaluations, or a negative LINESEARCH_
+    code, or OPT_CANCEL (as ggml, signalled separately through `cancelled`)."""
+    lb = params.lbfgs
+    dec, inc = _F(0.5), _F(2.1)
+    if step <= 0:
+        return LINESEARCH_INVALID_PARAMETERS, fx, step, False
+    dginit = _F(_dot(g, d))
+    if dginit > 0:                                  # not a descent direction
+        return LINESEARCH_FAIL, fx, step, False
+    finit = fx
+    dgtest = _F(_F(lb.ftol) * dginit)
+    count = 0
+    sched = _Sched(0.0)                             # L-BFGS ignores the learning-rate schedule
+    while True:
+        x[:] = xp + d * _F(step)
+        prob.set_params(x)
+        fx = prob.evaluate(opt, g, callback, sched)
+        if fx is None:
+            return OPT_CANCEL, finit, step, True
+        count += 1
+        if not np.isfinite(fx):
+            width = dec                             # a NaN/inf trial point: step back (ggml would not)
+        elif fx > finit + _F(step) * dgtest:
+            width = dec
+        else:
+            if lb.linesearch == LINESEARCH_BACKTRACKING_ARMIJO:
+                return count, fx, step, False
+            dg = _F(_dot(g, d))
+            if dg < _F(lb.wolfe) * dginit:
+                width = inc
+            else:
+                if lb.linesearch == LINESEARCH_BACKTRACKING_WOLFE:
+                    return count, fx, step, False
+                if dg > -_F(lb.wolfe) * dginit:
+                    width = dec
+                else:
+                    return count, fx, step, False     # strong Wolfe
+        if step < lb.min_step:
+            return LINESEARCH_MINIMUM_STEP, fx, step, False
+        if step > lb.max_step:
+            return LINESEARCH_MAXIMUM_STEP, fx, step, False
+        if lb.max_linesearch <= count:
+            return LINESEARCH_MAXIMUM_ITERATIONS, fx, step, False
+        step = float(_F(step) * width)
+
+
+def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
+    lb = params.lbfgs
+    if lb.linesearch in (LINESEARCH_BACKTRACKING_WOLFE, LINESEARCH_BACKTRACKING_STRONG_WOLFE):
+        if lb.wolfe <= lb.ftol or 1.0 <= lb.wolfe:
+            return OPT_INVALID_WOLFE
+    if lb.m <= 0:
+        raise GraphError(f"opt: lbfgs.m must be positive, got {lb.m}")
+    if (opt.params.type != params.type or opt.nx != prob.nx or opt.params.past != params.past
+            or opt.params.lbfgs.m != lb.m):
+        it = opt.iter
+        opt_init(opt.ctx, opt, params, prob.nx)
+        opt.iter = it
+    mm = lb.m
+    x, xp, g, gp, d, pf = opt.x, opt.xp, opt.g, opt.gp, opt.d, opt.pf
+    lm_alpha, lm_ys, lm_s, lm_y = opt.lmal, opt.lmys, opt.lms, opt.lmy
+
+    prob.get_params(x)
+    prob.set_params(x)
+    fx = prob.evaluate(opt, g, callback, _Sched(0.0))
+    if fx is None:
+        return OPT_CANCEL
+    opt.loss_before = opt.loss_after = fx
+    if not np.isfinite(fx):
+        return OPT_FAIL
+    d[:] = -g
+    xnorm, gnorm = max(_norm(x), 1.0), _norm(g)
+    if gnorm / xnorm <= lb.eps:
+        return OPT_OK                               # already optimal
+    if opt.just_initialized:
+        if pf is not None:
+            pf[0] = fx
+        opt.fx_best = fx
+        opt.step = 1.0 / _norm(d)                   # first step 1/||d||
+        opt.j, opt.k, opt.end, opt.n_no_improvement = 0, 1, 0, 0
+        opt.just_initialized = False
+
+    it = 0
+    while True:
+        xp[:] = x
+        gp[:] = g
+        ls, fx, opt.step, cancelled = _linesearch_backtracking(params, x, fx, g, d, opt.step, xp, prob, opt,
+                                                              callback)
+        if cancelled:
+            return OPT_CANCEL
+        if ls < 0:
+            # the line search failed: go back to the previous point (in the graph too; ggml leaves
+            # the graph at the last trial point)
+            x[:] = xp
+            g[:] = gp
+            prob.set_params(x)
+            return ls
+        opt.loss_after = fx
+        xnorm, gnorm = max(_norm(x), 1.0), _norm(g)
+        if gnorm / xnorm <= lb.eps:
+            return OPT_OK
+        if pf is not None:
+            if params.past <= opt.k:
+                rate = (pf[opt.k % params.past] - fx) / fx
+                if abs(rate) < params.delta:
+                    return OPT_OK
+            pf[opt.k % params.past] = fx
+        if params.max_no_improvement > 0:
+            if fx < opt.fx_best:
+                opt.fx_best = fx
+                opt.n_no_improvement = 0
+            else:
+                opt.n_no_improvement += 1
+                if opt.n_no_improvement >= params.max_no_improvement:
+                    return OPT_OK
+        if lb.n_iter != 0 and lb.n_iter < it + 1:
+            return OPT_DID_NOT_CONVERGE
+
+        # new curvature pair: s = x - xp, y = g - gp
+        e = opt.end
+        lm_s[e] = x - xp
+        lm_y[e] = g - gp
+        ys, yy = _F(_dot(lm_y[e], lm_s[e])), _F(_dot(lm_y[e], lm_y[e]))
+        lm_ys[e] = ys
+        bound = mm if mm <= opt.k else opt.k
+        opt.k += 1
+        it += 1
+        opt.end = (opt.end + 1) % mm
+
+        # two-loop recursion for the new direction
+        d[:] = -g
+        j = opt.end
+        for _ in range(bound):
+            j = (j + mm - 1) % mm
+            lm_alpha[j] = _F(_dot(lm_s[j], d)) / lm_ys[j]
+            d -= lm_y[j] * lm_alpha[j]
+        d *= _F(ys / yy)
+        for _ in range(bound):
+            beta = _F(_dot(lm_y[j], d)) / lm_ys[j]
+            d += lm_s[j] * _F(lm_alpha[j] - beta)
+            j = (j + 1) % mm
+        opt.j = j
+        opt.step = 1.0
+
+
+def _wrap_callback(callback, callback_data):
+    """ggml's callback(data, accum_step, &sched, &cancel) as Python: callback(data, accum_step, sched)
+    where sched is a mutable object with `.value`; returning True cancels."""
+    if callback is None:
+        return None
+
+    def cb(accum_step, sched_box):
+        return bool(callback(callback_data, accum_step, sched_box))
+    return cb
+
+
+def opt_resume_g(ctx, opt: OptContext, f, gf, gb, callback: Optional[Callable] = None, callback_data=None) -> int:
+    """Run the optimizer on graphs the caller built (gf forward, gb backward of f)."""
+    if not isinstance(opt, OptContext) or opt.params is None:
+        raise GraphError("opt_resume_g: opt must be initialised with opt_init")
+    prob = _Problem(f, gf, gb, opt.params)
+    cb = _wrap_callback(callback, callback_data)
+    if opt.params.type == OPT_ADAM:
+        result = _adam(opt, opt.params, prob, cb)
+    else:
+        result = _lbfgs(opt, opt.params, prob, cb)
+    from .graph import graph_print
+    if opt.params.print_forward_graph:
+        print(graph_print(gf), end="")
+    if opt.params.print_backward_graph:
+        print(graph_print(gb), end="")
+    return result
+
+
+def opt_resume(ctx, opt: OptContext, f) -> int:
+    """Build the forward and backward graphs of f in ctx, then run the optimizer (ggml_opt_resume)."""
+    from . import autodiff
+    from .graph import build_forward_expand, graph_dup, new_graph_custom
+    gf = new_graph_custom(ctx, opt.params.graph_size, True)
+    build_forward_expand(gf, f)
+    gb = graph_dup(ctx, gf)
+    autodiff.build_backward_expand(ctx, gf, gb, True)
+    return opt_resume_g(ctx, opt, f, gf, gb)
+
+
+def opt(ctx, params: OptParams, f) -> int:
+    """ggml_opt: minimise the scalar f over every parameter it depends on. Returns an OPT_ code."""
+    if not isinstance(params, OptParams):
+        raise GraphError(f"opt: params must come from opt_default_params, got {type(params).__name__}")
+    o = opt_init(ctx, OptContext(), params, 0)
+    return opt_resume(ctx, o, f)
