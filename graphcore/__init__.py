@@ -38,6 +38,22 @@ from .optim import (LINESEARCH_BACKTRACKING_ARMIJO, LINESEARCH_BACKTRACKING_STRO
                     OPT_INVALID_WOLFE, OPT_LBFGS, OPT_NO_CONTEXT, OPT_OK, AdamParams, LBFGSParams, OptContext,
                     OptParams, opt, opt_default_params, opt_init, opt_resume, opt_resume_g)
 
+from .ops.norm import norm, norm_inplace, rms_norm, rms_norm_back, rms_norm_inplace
+from .ops.attention import (diag_mask_inf, diag_mask_inf_inplace, diag_mask_zero, diag_mask_zero_inplace, rope,
+                            rope_back, rope_custom, rope_custom_inplace, rope_inplace, rope_xpos_inplace, soft_max,
+                            soft_max_back, soft_max_back_inplace, soft_max_ext, soft_max_inplace)
+from .ops.indexing import (acc, acc_inplace, diag, get_rows, get_rows_back, set, set_1d, set_1d_inplace, set_2d,
+                           set_2d_inplace, set_inplace)
+from .ops.activations import (clamp, clamp_inplace, elu, elu_inplace, gelu_quick, gelu_quick_inplace, leaky_relu,
+                              silu_back, tanh, tanh_inplace)
+from .ops.reduce import repeat_back
+from .ops.losses import cross_entropy_loss, cross_entropy_loss_back
+from .ops.custom import (N_TASKS_MAX, map_custom1, map_custom1_inplace, map_custom2, map_custom2_inplace,
+                         map_custom3, map_custom3_inplace)
+
+from .autodiff import build_backward, build_backward_expand, graph_reset, set_param
+from .ops.elementwise import gelu_back
+
 # ggml_op constants: OP_NONE, OP_ADD, ... derived from the registry
 globals().update({f"OP_{op.name}": op.code for op in OPS})
 

@@ -178,8 +178,7 @@ def graph_compute(g, cplan: CPlan) -> int:
     if failed >= 0:
         node = g.nodes[failed]
         code, arg = int(recs[failed, K.R_ERR]), int(recs[failed, K.R_ERRARG])
-        raise ComputeError(f"{OPS[node.op].name} (node {failed} '{node.name}'): "
-                           f"{K.ERRORS.get(code, f'error {code}')}: {arg}")
+        raise K.compute_error(node, failed, code, arg)
     return STATUS_SUCCESS
 
 

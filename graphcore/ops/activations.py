@@ -9,10 +9,13 @@ import math
 
 import numpy as np
 
+from ..errors import GraphError
 from ..kernel import inline, param_f32
 from .args import boolean, real
-from .common import binary_loop, check_f32, check_same_shape, elementwise_node, tasks_by_segments, unary_loop
+from .common import (binary_loop, check_f32, check_same_shape, elementwise_node, shapes, tasks_by_segments,
+                     unary_loop)
 from .registry import register
+from .registry import param_f32 as param_f32_of
 
 
 def _unary_builders(op, name):
@@ -40,7 +43,13 @@ def _tanh_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _tanh_f, 0.0)
 
 
-TANH = register("TANH", "tanh(x)", _tanh_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _tanh_backward(ctx, t, g, d):
+    if d.needs(0):      # (1 - tanh^2) g, from the result (which survives tanh_inplace)
+        from .elementwise import mul, sqr, sub
+        d.add(0, sub(ctx, g, mul(ctx, g, sqr(ctx, t))))
+
+
+TANH = register("TANH", "tanh(x)", _tanh_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_tanh_backward)
 tanh, tanh_inplace = _unary_builders(TANH, "tanh")
 
 
@@ -56,7 +65,13 @@ def _elu_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _elu_f, 0.0)
 
 
-ELU = register("ELU", "elu(x)", _elu_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _elu_backward(ctx, t, g, d):
+    if d.needs(0):      # 1 for x > 0, exp(x) = y + 1 otherwise: g * (1 + y - relu(y)), from the result
+        from .elementwise import add, mul, relu, sub
+        d.add(0, add(ctx, g, mul(ctx, g, sub(ctx, t, relu(ctx, t)))))
+
+
+ELU = register("ELU", "elu(x)", _elu_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_elu_backward)
 elu, elu_inplace = _unary_builders(ELU, "elu")
 
 
@@ -74,7 +89,14 @@ def _gelu_quick_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _gelu_quick_f, 0.0)
 
 
-GELU_QUICK = register("GELU_QUICK", "gelu_quick(x)", _gelu_quick_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _gelu_quick_backward(ctx, t, g, d):
+    if d.needs(0):      # x sigmoid(k x) = silu(k x) / k, so its derivative is silu'(k x)
+        from .elementwise import scale
+        d.add(0, silu_back(ctx, scale(ctx, t.src[0], -GELU_QUICK_COEF), g))
+
+
+GELU_QUICK = register("GELU_QUICK", "gelu_quick(x)", _gelu_quick_kernel, n_tasks=tasks_by_segments, inplace=True,
+                      backward=_gelu_quick_backward)
 gelu_quick, gelu_quick_inplace = _unary_builders(GELU_QUICK, "gelu_quick")
 
 
@@ -90,7 +112,16 @@ def _leaky_relu_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _leaky_relu_f, param_f32(rec, 0))
 
 
-LEAKY_RELU = register("LEAKY_RELU", "leaky_relu(x)", _leaky_relu_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _leaky_relu_backward(ctx, t, g, d):
+    if d.needs(0):      # 1 for x > 0, slope otherwise: slope g + (1 - slope) step(x) g
+        from .elementwise import add, mul, scale, step
+        slope = param_f32_of(t, 0)
+        pos = mul(ctx, step(ctx, t.src[0]), g)
+        d.add(0, pos if slope == 0.0 else add(ctx, scale(ctx, g, slope), scale(ctx, pos, 1.0 - slope)))
+
+
+LEAKY_RELU = register("LEAKY_RELU", "leaky_relu(x)", _leaky_relu_kernel, n_tasks=tasks_by_segments, inplace=True,
+                      backward=_leaky_relu_backward)
 
 
 def leaky_relu(ctx, a, negative_slope: float, inplace: bool = False):
@@ -115,7 +146,16 @@ def _clamp_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _clamp_f, (param_f32(rec, 0), param_f32(rec, 1)))
 
 
-CLAMP = register("CLAMP", "clamp(x)", _clamp_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _clamp_backward(ctx, t, g, d):
+    if d.needs(0):      # g where the value was kept (y == x), 0 where it was clamped
+        from .elementwise import add, mul, neg, step, sub
+        moved = sub(ctx, t, t.src[0])
+        clamped = add(ctx, step(ctx, moved), step(ctx, neg(ctx, moved)))
+        d.add(0, sub(ctx, g, mul(ctx, g, clamped)))
+
+
+CLAMP = register("CLAMP", "clamp(x)", _clamp_kernel, n_tasks=tasks_by_segments, inplace=True,
+                 backward=_clamp_backward)
 
 
 def _clamp(ctx, a, min, max, inplace, op):
@@ -148,7 +188,16 @@ def _silu_back_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _silu_back_f)
 
 
-SILU_BACK = register("SILU_BACK", "silu_back(x)", _silu_back_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _silu_back_backward(ctx, t, g, d):
+    if d.needs(0):
+        raise GraphError(f"silu_back: no rule for the gradient with respect to x (silu's second derivative), "
+                         f"needed for {shapes(t.src[0])}")
+    if d.needs(1):      # linear in dy
+        d.add(1, silu_back(ctx, t.src[0], g))
+
+
+SILU_BACK = register("SILU_BACK", "silu_back(x)", _silu_back_kernel, n_tasks=tasks_by_segments, inplace=True,
+                     backward=_silu_back_backward)
 
 
 def silu_back(ctx, a, b):

@@ -1,7 +1,8 @@
 """Elementwise ops: add sub mul div add1 scale and the unary functions.
 
-Each op: builder (shape/type rule), scalar function, kernel, registry record. Backward rules
-are filled in by the autodiff module's table (ops/backward.py) when it lands.
+Each op: builder (shape/type rule), scalar function, kernel, backward rule, registry record.
+A backward rule `rule(ctx, t, g, d)` builds the gradients of t's sources from g, t's gradient,
+and adds them through d (see graphcore/autodiff.py); `reduce=TILES` undoes src1's broadcast.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import inline, param_f32, record, split, view_f32
 from .common import binary_loop, check_f32, elementwise_node, shapes, tasks_by_segments, unary_loop
-from .registry import register
+from .registry import NOT_DIFFERENTIABLE, TILES, register
+from .registry import param_f32 as param_f32_of
 
 
 # -- binary ops: src1 is tiled over src0 when ggml's can_repeat(b, a) holds --------------------------
@@ -34,7 +36,14 @@ def _add_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _add_f)
 
 
-ADD = register("ADD", "x+y", _add_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _add_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, g)
+    if d.needs(1):
+        d.add(1, g, reduce=TILES)
+
+
+ADD = register("ADD", "x+y", _add_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_add_backward)
 
 
 def add(ctx, a, b):
@@ -55,7 +64,14 @@ def _sub_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _sub_f)
 
 
-SUB = register("SUB", "x-y", _sub_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _sub_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, g)
+    if d.needs(1):
+        d.sub(1, g, reduce=TILES)
+
+
+SUB = register("SUB", "x-y", _sub_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sub_backward)
 
 
 def sub(ctx, a, b):
@@ -75,7 +91,15 @@ def _mul_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _mul_f)
 
 
-MUL = register("MUL", "x*y", _mul_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _mul_backward(ctx, t, g, d):
+    a, b = t.src
+    if d.needs(0):      # b * g (ggml's operand order when b is full size; b tiled over g otherwise)
+        d.add(0, mul(ctx, b, g) if TN.are_same_shape(b, g) else mul(ctx, g, b))
+    if d.needs(1):
+        d.add(1, mul(ctx, a, g), reduce=TILES)
+
+
+MUL = register("MUL", "x*y", _mul_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_mul_backward)
 
 
 def mul(ctx, a, b):
@@ -95,7 +119,15 @@ def _div_kernel(rec, ith, nth, phase, wdata, wsize):
     binary_loop(rec, ith, nth, _div_f)
 
 
-DIV = register("DIV", "x/y", _div_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _div_backward(ctx, t, g, d):
+    a, b = t.src
+    if d.needs(0):      # g / b
+        d.add(0, div(ctx, g, b))
+    if d.needs(1):      # -g * a / b^2 = -g * t / b
+        d.sub(1, mul(ctx, g, div(ctx, t, b)), reduce=TILES)
+
+
+DIV = register("DIV", "x/y", _div_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_div_backward)
 
 
 def div(ctx, a, b):
@@ -113,7 +145,15 @@ def _add1_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _add_f, b[0, 0, 0, 0])
 
 
-ADD1 = register("ADD1", "x+1", _add1_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _add1_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, g)
+    if d.needs(1):      # b was added to every element: the sum of g (ggml takes the mean, a known bug)
+        from .reduce import sum as sum_
+        d.add(1, sum_(ctx, g))
+
+
+ADD1 = register("ADD1", "x+1", _add1_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_add1_backward)
 
 
 def _add1(ctx, a, b, inplace, name):
@@ -136,7 +176,13 @@ def _scale_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _mul_f, param_f32(rec, 0))
 
 
-SCALE = register("SCALE", "x*v", _scale_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _scale_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, scale(ctx, g, param_f32_of(t, 0)))
+
+
+SCALE = register("SCALE", "x*v", _scale_kernel, n_tasks=tasks_by_segments, inplace=True,
+                 backward=_scale_backward)
 
 
 def _scale(ctx, a, s, inplace, name):
@@ -179,7 +225,12 @@ def _sqr_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _sqr_f, 0.0)
 
 
-SQR = register("SQR", "x^2", _sqr_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _sqr_backward(ctx, t, g, d):
+    if d.needs(0):      # 2 x g
+        d.add(0, scale(ctx, mul(ctx, t.src[0], g), 2.0))
+
+
+SQR = register("SQR", "x^2", _sqr_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqr_backward)
 sqr, sqr_inplace = _unary_builders(SQR, "sqr")
 
 
@@ -192,7 +243,12 @@ def _sqrt_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _sqrt_f, 0.0)
 
 
-SQRT = register("SQRT", "√x", _sqrt_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _sqrt_backward(ctx, t, g, d):
+    if d.needs(0):      # g / (2 sqrt(x))
+        d.add(0, scale(ctx, div(ctx, g, t), 0.5))
+
+
+SQRT = register("SQRT", "√x", _sqrt_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqrt_backward)
 sqrt, sqrt_inplace = _unary_builders(SQRT, "sqrt")
 
 
@@ -205,7 +261,12 @@ def _log_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _log_f, 0.0)
 
 
-LOG = register("LOG", "log(x)", _log_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _log_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, div(ctx, g, t.src[0]))
+
+
+LOG = register("LOG", "log(x)", _log_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_log_backward)
 log, log_inplace = _unary_builders(LOG, "log")
 
 
@@ -218,7 +279,12 @@ def _neg_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _neg_f, 0.0)
 
 
-NEG = register("NEG", "-x", _neg_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _neg_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.sub(0, g)
+
+
+NEG = register("NEG", "-x", _neg_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_neg_backward)
 neg, neg_inplace = _unary_builders(NEG, "neg")
 
 
@@ -231,7 +297,12 @@ def _abs_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _abs_f, 0.0)
 
 
-ABS = register("ABS", "abs(x)", _abs_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _abs_backward(ctx, t, g, d):
+    if d.needs(0):      # sgn(x) g (0 at x = 0)
+        d.add(0, mul(ctx, sgn(ctx, t.src[0]), g))
+
+
+ABS = register("ABS", "abs(x)", _abs_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_abs_backward)
 abs_, abs_inplace = _unary_builders(ABS, "abs")
 
 
@@ -244,7 +315,8 @@ def _sgn_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _sgn_f, 0.0)
 
 
-SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True)
+# piecewise constant: the derivative is 0 wherever it exists, so no gradient flows through sgn
+SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True, backward=NOT_DIFFERENTIABLE)
 sgn, sgn_inplace = _unary_builders(SGN, "sgn")
 
 
@@ -257,7 +329,9 @@ def _step_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _step_f, 0.0)
 
 
-STEP = register("STEP", "step(x)", _step_kernel, n_tasks=tasks_by_segments, inplace=True)
+# piecewise constant, as sgn
+STEP = register("STEP", "step(x)", _step_kernel, n_tasks=tasks_by_segments, inplace=True,
+                backward=NOT_DIFFERENTIABLE)
 step, step_inplace = _unary_builders(STEP, "step")
 
 
@@ -270,7 +344,13 @@ def _relu_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _relu_f, 0.0)
 
 
-RELU = register("RELU", "relu(x)", _relu_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _relu_backward(ctx, t, g, d):
+    if d.needs(0):      # step(x) g; step(relu(x)) == step(x), and t survives relu_inplace
+        d.add(0, mul(ctx, step(ctx, t), g))
+
+
+RELU = register("RELU", "relu(x)", _relu_kernel, n_tasks=tasks_by_segments, inplace=True,
+                backward=_relu_backward)
 relu, relu_inplace = _unary_builders(RELU, "relu")
 
 GELU_COEF_A = 0.044715
@@ -288,7 +368,13 @@ def _gelu_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _gelu_f, 0.0)
 
 
-GELU = register("GELU", "gelu(x)", _gelu_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _gelu_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, gelu_back(ctx, t.src[0], g))
+
+
+GELU = register("GELU", "gelu(x)", _gelu_kernel, n_tasks=tasks_by_segments, inplace=True,
+                backward=_gelu_backward)
 gelu, gelu_inplace = _unary_builders(GELU, "gelu")
 
 
@@ -302,5 +388,45 @@ def _silu_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _silu_f, 0.0)
 
 
-SILU = register("SILU", "silu(x)", _silu_kernel, n_tasks=tasks_by_segments, inplace=True)
+def _silu_backward(ctx, t, g, d):
+    if d.needs(0):
+        from .activations import silu_back
+        d.add(0, silu_back(ctx, t.src[0], g))
+
+
+SILU = register("SILU", "silu(x)", _silu_kernel, n_tasks=tasks_by_segments, inplace=True,
+                backward=_silu_backward)
 silu, silu_inplace = _unary_builders(SILU, "silu")
+
+
+# -- gelu_back: the gradient of gelu at x (src0) for the output gradient dy (src1) --------------------------
+@inline
+def _gelu_back_f(x, dy):
+    v = np.float64(x)
+    th = math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))
+    dgelu = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * v * v)
+    return np.float32(np.float64(dy) * dgelu)
+
+
+def _gelu_back_kernel(rec, ith, nth, phase, wdata, wsize):
+    binary_loop(rec, ith, nth, _gelu_back_f)
+
+
+def _gelu_back_backward(ctx, t, g, d):
+    if d.needs(0):
+        raise GraphError(f"gelu_back: no rule for the gradient with respect to x (gelu's second derivative), "
+                         f"needed for {shapes(t.src[0])}")
+    if d.needs(1):      # linear in dy
+        d.add(1, gelu_back(ctx, t.src[0], g))
+
+
+GELU_BACK = register("GELU_BACK", "gelu_back(x)", _gelu_back_kernel, n_tasks=tasks_by_segments,
+                     backward=_gelu_back_backward)
+
+
+def gelu_back(ctx, a, b):
+    """b * gelu'(a): the gradient of gelu (tanh form) at a, given b, the gradient of its output."""
+    check_f32("gelu_back", a, b)
+    if not TN.are_same_shape(a, b):
+        raise GraphError(f"gelu_back: shapes differ: {shapes(a, b)}")
+    return elementwise_node(ctx, GELU_BACK, a, [a, b])

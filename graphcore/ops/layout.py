@@ -98,6 +98,12 @@ def _tasks_by_src_rows(node, n_threads):
 _COPY_TYPES = (_F32, _F16, _I32)
 
 
+def _check_ints(op, vals, a):
+    """Sizes and axes must be ints: a float (2.5) would otherwise be truncated into a wrong shape."""
+    if any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in vals):
+        raise GraphError(f"{op}: sizes and axes must be ints, got {list(vals)} for {shapes(a)}")
+
+
 def _check_copy(op, a, b=None):
     TN.check_tensor(op, a, *( [b] if b is not None else []))
     for t in (a, b):
@@ -105,9 +111,23 @@ def _check_copy(op, a, b=None):
             raise GraphError(f"{op}: unsupported type: {shapes(a, b) if b is not None else shapes(a)}")
 
 
-DUP = register("DUP", "x", _dup_kernel, n_tasks=_tasks_by_src_rows, inplace=True)
-CPY = register("CPY", "x-\\>y", _dup_kernel, n_tasks=_tasks_by_src_rows)
-CONT = register("CONT", "cont(x)", _dup_kernel, n_tasks=_tasks_by_src_rows)
+def _as_shape_of(ctx, g, a):
+    """g's elements in row-major order, shaped like a (g itself when the shapes agree)."""
+    if TN.are_same_shape(g, a):
+        return g
+    return reshape_4d(ctx, g if TN.is_contiguous(g) else cont(ctx, g), *a.ne)
+
+
+def _copy_backward(ctx, t, g, d):
+    # dup, cont and cpy copy src0's elements in row-major order: the gradient goes back the same
+    # way; cpy's destination (src1) is overwritten, so it takes no gradient
+    if d.needs(0):
+        d.add(0, _as_shape_of(ctx, g, t.src[0]))
+
+
+DUP = register("DUP", "x", _dup_kernel, n_tasks=_tasks_by_src_rows, inplace=True, backward=_copy_backward)
+CPY = register("CPY", "x-\\>y", _dup_kernel, n_tasks=_tasks_by_src_rows, backward=_copy_backward)
+CONT = register("CONT", "cont(x)", _dup_kernel, n_tasks=_tasks_by_src_rows, backward=_copy_backward)
 
 
 def dup(ctx, a):
@@ -124,6 +144,7 @@ def dup_inplace(ctx, a):
 
 def cpy(ctx, a, b):
     """Copy a's elements (row-major order) into b, converting types; returns a view of b."""
+    TN.check_tensor("cpy", a, b)
     _check_copy("cpy", a, b)
     if TN.nelements(a) != TN.nelements(b):
         raise GraphError(f"cpy: element counts differ ({TN.nelements(a)} vs {TN.nelements(b)}): {shapes(a, b)}")
@@ -141,7 +162,8 @@ def cont(ctx, a):
 
 def cont_4d(ctx, a, ne0, ne1, ne2, ne3):
     _check_copy("cont_4d", a)
-    if ne0 * ne1 * ne2 * ne3 != TN.nelements(a):
+    _check_ints("cont_4d", (ne0, ne1, ne2, ne3), a)
+    if min(ne0, ne1, ne2, ne3) <= 0 or ne0 * ne1 * ne2 * ne3 != TN.nelements(a):
         raise GraphError(f"cont_4d: [{ne0}, {ne1}, {ne2}, {ne3}] does not hold {TN.nelements(a)} elements: {shapes(a)}")
     return new_node(ctx, CONT, a.type, [ne0, ne1, ne2, ne3], [a])
 
@@ -159,11 +181,18 @@ def cont_3d(ctx, a, ne0, ne1, ne2):
 
 
 # -- reshape: a contiguous tensor seen with another shape ------------------------------------------------
-RESHAPE = register("RESHAPE", "reshape(x)")
+def _reshape_backward(ctx, t, g, d):
+    if d.needs(0):
+        a = t.src[0]
+        d.add(0, reshape_4d(ctx, g if TN.is_contiguous(g) else cont(ctx, g), *a.ne))
+
+
+RESHAPE = register("RESHAPE", "reshape(x)", backward=_reshape_backward)
 
 
 def _reshape(ctx, a, ne, op):
     TN.check_tensor(op, a)
+    _check_ints(op, ne, a)
     if not TN.is_contiguous(a):
         raise GraphError(f"{op}: src0 must be contiguous (use cont first): {shapes(a)}")
     n = 1
@@ -197,7 +226,24 @@ def reshape_4d(ctx, a, ne0, ne1, ne2, ne3):
 
 
 # -- view: any ne/nb/offset inside the source's bytes -------------------------------------------------------
-VIEW = register("VIEW", "view(x)")
+def _view_backward(ctx, t, g, d):
+    # the view's elements sit at byte offset + i.nb inside src0: add g into those places of
+    # src0's (F32, contiguous) gradient
+    if not d.needs(0):
+        return
+    a = t.src[0]
+    if not TN.is_contiguous(a):
+        raise GraphError(f"view: no gradient through a view of a non-contiguous tensor (cont it first): "
+                         f"{shapes(a)}")
+    es, offset = T.type_size(a.type), int(t.op_params[0])
+    nbs = [t.nb[1], t.nb[2], t.nb[3], offset]
+    if any(x % es for x in nbs):
+        raise GraphError(f"view: strides {t.nb} / offset {offset} are not whole elements of {shapes(a)}")
+    nb1, nb2, nb3, offset = (x // es * 4 for x in nbs)
+    d.acc(0, g, nb1, nb2, nb3, offset)
+
+
+VIEW = register("VIEW", "view(x)", backward=_view_backward)
 
 
 def _view(ctx, a, ne, nbs, offset, op):
@@ -236,14 +282,28 @@ def view_4d(ctx, a, ne0, ne1, ne2, ne3, nb1, nb2, nb3, offset):
 
 
 # -- permute / transpose: the same bytes with axes reordered ------------------------------------------------
-PERMUTE = register("PERMUTE", "permute(x)")
-TRANSPOSE = register("TRANSPOSE", "transpose(x)")
+def _permute_backward(ctx, t, g, d):
+    if d.needs(0):      # the inverse permutation: result dim axes[i] goes back to dim i
+        inv = [0] * 4
+        for i in range(4):
+            inv[int(t.op_params[i])] = i
+        d.add(0, permute(ctx, g, *inv))
+
+
+def _transpose_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, transpose(ctx, g))
+
+
+PERMUTE = register("PERMUTE", "permute(x)", backward=_permute_backward)
+TRANSPOSE = register("TRANSPOSE", "transpose(x)", backward=_transpose_backward)
 
 
 def permute(ctx, a, axis0, axis1, axis2, axis3):
     """ggml_permute: source dim i becomes result dim axis_i."""
     TN.check_tensor("permute", a)
     axes = [axis0, axis1, axis2, axis3]
+    _check_ints("permute", axes, a)
     if sorted(axes) != [0, 1, 2, 3]:
         raise GraphError(f"permute: axes {axes} are not a permutation of 0..3 ({shapes(a)})")
     ne, nb = [0] * 4, [0] * 4

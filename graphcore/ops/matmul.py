@@ -14,7 +14,7 @@ from ..errors import GraphError
 from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
 from ..native import f32_2d_strided, sgemm, u16_2d_strided
 from .common import shapes
-from .registry import MIN_FLOPS_PER_TASK, new_node, register
+from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, register
 
 SMALL_GEMM = 8192      # below this many multiply-adds a plain loop beats a BLAS call
 CHUNK = 64
@@ -129,8 +129,21 @@ def _mm_work(node, n_tasks):
     return 4 * TN.nelements(a) if a.type == T.TYPE_F16 else 0
 
 
+def _mul_mat_backward(ctx, t, g, d):
+    # t[m, n] = sum_k a[k, m] b[k, n]; a's batch i2 // (ne12/ne02) serves t's batch i2 (blocks)
+    from .layout import cont, transpose
+    a, b = t.src
+    if d.needs(0):      # da[k, m] = sum_n b[k, n] g[m, n], summed over each block of batches
+        d.add(0, out_prod(ctx, b, g), reduce=BLOCKS)
+    if d.needs(1):      # db[k, n] = sum_m a[k, m] g[m, n] (a broadcast by blocks, as forward)
+        if a.type == T.TYPE_F32:
+            d.add(1, out_prod(ctx, a, transpose(ctx, g)))
+        else:
+            d.add(1, mul_mat(ctx, cont(ctx, transpose(ctx, a)), g))
+
+
 MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_size=_mm_work,
-                   n_phases=lambda node: 2 if node.src[0].type == T.TYPE_F16 else 1)
+                   n_phases=lambda node: 2 if node.src[0].type == T.TYPE_F16 else 1, backward=_mul_mat_backward)
 
 
 def mul_mat(ctx, a, b):
@@ -155,7 +168,18 @@ def _out_prod_kernel(rec, ith, nth, phase, wdata, wsize):
                  t_nb(r, 1, 3), t_nb(r, 2, 1), t_nb(r, 2, 0), t_nb(r, 0, 1))
 
 
-OUT_PROD = register("OUT_PROD", "X×Y", _out_prod_kernel, n_tasks=_mm_tasks)
+def _out_prod_backward(ctx, t, g, d):
+    # t[i0, i1] = sum_k a[i0, k] b[i1, k]; a's batches broadcast by blocks, as in mul_mat
+    from .layout import cont, transpose
+    a, b = t.src
+    if d.needs(0):      # da[i0, k] = sum_i1 g[i0, i1] b[i1, k], summed over each block of batches
+        d.add(0, out_prod(ctx, g, transpose(ctx, b)), reduce=BLOCKS)
+    if d.needs(1):      # db[i1, k] = sum_i0 g[i0, i1] a[i0, k]
+        a2 = cont(ctx, a) if TN.is_transposed(a) else a
+        d.add(1, transpose(ctx, mul_mat(ctx, a2, g)))
+
+
+OUT_PROD = register("OUT_PROD", "X×Y", _out_prod_kernel, n_tasks=_mm_tasks, backward=_out_prod_backward)
 
 
 def out_prod(ctx, a, b):

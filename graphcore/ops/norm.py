@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import GraphError
 from ..kernel import param_f32, record, split, view_f32
 from .args import real
-from .common import check_f32, check_same_shape, inplace_view
+from .common import check_f32, check_same_shape, inplace_view, shapes
 from .registry import new_node, register, tasks_by_rows
+from .registry import param_f32 as param_f32_of
 
 
 def _eps(op, eps):
@@ -42,7 +44,21 @@ def _norm_kernel(rec, ith, nth, phase, wdata, wsize):
             y[i0] = np.float32((np.float64(x[i0]) - mean) * rs)
 
 
-NORM = register("NORM", "norm(x)", _norm_kernel, n_tasks=tasks_by_rows, inplace=True)
+def _center(ctx, x):
+    from .elementwise import sub
+    from .reduce import mean
+    return sub(ctx, x, mean(ctx, x))
+
+
+def _norm_backward(ctx, t, g, d):
+    # norm(x) = rms_norm(c(x)) with c(x) = x - mean(x), a symmetric projection:
+    # dx = c(rms_norm_back(c(x), g))
+    if d.needs(0):
+        x = t.src[0]
+        d.add(0, _center(ctx, rms_norm_back(ctx, _center(ctx, x), g, param_f32_of(t, 0))))
+
+
+NORM = register("NORM", "norm(x)", _norm_kernel, n_tasks=tasks_by_rows, inplace=True, backward=_norm_backward)
 
 
 def _norm(ctx, a, eps, inplace, op):
@@ -83,7 +99,13 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
             y[i0] = np.float32(np.float64(x[i0]) * rs)
 
 
-RMS_NORM = register("RMS_NORM", "rms_norm(x)", _rms_norm_kernel, n_tasks=tasks_by_rows, inplace=True)
+def _rms_norm_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, rms_norm_back(ctx, t.src[0], g, param_f32_of(t, 0)))
+
+
+RMS_NORM = register("RMS_NORM", "rms_norm(x)", _rms_norm_kernel, n_tasks=tasks_by_rows, inplace=True,
+                    backward=_rms_norm_backward)
 
 
 def _rms_norm(ctx, a, eps, inplace, op):
@@ -129,8 +151,17 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
             y[i0] = np.float32((np.float64(dz[i0]) + np.float64(x[i0]) * c) * rrms)
 
 
+def _rms_norm_back_backward(ctx, t, g, d):
+    # rms_norm_back(x, dz) = J(x) dz with J, rms_norm's Jacobian, symmetric: linear in dz
+    if d.needs(0):
+        raise GraphError(f"rms_norm_back: no rule for the gradient with respect to x (rms_norm's second "
+                         f"derivative), needed for {shapes(t.src[0])}")
+    if d.needs(1):
+        d.add(1, rms_norm_back(ctx, t.src[0], g, param_f32_of(t, 0)))
+
+
 RMS_NORM_BACK = register("RMS_NORM_BACK", "rms_norm_back(x)", _rms_norm_back_kernel, n_tasks=tasks_by_rows,
-                         inplace=True)
+                         inplace=True, backward=_rms_norm_back_backward)
 
 
 def rms_norm_back(ctx, a, b, eps: float):

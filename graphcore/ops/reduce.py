@@ -13,7 +13,7 @@ from ..errors import GraphError
 from ..kernel import inline, record, row_f32, rows_contiguous, split, view_f32, view_i32
 from ..native import f64_1d as _f64
 from .common import check_f32, shapes
-from .registry import new_node, register, tasks_by_rows, MIN_ELEMENTS_PER_TASK
+from .registry import NOT_DIFFERENTIABLE, TILES, new_node, register, tasks_by_rows, MIN_ELEMENTS_PER_TASK
 
 
 @inline
@@ -48,8 +48,13 @@ def _sum_tasks(node, n_threads):
     return max(1, min(n_threads, TN.nrows(a), TN.nelements(a) // MIN_ELEMENTS_PER_TASK))
 
 
+def _sum_backward(ctx, t, g, d):
+    if d.needs(0):      # g (one element) added to every element
+        d.add1(0, g)
+
+
 SUM = register("SUM", "Σx", _sum_kernel, n_tasks=_sum_tasks,
-               work_size=lambda node, nt: 8 * TN.nrows(node.src[0]), n_phases=2)
+               work_size=lambda node, nt: 8 * TN.nrows(node.src[0]), n_phases=2, backward=_sum_backward)
 
 
 def sum(ctx, a):
@@ -85,8 +90,24 @@ def _rows_of_src(node, n_threads):
     return max(1, min(n_threads, TN.nrows(a), TN.nelements(a) // MIN_ELEMENTS_PER_TASK))
 
 
-SUM_ROWS = register("SUM_ROWS", "Σx_k", _sum_rows_kernel, n_tasks=_rows_of_src)
-MEAN = register("MEAN", "Σx/n", _mean_kernel, n_tasks=_rows_of_src)
+def _sum_rows_backward(ctx, t, g, d):
+    if d.needs(0):      # each row's gradient spread over the row
+        d.add(0, repeat(ctx, g, t.src[0]))
+
+
+def _mean_backward(ctx, t, g, d):
+    if d.needs(0):      # g / ne0 spread over the row
+        a = t.src[0]
+        d.add(0, repeat(ctx, _scale(ctx, g, 1.0 / a.ne[0]), a))
+
+
+def _scale(ctx, a, s):
+    from .elementwise import scale
+    return scale(ctx, a, s)
+
+
+SUM_ROWS = register("SUM_ROWS", "Σx_k", _sum_rows_kernel, n_tasks=_rows_of_src, backward=_sum_rows_backward)
+MEAN = register("MEAN", "Σx/n", _mean_kernel, n_tasks=_rows_of_src, backward=_mean_backward)
 
 
 def sum_rows(ctx, a):
@@ -117,7 +138,8 @@ def _argmax_kernel(rec, ith, nth, phase, wdata, wsize):
         d[0, 0, 0, i1] = idx
 
 
-ARGMAX = register("ARGMAX", "argmax(x)", _argmax_kernel, n_tasks=_rows_of_src)
+# an index: piecewise constant in the values, and an integer result
+ARGMAX = register("ARGMAX", "argmax(x)", _argmax_kernel, n_tasks=_rows_of_src, backward=NOT_DIFFERENTIABLE)
 
 
 def argmax(ctx, a):
@@ -151,7 +173,12 @@ def _repeat_kernel(rec, ith, nth, phase, wdata, wsize):
                 d[i3, i2, i1, i0] = a[j3, j2, j1, i0 % a0]
 
 
-REPEAT = register("REPEAT", "repeat(x)", _repeat_kernel)
+def _repeat_backward(ctx, t, g, d):
+    if d.needs(0):      # summed over the tiles (repeat_back)
+        d.add(0, g, reduce=TILES)
+
+
+REPEAT = register("REPEAT", "repeat(x)", _repeat_kernel, backward=_repeat_backward)
 
 
 def repeat(ctx, a, b):
@@ -161,3 +188,60 @@ def repeat(ctx, a, b):
     if not TN.can_repeat(a, b):
         raise GraphError(f"repeat: src0 cannot be tiled to src1's shape: {shapes(a, b)}")
     return new_node(ctx, REPEAT, a.type, b.ne, [a])
+
+
+# -- repeat_back: the sum of a's tiles, a [k*ne] -> [ne] (undoes repeat's i % ne tiling) ---------------------
+def _repeat_back_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    a = view_f32(r, 1)
+    d = view_f32(r, 0)
+    ne3, ne2, ne1, ne0 = d.shape
+    a3, a2, a1, a0 = a.shape
+    n3, n2, n1, n0 = a3 // ne3, a2 // ne2, a1 // ne1, a0 // ne0
+    acc = _f64(wdata + ith * _repeat_back_row_bytes(ne0), (ne0,), (8,))
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        k3, k2, k1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        for k0 in range(ne0):
+            acc[k0] = 0.0
+        for t3 in range(n3):                 # tiles in a fixed order: the same bits for any split
+            for t2 in range(n2):
+                for t1 in range(n1):
+                    src = a[t3 * ne3 + k3, t2 * ne2 + k2, t1 * ne1 + k1]
+                    for t0 in range(n0):
+                        for k0 in range(ne0):
+                            acc[k0] += src[t0 * ne0 + k0]
+        dst = d[k3, k2, k1]
+        for k0 in range(ne0):
+            dst[k0] = np.float32(acc[k0])
+
+
+@inline
+def _repeat_back_row_bytes(ne0):
+    return ((ne0 * 8 + 63) // 64) * 64
+
+
+def _repeat_back_tasks(node, n_threads):
+    a = node.src[0]
+    return max(1, min(n_threads, TN.nrows(node), TN.nelements(a) // MIN_ELEMENTS_PER_TASK))
+
+
+def _repeat_back_backward(ctx, t, g, d):
+    if d.needs(0):      # linear: the gradient tiled back (ggml's rule)
+        d.add(0, repeat(ctx, g, t.src[0]))
+
+
+REPEAT_BACK = register("REPEAT_BACK", "repeat_back(x)", _repeat_back_kernel, n_tasks=_repeat_back_tasks,
+                       work_size=lambda node, nt: nt * (((node.ne[0] * 8 + 63) // 64) * 64),
+                       backward=_repeat_back_backward)
+
+
+def repeat_back(ctx, a, b):
+    """ggml_repeat_back: a summed down to b's shape (each a.ne[i] a multiple of b.ne[i]), the
+    gradient of repeat. Unlike ggml, a new node even when the shapes are equal."""
+    check_f32("repeat_back", a)
+    TN.check_tensor("repeat_back", b)
+    if not TN.can_repeat(b, a):
+        raise GraphError(f"repeat_back: src0 cannot be summed down to src1's shape (each src0 dim must "
+                         f"be a multiple of src1's): {shapes(a, b)}")
+    return new_node(ctx, REPEAT_BACK, a.type, b.ne, [a])

@@ -24,6 +24,11 @@ MIN_ELEMENTS_PER_TASK = 16384
 MIN_FLOPS_PER_TASK = 1 << 17
 
 NOT_DIFFERENTIABLE = "not differentiable"
+# how a backward rule's gradient for a broadcast source is summed back to the source's shape
+# (graphcore.autodiff.Grads): TILES for ggml's tiling (i % ne: add, mul, repeat), BLOCKS for
+# mul_mat's blocks (i // (ne12/ne02))
+TILES = "tiles"
+BLOCKS = "blocks"
 
 
 @dataclass

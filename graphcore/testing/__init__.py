@@ -10,3 +10,4 @@ try:  # the strategies need hypothesis (a test dependency); the comparisons do n
 except ModuleNotFoundError as _e:  # pragma: no cover
     if _e.name != "hypothesis":
         raise
+from .gradcheck import GradCheckResult, check_gradients  # noqa: F401,E402

@@ -123,11 +123,12 @@ def _new(ctx, type_, ne):
     return TN.new_tensor_impl(ctx, type_, ne, op="make_tensor")
 
 
-def make_tensor(ctx, ne, layout: Layout = CONTIGUOUS, values=None, type_=T.TYPE_F32, name: str = ""):
+def make_tensor(ctx, ne, layout: Layout = CONTIGUOUS, values=None, type=T.TYPE_F32, name: str = ""):
     """A tensor of shape ne laid out as `layout`, whose logical values are `values` (numpy order,
     shape ne reversed; converted to the type's numpy dtype). Non-contiguous layouts give a
     view node (PERMUTE, TRANSPOSE or VIEW) over a leaf owning the data; bytes of the leaf outside
     the view keep whatever they held (a sentinel, in a `sentinel_context`)."""
+    type_ = type
     ne = ne4(ne)
     if layout.kind == "contiguous":
         t = _new(ctx, type_, ne)

@@ -1,0 +1,407 @@
+"""Indexing and writing into tensors: get_rows, get_rows_back, diag, set (set_1d, set_2d) and acc.
+
+get_rows checks every index before copying anything: an index outside [0, rows) makes the
+executor raise gc.ComputeError naming the index and the bound, and nothing is read outside
+the tensor. set and acc address a region of their destination with ggml's byte strides
+(nb1, nb2, nb3) and byte offset, checked at build time to lie inside it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernel as K
+from .. import tensor as TN
+from .. import types as T
+from ..errors import GraphError
+from ..kernel import (ERR_INDEX, fail, fp16_to_fp32, inline, param_i32, record, split, t_addr, t_ne, t_type,
+                      view_f32, view_i32, view_u16)
+from ..native import f32_4d, i32_4d, u16_4d
+from .args import check_types, integer, region_overlaps
+from .common import check_f32, inplace_view, shapes
+from .registry import MIN_ELEMENTS_PER_TASK, new_node, register, tasks_by_rows
+
+_F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
+
+
+# -- get_rows: dst[:, i10, i11, i12] = a[:, b[i10, i11, i12], i11, i12] ---------------------------------------
+def _get_rows_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    idx = view_i32(r, 2)
+    n_rows = t_ne(r, 1, 1)
+    b2, b1, b0 = idx.shape[1], idx.shape[2], idx.shape[3]
+    # every thread checks every index first, in order: the same error for any thread count,
+    # and nothing read through a bad index
+    for j2 in range(b2):
+        for j1 in range(b1):
+            for j0 in range(b0):
+                v = idx[0, j2, j1, j0]
+                if v < 0 or v >= n_rows:
+                    fail(r, ERR_INDEX, v)
+                    return
+    st = t_type(r, 1)
+    nr = b0 * b1 * b2
+    lo, hi = split(nr, ith, nth)
+    if st == _F32:
+        a = view_f32(r, 1)
+        d = view_f32(r, 0)
+        for ir in range(lo, hi):
+            j2, j1, j0 = ir // (b1 * b0), (ir // b0) % b1, ir % b0
+            src = a[j2, j1, idx[0, j2, j1, j0]]
+            dst = d[j2, j1, j0]
+            for i0 in range(src.shape[0]):
+                dst[i0] = src[i0]
+    elif st == _F16:
+        h = view_u16(r, 1)
+        d = view_f32(r, 0)
+        for ir in range(lo, hi):
+            j2, j1, j0 = ir // (b1 * b0), (ir // b0) % b1, ir % b0
+            src = h[j2, j1, idx[0, j2, j1, j0]]
+            dst = d[j2, j1, j0]
+            for i0 in range(src.shape[0]):
+                dst[i0] = fp16_to_fp32(src[i0])
+    else:
+        ai = view_i32(r, 1)
+        di = view_i32(r, 0)
+        for ir in range(lo, hi):
+            j2, j1, j0 = ir // (b1 * b0), (ir // b0) % b1, ir % b0
+            src = ai[j2, j1, idx[0, j2, j1, j0]]
+            dst = di[j2, j1, j0]
+            for i0 in range(src.shape[0]):
+                dst[i0] = src[i0]
+
+
+def _get_rows_backward(ctx, t, g, d):
+    a, b = t.src
+    if d.needs(0):      # each picked row's gradient added back to the row it came from
+        if a.ne[2] != 1 or a.ne[3] != 1:
+            raise GraphError(f"get_rows: no gradient for a batched src0 (get_rows_back takes matrices): "
+                             f"{shapes(a, b)}")
+        d.add(0, get_rows_back(ctx, g, b, a))
+
+
+GET_ROWS = register("GET_ROWS", "get_rows(x)", _get_rows_kernel, n_tasks=tasks_by_rows, backward=_get_rows_backward)
+
+
+def get_rows(ctx, a, b):
+    """ggml_get_rows: rows of a picked by the I32 indices b. a [ne0, n_rows, ne2, ne3] (F32, F16 or
+    I32), b [n, ne2, ne3] -> [ne0, n, ne2, ne3]; batch (i2, i3) of b indexes batch (i2, i3) of a.
+    F16 rows come back as F32, I32 rows as I32."""
+    op = "get_rows"
+    check_types(op, a, (_F32, _F16, _I32), "src0", ())
+    check_types(op, b, (_I32,), "src1 (indices)", (a,))
+    if b.ne[3] != 1 or a.ne[2] != b.ne[1] or a.ne[3] != b.ne[2]:
+        raise GraphError(f"{op}: indices [n, ne2, ne3] must match src0's batch dims (b.ne1 == a.ne2, "
+                         f"b.ne2 == a.ne3, b.ne3 == 1): {shapes(a, b)}")
+    out_type = _I32 if a.type == _I32 else _F32
+    return new_node(ctx, GET_ROWS, out_type, [a.ne[0], b.ne[0], b.ne[1], b.ne[2]], [a, b])
+
+
+def _describe_index_error(node, code, arg):
+    if code == ERR_INDEX:
+        return f"index {arg} out of range: src0 {TN.describe(node.src[0])} has {node.src[0].ne[1]} rows " \
+               f"(valid indices are 0..{node.src[0].ne[1] - 1})", None
+    return None
+
+
+K.ERROR_DETAIL[GET_ROWS] = _describe_index_error
+
+
+# -- get_rows_back: dst[:, b[i]] += a[:, i], dst zeroed first; dst has c's shape ----------------------------
+def _get_rows_back_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    idx = view_i32(r, 2)
+    n = idx.shape[3]
+    n_rows = t_ne(r, 0, 1)
+    for i in range(n):
+        v = idx[0, 0, 0, i]
+        if v < 0 or v >= n_rows:
+            fail(r, ERR_INDEX, v)
+            return
+    d = view_f32(r, 0)
+    a = view_f32(r, 1)
+    ne0 = d.shape[3]
+    lo, hi = split(n_rows, ith, nth)        # each thread owns a block of dst rows
+    for i1 in range(lo, hi):
+        dst = d[0, 0, i1]
+        for i0 in range(ne0):
+            dst[i0] = np.float32(0.0)
+    for i in range(n):                      # rows added in index order: the same bits for any split
+        v = idx[0, 0, 0, i]
+        if lo <= v < hi:
+            dst = d[0, 0, v]
+            src = a[0, 0, i]
+            for i0 in range(ne0):
+                dst[i0] += src[i0]
+
+
+def _get_rows_back_tasks(node, n_threads):
+    return max(1, min(n_threads, node.ne[1], TN.nelements(node.src[0]) // MIN_ELEMENTS_PER_TASK))
+
+
+def _get_rows_back_backward(ctx, t, g, d):
+    if d.needs(0):      # linear in src0: pick the rows again
+        d.add(0, get_rows(ctx, g, t.src[1]))
+
+
+GET_ROWS_BACK = register("GET_ROWS_BACK", "get_rows_back(x)", _get_rows_back_kernel, n_tasks=_get_rows_back_tasks,
+                         backward=_get_rows_back_backward)
+
+
+def _describe_back_index_error(node, code, arg):
+    if code == ERR_INDEX:
+        return f"index {arg} out of range: the result {node.ne[:2]} has {node.ne[1]} rows " \
+               f"(valid indices are 0..{node.ne[1] - 1})", None
+    return None
+
+
+K.ERROR_DETAIL[GET_ROWS_BACK] = _describe_back_index_error
+
+
+def get_rows_back(ctx, a, b, c):
+    """ggml_get_rows_back(a = gradient of get_rows' output [ne0, n], b = the I32 indices [n],
+    c = get_rows' src0 [ne0, n_rows], used for its shape): [ne0, n_rows], row b[i] accumulating
+    a's row i (the gradient of get_rows for its src0). As in ggml, c is not a source of the node."""
+    op = "get_rows_back"
+    check_f32(op, a)
+    check_types(op, b, (_I32,), "src1 (indices)", (a,))
+    TN.check_tensor(op, c)
+    if a.ne[2] != 1 or a.ne[3] != 1 or c.ne[2] != 1 or c.ne[3] != 1:
+        raise GraphError(f"{op}: src0 and c must be matrices: {shapes(a, b, c)}")
+    if b.ne[1] != 1 or b.ne[2] != 1 or b.ne[3] != 1 or b.ne[0] != a.ne[1]:
+        raise GraphError(f"{op}: indices must be a vector with one entry per src0 row: {shapes(a, b, c)}")
+    if a.ne[0] != c.ne[0]:
+        raise GraphError(f"{op}: src0 and c rows differ in length: {shapes(a, b, c)}")
+    return new_node(ctx, GET_ROWS_BACK, _F32, [c.ne[0], c.ne[1]], [a, b])
+
+
+# -- diag: a [ne0, 1, ne2, ne3] -> [ne0, ne0, ne2, ne3] with a's row on the diagonal --------------------------
+def _diag_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    d = view_f32(r, 0)
+    a = view_f32(r, 1)
+    ne3, ne2, ne1, ne0 = d.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        dst = d[i3, i2, i1]
+        for i0 in range(ne0):
+            dst[i0] = np.float32(0.0)
+        dst[i1] = a[i3, i2, 0, i1]
+
+
+def _diag_backward(ctx, t, g, d):
+    if d.needs(0):      # the diagonal of g: elements (i, i), nb0 + nb1 bytes apart
+        from .layout import cont, reshape_4d, view_4d
+        ne0, ne2, ne3 = t.ne[0], t.ne[2], t.ne[3]
+        dg = view_4d(ctx, g, 1, ne0, ne2, ne3, g.nb[0] + g.nb[1], g.nb[2], g.nb[3], 0)
+        d.add(0, reshape_4d(ctx, cont(ctx, dg), ne0, 1, ne2, ne3))
+
+
+DIAG = register("DIAG", "diag(x)", _diag_kernel, n_tasks=tasks_by_rows, backward=_diag_backward)
+
+
+def diag(ctx, a):
+    """A diagonal matrix per (i2, i3) from the row vector a [ne0, 1, ne2, ne3]."""
+    check_f32("diag", a)
+    if a.ne[1] != 1:
+        raise GraphError(f"diag: src0 must be a row vector per batch (ne1 == 1): {shapes(a)}")
+    return new_node(ctx, DIAG, a.type, [a.ne[0], a.ne[0], a.ne[2], a.ne[3]], [a])
+
+
+# -- set / acc: dst = a, then dst's region (b's shape at byte strides nb1..nb3 from byte offset) = b,
+# or += b. op_params = {nb1, nb2, nb3, offset, inplace} as ggml. Phase 0 copies a into dst (skipped
+# in place); phase 1 writes the region. a is contiguous, so a region means the same bytes in a and dst.
+@inline
+def _region_shape(r):
+    return (t_ne(r, 2, 3), t_ne(r, 2, 2), t_ne(r, 2, 1), t_ne(r, 2, 0))
+
+
+@inline
+def _region_strides(rec, es):
+    return (np.int64(param_i32(rec, 2)), np.int64(param_i32(rec, 1)), np.int64(param_i32(rec, 0)), np.int64(es))
+
+
+@inline
+def _region_base(r, rec):
+    return t_addr(r, 0) + np.int64(param_i32(rec, 3))
+
+
+@inline
+def _copy_all(src, dst, ith, nth):
+    ne3, ne2, ne1, ne0 = src.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        for i0 in range(ne0):
+            dst[i3, i2, i1, i0] = src[i3, i2, i1, i0]
+
+
+@inline
+def _region_set(reg, b, ith, nth):
+    ne3, ne2, ne1, ne0 = b.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        for i0 in range(ne0):
+            reg[i3, i2, i1, i0] = b[i3, i2, i1, i0]
+
+
+@inline
+def _region_acc(reg, b, ith, nth):
+    ne3, ne2, ne1, ne0 = b.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    for ir in range(lo, hi):
+        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        for i0 in range(ne0):
+            reg[i3, i2, i1, i0] = reg[i3, i2, i1, i0] + b[i3, i2, i1, i0]
+
+
+def _set_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    half = t_type(r, 0) == _F16
+    if phase == 0:
+        if param_i32(rec, 4) == 0:
+            if half:
+                _copy_all(view_u16(r, 1), view_u16(r, 0), ith, nth)
+            else:                                   # F32 and I32: 4-byte words copied as they are
+                _copy_all(view_i32(r, 1), view_i32(r, 0), ith, nth)
+        return
+    if half:
+        _region_set(u16_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 2)), view_u16(r, 2),
+                    ith, nth)
+    else:
+        _region_set(i32_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 4)), view_i32(r, 2),
+                    ith, nth)
+
+
+def _acc_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    if phase == 0:
+        if param_i32(rec, 4) == 0:
+            _copy_all(view_f32(r, 1), view_f32(r, 0), ith, nth)
+        return
+    _region_acc(f32_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 4)), view_f32(r, 2), ith, nth)
+
+
+def _region_of_grad(ctx, t, g):
+    """(g contiguous, its view over the region t's src1 went to, the region's F32 strides and offset)."""
+    from .layout import cont, view_4d
+    es = T.type_size(t.src[0].type)
+    nb1, nb2, nb3, offset = (int(t.op_params[i]) // es * 4 for i in range(4))     # F32 gradient bytes
+    if not TN.is_contiguous(g):
+        g = cont(ctx, g)
+    return g, view_4d(ctx, g, *t.src[1].ne, nb1, nb2, nb3, offset), (nb1, nb2, nb3, offset)
+
+
+def _set_backward(ctx, t, g, d):
+    # src0 gets g outside the region (the region was overwritten), src1 gets g's region
+    from .layout import cont, reshape_4d
+    if not (d.needs(0) or d.needs(1)):
+        return
+    g, gv, region = _region_of_grad(ctx, t, g)
+    if d.needs(0):
+        from .elementwise import neg
+        d.add(0, acc(ctx, g, neg(ctx, gv), *region))
+    if d.needs(1):
+        d.add(1, reshape_4d(ctx, cont(ctx, gv), *t.src[1].ne))
+
+
+def _acc_backward(ctx, t, g, d):
+    from .layout import cont, reshape_4d
+    if d.needs(0):
+        d.add(0, g)
+    if d.needs(1):
+        _, gv, _ = _region_of_grad(ctx, t, g)
+        d.add(1, reshape_4d(ctx, cont(ctx, gv), *t.src[1].ne))
+
+
+SET = register("SET", "y-\\>view(x)", _set_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True, backward=_set_backward)
+ACC = register("ACC", "view(x,nb,offset)+=y-\\>x", _acc_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True, backward=_acc_backward)
+
+
+def _owner_range(t):
+    """(the tensor owning t's bytes, first byte, one past the last) for overlap checks."""
+    owner = t.view_src if t.view_src is not None else t
+    start = t.view_offs if t.view_src is not None else 0
+    return owner, start, start + TN.nbytes(t)
+
+
+def _set_impl(ctx, op_code, op, a, b, nb1, nb2, nb3, offset, inplace, types):
+    check_types(op, a, types, "src0 (destination)", (b,))
+    TN.check_tensor(op, b)
+    if b.type != a.type:
+        raise GraphError(f"{op}: src1 must have src0's type: {shapes(a, b)}")
+    if not TN.is_contiguous(a):
+        raise GraphError(f"{op}: src0 must be contiguous (the byte strides are taken from its start): "
+                         f"{shapes(a, b)}")
+    if TN.nelements(b) > TN.nelements(a):
+        raise GraphError(f"{op}: src1 has more elements than src0: {shapes(a, b)}")
+    es = T.type_size(a.type)
+    nb1, nb2, nb3 = (integer(op, n, v, lo=0) for n, v in (("nb1", nb1), ("nb2", nb2), ("nb3", nb3)))
+    offset = integer(op, "offset", offset, lo=0)
+    for n, v in (("nb1", nb1), ("nb2", nb2), ("nb3", nb3), ("offset", offset)):
+        if v % es:
+            raise GraphError(f"{op}: {n} = {v} is not a multiple of the element size {es}: {shapes(a, b)}")
+    strides = [es, nb1, nb2, nb3]
+    end = offset + es + sum((b.ne[i] - 1) * strides[i] for i in range(4))
+    where = f"region of ne={list(b.ne)} nb={strides} at offset {offset}"
+    if end > TN.nbytes(a):
+        raise GraphError(f"{op}: {where} ends at byte {end}, beyond the {TN.nbytes(a)} bytes of src0: "
+                         f"{shapes(a, b)}")
+    if region_overlaps(b.ne, strides, es):
+        raise GraphError(f"{op}: {where} overlaps itself (two elements of src1 would go to the same place): "
+                         f"{shapes(a, b)}")
+    if inplace and a.has_data and b.has_data:
+        oa, sa, _ = _owner_range(a)
+        ob, sb, eb = _owner_range(b)
+        if oa is ob and sb < sa + end and sa + offset < eb:
+            raise GraphError(f"{op}: src1 shares bytes with the {where} of src0, which is written in place: "
+                             f"{shapes(a, b)}")
+    params = [nb1, nb2, nb3, offset, 1 if inplace else 0]
+    if inplace:
+        return inplace_view(ctx, op_code, a, [a, b], params)
+    return new_node(ctx, op_code, a.type, a.ne, [a, b], params)
+
+
+_SET_TYPES = (_F32, _I32, _F16)
+
+
+def set(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
+    """ggml_set: a copy of a whose region (b's shape, byte strides nb1, nb2, nb3 and byte offset
+    from a's start, elements adjacent along ne0) holds b. a must be contiguous; F32, I32 or F16."""
+    return _set_impl(ctx, SET, "set", a, b, nb1, nb2, nb3, offset, False, _SET_TYPES)
+
+
+def set_inplace(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
+    return _set_impl(ctx, SET, "set_inplace", a, b, nb1, nb2, nb3, offset, True, _SET_TYPES)
+
+
+def set_1d(ctx, a, b, offset: int):
+    """set with a's own strides: b's elements from byte offset on."""
+    TN.check_tensor("set_1d", a)
+    return _set_impl(ctx, SET, "set_1d", a, b, a.nb[1], a.nb[2], a.nb[3], offset, False, _SET_TYPES)
+
+
+def set_1d_inplace(ctx, a, b, offset: int):
+    TN.check_tensor("set_1d_inplace", a)
+    return _set_impl(ctx, SET, "set_1d_inplace", a, b, a.nb[1], a.nb[2], a.nb[3], offset, True, _SET_TYPES)
+
+
+def set_2d(ctx, a, b, nb1: int, offset: int):
+    """set with rows nb1 bytes apart (dims 2 and 3 use a's strides)."""
+    TN.check_tensor("set_2d", a)
+    return _set_impl(ctx, SET, "set_2d", a, b, nb1, a.nb[2], a.nb[3], offset, False, _SET_TYPES)
+
+
+def set_2d_inplace(ctx, a, b, nb1: int, offset: int):
+    TN.check_tensor("set_2d_inplace", a)
+    return _set_impl(ctx, SET, "set_2d_inplace", a, b, nb1, a.nb[2], a.nb[3], offset, True, _SET_TYPES)
+
+
+def acc(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
+    """ggml_acc: a copy of a with b added to the region given by byte strides and offset (as set)."""
+    return _set_impl(ctx, ACC, "acc", a, b, nb1, nb2, nb3, offset, False, (_F32,))
+
+
+def acc_inplace(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
+    return _set_impl(ctx, ACC, "acc_inplace", a, b, nb1, nb2, nb3, offset, True, (_F32,))

@@ -1,0 +1,962 @@
+"""baby-llama: llama.cpp's examples/baby-llama (commit 4480542) re-expressed over graphcore.
+
+A one-layer llama (n_vocab 8, n_ctx 8, n_embd 32, n_head 8) learns to continue a sine wave of
+tokens: 256 batches of 8 sequences, each optimised by 16 L-BFGS iterations on a squared-error
+loss, then 128 tokens are generated greedily. With no options the program prints what the
+original prints, in its format:
+
+    python -m models.baby_llama            # or the console script: baby-llama
+
+Everything the original has is here under its own name: the hyper-parameters (plain and LoRA),
+get_n_ff, init_model / set_param_model / randomize_model (and their _lora twins) with the
+original's random stream (std::mt19937 + libstdc++'s normal_distribution<float>), the KV cache,
+get_example_targets(_batch), lshift_examples, square_error_loss, cross_entropy_loss,
+sample_softmax(_batch), the printing helpers, forward (generation), forward_batch (training),
+forward_lora, plus forward_batch_lora (a batched LoRA forward the original does not have).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+
+import graphcore as gc
+
+# llama.cpp's LLAMA_DEFAULT_RMS_EPS is not defined for this example, so 5e-6 (baby-llama.cpp)
+RMS_NORM_EPS = 5e-6
+LLAMA_TRAIN_MAX_NODES = 16384   # common/train.h
+
+_F32 = np.float32
+
+
+# =============================================================================================
+# hyper-parameters
+# =============================================================================================
+@dataclass
+class LlamaHparams:
+    """llama_hparams (the C++ defaults; main() sets the baby sizes)."""
+    n_vocab: int = 32000
+    n_ctx: int = 512
+    n_embd: int = 4096
+    n_mult: int = 4
+    n_head: int = 32
+    n_layer: int = 32
+    n_rot: int = 64
+
+
+@dataclass
+class LlamaHparamsLora(LlamaHparams):
+    """llama_hparams_lora: the same plus the rank of the A·B factors."""
+    n_lora: int = 64
+
+
+def get_n_ff(hparams: LlamaHparams) -> int:
+    """Feed-forward width: ((2*(4*n_embd)/3 + n_mult - 1)/n_mult)*n_mult in unsigned integer arithmetic."""
+    n_embd, n_mult = hparams.n_embd, hparams.n_mult
+    return ((2 * (4 * n_embd) // 3 + n_mult - 1) // n_mult) * n_mult
+
+
+def baby_hparams(n_vocab=8, n_ctx=8, n_embd=32, n_mult=2, n_head=8, n_layer=1, n_lora=None):
+    """The sizes main() uses; n_rot = min(16, n_embd/n_head). With n_lora, LoRA hyper-parameters."""
+    kw = dict(n_vocab=n_vocab, n_ctx=n_ctx, n_embd=n_embd, n_mult=n_mult, n_head=n_head, n_layer=n_layer,
+              n_rot=min(16, n_embd // n_head))
+    if n_lora is None:
+        return LlamaHparams(**kw)
+    return LlamaHparamsLora(n_lora=n_lora, **kw)
+
+
+# =============================================================================================
+# model and KV cache
+# =============================================================================================
+@dataclass
+class LlamaLayer:
+    attention_norm: gc.Tensor = None
+    wq: gc.Tensor = None
+    wk: gc.Tensor = None
+    wv: gc.Tensor = None
+    wo: gc.Tensor = None
+    ffn_norm: gc.Tensor = None
+    w1: gc.Tensor = None
+    w2: gc.Tensor = None
+    w3: gc.Tensor = None
+
+
+@dataclass
+class LlamaLayerLora:
+    attention_norm: gc.Tensor = None
+    wqa: gc.Tensor = None
+    wqb: gc.Tensor = None
+    wka: gc.Tensor = None
+    wkb: gc.Tensor = None
+    wva: gc.Tensor = None
+    wvb: gc.Tensor = None
+    woa: gc.Tensor = None
+    wob: gc.Tensor = None
+    ffn_norm: gc.Tensor = None
+    w1: gc.Tensor = None
+    w2: gc.Tensor = None
+    w3: gc.Tensor = None
+
+
+# the order in which set_param_model / randomize_model walk a layer (the random stream depends on it)
+LAYER_TENSORS = ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3")
+LAYER_TENSORS_LORA = ("attention_norm", "wqa", "wqb", "wka", "wkb", "wva", "wvb", "woa", "wob",
+                      "ffn_norm", "w1", "w2", "w3")
+
+
+@dataclass
+class LlamaModel:
+    ctx: Optional[gc.Context] = None
+    hparams: LlamaHparams = field(default_factory=LlamaHparams)
+    tok_embeddings: gc.Tensor = None
+    norm: gc.Tensor = None
+    output: gc.Tensor = None
+    layers: List[LlamaLayer] = field(default_factory=list)
+
+    def tensors(self):
+        """The 3 + 9*n_layer weights in set_param/randomize order."""
+        out = [self.tok_embeddings, self.norm, self.output]
+        for layer in self.layers:
+            out += [getattr(layer, n) for n in LAYER_TENSORS]
+        return out
+
+
+@dataclass
+class LlamaModelLora:
+    ctx: Optional[gc.Context] = None
+    hparams: LlamaHparamsLora = field(default_factory=LlamaHparamsLora)
+    tok_embeddings: gc.Tensor = None
+    norm: gc.Tensor = None
+    outputa: gc.Tensor = None
+    outputb: gc.Tensor = None
+    layers: List[LlamaLayerLora] = field(default_factory=list)
+
+    def tensors(self):
+        out = [self.tok_embeddings, self.norm, self.outputa, self.outputb]
+        for layer in self.layers:
+            out += [getattr(layer, n) for n in LAYER_TENSORS_LORA]
+        return out
+
+
+@dataclass
+class LlamaKVCache:
+    """Two flat F32 tensors of n_embd*n_layer*n_ctx*n_batch elements. The forward graphs write
+    them with set ops that stay in the graph (results are new tensors), so the cache tensors
+    themselves are only read."""
+    ctx: Optional[gc.Context] = None
+    k: gc.Tensor = None
+    v: gc.Tensor = None
+    n: int = 0
+
+
+def _w(ctx, name, *ne):
+    t = gc.new_tensor(ctx, gc.TYPE_F32, list(ne))
+    return gc.set_name(t, name)
+
+
+def init_model(model: LlamaModel) -> None:
+    """Create the weights in model.ctx (ggml ne order: [in, out] for matrices)."""
+    hp = model.hparams
+    n_embd, n_vocab, n_ff = hp.n_embd, hp.n_vocab, get_n_ff(hp)
+    ctx = model.ctx
+    model.tok_embeddings = _w(ctx, "tok_embeddings.weight", n_embd, n_vocab)
+    model.norm = _w(ctx, "norm.weight", n_embd)
+    model.output = _w(ctx, "output.weight", n_embd, n_vocab)
+    model.layers = []
+    for i in range(hp.n_layer):
+        p = f"layers.{i}."
+        model.layers.append(LlamaLayer(
+            attention_norm=_w(ctx, p + "attention_norm.weight", n_embd),
+            wq=_w(ctx, p + "attention.wq.weight", n_embd, n_embd),
+            wk=_w(ctx, p + "attention.wk.weight", n_embd, n_embd),
+            wv=_w(ctx, p + "attention.wv.weight", n_embd, n_embd),
+            wo=_w(ctx, p + "attention.wo.weight", n_embd, n_embd),
+            ffn_norm=_w(ctx, p + "ffn_norm.weight", n_embd),
+            w1=_w(ctx, p + "feed_forward.w1.weight", n_embd, n_ff),
+            w2=_w(ctx, p + "feed_forward.w2.weight", n_ff, n_embd),
+            w3=_w(ctx, p + "feed_forward.w3.weight", n_embd, n_ff)))
+
+
+def init_model_lora(model: LlamaModelLora) -> None:
+    """Like init_model with wq wk wv wo and output factored as A [n_lora, out] · B [in, n_lora]."""
+    hp = model.hparams
+    n_embd, n_vocab, n_lora, n_ff = hp.n_embd, hp.n_vocab, hp.n_lora, get_n_ff(hp)
+    ctx = model.ctx
+    model.tok_embeddings = _w(ctx, "tok_embeddings.weight", n_embd, n_vocab)
+    model.norm = _w(ctx, "norm.weight", n_embd)
+    model.outputa = _w(ctx, "output.weight.a", n_lora, n_vocab)
+    model.outputb = _w(ctx, "output.weight.b", n_embd, n_lora)
+    model.layers = []
+    for i in range(hp.n_layer):
+        p = f"layers.{i}."
+        kw = {"attention_norm": _w(ctx, p + "attention_norm.weight", n_embd)}
+        for x in "qkvo":
+            kw[f"w{x}a"] = _w(ctx, p + f"attention.w{x}.weight.a", n_lora, n_embd)
+            kw[f"w{x}b"] = _w(ctx, p + f"attention.w{x}.weight.b", n_embd, n_lora)
+        kw.update(ffn_norm=_w(ctx, p + "ffn_norm.weight", n_embd),
+                  w1=_w(ctx, p + "feed_forward.w1.weight", n_embd, n_ff),
+                  w2=_w(ctx, p + "feed_forward.w2.weight", n_ff, n_embd),
+                  w3=_w(ctx, p + "feed_forward.w3.weight", n_embd, n_ff))
+        model.layers.append(LlamaLayerLora(**kw))
+
+
+def set_param_model(model: LlamaModel) -> None:
+    for t in model.tensors():
+        gc.set_param(model.ctx, t)
+
+
+def set_param_model_lora(model: LlamaModelLora) -> None:
+    for t in model.tensors():
+        gc.set_param(model.ctx, t)
+
+
+def _kv_cache(cache: LlamaKVCache, hp, n_batch: int, mem_ctx) -> LlamaKVCache:
+    n_elements = hp.n_embd * hp.n_layer * hp.n_ctx * n_batch
+    if cache.ctx is None:
+        cache.ctx = gc.init(2 * n_elements * 4 + 2 * 1024 * 1024) if mem_ctx is None else mem_ctx
+    cache.k = gc.set_name(gc.new_tensor_1d(cache.ctx, gc.TYPE_F32, n_elements), "cache_k")
+    cache.v = gc.set_name(gc.new_tensor_1d(cache.ctx, gc.TYPE_F32, n_elements), "cache_v")
+    return cache
+
+
+def init_kv_cache(cache: LlamaKVCache, model: LlamaModel, n_batch: int) -> LlamaKVCache:
+    """k and v of n_embd*n_layer*n_ctx*n_batch floats, in cache.ctx (its own context if None)."""
+    return _kv_cache(cache, model.hparams, n_batch, None)
+
+
+def init_kv_cache_lora(cache: LlamaKVCache, model: LlamaModelLora, n_batch: int) -> bool:
+    _kv_cache(cache, model.hparams, n_batch, None)
+    return True
+
+
+# =============================================================================================
+# the random stream: std::mt19937 + libstdc++ std::normal_distribution<float>
+# =============================================================================================
+class MT19937:
+    """std::mt19937(seed): numpy's legacy RandomState seeds an integer with the same init_genrand,
+    and randint over [0, 2^32) as uint64 hands out exactly one 32-bit output per value."""
+
+    def __init__(self, seed: int):
+        self._rs = np.random.RandomState(int(seed) & 0xFFFFFFFF)   # std::mt19937 takes the seed mod 2^32
+
+    def __call__(self, n: int) -> np.ndarray:
+        """The next n 32-bit outputs (as uint64)."""
+        return self._rs.randint(0, 2 ** 32, size=n, dtype=np.uint64)
+
+
+def _c_logf():
+    """The C library's logf, when there is one: glibc's logf is not correctly rounded (about 1
+    value in 130 of the polar method's r2 differs from log rounded to float by one ulp), and
+    the original's weights come from it."""
+    import ctypes
+    import ctypes.util
+    for name in (ctypes.util.find_library("m"), "libm.so.6", None):
+        try:
+            f = ctypes.CDLL(name).logf
+        except (OSError, AttributeError, TypeError):
+            continue
+        f.restype, f.argtypes = ctypes.c_float, [ctypes.c_float]
+        if abs(f(2.0) - math.log(2.0)) < 1e-6:
+            return f
+    return None
+
+
+_LOGF = _c_logf()
+
+
+def _logf(v: np.ndarray) -> np.ndarray:
+    """float32 log as C's logf (the C library's own where it can be called, else log rounded to float)."""
+    if _LOGF is None:
+        return np.log(v.astype(np.float64)).astype(_F32)
+    f = _LOGF
+    return np.fromiter((f(x) for x in v.tolist()), dtype=_F32, count=len(v))
+
+
+class RandomNormalDistribution:
+    """train.cpp's random_normal_distribution: mt19937(seed) feeding normal_distribution<float>
+    (mean, std), each draw clamped to [min, max] by frand_normal.
+
+    libstdc++'s normal_distribution<float> is the Marsaglia polar method on
+    generate_canonical<float> (one 32-bit output u, float(u) / 2^32, pulled below 1):
+    x = 2u1 - 1, y = 2u2 - 1 (the - 1.0 in double), r2 = x*x + y*y in float, pairs with r2 > 1
+    or r2 == 0 rejected; m = sqrt(-2 log(r2) / r2); it returns y*m and keeps x*m for the next
+    call. Pairs are generated here in vectorised chunks and the normals queued, which gives the
+    same sequence of normals (the mt19937 runs ahead, but nothing else reads it)."""
+
+    def __init__(self, seed: int, mean: float = 0.0, std: float = 1.0, min: float = -1.0, max: float = 1.0):
+        self.gen = MT19937(seed)
+        self.mean, self.std, self.min, self.max = _F32(mean), _F32(std), _F32(min), _F32(max)
+        self._queue = np.zeros(0, dtype=_F32)
+
+    def _canonical(self, n):
+        u = self.gen(n).astype(_F32) / _F32(2.0 ** 32)          # float(u32) rounds to nearest, / 2^32 exact
+        return np.minimum(u, np.nextafter(_F32(1.0), _F32(0.0)))
+
+    def _refill(self, n_needed: int):
+        chunks = [self._queue]
+        have = len(self._queue)
+        while have < n_needed:
+            n_pairs = max(64, (n_needed - have) * 2 // 3 + 16)   # ~78.5% of pairs are accepted
+            u = self._canonical(2 * n_pairs).reshape(n_pairs, 2)
+            xy = ((_F32(2.0) * u).astype(np.float64) - 1.0).astype(_F32)
+            x, y = xy[:, 0], xy[:, 1]
+            r2 = x * x + y * y                                       # float32 ops, rounded each
+            ok = (r2 <= 1.0) & (r2 != 0.0)
+            x, y, r2 = x[ok], y[ok], r2[ok]
+            lg = _logf(r2)
+            m = np.sqrt(_F32(-2.0) * lg / r2).astype(_F32)
+            pair = np.empty((len(x), 2), dtype=_F32)
+            pair[:, 0] = y * m                                       # returned first
+            pair[:, 1] = x * m                                       # the saved value
+            chunks.append(pair.reshape(-1))
+            have += 2 * len(x)
+        self._queue = np.concatenate(chunks)
+
+    def normal(self, n: int) -> np.ndarray:
+        """The next n draws of normal_distribution<float>(mean, std), unclamped."""
+        if len(self._queue) < n:
+            self._refill(n)
+        out, self._queue = self._queue[:n], self._queue[n:]
+        return (out * self.std + self.mean).astype(_F32)
+
+
+def init_random_normal_distribution(seed, mean, std, min, max) -> RandomNormalDistribution:
+    return RandomNormalDistribution(seed, mean, std, min, max)
+
+
+def frand_normal_n(rnd: RandomNormalDistribution, n: int) -> np.ndarray:
+    """n calls of train.cpp's frand_normal: a normal draw clamped to [min, max]."""
+    return np.clip(rnd.normal(n), rnd.min, rnd.max)
+
+
+def frand_normal(rnd: RandomNormalDistribution) -> float:
+    return float(frand_normal_n(rnd, 1)[0])
+
+
+def randomize_tensor_normal(tensor: gc.Tensor, rnd: RandomNormalDistribution) -> gc.Tensor:
+    """Fill tensor (ne0 fastest) with scale * frand_normal: scale = 1/sqrtf(ne0) for 1-D tensors,
+    1/sqrtf(ne0 + ne1) for 2- to 4-D ones (the square root of the sum, as train.cpp writes it)."""
+    nd = gc.n_dims(tensor)
+    if nd == 1:
+        scale = _F32(1.0) / np.sqrt(_F32(tensor.ne[0]))
+    else:
+        scale = _F32(1.0) / np.sqrt(_F32(tensor.ne[0]) + _F32(tensor.ne[1]))
+    vals = (_F32(scale) * frand_normal_n(rnd, gc.nelements(tensor))).astype(_F32)
+    a = tensor.numpy4d()
+    a[...] = vals.reshape(a.shape)
+    return tensor
+
+
+def randomize_model(model: LlamaModel, seed: int, mean: float, std: float, min: float, max: float) -> None:
+    rnd = init_random_normal_distribution(seed, mean, std, min, max)
+    for t in model.tensors():
+        randomize_tensor_normal(t, rnd)
+
+
+def randomize_model_lora(model: LlamaModelLora, seed: int, mean: float, std: float, min: float,
+                         max: float) -> None:
+    rnd = init_random_normal_distribution(seed, mean, std, min, max)
+    for t in model.tensors():
+        randomize_tensor_normal(t, rnd)
+
+
+# =============================================================================================
+# forward graphs
+# =============================================================================================
+def _proj(ctx, layer, name, x):
+    """mul_mat(w, x) for a plain layer, mul_mat(wa, mul_mat(wb, x)) for a LoRA one."""
+    w = getattr(layer, name, None)
+    if w is not None:
+        return gc.mul_mat(ctx, w, x)
+    return gc.mul_mat(ctx, getattr(layer, name + "a"), gc.mul_mat(ctx, getattr(layer, name + "b"), x))
+
+
+def _lm_head(ctx, model, x):
+    if isinstance(model, LlamaModelLora):
+        return gc.mul_mat(ctx, model.outputa, gc.mul_mat(ctx, model.outputb, x))
+    return gc.mul_mat(ctx, model.output, x)
+
+
+def _input_tensors(ctx0, tokens_input, n, n_tokens, n_past):
+    """The graph's own copy of the first n tokens ("tokens") and the rope positions ("KQ_pos")."""
+    tokens = gc.set_name(gc.new_tensor_1d(ctx0, gc.TYPE_I32, n), "tokens")
+    tokens.numpy()[:] = np.asarray(tokens_input.numpy()).reshape(-1)[:n]
+    kq_pos = gc.set_name(gc.new_tensor_1d(ctx0, gc.TYPE_I32, n_tokens), "KQ_pos")
+    kq_pos.numpy()[:] = n_past + np.arange(n_tokens, dtype=np.int32)
+    return tokens, kq_pos
+
+
+def _rms_mul(ctx, x, weight):
+    cur = gc.rms_norm(ctx, x, RMS_NORM_EPS)
+    return gc.mul(ctx, gc.repeat(ctx, weight, cur), cur)
+
+
+def _feed_forward(ctx, layer, inp_ff):
+    cur = _rms_mul(ctx, inp_ff, layer.ffn_norm)
+    tmp = gc.mul_mat(ctx, layer.w3, cur)
+    cur = gc.mul_mat(ctx, layer.w1, cur)
+    cur = gc.silu(ctx, cur)
+    cur = gc.mul(ctx, cur, tmp)
+    cur = gc.mul_mat(ctx, layer.w2, cur)
+    return gc.add(ctx, cur, inp_ff)
+
+
+def _forward_single(model, cache, ctx0, gf, tokens_input, n_tokens, n_past):
+    N = n_tokens
+    hp = model.hparams
+    n_ctx, n_embd, n_head, n_rot = hp.n_ctx, hp.n_embd, hp.n_head, hp.n_rot
+    hd = n_embd // n_head
+    tokens, kq_pos = _input_tensors(ctx0, tokens_input, N, N, n_past)
+    kc, vc = cache.k, cache.v
+    esk, esv = gc.element_size(kc), gc.element_size(vc)
+
+    inpL = gc.get_rows(ctx0, model.tok_embeddings, tokens)              # [n_embd, N]
+    for il, layer in enumerate(model.layers):
+        inpSA = inpL
+        cur = _rms_mul(ctx0, inpL, layer.attention_norm)
+        Qcur = gc.rope(ctx0, gc.reshape_3d(ctx0, _proj(ctx0, layer, "wq", cur), hd, n_head, N), kq_pos, n_rot, 0, 0)
+        Kcur = gc.rope(ctx0, gc.reshape_3d(ctx0, _proj(ctx0, layer, "wk", cur), hd, n_head, N), kq_pos, n_rot, 0, 0)
+        # the transposed [N, n_embd] V
+        Vcur = gc.cont(ctx0, gc.transpose(ctx0, gc.reshape_2d(ctx0, _proj(ctx0, layer, "wv", cur), n_embd, N)))
+        # write K and V into (copies of) the cache: set ops keep the path to wk and wv in the graph
+        kc = gc.set_1d(ctx0, kc, gc.reshape_1d(ctx0, Kcur, n_embd * N), (esk * n_embd) * (il * n_ctx + n_past))
+        vc = gc.set_2d(ctx0, vc, Vcur, n_ctx * esv, (il * n_ctx) * esv * n_embd + n_past * esv)
+
+        Q = gc.permute(ctx0, Qcur, 0, 2, 1, 3)                               # [hd, N, n_head]
+        K = gc.permute(ctx0, gc.reshape_3d(ctx0, gc.view_1d(ctx0, kc, (n_past + N) * n_embd,
+                                                            il * n_ctx * esk * n_embd),
+                                           hd, n_head, n_past + N), 0, 2, 1, 3)
+        KQ = gc.mul_mat(ctx0, K, Q)                                          # [n_past+N, N, n_head]
+        KQ_scaled = gc.scale(ctx0, KQ, float(_F32(1.0) / np.sqrt(_F32(n_embd) / _F32(n_head))))
+        KQ_masked = gc.diag_mask_inf(ctx0, KQ_scaled, n_past)
+        KQ_soft_max = gc.soft_max(ctx0, KQ_masked)
+        V = gc.view_3d(ctx0, vc, n_past + N, hd, n_head, n_ctx * esv, n_ctx * esv * hd, il * n_ctx * esv * n_embd)
+        KQV = gc.mul_mat(ctx0, V, KQ_soft_max)                               # [hd, N, n_head]
+        KQV_merged = gc.permute(ctx0, KQV, 0, 2, 1, 3)
+        cur = gc.reshape_2d(ctx0, gc.cont(ctx0, KQV_merged), n_embd, N)
+        cur = _proj(ctx0, layer, "wo", cur)
+        inpFF = gc.add(ctx0, cur, inpSA)
+        inpL = _feed_forward(ctx0, layer, inpFF)
+
+    inpL = _rms_mul(ctx0, inpL, model.norm)
+    inpL = _lm_head(ctx0, model, inpL)                                       # [n_vocab, N]
+    gc.build_forward_expand(gf, inpL)
+    return inpL
+
+
+def _forward_batch(model, cache, ctx0, gf, tokens_input, n_tokens, n_past, n_batch):
+    N = n_tokens
+    hp = model.hparams
+    n_ctx, n_vocab, n_embd, n_head, n_rot = hp.n_ctx, hp.n_vocab, hp.n_embd, hp.n_head, hp.n_rot
+    hd = n_embd // n_head
+    tokens, kq_pos = _input_tensors(ctx0, tokens_input, N * n_batch, N, n_past)
+    kc, vc = cache.k, cache.v
+    esk, esv = gc.element_size(kc), gc.element_size(vc)
+
+    inpL = gc.get_rows(ctx0, model.tok_embeddings, tokens)              # [n_embd, N*n_batch]
+    for il, layer in enumerate(model.layers):
+        inpSA = inpL
+        cur = _rms_mul(ctx0, inpL, layer.attention_norm)
+        Qcur = gc.rope(ctx0, gc.reshape_4d(ctx0, _proj(ctx0, layer, "wq", cur), hd, n_head, N, n_batch),
+                       kq_pos, n_rot, 0, 0)
+        Kcur = gc.rope(ctx0, gc.reshape_4d(ctx0, _proj(ctx0, layer, "wk", cur), hd, n_head, N, n_batch),
+                       kq_pos, n_rot, 0, 0)
+        # Vcur [N, n_embd, n_batch]
+        Vcur = gc.cont(ctx0, gc.permute(ctx0, gc.reshape_3d(ctx0, _proj(ctx0, layer, "wv", cur), n_embd, N, n_batch),
+                                        1, 0, 2, 3))
+        kc = gc.set_2d(ctx0, kc, gc.reshape_2d(ctx0, Kcur, n_embd * N, n_batch),
+                       esk * n_embd * n_ctx, (esk * n_embd) * (il * n_batch * n_ctx + n_past))
+        vc = gc.set_2d(ctx0, vc, gc.reshape_2d(ctx0, Vcur, N * n_embd, n_batch),
+                       esv * n_ctx * n_embd, esv * (n_past + il * n_embd * n_batch * n_ctx))
+
+        Q = gc.permute(ctx0, Qcur, 0, 2, 1, 3)                               # [hd, N, n_head, n_batch]
+        K = gc.permute(ctx0, gc.reshape_4d(ctx0, gc.view_3d(ctx0, kc, n_embd, n_past + N, n_batch,
+                                                            n_embd * esk, n_ctx * n_embd * esk,
+                                                            il * n_batch * n_ctx * n_embd * esk),
+                                           hd, n_head, n_past + N, n_batch), 0, 2, 1, 3)
+        KQ = gc.mul_mat(ctx0, K, Q)                                          # [n_past+N, N, n_head, n_batch]
+        KQ_scaled = gc.scale(ctx0, KQ, float(_F32(1.0) / np.sqrt(_F32(n_embd) / _F32(n_head))))
+        KQ_masked = gc.diag_mask_inf(ctx0, KQ_scaled, n_past)
+        KQ_soft_max = gc.soft_max(ctx0, KQ_masked)
+        V = gc.view_4d(ctx0, vc, n_past + N, hd, n_head, n_batch,
+                       esv * n_ctx, esv * n_ctx * hd, esv * n_ctx * n_embd, il * n_batch * n_ctx * n_embd * esv)
+        KQV = gc.mul_mat(ctx0, V, KQ_soft_max)                               # [hd, N, n_head, n_batch]
+        KQV_merged = gc.permute(ctx0, KQV, 0, 2, 1, 3)
+        cur = gc.reshape_2d(ctx0, gc.cont(ctx0, KQV_merged), n_embd, N * n_batch)
+        cur = _proj(ctx0, layer, "wo", cur)
+        inpFF = gc.add(ctx0, cur, inpSA)
+        inpL = _feed_forward(ctx0, layer, inpFF)
+
+    inpL = _rms_mul(ctx0, inpL, model.norm)
+    inpL = _lm_head(ctx0, model, inpL)                                       # [n_vocab, N*n_batch]
+    inpL = gc.reshape_3d(ctx0, inpL, n_vocab, N, n_batch)
+    gc.build_forward_expand(gf, inpL)
+    return inpL
+
+
+def forward(model: LlamaModel, cache: LlamaKVCache, ctx0, gf, tokens_input, n_tokens: int, n_past: int):
+    """Logits [n_vocab, n_tokens] of one sequence (generation). The first n_tokens of tokens_input
+    are copied into the graph's own I32 leaf named "tokens"; the graph's rope positions are the
+    leaf "KQ_pos". Adds the logits to gf and returns them."""
+    return _forward_single(model, cache, ctx0, gf, tokens_input, n_tokens, n_past)
+
+
+def forward_batch(model: LlamaModel, cache: LlamaKVCache, ctx0, gf, tokens_input, n_tokens: int, n_past: int,
+                  n_batch: int):
+    """Logits [n_vocab, n_tokens, n_batch] of n_batch sequences (training); tokens_input is
+    [n_tokens, n_batch] I32, copied into the leaf "tokens"."""
+    return _forward_batch(model, cache, ctx0, gf, tokens_input, n_tokens, n_past, n_batch)
+
+
+def forward_lora(model: LlamaModelLora, cache: LlamaKVCache, ctx0, gf, tokens_input, n_tokens: int, n_past: int):
+    """forward with LoRA factors: every wX·x is wXa·(wXb·x), output·x is outputa·(outputb·x)."""
+    return _forward_single(model, cache, ctx0, gf, tokens_input, n_tokens, n_past)
+
+
+def forward_batch_lora(model: LlamaModelLora, cache: LlamaKVCache, ctx0, gf, tokens_input, n_tokens: int,
+                       n_past: int, n_batch: int):
+    """forward_batch with LoRA factors (the original has no batched LoRA forward)."""
+    return _forward_batch(model, cache, ctx0, gf, tokens_input, n_tokens, n_past, n_batch)
+
+
+# =============================================================================================
+# losses
+# =============================================================================================
+def square_error_loss(ctx, a, b):
+    """sum((a - b)^2)."""
+    return gc.sum(ctx, gc.sqr(ctx, gc.sub(ctx, a, b)))
+
+
+def cross_entropy_loss(ctx, a, b):
+    """The original's composition: sum(-sum_rows(soft_max(a) * log(soft_max(b) + 1e-3)))."""
+    eps = 1e-3
+    return gc.sum(ctx, gc.neg(ctx, gc.sum_rows(ctx, gc.mul(ctx, gc.soft_max(ctx, a),
+                                                           gc.log(ctx, gc.add1(ctx, gc.soft_max(ctx, b),
+                                                                               gc.new_f32(ctx, eps)))))))
+
+
+# =============================================================================================
+# data
+# =============================================================================================
+def _arr(t):
+    return t.numpy() if isinstance(t, gc.Tensor) else np.asarray(t)
+
+
+def example_tokens(example_id: int, n_tokens: int, n_vocab: int) -> np.ndarray:
+    """The n_tokens target tokens of an example (the sine wave), computed in float32 as the original."""
+    i = np.arange(1, n_tokens + 1, dtype=_F32)
+    x = _F32(example_id) + i * _F32(3.14159) * _F32(2.0) * _F32(1.0) * _F32(0.5) / _F32(n_tokens)
+    y = np.sin(x.astype(np.float64)).astype(_F32)                   # sinf
+    z = (y + _F32(1.0)) * _F32(0.5)
+    z = np.clip(z, _F32(0.0), _F32(1.0))
+    tok = 1 + (z * _F32(n_vocab - 1)).astype(np.int64)               # (int) truncates; z >= 0
+    return np.maximum(1, np.minimum(tok, n_vocab - 1)).astype(np.int32)
+
+
+def get_example_targets(example_id: int, tokens_input, targets) -> None:
+    """tokens_input [n_tokens] I32 and targets [n_vocab, n_tokens] F32 (tensors or arrays shaped
+    (n_tokens,) and (n_tokens, n_vocab)): tokens start with 0 and follow the wave; targets are -1
+    with +1 at row i-1, column token_i."""
+    tok, tgt = _arr(tokens_input), _arr(targets)
+    n_tokens, n_vocab = tok.shape[-1], tgt.shape[-1]
+    toks = example_tokens(example_id, n_tokens, n_vocab)
+    tgt[...] = -1.0
+    tgt[np.arange(n_tokens), toks] = 1.0
+    tok[0] = 0
+    tok[1:] = toks[:-1]
+
+
+def get_example_targets_batch(ctx, example_id: int, tokens_input, targets) -> None:
+    """tokens_input [n_tokens, n_batch], targets [n_vocab, n_tokens, n_batch]: sequence k is
+    example example_id*n_batch + k. (ctx is kept for the original's signature; the views are numpy's.)"""
+    tok, tgt = _arr(tokens_input), _arr(targets)
+    if tok.ndim != 2 or tgt.ndim != 3 or tok.shape != tgt.shape[:2]:
+        raise ValueError(f"get_example_targets_batch: tokens {tok.shape} and targets {tgt.shape} do not match")
+    for k in range(tok.shape[0]):
+        get_example_targets(example_id * tok.shape[0] + k, tok[k], tgt[k])
+
+
+def lshift_examples(tokens_input, targets, n_shift: int) -> None:
+    """Shift tokens and target rows n_shift places towards the front (the tail stays as it was)."""
+    tok, tgt = _arr(tokens_input), _arr(targets)
+    n = tok.shape[-1] - n_shift
+    if n > 0:
+        tok[:n] = tok[n_shift:n_shift + n].copy()
+        tgt[:n] = tgt[n_shift:n_shift + n].copy()
+
+
+# =============================================================================================
+# sampling and printing
+# =============================================================================================
+def _softmax_rows(lg: np.ndarray):
+    """argmax (first maximum) and probabilities of each row, in float32 as the original."""
+    best = np.argmax(lg, axis=-1).astype(np.int32)
+    mx = np.max(lg, axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.where(lg == -np.inf, _F32(0.0), np.exp((lg - mx).astype(np.float64)).astype(_F32)).astype(_F32)
+    psum = np.zeros(lg.shape[:-1] + (1,), dtype=_F32)
+    for k in range(lg.shape[-1]):                                    # float sum in order
+        psum[..., 0] += p[..., k]
+    return best, (p / psum).astype(_F32)
+
+
+def sample_softmax(logits, probs, best_samples) -> None:
+    """Greedy samples of logits [n_vocab, n] into best_samples [n] and softmax into probs [n_vocab, n]."""
+    lg = _arr(logits)
+    best, p = _softmax_rows(lg)
+    _arr(best_samples)[...] = best
+    _arr(probs)[...] = p
+
+
+def sample_softmax_batch(ctx, logits, probs, best_samples) -> None:
+    """logits and probs [n_vocab, n_tokens, n_batch], best_samples [n_tokens, n_batch]."""
+    lg = _arr(logits)
+    if lg.ndim != 3 or _arr(best_samples).shape != lg.shape[:2]:
+        raise ValueError(f"sample_softmax_batch: logits {lg.shape} and samples {_arr(best_samples).shape} do not match")
+    best, p = _softmax_rows(lg)
+    _arr(best_samples)[...] = best
+    _arr(probs)[...] = p
+
+
+def _out(file):
+    return sys.stdout if file is None else file
+
+
+def format_token(token: int, n_vocab: int) -> str:
+    return " " * token + "X" + " " * (n_vocab - token - 1)
+
+
+def print_token(token: int, n_vocab: int, file=None) -> None:
+    _out(file).write(format_token(token, n_vocab) + "\n")
+
+
+def print_tokens(tokens, n_vocab: int, file=None) -> None:
+    """One line per token of the first row (tokens->ne[0] of them)."""
+    t = _arr(tokens)
+    row = t.reshape(-1, t.shape[-1])[0] if t.ndim > 1 else t
+    _out(file).write("".join(format_token(int(x), n_vocab) + "\n" for x in row))
+
+
+def print_row(probs, i: int, file=None) -> None:
+    p = _arr(probs).reshape(-1, _arr(probs).shape[-1])
+    _out(file).write("".join(" %.2f" % float(v) for v in p[i]) + "\n")
+
+
+def print_matrix(probs, file=None) -> None:
+    p = _arr(probs)
+    p = p.reshape(-1, p.shape[-1])
+    _out(file).write("".join("".join(" %.2f" % float(v) for v in row) + "\n" for row in p))
+
+
+# =============================================================================================
+# the program
+# =============================================================================================
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="baby-llama",
+        description="llama.cpp's baby-llama over graphcore: train a tiny llama on sine-wave tokens "
+                    "with L-BFGS, then generate. With no options it does what the original does.")
+    p.add_argument("--examples", type=int, default=256, help="training batches (default 256)")
+    p.add_argument("--threads", type=int, default=1, help="threads for every graph (default 1, as the original)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the weights' random stream (default 1337)")
+    p.add_argument("--optimizer", choices=("lbfgs", "adam"), default="lbfgs")
+    p.add_argument("--lbfgs-iters", type=int, default=16, help="L-BFGS iterations per batch (default 16)")
+    p.add_argument("--adam-iters", type=int, default=64, help="Adam iterations per batch (default 64)")
+    p.add_argument("--loss", choices=("square", "cross-entropy"), default="square")
+    p.add_argument("--lora", action="store_true", help="train and generate with the LoRA model")
+    p.add_argument("--n-lora", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--n-gen", type=int, default=128, help="tokens to generate (default 128)")
+    p.add_argument("--progress", action="store_true",
+                   help="one line per batch on stderr: errors, optimizer result, evaluations, time")
+    p.add_argument("--dump-graphs", metavar="DIR",
+                   help="write the forward, backward and generation graphs (text and Graphviz dot) to DIR")
+    p.add_argument("--plot-loss", metavar="FILE.png", help="draw the errors before and after each batch")
+    g = p.add_argument_group("model sizes")
+    g.add_argument("--n-vocab", type=int, default=8)
+    g.add_argument("--n-ctx", type=int, default=8)
+    g.add_argument("--n-embd", type=int, default=32)
+    g.add_argument("--n-head", type=int, default=8)
+    g.add_argument("--n-layer", type=int, default=1)
+    g.add_argument("--n-mult", type=int, default=2)
+    g.add_argument("--n-batch", type=int, default=8)
+    return p
+
+
+def _check_args(p, a):
+    for name in ("examples", "n_gen"):
+        if getattr(a, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    for name in ("threads", "lbfgs_iters", "adam_iters", "n_lora", "n_vocab", "n_ctx", "n_embd", "n_head",
+                 "n_layer", "n_mult", "n_batch"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.n_vocab < 2:
+        p.error("--n-vocab must be >= 2")
+    if a.n_ctx < 2:
+        p.error("--n-ctx must be >= 2")
+    if a.n_embd % a.n_head:
+        p.error(f"--n-embd ({a.n_embd}) must be a multiple of --n-head ({a.n_head})")
+    if (a.n_embd // a.n_head) % 2:
+        p.error("n_embd / n_head must be even (rope rotates pairs)")
+
+
+class _Evaluator:
+    """A graph planned once and computed as often as needed."""
+
+    def __init__(self, g, n_threads):
+        self.g = g
+        self.plan = gc.graph_plan(g, n_threads)
+        if self.plan.work_size:
+            self.plan.work_data = np.empty(self.plan.work_size, np.uint8)
+
+    def __call__(self):
+        gc.graph_compute(self.g, self.plan)
+
+
+def _result_name(code) -> str:
+    from graphcore import optim
+    return optim.RESULT_NAMES.get(code, str(code))
+
+
+def _opt_params(args):
+    if args.optimizer == "adam":
+        params = gc.opt_default_params(gc.OPT_ADAM)
+        params.adam.n_iter = args.adam_iters
+    else:
+        params = gc.opt_default_params(gc.OPT_LBFGS)
+        params.lbfgs.n_iter = args.lbfgs_iters
+    params.print_forward_graph = False
+    params.print_backward_graph = False
+    params.n_threads = args.threads
+    return params
+
+
+def _dump(dirname, name, g, gf=None):
+    os.makedirs(dirname, exist_ok=True)
+    with open(os.path.join(dirname, name + ".txt"), "w") as f:
+        f.write(gc.graph_print(g))
+    dump_dot = getattr(gc, "graph_dump_dot", None)
+    if dump_dot is not None:
+        dump_dot(g, gf, os.path.join(dirname, name + ".dot"))
+
+
+def train(model, kv_self, args, out=sys.stdout, history=None):
+    """The original's training loop, with the graphs built once.
+
+    The original builds a new context, forward graph and loss per batch, and ggml_opt builds its
+    own forward and backward graphs again on every call. The graphs are the same every time:
+    only the data of two leafs (the token ids and the targets) change. Building and planning a
+    146-node backward graph in Python costs milliseconds, as much as the whole optimisation of a
+    batch in the original, so here they are built once: per batch the new tokens and targets are
+    written into the leafs' data, and the optimizer is re-initialised (opt_init, as ggml_opt
+    does on every call) and run on the prebuilt graphs with opt_resume_g."""
+    hp = model.hparams
+    lora = isinstance(model, LlamaModelLora)
+    n_tokens, n_vocab, n_batch = hp.n_ctx, hp.n_vocab, args.n_batch
+    params = _opt_params(args)
+    compute_size = 64 * 1024 * 1024 + 4096 * gc.nelements(kv_self.k)
+    ctx0 = gc.init(compute_size)
+
+    after_opt_best_samples = gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch)
+    after_opt_probs = gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch)
+    tokens_input = gc.set_name(gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch), "tokens_input")
+    targets = gc.set_name(gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch), "targets")
+    n_past = 0
+
+    gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
+    fwd = forward_batch_lora if lora else forward_batch
+    logits = fwd(model, kv_self, ctx0, gf, tokens_input, n_tokens, n_past, n_batch)
+    loss = cross_entropy_loss if args.loss == "cross-entropy" else square_error_loss
+    e = gc.set_name(loss(ctx0, targets, logits), "error")
+    gc.build_forward_expand(gf, e)
+    tokens = gc.graph_get_tensor(gf, "tokens")
+    gb = gc.graph_dup(ctx0, gf)
+    gc.build_backward_expand(ctx0, gf, gb, True)
+    if args.dump_graphs:
+        _dump(args.dump_graphs, "forward", gf)
+        _dump(args.dump_graphs, "backward", gb, gf)
+    compute_gf = _Evaluator(gf, args.threads)
+
+    n_evals = 0
+    t_start = time.perf_counter()
+    for ex in range(args.examples):
+        t0 = time.perf_counter()
+        get_example_targets_batch(ctx0, 64 * ex + 0, tokens_input, targets)
+        tokens.numpy()[:] = tokens_input.numpy().reshape(-1)
+
+        compute_gf()
+        error_before_opt = gc.get_f32_1d(e, 0)
+
+        opt = gc.opt_init(ctx0, gc.OptContext(), params, 0)
+        result = gc.opt_resume_g(ctx0, opt, e, gf, gb)
+        n_evals += opt.n_evals
+
+        compute_gf()
+        error_after_opt = gc.get_f32_1d(e, 0)
+        if history is not None:
+            history.append((error_before_opt, error_after_opt))
+
+        if ex % 8 == 0:
+            out.write(f"Example {ex + 1}\n")
+            out.write("error_before_opt: %.2f\n" % error_before_opt)
+            out.write("error_after_opt:  %.2f\n" % error_after_opt)
+        if ex % 64 == 0:
+            sample_softmax_batch(ctx0, logits, after_opt_probs, after_opt_best_samples)
+            out.write("best samples after optimization:\n")
+            print_tokens(after_opt_best_samples, n_vocab, file=out)
+        if args.progress:
+            sys.stderr.write(f"example {ex + 1:4d}: before {error_before_opt:10.4f} after {error_after_opt:10.4f} "
+                             f"{_result_name(result)} "
+                             f"evals {opt.n_evals:3d} {1e3 * (time.perf_counter() - t0):7.1f} ms\n")
+        out.flush()
+    return dict(n_evals=n_evals, seconds=time.perf_counter() - t_start, ctx0_used=gc.used_mem(ctx0))
+
+
+def generate(model, kv_self, args, out=sys.stdout):
+    """Greedy generation from example 137's prompt: sample_ctx = n_tokens - n_tokens/8 tokens go
+    in, the last one's argmax comes out, and the window shifts left by one. The original builds a
+    new forward graph per token; the graph is the same each time, so it is built once here and
+    only its "tokens" leaf is rewritten."""
+    hp = model.hparams
+    lora = isinstance(model, LlamaModelLora)
+    n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
+    sample_ctx = n_tokens - n_tokens // 8
+    out.write(f"Generating {args.n_gen} tokens.\n")
+
+    tokens_input = gc.new_tensor_1d(model.ctx, gc.TYPE_I32, n_tokens)
+    targets = gc.new_tensor_2d(model.ctx, gc.TYPE_F32, n_vocab, n_tokens)
+    get_example_targets(137, tokens_input, targets)
+    tok = tokens_input.numpy()
+    tok[sample_ctx:] = n_vocab // 2
+    for i in range(sample_ctx - 1):
+        print_token(int(tok[i]), n_vocab, file=out)
+    out.write("---\n")
+
+    ctx0 = gc.init(16 * 1024 * 1024 + 4096 * gc.nelements(kv_self.k))
+    gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
+    fwd = forward_lora if lora else forward
+    logits = fwd(model, kv_self, ctx0, gf, tokens_input, sample_ctx, 0)
+    gc.build_forward_expand(gf, logits)
+    tokens = gc.graph_get_tensor(gf, "tokens")
+    if args.dump_graphs:
+        _dump(args.dump_graphs, "generation", gf)
+    compute = _Evaluator(gf, args.threads)
+    best_samples = gc.new_tensor_1d(ctx0, gc.TYPE_I32, sample_ctx)
+    probs = gc.new_tensor_2d(ctx0, gc.TYPE_F32, n_vocab, sample_ctx)
+    generated = []
+    for _ in range(args.n_gen):
+        tokens.numpy()[:] = tok[:sample_ctx]
+        compute()
+        sample_softmax(logits, probs, best_samples)
+        token = int(best_samples.numpy()[sample_ctx - 1])
+        print_token(token, n_vocab, file=out)
+        generated.append(token)
+        lshift_examples(tokens_input, targets, 1)
+        tok[0] = 0
+        tok[sample_ctx - 1] = token
+    out.flush()
+    return generated
+
+
+def build_model(args):
+    """init model / set_param / randomize as the original's main."""
+    lcsize = 2 * 1024 * 1024
+    if args.lora:
+        hp = baby_hparams(args.n_vocab, args.n_ctx, args.n_embd, args.n_mult, args.n_head, args.n_layer, args.n_lora)
+        model = LlamaModelLora(hparams=hp)
+    else:
+        hp = baby_hparams(args.n_vocab, args.n_ctx, args.n_embd, args.n_mult, args.n_head, args.n_layer)
+        model = LlamaModel(hparams=hp)
+    n_ff = get_n_ff(hp)
+    n_weights = 3 * hp.n_embd * hp.n_vocab + hp.n_layer * (6 * hp.n_embd * hp.n_embd + 3 * hp.n_embd * n_ff)
+    n_cache = 2 * hp.n_embd * hp.n_layer * hp.n_ctx * args.n_batch
+    # weights and their gradient tensors, the cache, the generation prompt: room for all with slack
+    model.ctx = gc.init(lcsize + 8 * 4 * (n_weights + n_cache + 4 * hp.n_vocab * hp.n_ctx))
+    return model
+
+
+def plot_loss(path, history):
+    """A small PNG chart of the errors before (grey) and after (blue) each batch, written with
+    zlib only (no plotting library needed)."""
+    import struct
+    import zlib
+    W, H, pad = 800, 400, 20
+    img = np.full((H, W, 3), 255, np.uint8)
+    h = np.asarray(history, np.float64)
+    if len(h):
+        hi = max(float(np.nanmax(h)), 1e-9)
+        n = len(h)
+
+        def xy(i, v):
+            x = pad + (W - 2 * pad) * (i / max(n - 1, 1))
+            y = H - pad - (H - 2 * pad) * (v / hi)
+            return x, y
+
+        img[H - pad, pad:W - pad] = 0
+        img[pad:H - pad, pad] = 0
+        for col, color in ((0, (160, 160, 160)), (1, (30, 80, 200))):
+            pts = [xy(i, h[i, col]) for i in range(n)]
+            if n == 1:
+                pts = pts * 2
+            for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+                m = int(max(abs(x1 - x0), abs(y1 - y0), 1)) * 2
+                xs = np.clip(np.round(np.linspace(x0, x1, m + 1)).astype(int), 0, W - 1)
+                ys = np.clip(np.round(np.linspace(y0, y1, m + 1)).astype(int), 0, H - 1)
+                img[ys, xs] = color
+    raw = b"".join(b"\x00" + img[y].tobytes() for y in range(H))
+
+    def chunk(tag, data):
+        c = struct.pack(">I", len(data)) + tag + data
+        return c + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    with open(path, "wb") as f:
+        f.write(png)
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    _check_args(p, args)
+    out = sys.stdout
+    t0 = time.perf_counter()
+
+    model = build_model(args)
+    out.write("init model\n")
+    if args.lora:
+        init_model_lora(model)
+        set_param_model_lora(model)
+        randomize_model_lora(model, args.seed, 0.0, 1.0, -1.0, +1.0)
+    else:
+        init_model(model)
+        set_param_model(model)
+        randomize_model(model, args.seed, 0.0, 1.0, -1.0, +1.0)
+
+    kv_self = LlamaKVCache()
+    out.write("init_kv_cache\n")
+    kv_self.ctx = model.ctx
+    init_kv_cache(kv_self, model, args.n_batch)
+
+    history = []
+    stats = train(model, kv_self, args, out, history)
+    generate(model, kv_self, args, out)
+    print_matrix(model.tok_embeddings, file=out)
+    out.write("done\n")
+    out.flush()
+    if args.plot_loss:
+        plot_loss(args.plot_loss, history)
+    if args.progress:
+        sys.stderr.write(f"{args.examples} batches, {stats['n_evals']} forward+backward evaluations, "
+                         f"training {stats['seconds']:.2f} s, whole program {time.perf_counter() - t0:.2f} s\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
