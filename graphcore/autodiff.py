@@ -66,13 +66,13 @@ class Grads:
     src[i] and is first summed over the repeats of the broadcast.
     """
 
-    __slots__ = ("ctx", "node", "_need", "_zero")
+    __slots__ = ("ctx", "node", "_need", "_initial")
 
-    def __init__(self, ctx, node, need, zero):
+    def __init__(self, ctx, node, need, initial):
         self.ctx = ctx
         self.node = node
-        self._need = need       # ids of tensors that want a gradient
-        self._zero = zero       # ids of gradient tensors that still hold their initial zeros
+        self._need = need           # ids of tensors that want a gradient
+        self._initial = initial     # id(tensor) -> its initial (zero) gradient tensor
 
     def needs(self, i: int) -> bool:
         src = self.node.src
@@ -121,7 +121,10 @@ class Grads:
         return self.node.src[i]
 
     def _is_zero(self, s):
-        return id(s.grad) in self._zero
+        # still s's own initial gradient: nothing added yet. (ggml asks whether s.grad is any node's
+        # initial gradient; when a rule passes its own gradient on unchanged, e.g. add's, and that
+        # is the seeded gradient of the loss, ggml then drops it on the next contribution.)
+        return self._initial.get(id(s)) is s.grad
 
     def _check_f32(self, i, x):
         TN.check_tensor(f"backward of {OPS[self.node.op].name}", x)
@@ -250,8 +253,7 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
 
     # which nodes take a gradient; give each a zero gradient tensor (ggml made these while building)
     need = set()
-    zero = {}           # id(zero gradient tensor) -> the tensor (kept alive so ids stay unique)
-    by_node = {}        # id(node) -> its initial gradient
+    by_node = {}        # id(node) -> its initial (zero) gradient
     for i, node in enumerate(gf.nodes):
         if not _needs_grad(node, need):
             continue
@@ -264,7 +266,6 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
             recorded = node.grad
         if gf.grads is not None:
             gf.grads[i] = recorded
-        zero[id(recorded)] = recorded
         by_node[id(node)] = recorded
     if gb.grads is not None:
         for i, node in enumerate(gb.nodes):
@@ -285,7 +286,7 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
                        if s is not None and id(s) in need]
             raise GraphError(f"build_backward: op {op.name} has no backward rule yet; a gradient has to pass "
                              f"through node '{node.name}' to {', '.join(wanting)}")
-        op.backward(ctx, node, node.grad, Grads(ctx, node, need, zero))
+        op.backward(ctx, node, node.grad, Grads(ctx, node, need, by_node))
 
     params = [n for n in gf.nodes if n.flags & TN.FLAG_PARAM and n.grad is not None]
     _check_overwritten(gf, [p.grad for p in params])

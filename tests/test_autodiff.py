@@ -99,6 +99,23 @@ def test_a_parameter_used_twice_accumulates():
     check_gradients(lambda c, a: gc.mul(c, a, gc.mul(c, a, b)), [a], 1e-3, 1e-3, np.inf)
 
 
+def test_a_seeded_gradient_passed_on_unchanged_still_accumulates():
+    """add passes the root's (seeded) gradient on as it is; the next contribution to the same
+    tensor must be added to it (ggml takes any initial gradient for zero and drops it)."""
+    ctx = gc.init(1 << 20)
+    a = rand(ctx, 3, 4)
+    gc.set_param(ctx, a)
+    y = gc.add(ctx, gc.sqr(ctx, a), a)                 # a residual connection at the root
+    gf = gc.new_graph_custom(ctx, 64, True)
+    gc.build_forward_expand(gf, y)
+    gb = gc.build_backward(ctx, gf, False)
+    gc.graph_reset(gb)
+    gc.set_f32(y.grad, 1.0)
+    gc.graph_compute_with_ctx(ctx, gb, 1)
+    assert np.allclose(a.grad.numpy(), 2 * a.numpy() + 1, atol=1e-6)
+    check_gradients(lambda c, a: gc.add(c, gc.sqr(c, a), a), [a], 1e-3, 1e-3, 2e-3)
+
+
 def test_a_parameter_used_twice_in_one_node_and_through_broadcast():
     ctx = gc.init(1 << 20)
     a = rand(ctx, 3, 4)

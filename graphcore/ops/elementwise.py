@@ -361,6 +361,8 @@ SQRT_2_OVER_PI = 0.79788456080286535587989211986876
 def _gelu_f(x, p):
     # ggml's tanh form, computed in float64 instead of through an fp16 lookup table
     v = np.float64(x)
+    if v < -30.0:           # the limit is 0 (the formula would give -inf * 0 = NaN at -inf)
+        return np.float32(-0.0)
     return np.float32(0.5 * v * (1.0 + math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))))
 
 
@@ -381,6 +383,8 @@ gelu, gelu_inplace = _unary_builders(GELU, "gelu")
 @inline
 def _silu_f(x, p):
     v = np.float64(x)
+    if v < -745.0:          # exp(-v) overflows; the limit is 0 (not -inf/inf = NaN)
+        return np.float32(-0.0)
     return np.float32(v / (1.0 + math.exp(-v)))
 
 
