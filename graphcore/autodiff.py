@@ -282,6 +282,8 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
         if op.backward is NOT_DIFFERENTIABLE:
             continue
         if op.backward is None:
+            if node.grad is by_node[id(node)] and node is not gf.nodes[-1]:
+                continue        # nothing flowed into it (and it is not the loss): nothing has to pass
             wanting = [f"src[{i}] {TN.describe(s)}" for i, s in enumerate(node.src)
                        if s is not None and id(s) in need]
             raise GraphError(f"build_backward: op {op.name} has no backward rule yet; a gradient has to pass "

@@ -24,6 +24,15 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+if "numpy" not in sys.modules:
+    # Run as the program (python -m models.baby_llama, or the baby-llama script), nothing has
+    # loaded numpy yet: keep its OpenBLAS single-threaded. The optimizer's float64 dot products
+    # over the 12,960 parameters are just above OpenBLAS's threading threshold (10,000), and on a
+    # busy 2-core machine each such ddot then waits for a second thread: 1.5 ms instead of 10 us,
+    # 45 s instead of 0.1 s over a 40-batch run. graphcore's executor does its own threading and
+    # holds BLAS to one thread inside its threads, so nothing else is lost.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 
 import graphcore as gc
@@ -216,22 +225,23 @@ def set_param_model_lora(model: LlamaModelLora) -> None:
         gc.set_param(model.ctx, t)
 
 
-def _kv_cache(cache: LlamaKVCache, hp, n_batch: int, mem_ctx) -> LlamaKVCache:
+def _kv_cache(cache: LlamaKVCache, hp, n_batch: int) -> LlamaKVCache:
     n_elements = hp.n_embd * hp.n_layer * hp.n_ctx * n_batch
     if cache.ctx is None:
-        cache.ctx = gc.init(2 * n_elements * 4 + 2 * 1024 * 1024) if mem_ctx is None else mem_ctx
+        cache.ctx = gc.init(2 * n_elements * 4 + 2 * 1024 * 1024)
     cache.k = gc.set_name(gc.new_tensor_1d(cache.ctx, gc.TYPE_F32, n_elements), "cache_k")
     cache.v = gc.set_name(gc.new_tensor_1d(cache.ctx, gc.TYPE_F32, n_elements), "cache_v")
     return cache
 
 
 def init_kv_cache(cache: LlamaKVCache, model: LlamaModel, n_batch: int) -> LlamaKVCache:
-    """k and v of n_embd*n_layer*n_ctx*n_batch floats, in cache.ctx (its own context if None)."""
-    return _kv_cache(cache, model.hparams, n_batch, None)
+    """k and v of n_embd*n_layer*n_ctx*n_batch floats, in cache.ctx (a new context if it is None;
+    main() puts them in the model's, as the original)."""
+    return _kv_cache(cache, model.hparams, n_batch)
 
 
 def init_kv_cache_lora(cache: LlamaKVCache, model: LlamaModelLora, n_batch: int) -> bool:
-    _kv_cache(cache, model.hparams, n_batch, None)
+    _kv_cache(cache, model.hparams, n_batch)
     return True
 
 
@@ -392,6 +402,11 @@ def _input_tensors(ctx0, tokens_input, n, n_tokens, n_past):
     return tokens, kq_pos
 
 
+def _name(t, il, name):
+    """Name an intermediate tensor "layers.<il>.<name>" (for graph_print and the dot dumps)."""
+    return gc.set_name(t, f"layers.{il}.{name}")
+
+
 def _rms_mul(ctx, x, weight):
     cur = gc.rms_norm(ctx, x, RMS_NORM_EPS)
     return gc.mul(ctx, gc.repeat(ctx, weight, cur), cur)
@@ -416,7 +431,7 @@ def _forward_single(model, cache, ctx0, gf, tokens_input, n_tokens, n_past):
     kc, vc = cache.k, cache.v
     esk, esv = gc.element_size(kc), gc.element_size(vc)
 
-    inpL = gc.get_rows(ctx0, model.tok_embeddings, tokens)              # [n_embd, N]
+    inpL = gc.set_name(gc.get_rows(ctx0, model.tok_embeddings, tokens), "inp_embd")   # [n_embd, N]
     for il, layer in enumerate(model.layers):
         inpSA = inpL
         cur = _rms_mul(ctx0, inpL, layer.attention_norm)
@@ -435,17 +450,17 @@ def _forward_single(model, cache, ctx0, gf, tokens_input, n_tokens, n_past):
         KQ = gc.mul_mat(ctx0, K, Q)                                          # [n_past+N, N, n_head]
         KQ_scaled = gc.scale(ctx0, KQ, float(_F32(1.0) / np.sqrt(_F32(n_embd) / _F32(n_head))))
         KQ_masked = gc.diag_mask_inf(ctx0, KQ_scaled, n_past)
-        KQ_soft_max = gc.soft_max(ctx0, KQ_masked)
+        KQ_soft_max = _name(gc.soft_max(ctx0, KQ_masked), il, "KQ_soft_max")
         V = gc.view_3d(ctx0, vc, n_past + N, hd, n_head, n_ctx * esv, n_ctx * esv * hd, il * n_ctx * esv * n_embd)
         KQV = gc.mul_mat(ctx0, V, KQ_soft_max)                               # [hd, N, n_head]
         KQV_merged = gc.permute(ctx0, KQV, 0, 2, 1, 3)
         cur = gc.reshape_2d(ctx0, gc.cont(ctx0, KQV_merged), n_embd, N)
         cur = _proj(ctx0, layer, "wo", cur)
-        inpFF = gc.add(ctx0, cur, inpSA)
-        inpL = _feed_forward(ctx0, layer, inpFF)
+        inpFF = _name(gc.add(ctx0, cur, inpSA), il, "inpFF")
+        inpL = _name(_feed_forward(ctx0, layer, inpFF), il, "out")
 
     inpL = _rms_mul(ctx0, inpL, model.norm)
-    inpL = _lm_head(ctx0, model, inpL)                                       # [n_vocab, N]
+    inpL = gc.set_name(_lm_head(ctx0, model, inpL), "logits")                # [n_vocab, N]
     gc.build_forward_expand(gf, inpL)
     return inpL
 
@@ -459,7 +474,7 @@ def _forward_batch(model, cache, ctx0, gf, tokens_input, n_tokens, n_past, n_bat
     kc, vc = cache.k, cache.v
     esk, esv = gc.element_size(kc), gc.element_size(vc)
 
-    inpL = gc.get_rows(ctx0, model.tok_embeddings, tokens)              # [n_embd, N*n_batch]
+    inpL = gc.set_name(gc.get_rows(ctx0, model.tok_embeddings, tokens), "inp_embd")   # [n_embd, N*n_batch]
     for il, layer in enumerate(model.layers):
         inpSA = inpL
         cur = _rms_mul(ctx0, inpL, layer.attention_norm)
@@ -483,19 +498,19 @@ def _forward_batch(model, cache, ctx0, gf, tokens_input, n_tokens, n_past, n_bat
         KQ = gc.mul_mat(ctx0, K, Q)                                          # [n_past+N, N, n_head, n_batch]
         KQ_scaled = gc.scale(ctx0, KQ, float(_F32(1.0) / np.sqrt(_F32(n_embd) / _F32(n_head))))
         KQ_masked = gc.diag_mask_inf(ctx0, KQ_scaled, n_past)
-        KQ_soft_max = gc.soft_max(ctx0, KQ_masked)
+        KQ_soft_max = _name(gc.soft_max(ctx0, KQ_masked), il, "KQ_soft_max")
         V = gc.view_4d(ctx0, vc, n_past + N, hd, n_head, n_batch,
                        esv * n_ctx, esv * n_ctx * hd, esv * n_ctx * n_embd, il * n_batch * n_ctx * n_embd * esv)
         KQV = gc.mul_mat(ctx0, V, KQ_soft_max)                               # [hd, N, n_head, n_batch]
         KQV_merged = gc.permute(ctx0, KQV, 0, 2, 1, 3)
         cur = gc.reshape_2d(ctx0, gc.cont(ctx0, KQV_merged), n_embd, N * n_batch)
         cur = _proj(ctx0, layer, "wo", cur)
-        inpFF = gc.add(ctx0, cur, inpSA)
-        inpL = _feed_forward(ctx0, layer, inpFF)
+        inpFF = _name(gc.add(ctx0, cur, inpSA), il, "inpFF")
+        inpL = _name(_feed_forward(ctx0, layer, inpFF), il, "out")
 
     inpL = _rms_mul(ctx0, inpL, model.norm)
     inpL = _lm_head(ctx0, model, inpL)                                       # [n_vocab, N*n_batch]
-    inpL = gc.reshape_3d(ctx0, inpL, n_vocab, N, n_batch)
+    inpL = gc.set_name(gc.reshape_3d(ctx0, inpL, n_vocab, N, n_batch), "logits")
     gc.build_forward_expand(gf, inpL)
     return inpL
 
@@ -746,6 +761,16 @@ def _dump(dirname, name, g, gf=None):
         dump_dot(g, gf, os.path.join(dirname, name + ".dot"))
 
 
+def _compute_size(hp, n_batch, kv_self, nodes_per_layer):
+    """Arena bytes for a graph's tensors: a bound on the largest tensor times a bound on their
+    number (the forward, the gradients and the backward nodes), plus slack. The arena is
+    zero-filled lazily by the OS, so unused bytes cost no memory. (The original takes 1 GiB.)"""
+    rows = hp.n_ctx * n_batch
+    largest = max(get_n_ff(hp) * rows, hp.n_ctx * hp.n_ctx * hp.n_head * n_batch, gc.nelements(kv_self.k),
+                  hp.n_embd * max(get_n_ff(hp), hp.n_vocab, hp.n_embd), hp.n_vocab * rows)
+    return 16 * 1024 * 1024 + 4 * largest * (nodes_per_layer * hp.n_layer + 100)
+
+
 def train(model, kv_self, args, out=sys.stdout, history=None):
     """The original's training loop, with the graphs built once.
 
@@ -760,8 +785,7 @@ def train(model, kv_self, args, out=sys.stdout, history=None):
     lora = isinstance(model, LlamaModelLora)
     n_tokens, n_vocab, n_batch = hp.n_ctx, hp.n_vocab, args.n_batch
     params = _opt_params(args)
-    compute_size = 64 * 1024 * 1024 + 4096 * gc.nelements(kv_self.k)
-    ctx0 = gc.init(compute_size)
+    ctx0 = gc.init(_compute_size(hp, n_batch, kv_self, nodes_per_layer=200))
 
     after_opt_best_samples = gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch)
     after_opt_probs = gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch)
@@ -838,7 +862,7 @@ def generate(model, kv_self, args, out=sys.stdout):
         print_token(int(tok[i]), n_vocab, file=out)
     out.write("---\n")
 
-    ctx0 = gc.init(16 * 1024 * 1024 + 4096 * gc.nelements(kv_self.k))
+    ctx0 = gc.init(_compute_size(hp, 1, kv_self, nodes_per_layer=60))
     gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
     fwd = forward_lora if lora else forward
     logits = fwd(model, kv_self, ctx0, gf, tokens_input, sample_ctx, 0)

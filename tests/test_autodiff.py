@@ -252,11 +252,30 @@ def test_an_op_without_a_rule_raises_only_when_a_gradient_must_pass(monkeypatch)
     f = gc.sum(ctx, gc.add(ctx, a, gc.sqr(ctx, c)))
     backward(ctx, f)
     assert np.allclose(a.grad.numpy(), 1.0)
+    # nor on a side branch that the loss does not depend on (here expanded before the loss)
+    gf = gc.new_graph_custom(ctx, 64, True)
+    gc.build_forward_expand(gf, gc.sqr(ctx, a))
+    f = gc.sum(ctx, gc.scale(ctx, a, 2.0))
+    gc.build_forward_expand(gf, f)
+    gb = gc.build_backward(ctx, gf, True)
+    gc.graph_reset(gb)
+    gc.set_f32(f.grad, 1.0)
+    gc.graph_compute_with_ctx(ctx, gb, 1)
+    assert np.allclose(a.grad.numpy(), 2.0)
+    # but through sqr to the loss it must pass
     f = gc.sum(ctx, gc.sqr(ctx, a))
     gf = gc.new_graph_custom(ctx, 64, True)
     gc.build_forward_expand(gf, f)
     with pytest.raises(gc.GraphError, match="SQR"):
         gc.build_backward(ctx, gf, True)
+
+
+def test_every_op_decides_its_gradient():
+    """Each op has a backward rule or is marked NOT_DIFFERENTIABLE; only these have none yet."""
+    undecided = {op.name for op in gc.OPS if op.backward is None}
+    assert undecided <= {"CROSS_ENTROPY_LOSS_BACK", "MAP_CUSTOM1", "MAP_CUSTOM2", "MAP_CUSTOM3"}, undecided
+    for op in gc.OPS:
+        assert op.backward is None or op.backward is gc.NOT_DIFFERENTIABLE or callable(op.backward), op.name
 
 
 def test_non_differentiable_ops_pass_no_gradient():

@@ -3,9 +3,12 @@ finite differences, through gc.testing.check_gradients: 1-4 dims, sizes includin
 laid out contiguous, permuted, transposed or as strided views (the parameter is the tensor
 owning the data, so the view op's gradient is checked too), broadcast operands.
 
-Tolerances (eps, atol, rtol) are at least as strict as ggml's test-grad0 table (BABY_LLAMA.md);
-with check_gradients' random output weights in [0.5, 1.5], gradients stay away from zero, so
-the relative test is meaningful where the table has one.
+Tolerances (atol, rtol) are at least as strict as ggml's test-grad0 table (BABY_LLAMA.md); with
+check_gradients' random output weights in [0.5, 1.5], gradients stay away from zero, so the
+relative test is meaningful where the table has one. The step eps is test-grad0's 1e-3, or 1e-2
+for functions of degree <= 2 in each input element (add, sub, mul, mul_mat, out_prod, repeat),
+whose central differences are exact: the larger step only shrinks float32 rounding noise, which
+grows with the number of broadcast tiles a gradient sums.
 """
 import math
 
@@ -116,9 +119,9 @@ def test_cpy_into_other_shape(ne, layout, seed):
 # -- binary ops with src1 tiled over src0 (ggml aborts on these) ------------------------------------------------
 BINARY = {
     # test-grad0: add 1e-3/2e-3/2e-3, sub 1e-3/1e-3/1e-3, mul 1e-3/1e-3/inf, div 1e-3/0.1/0.1 (inputs 0.5-1)
-    "add": (gc.add, (-1, 1), 1e-3, 1e-3, 2e-3),
-    "sub": (gc.sub, (-1, 1), 1e-3, 1e-3, 1e-3),
-    "mul": (gc.mul, (-1, 1), 1e-3, 1e-3, INF),
+    "add": (gc.add, (-1, 1), 1e-2, 1e-3, 2e-3),
+    "sub": (gc.sub, (-1, 1), 1e-2, 1e-3, 1e-3),
+    "mul": (gc.mul, (-1, 1), 1e-2, 1e-3, INF),
     "div": (gc.div, (0.5, 1), 1e-3, 1e-3, 1e-2),
 }
 
@@ -128,6 +131,10 @@ BINARY = {
 def test_binary_broadcast(name, pair, la, lb, seed):
     fn, (lo, hi), eps, atol, rtol = BINARY[name]
     ne_a, ne_b = pair
+    if name == "div":
+        # b's gradient sums one term per tile, each with the same-signed truncation error of
+        # 1/b's central difference: atol grows with the tiles (at most 81 here: 0.081 < ggml's 0.1)
+        atol *= int(np.prod(ne_a)) // int(np.prod(ne_b))
     ctx = gc.init(1 << 20)
     a, lay_a = param_input(ctx, ne_a, la, random_values(ne_a, seed, lo, hi))
     b, lay_b = param_input(ctx, ne_b, lb, random_values(ne_b, seed + 1, lo, hi))
@@ -150,7 +157,7 @@ def test_repeat(pair, layout, seed):
     ctx = gc.init(1 << 20)
     p, lay = param_input(ctx, ne, layout, random_values(ne, seed))
     shape = gc.new_tensor(ctx, gc.TYPE_F32, ne_big)
-    check_gradients(lambda c, p: gc.repeat(c, lay(c, p), shape), [p], 1e-3, 1e-3, INF)
+    check_gradients(lambda c, p: gc.repeat(c, lay(c, p), shape), [p], 1e-2, 1e-3, INF)
 
 
 # -- matrix products, src0 broadcast over src1's batches by blocks ---------------------------------------------
@@ -166,7 +173,7 @@ def test_mul_mat(pair, la, lb, seed):
     ctx = gc.init(1 << 20)
     a, lay_a = param_input(ctx, ne_a, la, random_values(ne_a, seed))
     b, lay_b = param_input(ctx, ne_b, lb, random_values(ne_b, seed + 1))
-    check_gradients(lambda c, a, b: gc.mul_mat(c, lay_a(c, a), lay_b(c, b)), [a, b], 1e-3, 1e-3, INF)
+    check_gradients(lambda c, a, b: gc.mul_mat(c, lay_a(c, a), lay_b(c, b)), [a, b], 1e-2, 1e-3, INF)
 
 
 @given(pair=matmul_pairs("out_prod", max_k=6, max_m=5, max_n=5), la=layouts(), lb=layouts(), seed=seeds())
@@ -175,7 +182,7 @@ def test_out_prod(pair, la, lb, seed):
     ctx = gc.init(1 << 20)
     a, lay_a = param_input(ctx, ne_a, la, random_values(ne_a, seed))
     b, lay_b = param_input(ctx, ne_b, lb, random_values(ne_b, seed + 1))
-    check_gradients(lambda c, a, b: gc.out_prod(c, lay_a(c, a), lay_b(c, b)), [a, b], 1e-3, 1e-3, INF)
+    check_gradients(lambda c, a, b: gc.out_prod(c, lay_a(c, a), lay_b(c, b)), [a, b], 1e-2, 1e-3, INF)
 
 
 def test_mul_mat_broadcast_is_by_blocks():

@@ -42,6 +42,11 @@ class OpDef:
     backward: object                            # rule building gradient nodes, NOT_DIFFERENTIABLE, or None (to come)
     inplace: bool                               # the kernel may run with dst aliasing src0
     n_phases: object = 1                         # int, or (node) -> int
+    # numpy reference (node, srcs) -> array, for graphcore.testing (attached with @reference_of)
+    reference: Optional[Callable] = field(default=None, repr=False)
+    reference_nmse: float = 1e-7                 # tolerance of the kernel against the reference
+    # draws a random node of this op for graphcore.testing.strategies.graphs (@sample_of)
+    sample: Optional[Callable] = field(default=None, repr=False)
     _address: int = field(default=0, repr=False)
 
     def kernel_address(self) -> int:
@@ -90,6 +95,32 @@ def register(name, symbol, kernel=None, n_tasks=tasks_by_rows, work_size=no_work
 
 
 OP_NONE = register("NONE", "none", backward=NOT_DIFFERENTIABLE)
+
+
+# -- testing parts, kept beside each op's kernel (graphcore.testing uses them) ------------------------------
+def reference_of(*codes, nmse: float | None = None):
+    """Decorator: `fn(node, srcs) -> array` is the numpy reference of the ops `codes`. srcs are the
+    sources' logical values, 4-D (ne3, ne2, ne1, ne0), as float32 / float16 / int32 copies (None for
+    a missing source); fn computes in float64 and returns node's 4-D shape (the caller rounds to the
+    node's type). `nmse`: the kernel's tolerance against it (default 1e-7, test-backend-ops')."""
+    def deco(fn):
+        for c in codes:
+            OPS[c].reference = fn
+            if nmse is not None:
+                OPS[c].reference_nmse = float(nmse)
+        return fn
+    return deco
+
+
+def sample_of(*codes):
+    """Decorator: `fn(d) -> Tensor` draws the inputs the ops `codes` accept and builds one node, using
+    the drawing helper `d` that graphcore.testing.strategies.graphs passes (d.f32(...), d.int(...), ...).
+    It may raise GraphError to reject a draw."""
+    def deco(fn):
+        for c in codes:
+            OPS[c].sample = fn
+        return fn
+    return deco
 
 
 def op_name(code: int) -> str:
