@@ -22,6 +22,7 @@ class Graph:
         self.grads = [] if grads else None
         self.visited: set = set()
         self.version = 0          # bumped on every change, so a plan can tell it is stale
+        self.lowered_cache = None  # (version, flat arrays) of the last plan computed (planner.lower)
 
     @property
     def n_nodes(self) -> int:

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
+from numba import njit
 
 from . import tensor as TN
 from . import types as T
 from .errors import GraphError
+from .native import f32_1d
 
 OPT_ADAM, OPT_LBFGS = 0, 1
 
@@ -151,12 +153,78 @@ def opt_init(ctx, opt: OptContext, params: OptParams, nx: int) -> OptContext:
     return opt
 
 
-def _dot(a, b) -> float:
-    return float(np.dot(a.astype(np.float64), b.astype(np.float64)))
+# Vector kernels of the optimizers, compiled: a training step of a small model makes thousands
+# of them, so each must cost microseconds (numpy's float64 BLAS dot may even wake a second
+# thread for 13k elements). Reductions accumulate in float64 in a fixed (vectorised) order.
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _dot(a, b):
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += np.float64(a[i]) * np.float64(b[i])
+    return s
 
 
-def _norm(a) -> float:
-    return float(np.sqrt(_dot(a, a)))
+@njit(cache=True, nogil=True)
+def _norm(a):
+    return np.sqrt(_dot(a, a))
+
+
+@njit(cache=True, nogil=True)
+def _step_from(x, xp, d, step):
+    """x = xp + step * d"""
+    st = np.float32(step)
+    for i in range(x.shape[0]):
+        x[i] = xp[i] + d[i] * st
+
+
+@njit(cache=True, nogil=True)
+def _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, end, bound, ys_over_yy):
+    """L-BFGS two-loop recursion: d = -H g from the last `bound` pairs; returns the final j."""
+    m = lm_s.shape[0]
+    for i in range(d.shape[0]):
+        d[i] = -g[i]
+    j = end
+    for _ in range(bound):
+        j = (j + m - 1) % m
+        lm_alpha[j] = np.float32(_dot(lm_s[j], d)) / lm_ys[j]
+        a = lm_alpha[j]
+        for i in range(d.shape[0]):
+            d[i] -= lm_y[j, i] * a
+    c = np.float32(ys_over_yy)
+    for i in range(d.shape[0]):
+        d[i] *= c
+    for _ in range(bound):
+        beta = np.float32(_dot(lm_y[j], d)) / lm_ys[j]
+        c = np.float32(lm_alpha[j] - beta)
+        for i in range(d.shape[0]):
+            d[i] += lm_s[j, i] * c
+        j = (j + 1) % m
+    return j
+
+
+@njit(cache=True, nogil=True)
+def _scatter(x, addrs, offs):
+    """Copy x's slices into the contiguous float32 tensors at addrs (x -> parameters)."""
+    for p in range(addrs.shape[0]):
+        n = offs[p + 1] - offs[p]
+        t = f32_1d(addrs[p], (n,), (4,))
+        for i in range(n):
+            t[i] = x[offs[p] + i]
+
+
+@njit(cache=True, nogil=True)
+def _gather(x, addrs, offs, scale, accumulate):
+    """x's slices = (x + ) scale * the tensors at addrs (parameters or gradients -> x)."""
+    sc = np.float32(scale)
+    for p in range(addrs.shape[0]):
+        n = offs[p + 1] - offs[p]
+        t = f32_1d(addrs[p], (n,), (4,))
+        if accumulate:
+            for i in range(n):
+                x[offs[p] + i] += t[i] * sc
+        else:
+            for i in range(n):
+                x[offs[p] + i] = t[i] * sc
 
 
 class _Problem:
@@ -176,8 +244,10 @@ class _Problem:
                 raise GraphError(f"opt: parameters must be F32, got {TN.describe(p)}")
             if p.grad is None:
                 raise GraphError(f"opt: parameter {TN.describe(p)} has no gradient in the backward graph")
-        self.sizes = [TN.nelements(p) for p in self.ps]
-        self.offs = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+            if not (TN.is_contiguous(p) and TN.is_contiguous(p.grad) and p.grad.type == T.TYPE_F32):
+                raise GraphError(f"opt: parameter {TN.describe(p)} and its gradient "
+                                 f"{TN.describe(p.grad)} must be contiguous F32 tensors")
+        self.offs = np.array([0] + [TN.nelements(p) for p in self.ps], dtype=np.int64).cumsum()
         self.nx = int(self.offs[-1])
         self.f, self.gb = f, gb
         self.plan = graph_plan(gb, params.n_threads)
@@ -185,18 +255,20 @@ class _Problem:
             self.plan.work_data = np.empty(self.plan.work_size, np.uint8)
         self._compute = graph_compute
         self.n_accum = max(1, params.n_gradient_accumulation)
+        # data addresses: parameters and gradients move with one compiled call each way
+        self.p_addrs = np.array([p.data for p in self.ps], dtype=np.int64)
+        self.g_addrs = np.array([p.grad.data for p in self.ps], dtype=np.int64)
+        self.f_value = f.numpy4d().reshape(-1)
+        self.f_seed = f.grad.numpy4d().reshape(-1)
 
     def get_params(self, x):
-        for p, a, b in zip(self.ps, self.offs[:-1], self.offs[1:]):
-            x[a:b] = p.numpy4d().reshape(-1)
+        _gather(x, self.p_addrs, self.offs, 1.0, False)
 
     def set_params(self, x):
-        for p, a, b in zip(self.ps, self.offs[:-1], self.offs[1:]):
-            p.numpy4d()[...] = x[a:b].reshape(p.numpy4d().shape)
+        _scatter(x, self.p_addrs, self.offs)
 
     def acc_grad(self, g, scale):
-        for p, a, b in zip(self.ps, self.offs[:-1], self.offs[1:]):
-            g[a:b] += p.grad.numpy4d().reshape(-1) * _F(scale)
+        _gather(g, self.g_addrs, self.offs, scale, True)
 
     def evaluate(self, opt, g, callback, sched_box):
         """f at the parameters now in the graph, its gradient accumulated into g (zeroed first).
@@ -208,11 +280,11 @@ class _Problem:
             if callback is not None:
                 if callback(accum_step, sched_box):
                     return None
-            TN.set_f32(self.f.grad, 1.0)
+            self.f_seed[0] = 1.0
             self._compute(self.gb, self.plan)
             opt.n_evals += 1
             self.acc_grad(g, norm)
-            fx += _F(TN.get_f32_1d(self.f, 0))
+            fx += self.f_value[0]
         return _F(fx * norm)
 
 
@@ -235,7 +307,7 @@ def _adam(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
     g, m, v, pf = opt.g, opt.m, opt.v, opt.pf
     x = np.empty(prob.nx, _F)
     decays = np.concatenate([np.full(n, 1.0 if TN.n_dims(p) >= a.decay_min_ndim else 0.0, _F)
-                             for p, n in zip(prob.ps, prob.sizes)]) if prob.nx else np.zeros(0, _F)
+                             for p, n in zip(prob.ps, np.diff(prob.offs))]) if prob.nx else np.zeros(0, _F)
 
     fx = prob.evaluate(opt, g, callback, sched)
     if fx is None:
@@ -307,7 +379,7 @@ def _linesearch_backtracking(params: OptParams, x, fx, g, d, step, xp, prob: _Pr
     count = 0
     sched = _Sched(0.0)                             # L-BFGS ignores the learning-rate schedule
     while True:
-        x[:] = xp + d * _F(step)
+        _step_from(x, xp, d, step)
         prob.set_params(x)
         fx = prob.evaluate(opt, g, callback, sched)
         if fx is None:
@@ -423,18 +495,7 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
         opt.end = (opt.end + 1) % mm
 
         # two-loop recursion for the new direction
-        d[:] = -g
-        j = opt.end
-        for _ in range(bound):
-            j = (j + mm - 1) % mm
-            lm_alpha[j] = _F(_dot(lm_s[j], d)) / lm_ys[j]
-            d -= lm_y[j] * lm_alpha[j]
-        d *= _F(ys / yy)
-        for _ in range(bound):
-            beta = _F(_dot(lm_y[j], d)) / lm_ys[j]
-            d += lm_s[j] * _F(lm_alpha[j] - beta)
-            j = (j + 1) % mm
-        opt.j = j
+        opt.j = _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, opt.end, bound, float(ys / yy))
         opt.step = 1.0
 
 

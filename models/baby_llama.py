@@ -24,15 +24,6 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-if "numpy" not in sys.modules:
-    # Run as the program (python -m models.baby_llama, or the baby-llama script), nothing has
-    # loaded numpy yet: keep its OpenBLAS single-threaded. The optimizer's float64 dot products
-    # over the 12,960 parameters are just above OpenBLAS's threading threshold (10,000), and on a
-    # busy 2-core machine each such ddot then waits for a second thread: 1.5 ms instead of 10 us,
-    # 45 s instead of 0.1 s over a 40-batch run. graphcore's executor does its own threading and
-    # holds BLAS to one thread inside its threads, so nothing else is lost.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import numpy as np
 
 import graphcore as gc

@@ -58,7 +58,7 @@ def test_lbfgs_least_squares_reaches_closed_form():
     res = gc.opt(ctx, params, f)
     want = np.linalg.lstsq(A.astype(np.float64), y.astype(np.float64), rcond=None)[0]
     assert res in (gc.OPT_OK, gc.LINESEARCH_MINIMUM_STEP, gc.LINESEARCH_MAXIMUM_ITERATIONS), res
-    np.testing.assert_allclose(x.numpy()[0], want, atol=1e-4)
+    np.testing.assert_allclose(x.numpy(), want, atol=1e-4)
 
 
 def _rosenbrock(ctx, n, x0):
@@ -180,7 +180,7 @@ def test_opt_argument_errors():
     with pytest.raises(gc.GraphError):
         gc.opt_default_params(7)
     x = gc.from_numpy(ctx, np.ones(3, np.float32))
-    with pytest.raises(gc.GraphError, match="scalar"):
+    with pytest.raises(gc.GraphError, match="scalar|no nodes"):
         gc.opt(ctx, gc.opt_default_params(gc.OPT_ADAM), x)
     with pytest.raises(gc.GraphError):
         gc.opt(ctx, "adam", x)

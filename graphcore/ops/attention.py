@@ -17,7 +17,8 @@ from ..kernel import R_NSRC, inline, param_f32, param_i32, record, split, t_addr
 from ..native import f64_1d
 from .args import boolean, check_types, integer, real
 from .common import check_f32, check_same_shape, inplace_view, shapes
-from .registry import new_node, register, tasks_by_rows
+from .refs import f64, tile
+from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import TILES, param_f32 as param_f32_of, param_i32 as param_i32_of
 
 
@@ -62,6 +63,27 @@ DIAG_MASK_INF = register("DIAG_MASK_INF", "diag_mask_inf(x)", _diag_mask_inf_ker
                          inplace=True, backward=_diag_mask_backward)
 DIAG_MASK_ZERO = register("DIAG_MASK_ZERO", "diag_mask_zero(x)", _diag_mask_zero_kernel, n_tasks=tasks_by_rows,
                           inplace=True, backward=_diag_mask_backward)
+
+
+@reference_of(DIAG_MASK_INF, DIAG_MASK_ZERO)
+def _diag_mask_reference(node, srcs):
+    x = f64(srcs[0])
+    i1 = np.arange(x.shape[2]).reshape(-1, 1)
+    i0 = np.arange(x.shape[3]).reshape(1, -1)
+    value = -np.inf if node.op == DIAG_MASK_INF else 0.0
+    return np.where(i0 > param_i32_of(node, 0) + i1, value, x)
+
+
+@sample_of(DIAG_MASK_INF, DIAG_MASK_ZERO)
+def _diag_mask_sample(d):
+    a, n_past = d.f32(), d.int(0, 3)
+    zero = d.op == DIAG_MASK_ZERO
+    if d.inplace(a):
+        t = (diag_mask_zero_inplace if zero else diag_mask_inf_inplace)(d.ctx, a, n_past)
+    else:
+        t = (diag_mask_zero if zero else diag_mask_inf)(d.ctx, a, n_past)
+    # a loss over -inf is no use to a gradient check: differentiate the masked softmax instead
+    return soft_max(d.ctx, t) if d.backward and not zero else t
 
 
 def _diag_mask(ctx, op, a, n_past, inplace, name):
@@ -173,6 +195,43 @@ SOFT_MAX = register("SOFT_MAX", "soft_max(x)", _soft_max_kernel, n_tasks=tasks_b
                     backward=_soft_max_backward)
 
 
+@reference_of(SOFT_MAX)
+def _soft_max_reference(node, srcs):
+    # softmax(x * scale + mask + slope_h * pos) per row; slope_h (ALiBi) for head h = i2 of ne2
+    x = f64(srcs[0]) * param_f32_of(node, 0)
+    mask = srcs[1] if len(srcs) > 1 else None
+    pos = srcs[2] if len(srcs) > 2 else None
+    if mask is not None:
+        x = x + tile(f64(mask), (1, 1, x.shape[2], x.shape[3]))
+    max_bias = param_f32_of(node, 1)
+    if pos is not None and max_bias > 0.0:
+        n_head = x.shape[1]
+        n2 = 2 ** int(np.floor(np.log2(n_head)))
+        m0, m1 = 2.0 ** (-max_bias / n2), 2.0 ** (-max_bias / 2.0 / n2)
+        h = np.arange(n_head)
+        slope = np.where(h < n2, m0 ** (h + 1), m1 ** (2 * (h - n2) + 1))
+        x = x + slope.reshape(1, -1, 1, 1) * f64(pos).reshape(1, 1, 1, -1)
+    mx = x.max(axis=3, keepdims=True)
+    dead = mx == -np.inf                       # a row masked everywhere gives zeros
+    e = np.exp(x - np.where(dead, 0.0, mx))
+    return np.where(dead, 0.0, e / np.where(dead, 1.0, e.sum(axis=3, keepdims=True)))
+
+
+@sample_of(SOFT_MAX)
+def _soft_max_sample(d):
+    a = d.f32()
+    if d.coin(40):
+        return soft_max_inplace(d.ctx, a) if d.inplace(a) else soft_max(d.ctx, a)
+    mask = d.f32([a.ne[0], d.choice(_divisors(a.ne[1]))], domain="mask") if d.coin(70) else None
+    pos = d.f32([a.ne[0]], new=True, param=False) if d.coin(40) else None
+    max_bias = d.choice([0.0, 8.0, 0.5]) if pos is not None else 0.0
+    return soft_max_ext(d.ctx, a, mask, pos, d.choice([1.0, 0.125, -2.0]), max_bias)
+
+
+def _divisors(n):
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
 def _soft_max(ctx, a, mask, pos, scale, max_bias, inplace, op):
     check_f32(op, a)
     scale = real(op, "scale", scale)
@@ -246,6 +305,19 @@ def _soft_max_back_backward(ctx, t, g, d):
 
 SOFT_MAX_BACK = register("SOFT_MAX_BACK", "soft_max_back(x)", _soft_max_back_kernel, n_tasks=tasks_by_rows,
                          inplace=True, backward=_soft_max_back_backward)
+
+
+@reference_of(SOFT_MAX_BACK)
+def _soft_max_back_reference(node, srcs):
+    dy, y = f64(srcs[0]), f64(srcs[1])
+    return y * (dy - (y * dy).sum(axis=3, keepdims=True))
+
+
+@sample_of(SOFT_MAX_BACK)
+def _soft_max_back_sample(d):
+    a = d.f32()
+    b = d.f32(a.ne)
+    return soft_max_back_inplace(d.ctx, a, b) if d.inplace(a, b) else soft_max_back(d.ctx, a, b)
 
 
 def _soft_max_back(ctx, a, b, inplace, op):
@@ -387,6 +459,82 @@ ROPE = register("ROPE", "rope(x)", _rope_kernel, n_tasks=tasks_by_rows, work_siz
                 backward=_rope_backward)
 ROPE_BACK = register("ROPE_BACK", "rope_back(x)", _rope_back_kernel, n_tasks=tasks_by_rows, work_size=_rope_work,
                      backward=_rope_back_backward)
+
+
+@reference_of(ROPE, ROPE_BACK)
+def _rope_reference(node, srcs):
+    # ggml's rope_yarn: theta_k = p base^(-2k/n_dims), scaled by freq_scale and mixed with the
+    # unscaled angle by YaRN's ramp; cos/sin times mscale (and xPos' zeta); rope_back rotates back
+    x = f64(srcs[0])
+    pos = f64(srcs[1]).reshape(-1)
+    n_dims, mode, n_orig_ctx = param_i32_of(node, 1), param_i32_of(node, 2), param_i32_of(node, 4)
+    base, freq_scale, ext_factor, attn_factor, beta_fast, beta_slow, xpos_base = (
+        param_f32_of(node, i) for i in range(5, 12))
+    xpos_down = param_i32_of(node, 12) != 0
+    ne0, half = x.shape[3], n_dims // 2
+    k = np.arange(half, dtype=np.float64)
+    p = pos.reshape(1, -1, 1, 1)                                     # position per i2
+    theta_extrap = p * base ** (-2.0 * k / n_dims)
+    theta = freq_scale * theta_extrap
+    mscale = attn_factor
+    if ext_factor != 0.0:
+        def corr_dim(n_rot):
+            return n_dims * np.log(n_orig_ctx / (n_rot * 2.0 * np.pi)) / (2.0 * np.log(base))
+        lo = max(0.0, np.floor(corr_dim(beta_fast)))
+        hi = min(n_dims - 1.0, np.ceil(corr_dim(beta_slow)))
+        ramp = (1.0 - np.clip((k - lo) / max(0.001, hi - lo), 0.0, 1.0)) * ext_factor
+        theta = theta * (1.0 - ramp) + theta_extrap * ramp
+        mscale *= 1.0 + 0.1 * np.log(1.0 / freq_scale)
+    cos, sin = np.cos(theta) * mscale, np.sin(theta) * mscale
+    if xpos_base != 0.0 and mode == 0:
+        zeta = ((2.0 * k + 0.4 * ne0) / (1.4 * ne0)) ** (p / xpos_base)
+        if xpos_down:
+            zeta = 1.0 / zeta
+        cos, sin = cos * zeta, sin * zeta
+    if node.op == ROPE_BACK:
+        sin = -sin
+    out = x.copy()
+    i = np.arange(half)
+    i0, i1 = (i, i + half) if mode == 2 else (2 * i, 2 * i + 1)
+    x0, x1 = x[..., i0], x[..., i1]
+    out[..., i0] = x0 * cos - x1 * sin
+    out[..., i1] = x0 * sin + x1 * cos
+    return out
+
+
+def _rope_sample_args(d, a):
+    n_dims = 2 * d.int(1, a.ne[0] // 2)
+    mode = d.choice(ROPE_MODES)
+    b = d.i32([a.ne[2]], 0, 40)
+    custom = {}
+    if d.coin():
+        custom = dict(freq_base=d.choice([10000.0, 100.0]), freq_scale=d.choice([1.0, 0.5, 0.25]),
+                      attn_factor=d.choice([1.0, 0.75]))
+        if d.coin():
+            custom.update(n_orig_ctx=d.choice([16, 64]), ext_factor=d.choice([1.0, 0.5]), beta_fast=32.0,
+                          beta_slow=1.0)
+    return b, n_dims, mode, custom
+
+
+@sample_of(ROPE)
+def _rope_sample(d):
+    a = d.f32(accept=lambda t: t.ne[0] >= 2)
+    b, n_dims, mode, custom = _rope_sample_args(d, a)
+    if mode == 0 and d.coin(20) and d.inplace(a, b):
+        return rope_xpos_inplace(d.ctx, a, b, n_dims, d.choice([64.0, 512.0]), d.coin())
+    if custom:
+        build = rope_custom_inplace if d.inplace(a, b) else rope_custom
+        return build(d.ctx, a, b, n_dims, mode, 0, **custom)
+    return (rope_inplace if d.inplace(a, b) else rope)(d.ctx, a, b, n_dims, mode, 0)
+
+
+@sample_of(ROPE_BACK)
+def _rope_back_sample(d):
+    a = d.f32(accept=lambda t: t.ne[0] >= 2)
+    b, n_dims, mode, custom = _rope_sample_args(d, a)
+    if mode == 0 and d.coin(20):
+        custom.update(xpos_base=d.choice([64.0, 512.0]), xpos_down=d.coin())
+    return rope_back(d.ctx, a, b, n_dims, mode, 0, **custom)
 
 
 def _rope_impl(ctx, op_code, op, a, b, n_dims, mode, n_ctx, n_orig_ctx=0, freq_base=10000.0, freq_scale=1.0,

@@ -14,7 +14,8 @@ from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import inline, param_f32, record, split, view_f32
 from .common import binary_loop, check_f32, elementwise_node, shapes, tasks_by_segments, unary_loop
-from .registry import NOT_DIFFERENTIABLE, TILES, register
+from .refs import f64, sample_binary, sample_unary, tile
+from .registry import NOT_DIFFERENTIABLE, TILES, reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
 
 
@@ -46,6 +47,16 @@ def _add_backward(ctx, t, g, d):
 ADD = register("ADD", "x+y", _add_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_add_backward)
 
 
+@reference_of(ADD)
+def _add_reference(node, srcs):
+    return f64(srcs[0]) + tile(f64(srcs[1]), srcs[0].shape)
+
+
+@sample_of(ADD)
+def _add_sample(d):
+    return sample_binary(d, add, add_inplace)
+
+
 def add(ctx, a, b):
     """a + b, b broadcast (tiled) over a."""
     return _binary(ctx, ADD, "add", a, b, False)
@@ -72,6 +83,16 @@ def _sub_backward(ctx, t, g, d):
 
 
 SUB = register("SUB", "x-y", _sub_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sub_backward)
+
+
+@reference_of(SUB)
+def _sub_reference(node, srcs):
+    return f64(srcs[0]) - tile(f64(srcs[1]), srcs[0].shape)
+
+
+@sample_of(SUB)
+def _sub_sample(d):
+    return sample_binary(d, sub, sub_inplace)
 
 
 def sub(ctx, a, b):
@@ -102,6 +123,16 @@ def _mul_backward(ctx, t, g, d):
 MUL = register("MUL", "x*y", _mul_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_mul_backward)
 
 
+@reference_of(MUL)
+def _mul_reference(node, srcs):
+    return f64(srcs[0]) * tile(f64(srcs[1]), srcs[0].shape)
+
+
+@sample_of(MUL)
+def _mul_sample(d):
+    return sample_binary(d, mul, mul_inplace)
+
+
 def mul(ctx, a, b):
     return _binary(ctx, MUL, "mul", a, b, False)
 
@@ -130,6 +161,16 @@ def _div_backward(ctx, t, g, d):
 DIV = register("DIV", "x/y", _div_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_div_backward)
 
 
+@reference_of(DIV)
+def _div_reference(node, srcs):
+    return f64(srcs[0]) / tile(f64(srcs[1]), srcs[0].shape)
+
+
+@sample_of(DIV)
+def _div_sample(d):
+    return sample_binary(d, div, div_inplace, domain_b="nonzero")
+
+
 def div(ctx, a, b):
     return _binary(ctx, DIV, "div", a, b, False)
 
@@ -154,6 +195,17 @@ def _add1_backward(ctx, t, g, d):
 
 
 ADD1 = register("ADD1", "x+1", _add1_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_add1_backward)
+
+
+@reference_of(ADD1)
+def _add1_reference(node, srcs):
+    return f64(srcs[0]) + f64(srcs[1]).reshape(-1)[0]
+
+
+@sample_of(ADD1)
+def _add1_sample(d):
+    a, b = d.f32(), d.f32([1])
+    return add1_inplace(d.ctx, a, b) if d.inplace(a, b) else add1(d.ctx, a, b)
 
 
 def _add1(ctx, a, b, inplace, name):
@@ -183,6 +235,17 @@ def _scale_backward(ctx, t, g, d):
 
 SCALE = register("SCALE", "x*v", _scale_kernel, n_tasks=tasks_by_segments, inplace=True,
                  backward=_scale_backward)
+
+
+@reference_of(SCALE)
+def _scale_reference(node, srcs):
+    return f64(srcs[0]) * param_f32_of(node, 0)
+
+
+@sample_of(SCALE)
+def _scale_sample(d):
+    a, s = d.f32(), d.choice([0.0, 0.5, -1.0, 3.0, d.float(-2.0, 2.0)])
+    return scale_inplace(d.ctx, a, s) if d.inplace(a) else scale(d.ctx, a, s)
 
 
 def _scale(ctx, a, s, inplace, name):
@@ -231,6 +294,17 @@ def _sqr_backward(ctx, t, g, d):
 
 
 SQR = register("SQR", "x^2", _sqr_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqr_backward)
+
+
+@reference_of(SQR)
+def _sqr_reference(node, srcs):
+    x = f64(srcs[0])
+    return x * x
+
+
+@sample_of(SQR)
+def _sqr_sample(d):
+    return sample_unary(d, sqr, sqr_inplace)
 sqr, sqr_inplace = _unary_builders(SQR, "sqr")
 
 
@@ -249,6 +323,17 @@ def _sqrt_backward(ctx, t, g, d):
 
 
 SQRT = register("SQRT", "√x", _sqrt_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqrt_backward)
+
+
+@reference_of(SQRT)
+def _sqrt_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.sqrt(x)
+
+
+@sample_of(SQRT)
+def _sqrt_sample(d):
+    return sample_unary(d, sqrt, sqrt_inplace, domain="positive")
 sqrt, sqrt_inplace = _unary_builders(SQRT, "sqrt")
 
 
@@ -267,6 +352,17 @@ def _log_backward(ctx, t, g, d):
 
 
 LOG = register("LOG", "log(x)", _log_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_log_backward)
+
+
+@reference_of(LOG)
+def _log_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.log(x)
+
+
+@sample_of(LOG)
+def _log_sample(d):
+    return sample_unary(d, log, log_inplace, domain="positive")
 log, log_inplace = _unary_builders(LOG, "log")
 
 
@@ -285,6 +381,17 @@ def _neg_backward(ctx, t, g, d):
 
 
 NEG = register("NEG", "-x", _neg_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_neg_backward)
+
+
+@reference_of(NEG)
+def _neg_reference(node, srcs):
+    x = f64(srcs[0])
+    return -x
+
+
+@sample_of(NEG)
+def _neg_sample(d):
+    return sample_unary(d, neg, neg_inplace)
 neg, neg_inplace = _unary_builders(NEG, "neg")
 
 
@@ -303,6 +410,17 @@ def _abs_backward(ctx, t, g, d):
 
 
 ABS = register("ABS", "abs(x)", _abs_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_abs_backward)
+
+
+@reference_of(ABS)
+def _abs_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.abs(x)
+
+
+@sample_of(ABS)
+def _abs_sample(d):
+    return sample_unary(d, abs, abs_inplace)
 abs_, abs_inplace = _unary_builders(ABS, "abs")
 
 
@@ -317,6 +435,17 @@ def _sgn_kernel(rec, ith, nth, phase, wdata, wsize):
 
 # piecewise constant: the derivative is 0 wherever it exists, so no gradient flows through sgn
 SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True, backward=NOT_DIFFERENTIABLE)
+
+
+@reference_of(SGN)
+def _sgn_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0))
+
+
+@sample_of(SGN)
+def _sgn_sample(d):
+    return sample_unary(d, sgn, sgn_inplace)
 sgn, sgn_inplace = _unary_builders(SGN, "sgn")
 
 
@@ -332,6 +461,17 @@ def _step_kernel(rec, ith, nth, phase, wdata, wsize):
 # piecewise constant, as sgn
 STEP = register("STEP", "step(x)", _step_kernel, n_tasks=tasks_by_segments, inplace=True,
                 backward=NOT_DIFFERENTIABLE)
+
+
+@reference_of(STEP)
+def _step_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.where(x > 0, 1.0, 0.0)
+
+
+@sample_of(STEP)
+def _step_sample(d):
+    return sample_unary(d, step, step_inplace)
 step, step_inplace = _unary_builders(STEP, "step")
 
 
@@ -351,6 +491,17 @@ def _relu_backward(ctx, t, g, d):
 
 RELU = register("RELU", "relu(x)", _relu_kernel, n_tasks=tasks_by_segments, inplace=True,
                 backward=_relu_backward)
+
+
+@reference_of(RELU)
+def _relu_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.where(x > 0, x, 0.0)
+
+
+@sample_of(RELU)
+def _relu_sample(d):
+    return sample_unary(d, relu, relu_inplace)
 relu, relu_inplace = _unary_builders(RELU, "relu")
 
 GELU_COEF_A = 0.044715
@@ -377,6 +528,17 @@ def _gelu_backward(ctx, t, g, d):
 
 GELU = register("GELU", "gelu(x)", _gelu_kernel, n_tasks=tasks_by_segments, inplace=True,
                 backward=_gelu_backward)
+
+
+@reference_of(GELU)
+def _gelu_reference(node, srcs):
+    x = f64(srcs[0])
+    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)))
+
+
+@sample_of(GELU)
+def _gelu_sample(d):
+    return sample_unary(d, gelu, gelu_inplace)
 gelu, gelu_inplace = _unary_builders(GELU, "gelu")
 
 
@@ -400,6 +562,17 @@ def _silu_backward(ctx, t, g, d):
 
 SILU = register("SILU", "silu(x)", _silu_kernel, n_tasks=tasks_by_segments, inplace=True,
                 backward=_silu_backward)
+
+
+@reference_of(SILU)
+def _silu_reference(node, srcs):
+    x = f64(srcs[0])
+    return x / (1.0 + np.exp(-x))
+
+
+@sample_of(SILU)
+def _silu_sample(d):
+    return sample_unary(d, silu, silu_inplace)
 silu, silu_inplace = _unary_builders(SILU, "silu")
 
 
@@ -426,6 +599,20 @@ def _gelu_back_backward(ctx, t, g, d):
 
 GELU_BACK = register("GELU_BACK", "gelu_back(x)", _gelu_back_kernel, n_tasks=tasks_by_segments,
                      backward=_gelu_back_backward)
+
+
+@reference_of(GELU_BACK)
+def _gelu_back_reference(node, srcs):
+    # d/dx 0.5 x (1 + tanh(u)), u = c x (1 + a x^2)
+    x, dy = f64(srcs[0]), f64(srcs[1])
+    th = np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x))
+    du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * x * x)
+    return dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)
+
+
+@sample_of(GELU_BACK)
+def _gelu_back_sample(d):
+    return sample_binary(d, gelu_back, same_shape=True)
 
 
 def gelu_back(ctx, a, b):

@@ -1,6 +1,8 @@
 """Copies and views: dup cpy cont (kernels) and reshape view permute transpose (no compute)."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .. import tensor as TN
@@ -8,7 +10,8 @@ from .. import types as T
 from ..errors import GraphError
 from ..kernel import fp16_to_fp32, fp32_to_fp16, inline, record, split, t_type, view_f32, view_i32, view_u16
 from .common import shapes
-from .registry import new_node, register, tasks_by_rows
+from .refs import convert, shape4
+from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
@@ -92,7 +95,7 @@ def _dup_kernel(rec, ith, nth, phase, wdata, wsize):
 def _tasks_by_src_rows(node, n_threads):
     # the copy loop splits src0's rows
     s = node.src[0]
-    return max(1, min(n_threads, TN.nrows(s), TN.nelements(s) // 16384))
+    return max(1, min(n_threads, TN.nrows(s), TN.nelements(s) // MIN_ELEMENTS_PER_TASK))
 
 
 _COPY_TYPES = (_F32, _F16, _I32)
@@ -128,6 +131,38 @@ def _copy_backward(ctx, t, g, d):
 DUP = register("DUP", "x", _dup_kernel, n_tasks=_tasks_by_src_rows, inplace=True, backward=_copy_backward)
 CPY = register("CPY", "x-\\>y", _dup_kernel, n_tasks=_tasks_by_src_rows, backward=_copy_backward)
 CONT = register("CONT", "cont(x)", _dup_kernel, n_tasks=_tasks_by_src_rows, backward=_copy_backward)
+
+
+@reference_of(DUP, CPY, CONT)
+def _copy_reference(node, srcs):
+    # src0's elements in row-major order, converted to the node's type, in the node's shape (cpy's
+    # src1 only gives the destination)
+    return convert(np.asarray(srcs[0]).reshape(-1), node.type).reshape(shape4(node))
+
+
+@sample_of(DUP)
+def _dup_sample(d):
+    a = d.tensor(d.any_type())
+    return dup_inplace(d.ctx, a) if d.inplace(a) else dup(d.ctx, a)
+
+
+@sample_of(CPY)
+def _cpy_sample(d):
+    a = d.tensor(d.any_type())
+    b = d.tensor(d.any_type(), d.reshaped(TN.nelements(a)))
+    if d.shares_bytes(a, b) or not d.writable(b):
+        b = d.tensor(b.type, b.ne, new=True)
+    return cpy(d.ctx, a, b)
+
+
+@sample_of(CONT)
+def _cont_sample(d):
+    a = d.tensor(d.any_type())
+    if d.coin():
+        return cont(d.ctx, a)
+    ne = d.reshaped(TN.nelements(a))
+    k = d.int(max(i + 1 for i in range(4) if ne[i] > 1 or i == 0), 4)
+    return [cont_1d, cont_2d, cont_3d, cont_4d][k - 1](d.ctx, a, *ne[:k])
 
 
 def dup(ctx, a):
@@ -190,6 +225,21 @@ def _reshape_backward(ctx, t, g, d):
 RESHAPE = register("RESHAPE", "reshape(x)", backward=_reshape_backward)
 
 
+@reference_of(RESHAPE)
+def _reshape_reference(node, srcs):
+    return np.asarray(srcs[0]).reshape(shape4(node))
+
+
+@sample_of(RESHAPE)
+def _reshape_sample(d):
+    a = d.tensor(d.any_type(), contiguous=True)
+    ne = d.reshaped(TN.nelements(a))
+    if d.coin(25):
+        return reshape(d.ctx, a, d.tensor(d.any_type(), ne))
+    k = d.int(max(i + 1 for i in range(4) if ne[i] > 1 or i == 0), 4)
+    return [reshape_1d, reshape_2d, reshape_3d, reshape_4d][k - 1](d.ctx, a, *ne[:k])
+
+
 def _reshape(ctx, a, ne, op):
     TN.check_tensor(op, a)
     _check_ints(op, ne, a)
@@ -246,6 +296,53 @@ def _view_backward(ctx, t, g, d):
 VIEW = register("VIEW", "view(x)", backward=_view_backward)
 
 
+def _element_addresses(ne, nb):
+    """Byte address (from element 0) of each element of a tensor with ne/nb, as a 4-D array."""
+    g = np.zeros((1, 1, 1, 1), dtype=np.int64)
+    for i in range(4):
+        shape = [1, 1, 1, 1]
+        shape[3 - i] = int(ne[i])
+        g = g + (np.arange(int(ne[i]), dtype=np.int64) * int(nb[i])).reshape(shape)
+    return g
+
+
+@reference_of(VIEW)
+def _view_reference(node, srcs):
+    # the view's element at byte offset + sum(i_k nb_k) from src0's first element is the src0 element
+    # stored there; None (unknown from src0's values) when some view element lands off src0's elements
+    a = node.src[0]
+    src_addr = _element_addresses(a.ne, a.nb).reshape(-1)
+    order = np.argsort(src_addr, kind="stable")
+    srt = src_addr[order]
+    want = (int(node.op_params[0]) + _element_addresses(node.ne, node.nb)).reshape(-1)
+    pos = np.minimum(np.searchsorted(srt, want), srt.size - 1)
+    if not np.array_equal(srt[pos], want):
+        return None
+    return np.asarray(srcs[0]).reshape(-1)[order[pos]].reshape(shape4(node))
+
+
+@sample_of(VIEW)
+def _view_sample(d):
+    a = d.tensor(d.any_type(), contiguous=d.backward)
+    es, n = T.type_size(a.type), TN.nelements(a)
+    if TN.is_contiguous(a) and d.coin(40):
+        # a reinterpretation of the bytes: rows of ne0 elements nb1 apart (overlapping unless d.backward)
+        ne0 = d.int(1, n)
+        step = d.int(ne0 if d.backward else 1, max(ne0, n))
+        ne1 = d.int(1, (n - ne0) // step + 1)
+        off = d.int(0, n - ne0 - (ne1 - 1) * step)
+        if ne1 == 1 and d.coin():
+            return view_1d(d.ctx, a, ne0, off * es)
+        return view_2d(d.ctx, a, ne0, ne1, step * es, off * es)
+    ne = [d.int(1, x) for x in a.ne]
+    off = sum(d.int(0, x - y) * nb for x, y, nb in zip(a.ne, ne, a.nb))
+    if ne[3] == 1 and ne[2] == 1 and d.coin():
+        return view_2d(d.ctx, a, ne[0], ne[1], a.nb[1], off)
+    if ne[3] == 1 and d.coin():
+        return view_3d(d.ctx, a, ne[0], ne[1], ne[2], a.nb[1], a.nb[2], off)
+    return view_4d(d.ctx, a, *ne, a.nb[1], a.nb[2], a.nb[3], off)
+
+
 def _view(ctx, a, ne, nbs, offset, op):
     TN.check_tensor(op, a)
     if any(not isinstance(x, (int, np.integer)) for x in (*ne, *nbs, offset)):
@@ -297,6 +394,31 @@ def _transpose_backward(ctx, t, g, d):
 
 PERMUTE = register("PERMUTE", "permute(x)", backward=_permute_backward)
 TRANSPOSE = register("TRANSPOSE", "transpose(x)", backward=_transpose_backward)
+
+
+@reference_of(PERMUTE)
+def _permute_reference(node, srcs):
+    # source dim i becomes dim axes[i]; numpy axis j is ggml dim 3 - j
+    axes = [int(node.op_params[i]) for i in range(4)]
+    inv = [0] * 4
+    for i, ax in enumerate(axes):
+        inv[ax] = i
+    return np.transpose(np.asarray(srcs[0]), [3 - inv[3 - j] for j in range(4)])
+
+
+@reference_of(TRANSPOSE)
+def _transpose_reference(node, srcs):
+    return np.swapaxes(np.asarray(srcs[0]), 2, 3)
+
+
+@sample_of(PERMUTE)
+def _permute_sample(d):
+    return permute(d.ctx, d.tensor(d.any_type()), *d.choice(list(itertools.permutations(range(4)))))
+
+
+@sample_of(TRANSPOSE)
+def _transpose_sample(d):
+    return transpose(d.ctx, d.tensor(d.any_type()))
 
 
 def permute(ctx, a, axis0, axis1, axis2, axis3):

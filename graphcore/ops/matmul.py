@@ -14,7 +14,8 @@ from ..errors import GraphError
 from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
 from ..native import f32_2d_strided, sgemm, u16_2d_strided
 from .common import shapes
-from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, register
+from .refs import blocks, f64
+from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
 
 SMALL_GEMM = 8192      # below this many multiply-adds a plain loop beats a BLAS call
 CHUNK = 64
@@ -146,6 +147,26 @@ MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_si
                    n_phases=lambda node: 2 if node.src[0].type == T.TYPE_F16 else 1, backward=_mul_mat_backward)
 
 
+@reference_of(MUL_MAT, nmse=1e-6)
+def _mul_mat_reference(node, srcs):
+    # dst[n, m] = sum_k a[m, k] b[n, k]; a's batches broadcast by blocks
+    a, b = f64(srcs[0]), f64(srcs[1])
+    return np.einsum("ijnk,ijmk->ijnm", b, blocks(a, b.shape[:2]))
+
+
+@sample_of(MUL_MAT)
+def _mul_mat_sample(d):
+    not_transposed = lambda t: not TN.is_transposed(t)  # noqa: E731
+    if d.coin():
+        a = d.tensor(d.any_type((T.TYPE_F32, T.TYPE_F16)), accept=not_transposed)
+        b = d.f32([a.ne[0], d.int(1, 5), a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])
+    else:
+        b = d.f32()
+        ne = [b.ne[0], d.int(1, 5), *d.divisor(b.ne)[2:]]
+        a = d.tensor(d.any_type((T.TYPE_F32, T.TYPE_F16)), ne, accept=not_transposed)
+    return mul_mat(d.ctx, a, b)
+
+
 def mul_mat(ctx, a, b):
     """ggml_mul_mat: a [K, M, ne02, ne03] (F32 or F16), b [K, N, ne12, ne13] F32 -> [M, N, ne12, ne13],
     dst[n, m] = sum_k a[m, k] * b[n, k]; a is broadcast over dims 2 and 3 by blocks."""
@@ -180,6 +201,24 @@ def _out_prod_backward(ctx, t, g, d):
 
 
 OUT_PROD = register("OUT_PROD", "X×Y", _out_prod_kernel, n_tasks=_mm_tasks, backward=_out_prod_backward)
+
+
+@reference_of(OUT_PROD, nmse=1e-6)
+def _out_prod_reference(node, srcs):
+    # dst[i1, i0] = sum_k a[k, i0] b[k, i1]; a's batches broadcast by blocks
+    a, b = f64(srcs[0]), f64(srcs[1])
+    return np.einsum("ijkq,ijkp->ijpq", blocks(a, b.shape[:2]), b)
+
+
+@sample_of(OUT_PROD)
+def _out_prod_sample(d):
+    if d.coin():
+        a = d.f32()
+        b = d.f32([d.int(1, 5), a.ne[1], a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])
+    else:
+        b = d.f32()
+        a = d.f32([d.int(1, 5), b.ne[1], *d.divisor(b.ne)[2:]])
+    return out_prod(d.ctx, a, b)
 
 
 def out_prod(ctx, a, b):

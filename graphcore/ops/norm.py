@@ -11,7 +11,8 @@ from ..errors import GraphError
 from ..kernel import param_f32, record, split, view_f32
 from .args import real
 from .common import check_f32, check_same_shape, inplace_view, shapes
-from .registry import new_node, register, tasks_by_rows
+from .refs import f64
+from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import param_f32 as param_f32_of
 
 
@@ -61,6 +62,19 @@ def _norm_backward(ctx, t, g, d):
 NORM = register("NORM", "norm(x)", _norm_kernel, n_tasks=tasks_by_rows, inplace=True, backward=_norm_backward)
 
 
+@reference_of(NORM)
+def _norm_reference(node, srcs):
+    x = f64(srcs[0])
+    c = x - x.mean(axis=3, keepdims=True)
+    return c / np.sqrt((c * c).mean(axis=3, keepdims=True) + param_f32_of(node, 0))
+
+
+@sample_of(NORM)
+def _norm_sample(d):
+    a, eps = d.f32(), d.choice([1e-5, 1e-6, 1e-3, 0.5])
+    return norm_inplace(d.ctx, a, eps) if d.inplace(a) else norm(d.ctx, a, eps)
+
+
 def _norm(ctx, a, eps, inplace, op):
     check_f32(op, a)
     eps = _eps(op, eps)
@@ -106,6 +120,18 @@ def _rms_norm_backward(ctx, t, g, d):
 
 RMS_NORM = register("RMS_NORM", "rms_norm(x)", _rms_norm_kernel, n_tasks=tasks_by_rows, inplace=True,
                     backward=_rms_norm_backward)
+
+
+@reference_of(RMS_NORM)
+def _rms_norm_reference(node, srcs):
+    x = f64(srcs[0])
+    return x / np.sqrt((x * x).mean(axis=3, keepdims=True) + param_f32_of(node, 0))
+
+
+@sample_of(RMS_NORM)
+def _rms_norm_sample(d):
+    a, eps = d.f32(), d.choice([1e-5, 1e-6, 1e-3, 0.5])
+    return rms_norm_inplace(d.ctx, a, eps) if d.inplace(a) else rms_norm(d.ctx, a, eps)
 
 
 def _rms_norm(ctx, a, eps, inplace, op):
@@ -162,6 +188,20 @@ def _rms_norm_back_backward(ctx, t, g, d):
 
 RMS_NORM_BACK = register("RMS_NORM_BACK", "rms_norm_back(x)", _rms_norm_back_kernel, n_tasks=tasks_by_rows,
                          inplace=True, backward=_rms_norm_back_backward)
+
+
+@reference_of(RMS_NORM_BACK)
+def _rms_norm_back_reference(node, srcs):
+    # y = x r, r = (mean(x^2) + eps)^-1/2:  dx = r dz - x r^3 sum(x dz) / n
+    x, dz = f64(srcs[0]), f64(srcs[1])
+    r = 1.0 / np.sqrt((x * x).mean(axis=3, keepdims=True) + param_f32_of(node, 0))
+    return r * dz - x * r ** 3 * (x * dz).sum(axis=3, keepdims=True) / x.shape[3]
+
+
+@sample_of(RMS_NORM_BACK)
+def _rms_norm_back_sample(d):
+    a = d.f32()
+    return rms_norm_back(d.ctx, a, d.f32(a.ne), d.choice([1e-5, 1e-6, 1e-3, 0.5]))
 
 
 def rms_norm_back(ctx, a, b, eps: float):

@@ -13,7 +13,9 @@ from ..errors import GraphError
 from ..kernel import inline, record, row_f32, rows_contiguous, split, view_f32, view_i32
 from ..native import f64_1d as _f64
 from .common import check_f32, shapes
+from .refs import f64, shape4, tile
 from .registry import NOT_DIFFERENTIABLE, TILES, new_node, register, tasks_by_rows, MIN_ELEMENTS_PER_TASK
+from .registry import reference_of, sample_of
 
 
 @inline
@@ -55,6 +57,16 @@ def _sum_backward(ctx, t, g, d):
 
 SUM = register("SUM", "Σx", _sum_kernel, n_tasks=_sum_tasks,
                work_size=lambda node, nt: 8 * TN.nrows(node.src[0]), n_phases=2, backward=_sum_backward)
+
+
+@reference_of(SUM)
+def _sum_reference(node, srcs):
+    return np.sum(f64(srcs[0])).reshape(1, 1, 1, 1)
+
+
+@sample_of(SUM)
+def _sum_sample(d):
+    return sum(d.ctx, d.f32())
 
 
 def sum(ctx, a):
@@ -110,6 +122,26 @@ SUM_ROWS = register("SUM_ROWS", "Σx_k", _sum_rows_kernel, n_tasks=_rows_of_src,
 MEAN = register("MEAN", "Σx/n", _mean_kernel, n_tasks=_rows_of_src, backward=_mean_backward)
 
 
+@reference_of(SUM_ROWS)
+def _sum_rows_reference(node, srcs):
+    return np.sum(f64(srcs[0]), axis=3, keepdims=True)
+
+
+@reference_of(MEAN)
+def _mean_reference(node, srcs):
+    return np.mean(f64(srcs[0]), axis=3, keepdims=True)
+
+
+@sample_of(SUM_ROWS)
+def _sum_rows_sample(d):
+    return sum_rows(d.ctx, d.f32())
+
+
+@sample_of(MEAN)
+def _mean_sample(d):
+    return mean(d.ctx, d.f32())
+
+
 def sum_rows(ctx, a):
     """Row sums: [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
     check_f32("sum_rows", a)
@@ -140,6 +172,23 @@ def _argmax_kernel(rec, ith, nth, phase, wdata, wsize):
 
 # an index: piecewise constant in the values, and an integer result
 ARGMAX = register("ARGMAX", "argmax(x)", _argmax_kernel, n_tasks=_rows_of_src, backward=NOT_DIFFERENTIABLE)
+
+
+@reference_of(ARGMAX)
+def _argmax_reference(node, srcs):
+    # per row: the index of the first largest value; NaN never wins (0 for a row of NaN)
+    x = f64(srcs[0])[0, 0]
+    out = np.zeros(x.shape[0], dtype=np.int32)
+    for i1, row in enumerate(x):
+        ok = ~np.isnan(row)
+        if ok.any():
+            out[i1] = int(np.flatnonzero(ok & (row == row[ok].max()))[0])
+    return out.reshape(1, 1, 1, -1)
+
+
+@sample_of(ARGMAX)
+def _argmax_sample(d):
+    return argmax(d.ctx, d.f32(accept=lambda t: t.ne[2] == 1 and t.ne[3] == 1, max_dims=2))
 
 
 def argmax(ctx, a):
@@ -179,6 +228,17 @@ def _repeat_backward(ctx, t, g, d):
 
 
 REPEAT = register("REPEAT", "repeat(x)", _repeat_kernel, backward=_repeat_backward)
+
+
+@reference_of(REPEAT)
+def _repeat_reference(node, srcs):
+    return tile(f64(srcs[0]), shape4(node))
+
+
+@sample_of(REPEAT)
+def _repeat_sample(d):
+    a = d.f32()
+    return repeat(d.ctx, a, d.tensor(d.any_type(), d.multiple(a.ne)))
 
 
 def repeat(ctx, a, b):
@@ -234,6 +294,23 @@ def _repeat_back_backward(ctx, t, g, d):
 REPEAT_BACK = register("REPEAT_BACK", "repeat_back(x)", _repeat_back_kernel, n_tasks=_repeat_back_tasks,
                        work_size=lambda node, nt: nt * (((node.ne[0] * 8 + 63) // 64) * 64),
                        backward=_repeat_back_backward)
+
+
+@reference_of(REPEAT_BACK)
+def _repeat_back_reference(node, srcs):
+    # the sum over tiles: src0's index i = tile * ne + k along each dim
+    x = f64(srcs[0])
+    n = shape4(node)
+    split = []
+    for size, m in zip(x.shape, n):
+        split += [size // m, m]
+    return x.reshape(split).sum(axis=(0, 2, 4, 6))
+
+
+@sample_of(REPEAT_BACK)
+def _repeat_back_sample(d):
+    a = d.f32()
+    return repeat_back(d.ctx, a, d.tensor(d.any_type(), d.divisor(a.ne)))
 
 
 def repeat_back(ctx, a, b):

@@ -163,3 +163,9 @@ def param_f32(t, i) -> float:
 
 def param_i32(t, i) -> int:
     return int(t.op_params[i])
+
+
+@reference_of(OP_NONE)
+def _none_reference(node, srcs):
+    """A leaf or parameter: its value is what its memory holds (None tells the interpreter so)."""
+    return None
