@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .native import f32_1d, f32_4d, i32_1d, i32_4d, i64_1d, u16_4d, f32_bits, f32_from_bits
+from .native import f32_1d, f32_4d, f64_from_bits, i32_1d, i32_4d, i64_1d, u16_4d, f32_bits, f32_from_bits
 
 REC_LEN = 88
 R_OP, R_NSRC, R_ERR, R_ERRARG, R_NODE, R_BLAS = 0, 1, 2, 3, 4, 5
@@ -189,3 +189,74 @@ def fp32_to_fp16(x):
     if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
         sig += np.uint32(0x1000)
     return np.uint16(sgn + ((sig >> np.uint32(13)) + he))
+
+
+# -- fast paths: dense tensors, raw rows, a vectorisable exp -------------------------------------------
+@inline
+def is_dense(r, s, es):
+    """Slot s's elements (es bytes each) lie back to back in ne0, ne1, ne2, ne3 order (dims of size 1
+    may have any stride): the tensor can be walked as one flat array."""
+    b = SLOT0 + SLOT_LEN * s
+    want = es
+    for d in range(4):
+        ne = r[b + 2 + d]
+        if ne != 1 and r[b + 6 + d] != want:
+            return False
+        want *= ne
+    return True
+
+
+@inline
+def split_aligned(n, ith, nth):
+    """split() of n elements with chunks rounded up to 16 (threads never share a cache line)."""
+    per = ((n + nth - 1) // nth + 15) // 16 * 16
+    lo = min(n, per * ith)
+    return lo, min(n, lo + per)
+
+
+@inline
+def row_addr(r, s, i1, i2, i3):
+    """Address of element (0, i1, i2, i3) of slot s."""
+    b = SLOT0 + SLOT_LEN * s
+    return r[b + 1] + i1 * r[b + 7] + i2 * r[b + 8] + i3 * r[b + 9]
+
+
+@inline
+def f32_at(addr, n):
+    """n contiguous float32 at addr, as an array (0-based loops over it vectorise)."""
+    return f32_1d(addr, (n,), (4,))
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01      # fdlibm's split of ln 2: n * _LN2_HI is exact for |n| < 2^21
+_LN2_LO = 1.90821492927058770002e-10
+_EXP_MAX = 709.782712893384               # log(DBL_MAX)
+_EXP_MIN = -707.0                          # below: 0 (results < 1e-307 round to 0 in float32 anyway)
+
+
+@inline
+def exp_f64(x):
+    """exp of a float64 within 1 ulp or so (max rel. error 5e-16), written without calls or
+    branches so that loops over it vectorise (math.exp is a libm call per element). inf above
+    log(DBL_MAX), 0 below -707, NaN stays NaN."""
+    xc = x if x < _EXP_MAX else _EXP_MAX
+    xc = xc if xc > _EXP_MIN else _EXP_MIN
+    n = np.floor(xc * _LOG2E + 0.5)
+    t = (xc - n * _LN2_HI) - n * _LN2_LO      # |t| <= ln2/2: Taylor to degree 12 is exact to 2e-16
+    p = 1.0 / 479001600.0
+    p = p * t + 1.0 / 39916800.0
+    p = p * t + 1.0 / 3628800.0
+    p = p * t + 1.0 / 362880.0
+    p = p * t + 1.0 / 40320.0
+    p = p * t + 1.0 / 5040.0
+    p = p * t + 1.0 / 720.0
+    p = p * t + 1.0 / 120.0
+    p = p * t + 1.0 / 24.0
+    p = p * t + 1.0 / 6.0
+    p = p * t + 0.5
+    p = p * t + 1.0
+    p = p * t + 1.0
+    y = p * f64_from_bits((np.int64(n) + 1022) << 52) * 2.0     # 2^(n-1) * 2: n = 1024 stays finite
+    y = y if x <= _EXP_MAX else np.inf
+    y = y if x >= _EXP_MIN else 0.0
+    return y if x == x else x

@@ -169,3 +169,42 @@ def f32_from_bits(typingctx, x):
 
 f32_2d_strided = _array_intrinsic(types.float32, 2, "A")
 u16_2d_strided = _array_intrinsic(types.uint16, 2, "A")
+
+
+@intrinsic
+def f64_from_bits(typingctx, x):
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+def _stack_array(dtype, n: int):
+    """An intrinsic `f()` -> a C-layout 1-D array of n elements on the calling function's stack
+    (allocated once, in its entry block; uninitialised; valid until the function returns)."""
+
+    @intrinsic
+    def stack_array(typingctx):
+        aryty = types.Array(dtype, 1, "C")
+
+        def codegen(context, builder, signature, args):
+            lty = context.get_data_type(dtype)
+            ptr = cgutils.alloca_once(builder, lty, size=n)
+            ary = context.make_array(aryty)(context, builder)
+            size = context.get_abi_sizeof(lty)
+            populate_array(ary, data=ptr, shape=[context.get_constant(types.intp, n)],
+                           strides=[context.get_constant(types.intp, size)],
+                           itemsize=context.get_constant(types.intp, size), meminfo=None)
+            return ary._getvalue()
+
+        return aryty(), codegen
+
+    return stack_array
+
+
+STACK_N = 512
+stack_f64 = _stack_array(types.float64, STACK_N)     # kernels' small float64 scratch (4 KiB)
+STACK_F32_N = 2048
+stack_f32 = _stack_array(types.float32, STACK_F32_N)  # kernels' small float32 scratch (8 KiB)

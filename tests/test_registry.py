@@ -39,6 +39,11 @@ def test_every_op_has_every_part(op):
     assert callable(op.n_phases) or (isinstance(op.n_phases, int) and op.n_phases >= 1), f"{op.name}: n_phases"
     assert isinstance(op.inplace, bool)
     assert hasattr(op, "backward")
+    # graphcore.testing's parts, beside the kernel: a numpy reference and a sampler for random graphs
+    assert callable(op.reference), f"{op.name}: no numpy reference (@reference_of in its module)"
+    assert op.reference_nmse > 0, f"{op.name}: reference tolerance"
+    if op.name != "NONE":
+        assert callable(op.sample), f"{op.name}: no sampler for random graphs (@sample_of in its module)"
     assert op_constant(op.name) == op.code
 
 

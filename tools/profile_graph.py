@@ -77,6 +77,9 @@ def _planned(g, n_threads):
     return plan
 
 
+STAT = statistics.median     # --stat min: the least disturbed run instead (busy machines)
+
+
 def median_time(fn, repeat, warmup=3):
     for _ in range(warmup):
         fn()
@@ -85,7 +88,7 @@ def median_time(fn, repeat, warmup=3):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return STAT(ts)
 
 
 def _repeated(node, copies):
@@ -149,6 +152,8 @@ def main(argv=None) -> int:
                    help="which graph's nodes to time (backward, the default, holds the forward's too)")
     p.add_argument("--copies", type=int, default=200, help="copies of a node per timed compute (default 200)")
     p.add_argument("--repeat", type=int, default=21, help="timed computes per node; the median is kept (default 21)")
+    p.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic of the timed computes (default median; min is steadier on a busy machine)")
     p.add_argument("--top", type=int, default=0, help="print only the N slowest nodes (default: all)")
     p.add_argument("--by-op", action="store_true", help="also print totals per op")
     p.add_argument("--loss", choices=("square", "cross-entropy"), default="square")
@@ -160,6 +165,8 @@ def main(argv=None) -> int:
     if args.threads < 1 or args.copies < 1 or args.repeat < 1:
         p.error("--threads, --copies and --repeat must be >= 1")
 
+    global STAT
+    STAT = min if args.stat == "min" else statistics.median
     gf, gb, loss = build_training_graphs(args)
     TN.set_f32(loss.grad, 1.0)
     pf, pb = _planned(gf, args.threads), _planned(gb, args.threads)
@@ -171,7 +178,7 @@ def main(argv=None) -> int:
     total = sum(r[0] for r in rows)
 
     print(f"baby-llama training graphs, {args.threads} thread(s): forward {gf.n_nodes} nodes "
-          f"{t_gf * 1e6:.1f} us, backward {gb.n_nodes} nodes {t_gb * 1e6:.1f} us (medians); "
+          f"{t_gf * 1e6:.1f} us, backward {gb.n_nodes} nodes {t_gb * 1e6:.1f} us ({args.stat}s); "
           f"graph_compute overhead {overhead * 1e6:.1f} us")
     print(f"{args.graph} graph: sum of the nodes timed alone {total * 1e6:.1f} us")
     print()

@@ -10,11 +10,12 @@ import math
 import numpy as np
 
 from ..errors import GraphError
-from ..kernel import inline, param_f32
+from ..kernel import exp_f64, inline, param_f32
 from .args import boolean, real
 from .common import (binary_loop, check_f32, check_same_shape, elementwise_node, shapes, tasks_by_segments,
                      unary_loop)
-from .registry import register
+from .refs import f64, sample_binary, sample_unary
+from .registry import reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
 
 
@@ -50,6 +51,17 @@ def _tanh_backward(ctx, t, g, d):
 
 
 TANH = register("TANH", "tanh(x)", _tanh_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_tanh_backward)
+
+
+@reference_of(TANH)
+def _tanh_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.tanh(x)
+
+
+@sample_of(TANH)
+def _tanh_sample(d):
+    return sample_unary(d, tanh, tanh_inplace)
 tanh, tanh_inplace = _unary_builders(TANH, "tanh")
 
 
@@ -72,6 +84,17 @@ def _elu_backward(ctx, t, g, d):
 
 
 ELU = register("ELU", "elu(x)", _elu_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_elu_backward)
+
+
+@reference_of(ELU)
+def _elu_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
+
+
+@sample_of(ELU)
+def _elu_sample(d):
+    return sample_unary(d, elu, elu_inplace)
 elu, elu_inplace = _unary_builders(ELU, "elu")
 
 
@@ -82,7 +105,7 @@ GELU_QUICK_COEF = -1.702
 @inline
 def _gelu_quick_f(x, p):
     v = np.float64(x)
-    return np.float32(v / (1.0 + math.exp(GELU_QUICK_COEF * v)))
+    return np.float32(v / (1.0 + exp_f64(GELU_QUICK_COEF * v)))
 
 
 def _gelu_quick_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -97,6 +120,17 @@ def _gelu_quick_backward(ctx, t, g, d):
 
 GELU_QUICK = register("GELU_QUICK", "gelu_quick(x)", _gelu_quick_kernel, n_tasks=tasks_by_segments, inplace=True,
                       backward=_gelu_quick_backward)
+
+
+@reference_of(GELU_QUICK)
+def _gelu_quick_reference(node, srcs):
+    x = f64(srcs[0])
+    return x / (1.0 + np.exp(GELU_QUICK_COEF * x))
+
+
+@sample_of(GELU_QUICK)
+def _gelu_quick_sample(d):
+    return sample_unary(d, gelu_quick, gelu_quick_inplace)
 gelu_quick, gelu_quick_inplace = _unary_builders(GELU_QUICK, "gelu_quick")
 
 
@@ -122,6 +156,18 @@ def _leaky_relu_backward(ctx, t, g, d):
 
 LEAKY_RELU = register("LEAKY_RELU", "leaky_relu(x)", _leaky_relu_kernel, n_tasks=tasks_by_segments, inplace=True,
                       backward=_leaky_relu_backward)
+
+
+@reference_of(LEAKY_RELU)
+def _leaky_relu_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.where(x > 0, x, 0.0) + param_f32_of(node, 0) * np.where(x < 0, x, 0.0)
+
+
+@sample_of(LEAKY_RELU)
+def _leaky_relu_sample(d):
+    a = d.f32()
+    return leaky_relu(d.ctx, a, d.choice([0.0, 0.01, 0.1, -0.5, 1.5]), d.inplace(a))
 
 
 def leaky_relu(ctx, a, negative_slope: float, inplace: bool = False):
@@ -158,6 +204,22 @@ CLAMP = register("CLAMP", "clamp(x)", _clamp_kernel, n_tasks=tasks_by_segments, 
                  backward=_clamp_backward)
 
 
+@reference_of(CLAMP)
+def _clamp_reference(node, srcs):
+    # MAX(MIN(x, max), min): min wins when min > max; NaN stays NaN
+    x = f64(srcs[0])
+    lo, hi = param_f32_of(node, 0), param_f32_of(node, 1)
+    return np.where(np.isnan(x), x, np.maximum(np.minimum(x, hi), lo))
+
+
+@sample_of(CLAMP)
+def _clamp_sample(d):
+    a = d.f32()
+    lo, hi = sorted([d.float(-1.0, 1.0), d.float(-1.0, 1.0)])
+    lo, hi = d.choice([(lo, hi), (hi, lo), (-math.inf, hi), (lo, math.inf), (0.0, 0.0)])
+    return (clamp_inplace if d.inplace(a) else clamp)(d.ctx, a, lo, hi)
+
+
 def _clamp(ctx, a, min, max, inplace, op):
     check_f32(op, a)
     lo = real(op, "min", min, finite=False)
@@ -180,7 +242,7 @@ def clamp_inplace(ctx, a, min: float, max: float):
 @inline
 def _silu_back_f(x, dy):
     v = np.float64(x)
-    s = 1.0 / (1.0 + math.exp(-v))
+    s = 1.0 / (1.0 + exp_f64(-v))        # exp_f64: vectorises, unlike math.exp
     return np.float32(np.float64(dy) * s * (1.0 + v * (1.0 - s)))
 
 
@@ -198,6 +260,19 @@ def _silu_back_backward(ctx, t, g, d):
 
 SILU_BACK = register("SILU_BACK", "silu_back(x)", _silu_back_kernel, n_tasks=tasks_by_segments, inplace=True,
                      backward=_silu_back_backward)
+
+
+@reference_of(SILU_BACK)
+def _silu_back_reference(node, srcs):
+    # d/dx x s(x) = s (1 + x (1 - s)), s the logistic function
+    x, dy = f64(srcs[0]), f64(srcs[1])
+    s = 1.0 / (1.0 + np.exp(-x))
+    return dy * s * (1.0 + x * (1.0 - s))
+
+
+@sample_of(SILU_BACK)
+def _silu_back_sample(d):
+    return sample_binary(d, silu_back, same_shape=True)
 
 
 def silu_back(ctx, a, b):

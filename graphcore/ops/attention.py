@@ -13,10 +13,11 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import R_NSRC, inline, param_f32, param_i32, record, split, t_addr, view_f32, view_i32
-from ..native import f64_1d
+from ..kernel import (R_NSRC, exp_f64, f32_at, inline, param_f32, param_i32, record, row_addr, rows_contiguous, split,
+                      t_addr, t_ne, view_f32, view_i32)
+from ..native import STACK_N, f64_1d, stack_f64
 from .args import boolean, check_types, integer, real
-from .common import check_f32, check_same_shape, inplace_view, shapes
+from .common import check_f32, check_same_shape, inplace_view, next_row, shapes
 from .refs import f64, tile
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import TILES, param_f32 as param_f32_of, param_i32 as param_i32_of
@@ -37,6 +38,16 @@ def _diag_mask_loop(rec, ith, nth, value):
     n_past = param_i32(rec, 0)
     ne3, ne2, ne1, ne0 = a.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    if rows_contiguous(r, 0) and rows_contiguous(r, 1):     # raw rows, no divisions per row
+        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        for _ in range(lo, hi):
+            x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
+            y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+            lim = n_past + i1
+            for i0 in range(ne0):
+                y[i0] = value if i0 > lim else x[i0]
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+        return
     for ir in range(lo, hi):
         i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
         x = a[i3, i2, i1]
@@ -123,8 +134,113 @@ def _alibi_slope(h, n_head, max_bias):
     return (2.0 ** (-(max_bias / 2.0) / nl2)) ** (2 * (h - nl2) + 1)
 
 
+@inline
+def _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos):
+    w = np.float64(x[i0]) * scale
+    if has_mask:
+        w += np.float64(mrow[i0])
+    if has_pos:
+        w += slope * np.float64(prow[i0])
+    return w
+
+
+@inline
+def _soft_max_fast(r, lo, hi, scale, max_bias, has_mask, has_pos):
+    """Rows lo..hi of contiguous rows: the strided loop's arithmetic (so its results, with exp_f64 for
+    math.exp), staged through stack buffers so the exp runs as one vectorised loop over a group of
+    rows; the sums stay sequential per row, in float64."""
+    ne0, ne1, ne2 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2)
+    m1 = t_ne(r, 2, 1) if has_mask else 1
+    wb = stack_f64()        # w, then exp(w - max), of a group of rows (or a block of one long row)
+    mb = stack_f64()        # each staged element's row maximum
+    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+    if ne0 > STACK_N:       # long rows, one at a time, exp in blocks
+        for _ in range(lo, hi):
+            x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
+            y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+            mrow = f32_at(row_addr(r, 2, i1 % m1, 0, 0), ne0) if has_mask else x
+            prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
+            slope = _alibi_slope(i2, ne2, max_bias) if has_pos else 0.0
+            mx = -np.inf
+            for i0 in range(ne0):
+                w = _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos)
+                if w > mx:
+                    mx = w
+            if mx == -np.inf:              # every element masked: zeros, not 0/0
+                for i0 in range(ne0):
+                    y[i0] = np.float32(0.0)
+            else:
+                s = 0.0
+                for b0 in range(0, ne0, STACK_N):
+                    n = min(STACK_N, ne0 - b0)
+                    for k in range(n):
+                        v = exp_f64(_soft_max_w(x, mrow, prow, b0 + k, scale, slope, has_mask, has_pos) - mx)
+                        wb[k] = v
+                        y[b0 + k] = np.float32(v)
+                    for k in range(n):
+                        s += wb[k]
+                rs = 1.0 / s
+                for i0 in range(ne0):
+                    y[i0] = np.float32(np.float64(y[i0]) * rs)
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+        return
+    group = STACK_N // ne0
+    ir = lo
+    while ir < hi:
+        g = min(group, hi - ir)
+        c1, c2, c3 = i1, i2, i3
+        k = 0
+        for _ in range(g):                 # w of each row into wb, its maximum into mb
+            x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
+            mrow = f32_at(row_addr(r, 2, i1 % m1, 0, 0), ne0) if has_mask else x
+            prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
+            slope = _alibi_slope(i2, ne2, max_bias) if has_pos else 0.0
+            for i0 in range(ne0):
+                wb[k + i0] = _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos)
+            mx = -np.inf
+            for i0 in range(ne0):
+                w = wb[k + i0]
+                if w > mx:
+                    mx = w
+            if mx == -np.inf:              # every element masked: exp gives 0 everywhere, sum 0 marks it
+                mx = 0.0
+                for i0 in range(ne0):
+                    wb[k + i0] = -np.inf
+            for i0 in range(ne0):
+                mb[k + i0] = mx
+            k += ne0
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+        for j in range(k):                 # the exps of the whole group in one vectorised loop
+            wb[j] = exp_f64(wb[j] - mb[j])
+        i1, i2, i3 = c1, c2, c3
+        k = 0
+        for _ in range(g):
+            y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+            s = 0.0
+            for i0 in range(ne0):
+                s += wb[k + i0]
+            if s == 0.0:                   # all masked (a row with a maximum sums to >= 1): zeros
+                for i0 in range(ne0):
+                    y[i0] = np.float32(0.0)
+            else:
+                rs = 1.0 / s
+                for i0 in range(ne0):
+                    y[i0] = np.float32(np.float64(np.float32(wb[k + i0])) * rs)
+            k += ne0
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+        ir += g
+
+
 def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
+    nsrc = r[R_NSRC]
+    has_mask = nsrc > 1 and t_addr(r, 2) != 0
+    has_pos = nsrc > 2 and t_addr(r, 3) != 0
+    if (rows_contiguous(r, 0) and rows_contiguous(r, 1) and (not has_mask or rows_contiguous(r, 2))
+            and (not has_pos or rows_contiguous(r, 3))):
+        lo, hi = split(t_ne(r, 1, 1) * t_ne(r, 1, 2) * t_ne(r, 1, 3), ith, nth)
+        _soft_max_fast(r, lo, hi, np.float64(param_f32(rec, 0)), np.float64(param_f32(rec, 1)), has_mask, has_pos)
+        return
     d = view_f32(r, 0)
     a = view_f32(r, 1)
     m = view_f32(r, 2)
@@ -278,6 +394,19 @@ def _soft_max_back_kernel(rec, ith, nth, phase, wdata, wsize):
     yv = view_f32(r, 2)
     ne3, ne2, ne1, ne0 = g.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    if rows_contiguous(r, 0) and rows_contiguous(r, 1) and rows_contiguous(r, 2):   # raw rows
+        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        for _ in range(lo, hi):
+            dy = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
+            y = f32_at(row_addr(r, 2, i1, i2, i3), ne0)
+            dx = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+            dot = 0.0
+            for i0 in range(ne0):
+                dot += np.float64(y[i0]) * np.float64(dy[i0])
+            for i0 in range(ne0):
+                dx[i0] = np.float32(np.float64(y[i0]) * (np.float64(dy[i0]) - dot))
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+        return
     for ir in range(lo, hi):
         i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
         dy = g[i3, i2, i1]

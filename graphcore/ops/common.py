@@ -6,7 +6,8 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import inline, record, row_f32, rows_contiguous, split, view_f32
+from ..kernel import (f32_at, inline, is_dense, record, row_addr, rows_contiguous, split, split_aligned,
+                      t_addr, t_ne, view_f32)
 from .registry import MIN_ELEMENTS_PER_TASK, new_node
 
 
@@ -41,55 +42,96 @@ SEG = 4096   # elementwise work is cut into row segments of this many elements (
 
 
 @inline
+def next_row(i1, i2, i3, ne1, ne2):
+    """(i1, i2, i3) of the row after (i1, i2, i3), rows in ne1, ne2, ne3 order."""
+    i1 += 1
+    if i1 == ne1:
+        i1 = 0
+        i2 += 1
+        if i2 == ne2:
+            i2 = 0
+            i3 += 1
+    return i1, i2, i3
+
+
+@inline
 def unary_loop(rec, ith, nth, f, p):
-    """dst = f(src0, p) elementwise; work units are row segments, split across threads; any strides."""
+    """dst = f(src0, p) elementwise; any strides. Dense tensors are walked as one flat array cut
+    across threads; otherwise work units are row segments, split across threads."""
     r = record(rec)
+    ne0, ne1, ne2, ne3 = t_ne(r, 0, 0), t_ne(r, 0, 1), t_ne(r, 0, 2), t_ne(r, 0, 3)
+    if is_dense(r, 0, 4) and is_dense(r, 1, 4):     # one flat, 0-based loop: vectorises
+        lo, hi = split_aligned(ne0 * ne1 * ne2 * ne3, ith, nth)
+        dr = f32_at(t_addr(r, 0) + 4 * lo, hi - lo)
+        ar = f32_at(t_addr(r, 1) + 4 * lo, hi - lo)
+        for i in range(hi - lo):
+            dr[i] = f(ar[i], p)
+        return
     d = view_f32(r, 0)
     a = view_f32(r, 1)
-    ne3, ne2, ne1, ne0 = d.shape
     nseg = (ne0 + SEG - 1) // SEG
     lo, hi = split(ne1 * ne2 * ne3 * nseg, ith, nth)
     fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
+    ir, sg = lo // nseg, lo % nseg
+    i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
     for u in range(lo, hi):
-        ir, s0 = u // nseg, (u % nseg) * SEG
+        s0 = sg * SEG
         s1 = min(ne0, s0 + SEG)
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
         if fast:   # sliced, 0-based loops over contiguous rows vectorize
-            dr = row_f32(r, 0, i1, i2, i3)[s0:s1]
-            ar = row_f32(r, 1, i1, i2, i3)[s0:s1]
+            dr = f32_at(row_addr(r, 0, i1, i2, i3) + 4 * s0, s1 - s0)
+            ar = f32_at(row_addr(r, 1, i1, i2, i3) + 4 * s0, s1 - s0)
             for i0 in range(s1 - s0):
                 dr[i0] = f(ar[i0], p)
         else:
             for i0 in range(s0, s1):
                 d[i3, i2, i1, i0] = f(a[i3, i2, i1, i0], p)
+        sg += 1
+        if sg == nseg:
+            sg = 0
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
 
 
 @inline
 def binary_loop(rec, ith, nth, f):
     """dst = f(src0, src1) with src1 tiled over src0 (ggml's can_repeat broadcast); any strides."""
     r = record(rec)
+    ne0, ne1, ne2, ne3 = t_ne(r, 0, 0), t_ne(r, 0, 1), t_ne(r, 0, 2), t_ne(r, 0, 3)
+    nb0, nb1, nb2, nb3 = t_ne(r, 2, 0), t_ne(r, 2, 1), t_ne(r, 2, 2), t_ne(r, 2, 3)
+    if (nb0 == ne0 and nb1 == ne1 and nb2 == ne2 and nb3 == ne3
+            and is_dense(r, 0, 4) and is_dense(r, 1, 4) and is_dense(r, 2, 4)):
+        lo, hi = split_aligned(ne0 * ne1 * ne2 * ne3, ith, nth)
+        dr = f32_at(t_addr(r, 0) + 4 * lo, hi - lo)
+        ar = f32_at(t_addr(r, 1) + 4 * lo, hi - lo)
+        br = f32_at(t_addr(r, 2) + 4 * lo, hi - lo)
+        for i in range(hi - lo):
+            dr[i] = f(ar[i], br[i])
+        return
     d = view_f32(r, 0)
     a = view_f32(r, 1)
     b = view_f32(r, 2)
-    ne3, ne2, ne1, ne0 = d.shape
-    nb3, nb2, nb1, nb0 = b.shape
     nseg = (ne0 + SEG - 1) // SEG
     lo, hi = split(ne1 * ne2 * ne3 * nseg, ith, nth)
-    fast = rows_contiguous(r, 0) and rows_contiguous(r, 1) and rows_contiguous(r, 2)
+    fast = rows_contiguous(r, 0) and rows_contiguous(r, 1) and rows_contiguous(r, 2) and nb0 == ne0
+    ir, sg = lo // nseg, lo % nseg
+    i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+    j3, j2, j1 = i3 % nb3, i2 % nb2, i1 % nb1
     for u in range(lo, hi):
-        ir, s0 = u // nseg, (u % nseg) * SEG
+        s0 = sg * SEG
         s1 = min(ne0, s0 + SEG)
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
-        j3, j2, j1 = i3 % nb3, i2 % nb2, i1 % nb1
-        if fast and nb0 == ne0:
-            dr = row_f32(r, 0, i1, i2, i3)[s0:s1]
-            ar = row_f32(r, 1, i1, i2, i3)[s0:s1]
-            br = row_f32(r, 2, j1, j2, j3)[s0:s1]
+        if fast:
+            dr = f32_at(row_addr(r, 0, i1, i2, i3) + 4 * s0, s1 - s0)
+            ar = f32_at(row_addr(r, 1, i1, i2, i3) + 4 * s0, s1 - s0)
+            br = f32_at(row_addr(r, 2, j1, j2, j3) + 4 * s0, s1 - s0)
             for i0 in range(s1 - s0):
                 dr[i0] = f(ar[i0], br[i0])
         else:
             for i0 in range(s0, s1):
                 d[i3, i2, i1, i0] = f(a[i3, i2, i1, i0], b[j3, j2, j1, i0 % nb0])
+        sg += 1
+        if sg == nseg:
+            sg = 0
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+            j1, j2, j3 = i1 % nb1, i2 % nb2, i3 % nb3
 
 
 def tasks_by_segments(node, n_threads):

@@ -41,7 +41,8 @@ from ..kernel import ERR_CUSTOM, P_BASE, SLOT0, SLOT_LEN, R_ERR, R_ERRARG, fail,
 from ..native import call_kernel
 from .args import boolean, integer
 from .common import inplace_view
-from .registry import KERNEL_SIG, new_node, register
+from .refs import shape4
+from .registry import KERNEL_SIG, new_node, reference_of, register, sample_of
 
 N_TASKS_MAX = -1     # ggml's GGML_N_TASKS_MAX: one task per thread of the plan
 
@@ -63,6 +64,99 @@ def _custom_tasks(node, n_threads):
 MAP_CUSTOM1 = register("MAP_CUSTOM1", "custom(x)", _custom_kernel, n_tasks=_custom_tasks, inplace=True)
 MAP_CUSTOM2 = register("MAP_CUSTOM2", "custom(x,y)", _custom_kernel, n_tasks=_custom_tasks, inplace=True)
 MAP_CUSTOM3 = register("MAP_CUSTOM3", "custom(x,y,z)", _custom_kernel, n_tasks=_custom_tasks, inplace=True)
+
+
+@reference_of(MAP_CUSTOM1, MAP_CUSTOM2, MAP_CUSTOM3)
+def _custom_reference(node, srcs):
+    # the user's own function, run as plain Python (a jitted one through its py_func) on numpy arrays,
+    # as one task (ith 0 of nth 1): a result that depends on the split is the function's bug. dst
+    # starts as src0's values in place, as zeros otherwise (a function must write every element).
+    w = _by_ident[int(node.op_params[3])]
+    fun = w.fun if w.python else w.fun.py_func
+    arrays = [np.array(s) for s in srcs]
+    if not w.python:            # compiled code sees F16 as uint16 bits
+        arrays = [x.view(np.uint16) if x.dtype == np.float16 else x for x in arrays]
+    if node.view_src is not None:       # the _inplace forms: dst is src0's memory
+        dst = arrays[0]
+    else:
+        dst = np.zeros(shape4(node), dtype=arrays[0].dtype)
+    extra = () if w.keep[1] is None else (w.keep[1],)
+    fun(dst, *arrays, 0, 1, *extra)
+    return dst.view(np.float16) if dst.dtype == np.uint16 else dst
+
+
+def _affine_rows(dst, a, ith, nth):
+    """dst = 2 a + 1, rows split between the tasks (a map_custom1 function, Python or jitted)."""
+    ne3, ne2, ne1 = dst.shape[0], dst.shape[1], dst.shape[2]
+    for r in range(ith, ne3 * ne2 * ne1, nth):
+        i3, i2, i1 = r // (ne2 * ne1), (r // ne1) % ne2, r % ne1
+        for i0 in range(dst.shape[3]):
+            dst[i3, i2, i1, i0] = a[i3, i2, i1, i0] * 2 + 1
+
+
+def _copy_all(dst, a, ith, nth):
+    """dst = a for any type, on task 0 only."""
+    if ith == 0:
+        dst[...] = a
+
+
+def _mul_rows(dst, a, b, ith, nth):
+    ne3, ne2, ne1 = dst.shape[0], dst.shape[1], dst.shape[2]
+    for r in range(ith, ne3 * ne2 * ne1, nth):
+        i3, i2, i1 = r // (ne2 * ne1), (r // ne1) % ne2, r % ne1
+        dst[i3, i2, i1] = a[i3, i2, i1] * b[i3, i2, i1]
+
+
+def _fma_rows(dst, a, b, c, ith, nth, k):
+    ne3, ne2, ne1 = dst.shape[0], dst.shape[1], dst.shape[2]
+    for r in range(ith, ne3 * ne2 * ne1, nth):
+        i3, i2, i1 = r // (ne2 * ne1), (r // ne1) % ne2, r % ne1
+        dst[i3, i2, i1] = a[i3, i2, i1] + k * b[i3, i2, i1] * c[i3, i2, i1]
+
+
+_jitted = {}
+
+
+def _sample_fun(d, fun):
+    """fun as a plain Python function (allow_python) or, sometimes, jitted (compiled once per process)."""
+    if d.coin(25):
+        if fun not in _jitted:
+            from numba import njit
+            _jitted[fun] = njit(cache=True)(fun)
+        return _jitted[fun], {}
+    return fun, {"allow_python": True}
+
+
+@sample_of(MAP_CUSTOM1)
+def _map_custom1_sample(d):
+    n_tasks = d.choice([1, 2, N_TASKS_MAX])
+    if d.coin(30):
+        a = d.tensor(d.any_type())
+        fun, kw = _copy_all, {"allow_python": True}
+    else:
+        a = d.f32()
+        fun, kw = _sample_fun(d, _affine_rows)
+    if d.inplace(a):
+        return map_custom1_inplace(d.ctx, a, fun, n_tasks, **kw)
+    return map_custom1(d.ctx, a, fun, n_tasks, **kw)
+
+
+@sample_of(MAP_CUSTOM2)
+def _map_custom2_sample(d):
+    a = d.f32()
+    b = d.f32(a.ne)
+    fun, kw = _sample_fun(d, _mul_rows)
+    build = map_custom2_inplace if d.inplace(a, b) else map_custom2
+    return build(d.ctx, a, b, fun, d.choice([1, 2, N_TASKS_MAX]), **kw)
+
+
+@sample_of(MAP_CUSTOM3)
+def _map_custom3_sample(d):
+    a = d.f32()
+    b, c = d.f32(a.ne), d.f32(a.ne)
+    fun, kw = _sample_fun(d, _fma_rows)
+    build = map_custom3_inplace if d.inplace(a, b, c) else map_custom3
+    return build(d.ctx, a, b, c, fun, d.choice([1, 2, N_TASKS_MAX]), d.choice([0.5, -2.0]), **kw)
 
 
 # -- wrappers: one compiled C function per (fun, operand types, userdata) ----------------------------------------

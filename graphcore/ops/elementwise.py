@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import tensor as TN
 from ..errors import GraphError
-from ..kernel import inline, param_f32, record, split, view_f32
+from ..kernel import exp_f64, inline, param_f32, record, split, view_f32
 from .common import binary_loop, check_f32, elementwise_node, shapes, tasks_by_segments, unary_loop
 from .refs import f64, sample_binary, sample_unary, tile
 from .registry import NOT_DIFFERENTIABLE, TILES, reference_of, register, sample_of
@@ -420,7 +420,7 @@ def _abs_reference(node, srcs):
 
 @sample_of(ABS)
 def _abs_sample(d):
-    return sample_unary(d, abs, abs_inplace)
+    return sample_unary(d, abs_, abs_inplace)
 abs_, abs_inplace = _unary_builders(ABS, "abs")
 
 
@@ -545,9 +545,8 @@ gelu, gelu_inplace = _unary_builders(GELU, "gelu")
 @inline
 def _silu_f(x, p):
     v = np.float64(x)
-    if v < -745.0:          # exp(-v) overflows; the limit is 0 (not -inf/inf = NaN)
-        return np.float32(-0.0)
-    return np.float32(v / (1.0 + math.exp(-v)))
+    # exp_f64: math.exp's result without its libm call, so the loop vectorises
+    return np.float32(-0.0) if v < -745.0 else np.float32(v / (1.0 + exp_f64(-v)))  # limit 0 at -inf
 
 
 def _silu_kernel(rec, ith, nth, phase, wdata, wsize):

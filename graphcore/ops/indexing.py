@@ -18,7 +18,8 @@ from ..kernel import (ERR_INDEX, fail, fp16_to_fp32, inline, param_i32, record, 
 from ..native import f32_4d, i32_4d, u16_4d
 from .args import check_types, integer, region_overlaps
 from .common import check_f32, inplace_view, shapes
-from .registry import MIN_ELEMENTS_PER_TASK, new_node, register, tasks_by_rows
+from .refs import f64
+from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
@@ -80,6 +81,27 @@ def _get_rows_backward(ctx, t, g, d):
 
 
 GET_ROWS = register("GET_ROWS", "get_rows(x)", _get_rows_kernel, n_tasks=tasks_by_rows, backward=_get_rows_backward)
+
+
+@reference_of(GET_ROWS)
+def _get_rows_reference(node, srcs):
+    # dst[:, i10, i11, i12] = a[:, b[i10, i11, i12], i11, i12]
+    a, b = np.asarray(srcs[0]), np.asarray(srcs[1]).astype(np.int64)[0]
+    if b.size and (b.min() < 0 or b.max() >= a.shape[2]):
+        raise IndexError(f"get_rows: index out of range 0..{a.shape[2] - 1}: {b.ravel().tolist()}")
+    j2, j1 = np.meshgrid(np.arange(b.shape[0]), np.arange(b.shape[1]), indexing="ij")
+    out = a[j2[..., None], j1[..., None], b]                   # (b2, b1, b0, ne0)
+    return out if a.dtype == np.int32 else f64(out)
+
+
+@sample_of(GET_ROWS)
+def _get_rows_sample(d):
+    if d.backward:          # no gradient for a batched src0 (get_rows_back takes matrices)
+        a = d.tensor(d.any_type(), accept=lambda t: t.ne[2] == 1 and t.ne[3] == 1, max_dims=2)
+    else:
+        a = d.tensor(d.any_type())
+    b = d.i32([d.int(1, 5), a.ne[2], a.ne[3]], 0, a.ne[1] - 1)
+    return get_rows(d.ctx, a, b)
 
 
 def get_rows(ctx, a, b):
@@ -147,6 +169,24 @@ GET_ROWS_BACK = register("GET_ROWS_BACK", "get_rows_back(x)", _get_rows_back_ker
                          backward=_get_rows_back_backward)
 
 
+@reference_of(GET_ROWS_BACK)
+def _get_rows_back_reference(node, srcs):
+    a, b = f64(srcs[0])[0, 0], np.asarray(srcs[1]).astype(np.int64).reshape(-1)
+    out = np.zeros((node.ne[1], node.ne[0]))
+    if b.size and (b.min() < 0 or b.max() >= node.ne[1]):
+        raise IndexError(f"get_rows_back: index out of range 0..{node.ne[1] - 1}: {b.tolist()}")
+    np.add.at(out, b, a)
+    return out.reshape(1, 1, node.ne[1], node.ne[0])
+
+
+@sample_of(GET_ROWS_BACK)
+def _get_rows_back_sample(d):
+    a = d.f32(accept=lambda t: t.ne[2] == 1 and t.ne[3] == 1, max_dims=2)
+    rows = d.int(1, 5)
+    c = d.tensor(d.any_type(), [a.ne[0], rows])
+    return get_rows_back(d.ctx, a, d.i32([a.ne[1]], 0, rows - 1), c)
+
+
 def _describe_back_index_error(node, code, arg):
     if code == ERR_INDEX:
         return f"index {arg} out of range: the result {node.ne[:2]} has {node.ne[1]} rows " \
@@ -198,6 +238,17 @@ def _diag_backward(ctx, t, g, d):
 
 
 DIAG = register("DIAG", "diag(x)", _diag_kernel, n_tasks=tasks_by_rows, backward=_diag_backward)
+
+
+@reference_of(DIAG)
+def _diag_reference(node, srcs):
+    x = f64(srcs[0])                                   # (ne3, ne2, 1, ne0)
+    return x * np.eye(x.shape[3])                      # row i1 keeps element i1
+
+
+@sample_of(DIAG)
+def _diag_sample(d):
+    return diag(d.ctx, d.f32(accept=lambda t: t.ne[1] == 1))
 
 
 def diag(ctx, a):
@@ -317,6 +368,67 @@ def _acc_backward(ctx, t, g, d):
 
 SET = register("SET", "y-\\>view(x)", _set_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True, backward=_set_backward)
 ACC = register("ACC", "view(x,nb,offset)+=y-\\>x", _acc_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True, backward=_acc_backward)
+
+
+def _region_index(node):
+    """Flat element indices (into src0's elements) of the region src1 goes to, in src1's 4-D shape."""
+    es = T.type_size(node.src[0].type)
+    nb1, nb2, nb3, offset = (int(node.op_params[i]) // es for i in range(4))
+    ne = node.src[1].ne
+    return (offset + np.arange(ne[3]).reshape(-1, 1, 1, 1) * nb3 + np.arange(ne[2]).reshape(1, -1, 1, 1) * nb2
+            + np.arange(ne[1]).reshape(1, 1, -1, 1) * nb1 + np.arange(ne[0]).reshape(1, 1, 1, -1))
+
+
+@reference_of(SET)
+def _set_reference(node, srcs):
+    out = np.array(srcs[0]).reshape(-1)                # a copy in src0's type (set keeps the bits)
+    out[_region_index(node)] = np.asarray(srcs[1]).astype(out.dtype)
+    return out.reshape(srcs[0].shape)
+
+
+@reference_of(ACC)
+def _acc_reference(node, srcs):
+    out = f64(srcs[0]).reshape(-1).copy()
+    out[_region_index(node)] += f64(srcs[1])
+    return out.reshape(srcs[0].shape)
+
+
+def _sample_region(d, a):
+    """(b's shape, nb1, nb2, nb3, offset, form): a region of contiguous a, as set/acc take it."""
+    es, n = T.type_size(a.type), TN.nelements(a)
+    form = d.choice(["box", "1d", "2d"])
+    if form == "1d":
+        m = d.int(1, n)
+        return [m], a.nb[1], a.nb[2], a.nb[3], d.int(0, n - m) * es, form
+    if form == "2d":
+        ne0 = d.int(1, n)
+        step = d.int(ne0, max(ne0, n))
+        ne1 = d.int(1, (n - ne0) // step + 1)
+        return [ne0, ne1], step * es, a.nb[2], a.nb[3], d.int(0, n - ne0 - (ne1 - 1) * step) * es, form
+    ne = [d.int(1, x) for x in a.ne]
+    off = sum(d.int(0, x - y) * nb for x, y, nb in zip(a.ne, ne, a.nb))
+    return ne, a.nb[1], a.nb[2], a.nb[3], off, form
+
+
+@sample_of(SET)
+def _set_sample(d):
+    a = d.tensor(d.any_type(), contiguous=True)
+    ne, nb1, nb2, nb3, off, form = _sample_region(d, a)
+    b = d.tensor(a.type, ne)
+    inplace = d.inplace(a, b)
+    if form == "1d":
+        return (set_1d_inplace if inplace else set_1d)(d.ctx, a, b, off)
+    if form == "2d":
+        return (set_2d_inplace if inplace else set_2d)(d.ctx, a, b, nb1, off)
+    return (set_inplace if inplace else set)(d.ctx, a, b, nb1, nb2, nb3, off)
+
+
+@sample_of(ACC)
+def _acc_sample(d):
+    a = d.f32(contiguous=True)
+    ne, nb1, nb2, nb3, off, _ = _sample_region(d, a)
+    b = d.f32(ne)
+    return (acc_inplace if d.inplace(a, b) else acc)(d.ctx, a, b, nb1, nb2, nb3, off)
 
 
 def _owner_range(t):

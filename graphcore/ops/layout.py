@@ -149,9 +149,12 @@ def _dup_sample(d):
 @sample_of(CPY)
 def _cpy_sample(d):
     a = d.tensor(d.any_type())
-    b = d.tensor(d.any_type(), d.reshaped(TN.nelements(a)))
-    if d.shares_bytes(a, b) or not d.writable(b):
-        b = d.tensor(b.type, b.ne, new=True)
+    if d.backward:      # cpy writes over b: a new leaf that nothing else reads
+        b = d.tensor(T.TYPE_F32, d.reshaped(TN.nelements(a)), new=True, param=False, shared=False)
+    else:
+        b = d.tensor(d.any_type(), d.reshaped(TN.nelements(a)))
+        if d.shares_bytes(a, b) or not d.writable(b):
+            b = d.tensor(b.type, b.ne, new=True)
     return cpy(d.ctx, a, b)
 
 

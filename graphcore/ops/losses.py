@@ -22,7 +22,8 @@ from ..errors import GraphError
 from ..kernel import inline, record, split, view_f32
 from ..native import f64_1d
 from .common import check_f32, check_same_shape, shapes
-from .registry import MIN_ELEMENTS_PER_TASK, new_node, register
+from .refs import f64
+from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of
 
 CE_EPS = 1e-9
 
@@ -97,6 +98,29 @@ CROSS_ENTROPY_LOSS = register("CROSS_ENTROPY_LOSS", "cross_entropy_loss(x,y)", _
                               backward=_cross_entropy_loss_backward)
 
 
+def _ce_parts(a):
+    """(p = softmax of each row of a, q = (1 - eps) p + eps); a row of -inf has p = 0."""
+    x = f64(a)
+    mx = x.max(axis=3, keepdims=True)
+    dead = mx == -np.inf
+    e = np.exp(x - np.where(dead, 0.0, mx))
+    p = np.where(dead, 0.0, e / np.where(dead, 1.0, e.sum(axis=3, keepdims=True)))
+    return p, (1.0 - CE_EPS) * p + CE_EPS
+
+
+@reference_of(CROSS_ENTROPY_LOSS)
+def _cross_entropy_loss_reference(node, srcs):
+    _, q = _ce_parts(srcs[0])
+    nr = q.size // q.shape[3]
+    return np.array(-np.sum(f64(srcs[1]) * np.log(q)) / nr).reshape(1, 1, 1, 1)
+
+
+@sample_of(CROSS_ENTROPY_LOSS)
+def _cross_entropy_loss_sample(d):
+    a = d.f32()
+    return cross_entropy_loss(d.ctx, a, d.f32(a.ne, domain=d.choice(["any", "positive"])))
+
+
 def cross_entropy_loss(ctx, a, b):
     """ggml_cross_entropy_loss: the mean over rows of -sum(b * log(softmax(a))) (softmax rescaled
     to [1e-9, 1] against log(0)), as a [1] F32 tensor. a: logits, b: targets, same shape."""
@@ -142,6 +166,22 @@ def _rows_tasks(node, n_threads):
 
 CROSS_ENTROPY_LOSS_BACK = register("CROSS_ENTROPY_LOSS_BACK", "cross_entropy_loss_back(x,y)", _ce_back_kernel,
                                    n_tasks=_rows_tasks)
+
+
+@reference_of(CROSS_ENTROPY_LOSS_BACK)
+def _cross_entropy_loss_back_reference(node, srcs):
+    # L = -1/nr sum b log q:  dL/da_j = -(1 - eps)/nr (b_j p_j / q_j - p_j sum_i b_i p_i / q_i), times c
+    p, q = _ce_parts(srcs[0])
+    b = f64(srcs[1])
+    nr = q.size // q.shape[3]
+    r = b * p / q
+    return f64(srcs[2]).reshape(-1)[0] * (1.0 - CE_EPS) / nr * (p * r.sum(axis=3, keepdims=True) - r)
+
+
+@sample_of(CROSS_ENTROPY_LOSS_BACK)
+def _cross_entropy_loss_back_sample(d):
+    a = d.f32()
+    return cross_entropy_loss_back(d.ctx, a, d.f32(a.ne, domain=d.choice(["any", "positive"])), d.f32([1]))
 
 
 def cross_entropy_loss_back(ctx, a, b, c):

@@ -12,7 +12,7 @@ from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
 from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
-from ..native import f32_2d_strided, sgemm, u16_2d_strided
+from ..native import STACK_F32_N, STACK_N, f32_2d_strided, sgemm, stack_f32, stack_f64, u16_2d_strided
 from .common import shapes
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
@@ -59,15 +59,47 @@ def gemm(blas, M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
         if lda > 0 and ldb > 0 and ldc > 0:
             sgemm(blas, ta, tb, M, N, K, np.float32(1.0), a, lda, b, ldb, np.float32(0.0), c, ldc)
             return
+    small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn)
+
+
+@inline
+def small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
+    """C[m, n] = sum_k A[m, k] * B[k, n] without BLAS, for any strides: each float32 product added in
+    k order into a float64, rounded once. Blocks of A's rows are packed k-major into a stack buffer
+    (m padded to 8) so the updates run as fixed 8-wide vector steps over m."""
     A = f32_2d_strided(a, (M, K), (a_sm, a_sk))
     B = f32_2d_strided(b, (K, N), (b_sk, b_sn))
     C = f32_2d_strided(c, (M, N), (4, c_sn))
-    for n in range(N):
-        for m in range(M):
-            s = 0.0
+    mbmax = min(STACK_N, STACK_F32_N // max(K, 1)) // 8 * 8
+    if mbmax == 0:                  # rows too long to pack (K > 256): the plain loop
+        for n in range(N):
+            for m in range(M):
+                s = 0.0
+                for k in range(K):
+                    s += A[m, k] * B[k, n]
+                C[m, n] = np.float32(s)
+        return
+    pk = stack_f32()                # A[m0:m0+mb, :] as pk[k * mp + m]
+    acc = stack_f64()               # the float64 sums of one column of C's block
+    for m0 in range(0, M, mbmax):
+        mb = min(mbmax, M - m0)
+        mp = (mb + 7) // 8 * 8
+        for k in range(K):
+            for m in range(mb):
+                pk[k * mp + m] = A[m0 + m, k]
+            for m in range(mb, mp):
+                pk[k * mp + m] = np.float32(0.0)
+        for n in range(N):
+            for m in range(mp):
+                acc[m] = 0.0
             for k in range(K):
-                s += A[m, k] * B[k, n]
-            C[m, n] = np.float32(s)
+                bv = B[k, n]
+                o = k * mp
+                for mc in range(0, mp, 8):
+                    for j in range(8):
+                        acc[mc + j] += np.float64(pk[o + mc + j] * bv)
+            for m in range(mb):
+                C[m0 + m, n] = np.float32(acc[m])
 
 
 @inline

@@ -11,3 +11,12 @@ except ModuleNotFoundError as _e:  # pragma: no cover
     if _e.name != "hypothesis":
         raise
 from .gradcheck import GradCheckResult, check_gradients  # noqa: F401,E402
+from . import reference  # noqa: F401,E402
+from .reference import evaluate  # noqa: F401,E402
+from .graphcheck import (GradientReport, GraphCheck, GraphMismatch, assert_gradients_close,  # noqa: F401,E402
+                         assert_graph_close, small_tasks)
+try:
+    from .strategies import DrawnGraph, NodeDraw, family_ops, graphs, tensors, types  # noqa: F401
+except ModuleNotFoundError as _e:  # pragma: no cover
+    if _e.name != "hypothesis":
+        raise

@@ -27,7 +27,8 @@ from .. import types as T
 from ..ops.layout import permute, transpose, view_4d
 
 __all__ = ["Layout", "CONTIGUOUS", "LAYOUT_KINDS", "shapes", "layouts", "seeds", "random_values",
-           "make_tensor", "logical_4d", "broadcastable_pairs", "matmul_pairs", "ne4"]
+           "make_tensor", "logical_4d", "broadcastable_pairs", "matmul_pairs", "ne4", "types", "tensors",
+           "graphs", "NodeDraw", "DrawnGraph"]
 
 LAYOUT_KINDS = ("contiguous", "permuted", "transposed", "strided")
 
@@ -177,3 +178,28 @@ def matmul_pairs(draw, op: str = "mul_mat", max_k: int = 24, max_m: int = 24, ma
     if op == "out_prod":
         return [M, K, b2, b3], [N, K, b2 * r2, b3 * r3]
     raise ValueError(f"matmul_pairs: op must be 'mul_mat' or 'out_prod', got {op!r}")
+
+
+def types(allowed=(T.TYPE_F32, T.TYPE_F16, T.TYPE_I32)):
+    """A tensor type code (gc.TYPE_F32, gc.TYPE_F16, gc.TYPE_I32)."""
+    return st.sampled_from(tuple(allowed))
+
+
+@st.composite
+def tensors(draw, ctx, type=None, shape=None, layout=None, low=-1.0, high=1.0):
+    """A tensor in ctx with random values: `type`, `shape` (ggml ne) and `layout` are fixed values
+    or strategies (default: types(), shapes(), layouts()). Float values are uniform in [low, high),
+    I32 values integers in [low, high) (non-contiguous layouts give view nodes; see make_tensor)."""
+    def pick(v, default):
+        v = default if v is None else v
+        return draw(v) if isinstance(v, st.SearchStrategy) else v
+    type_ = pick(type, types())
+    ne = pick(shape, shapes())
+    lay = pick(layout, layouts())
+    dtype = T.traits(type_).dtype
+    values = random_values(ne, draw(seeds()), low, high, dtype=np.float64 if dtype.kind == "f" else np.int32)
+    return make_tensor(ctx, ne, lay, values.astype(dtype), type=type_)
+
+
+# random graphs of registered ops (graphs, NodeDraw, DrawnGraph) live in graphgen.py
+from .graphgen import BACKWARD_EXCLUDED, DOMAINS, DrawnGraph, NodeDraw, family_ops, graphs  # noqa: E402,F401
