@@ -208,3 +208,56 @@ STACK_N = 512
 stack_f64 = _stack_array(types.float64, STACK_N)     # kernels' small float64 scratch (4 KiB)
 STACK_F32_N = 2048
 stack_f32 = _stack_array(types.float32, STACK_F32_N)  # kernels' small float32 scratch (8 KiB)
+
+
+def _gemm_col(vl: int):
+    """An intrinsic `f(pk, K, b, b_sk, out)`: one column of a small product, vl rows at a time, with
+    explicit vector types (numba's loop vectoriser leaves such short loops scalar):
+    out[0:vl] = float32(sum over k = 0..K-1, in order, of float64(pk[k*vl : k*vl+vl] * b[k*b_sk])),
+    the products in float32, the sums in float64. pk holds K x vl float32 (k-major), b is a byte
+    address with byte stride b_sk, out receives vl float32; addresses are int64."""
+
+    @intrinsic
+    def gemm_col(typingctx, pk, K, b, b_sk, out):
+        i64 = types.int64
+        sig = types.void(i64, i64, i64, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            pk_, K_, b_, bsk_, out_ = args
+            f32, f64 = ir.FloatType(), ir.DoubleType()
+            vf, vd = ir.VectorType(f32, vl), ir.VectorType(f64, vl)
+            zero_i = ir.Constant(_I64, 0)
+            entry = builder.block
+            cond = builder.append_basic_block("gemm_col.cond")
+            body = builder.append_basic_block("gemm_col.body")
+            done = builder.append_basic_block("gemm_col.done")
+            builder.branch(cond)
+            builder.position_at_end(cond)
+            k = builder.phi(_I64)
+            acc = builder.phi(vd)
+            k.add_incoming(zero_i, entry)
+            acc.add_incoming(ir.Constant(vd, [0.0] * vl), entry)
+            builder.cbranch(builder.icmp_signed("<", k, K_), body, done)
+            builder.position_at_end(body)
+            pa = builder.add(pk_, builder.mul(k, ir.Constant(_I64, 4 * vl)))
+            a = builder.load(builder.inttoptr(pa, vf.as_pointer()), align=4, typ=vf)
+            pb = builder.add(b_, builder.mul(k, bsk_))
+            bv = builder.load(builder.inttoptr(pb, f32.as_pointer()), align=4, typ=f32)
+            bvec = builder.insert_element(ir.Constant(vf, ir.Undefined), bv, ir.Constant(ir.IntType(32), 0))
+            bvec = builder.shuffle_vector(bvec, ir.Constant(vf, ir.Undefined),
+                                          ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl))
+            nxt = builder.fadd(acc, builder.fpext(builder.fmul(a, bvec), vd))
+            k.add_incoming(builder.add(k, ir.Constant(_I64, 1)), body)
+            acc.add_incoming(nxt, body)
+            builder.branch(cond)
+            builder.position_at_end(done)
+            builder.store(builder.fptrunc(acc, vf), builder.inttoptr(out_, vf.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gemm_col
+
+
+gemm_col8 = _gemm_col(8)
+gemm_col4 = _gemm_col(4)

@@ -50,8 +50,8 @@ def test_get_rows(type_, case, la, lb, seed):
     ctx = sentinel_context(1 << 17)
     x = typed_values(ne_a, seed, type_)
     idx = random_values(ne_b, seed + 1, 0, ne_a[1], dtype=np.int32)
-    a = make_tensor(ctx, ne_a, la, x, type_=type_)
-    b = make_tensor(ctx, ne_b, lb, idx, type_=I32)
+    a = make_tensor(ctx, ne_a, la, x, type=type_)
+    b = make_tensor(ctx, ne_b, lb, idx, type=I32)
     out = gc.get_rows(ctx, a, b)
     assert out.ne == [ne_a[0], ne_b[0], ne_b[1], ne_b[2]]
     assert out.type == (I32 if type_ == I32 else F32)
@@ -182,8 +182,8 @@ def test_set_acc(op, type_, inplace, case, lb, seed):
     ctx = sentinel_context(1 << 17)
     x = typed_values(ne_a, seed, type_)
     y = typed_values(ne_b, seed + 1, type_)
-    a = gc.from_numpy(ctx, x) if type_ != F16 else make_tensor(ctx, ne_a, Layout(), x, type_=F16)
-    b = make_tensor(ctx, ne_b, lb, y, type_=type_)
+    a = gc.from_numpy(ctx, x) if type_ != F16 else make_tensor(ctx, ne_a, Layout(), x, type=F16)
+    b = make_tensor(ctx, ne_b, lb, y, type=type_)
     fn = getattr(gc, op + ("_inplace" if inplace else ""))
     out = fn(ctx, a, b, s1 * es, s2 * es, s3 * es, off * es)
     assert list(out.op_params[:5]) == [s1 * es, s2 * es, s3 * es, off * es, int(inplace)]

@@ -398,7 +398,7 @@ def test_rope(inplace, case, layout, playout, seed):
     ctx = sentinel_context(1 << 17)
     x = random_values(ne, seed)
     a = make_tensor(ctx, ne, layout, x)
-    b = make_tensor(ctx, [ne[2]], playout, np.array(pos, np.int32), type_=I32)
+    b = make_tensor(ctx, [ne[2]], playout, np.array(pos, np.int32), type=I32)
     out = (gc.rope_inplace if inplace else gc.rope)(ctx, a, b, n_dims, mode, 0)
     assert list(out.op_params[:5]) == [0, n_dims, mode, 0, 0]
     expected = ref_rope(x4(x, ne), pos, n_dims, mode)

@@ -11,8 +11,8 @@ from numba import njit
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
-from ..native import STACK_F32_N, STACK_N, f32_2d_strided, sgemm, stack_f32, stack_f64, u16_2d_strided
+from ..kernel import f32_at, fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
+from ..native import STACK_F32_N, f32_2d_strided, gemm_col4, gemm_col8, sgemm, stack_f32, stack_f64, u16_2d_strided
 from .common import shapes
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
@@ -65,13 +65,13 @@ def gemm(blas, M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
 @inline
 def small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
     """C[m, n] = sum_k A[m, k] * B[k, n] without BLAS, for any strides: each float32 product added in
-    k order into a float64, rounded once. Blocks of A's rows are packed k-major into a stack buffer
-    (m padded to 8) so the updates run as fixed 8-wide vector steps over m."""
+    k order into a float64, rounded once (the plain triple loop's bits). A's rows are packed in
+    blocks of vl (8, or 4 for M <= 4), k-major, into a stack buffer; each column of a block is then
+    one vector loop over k (native.gemm_col*)."""
     A = f32_2d_strided(a, (M, K), (a_sm, a_sk))
-    B = f32_2d_strided(b, (K, N), (b_sk, b_sn))
     C = f32_2d_strided(c, (M, N), (4, c_sn))
-    mbmax = min(STACK_N, STACK_F32_N // max(K, 1)) // 8 * 8
-    if mbmax == 0:                  # rows too long to pack (K > 256): the plain loop
+    if K * 8 > STACK_F32_N:         # rows too long to pack (K > 256): the plain loop
+        B = f32_2d_strided(b, (K, N), (b_sk, b_sn))
         for n in range(N):
             for m in range(M):
                 s = 0.0
@@ -79,27 +79,25 @@ def small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
                     s += A[m, k] * B[k, n]
                 C[m, n] = np.float32(s)
         return
-    pk = stack_f32()                # A[m0:m0+mb, :] as pk[k * mp + m]
-    acc = stack_f64()               # the float64 sums of one column of C's block
-    for m0 in range(0, M, mbmax):
-        mb = min(mbmax, M - m0)
-        mp = (mb + 7) // 8 * 8
+    vl = 4 if M <= 4 else 8
+    pk = stack_f32()                # A[m0:m0+vl, :] as pk[k * vl + j], rows past M zero
+    ob = stack_f64()                # a partial block's column
+    pka, oba = pk.ctypes.data, ob.ctypes.data
+    for m0 in range(0, M, vl):
+        mb = min(vl, M - m0)
         for k in range(K):
-            for m in range(mb):
-                pk[k * mp + m] = A[m0 + m, k]
-            for m in range(mb, mp):
-                pk[k * mp + m] = np.float32(0.0)
+            for j in range(vl):
+                pk[k * vl + j] = A[m0 + j, k] if j < mb else np.float32(0.0)
         for n in range(N):
-            for m in range(mp):
-                acc[m] = 0.0
-            for k in range(K):
-                bv = B[k, n]
-                o = k * mp
-                for mc in range(0, mp, 8):
-                    for j in range(8):
-                        acc[mc + j] += np.float64(pk[o + mc + j] * bv)
-            for m in range(mb):
-                C[m0 + m, n] = np.float32(acc[m])
+            out = c + n * c_sn + m0 * 4 if mb == vl else oba
+            if vl == 8:
+                gemm_col8(pka, K, b + n * b_sn, b_sk, out)
+            else:
+                gemm_col4(pka, K, b + n * b_sn, b_sk, out)
+            if mb < vl:
+                o = f32_at(oba, vl)
+                for j in range(mb):
+                    C[m0 + j, n] = o[j]
 
 
 @inline
