@@ -762,6 +762,37 @@ def _compute_size(hp, n_batch, kv_self, nodes_per_layer):
     return 16 * 1024 * 1024 + 4 * largest * (nodes_per_layer * hp.n_layer + 100)
 
 
+@dataclass
+class TrainingGraphs:
+    ctx0: object
+    gf: object              # forward graph, loss included
+    gb: object              # backward graph (gf's nodes, then the gradients)
+    error: object           # the loss
+    logits: object
+    tokens_input: object    # I32 [n_ctx, n_batch]: write a batch's tokens here ...
+    targets: object         # F32 [n_vocab, n_ctx, n_batch]: ... and its targets here
+    tokens: object          # the graph's flat view of tokens_input's values
+
+
+def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square") -> TrainingGraphs:
+    """The batched forward graph with its loss, and the backward graph (ggml_opt's gf and gb)."""
+    hp = model.hparams
+    lora = isinstance(model, LlamaModelLora)
+    n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
+    ctx0 = gc.init(_compute_size(hp, n_batch, kv_self, nodes_per_layer=200))
+    tokens_input = gc.set_name(gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch), "tokens_input")
+    targets = gc.set_name(gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch), "targets")
+    gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
+    fwd = forward_batch_lora if lora else forward_batch
+    logits = fwd(model, kv_self, ctx0, gf, tokens_input, n_tokens, 0, n_batch)
+    loss = cross_entropy_loss if loss_name == "cross-entropy" else square_error_loss
+    e = gc.set_name(loss(ctx0, targets, logits), "error")
+    gc.build_forward_expand(gf, e)
+    gb = gc.graph_dup(ctx0, gf)
+    gc.build_backward_expand(ctx0, gf, gb, True)
+    return TrainingGraphs(ctx0, gf, gb, e, logits, tokens_input, targets, gc.graph_get_tensor(gf, "tokens"))
+
+
 def train(model, kv_self, args, out=sys.stdout, history=None):
     """The original's training loop, with the graphs built once.
 
@@ -773,26 +804,13 @@ def train(model, kv_self, args, out=sys.stdout, history=None):
     written into the leafs' data, and the optimizer is re-initialised (opt_init, as ggml_opt
     does on every call) and run on the prebuilt graphs with opt_resume_g."""
     hp = model.hparams
-    lora = isinstance(model, LlamaModelLora)
     n_tokens, n_vocab, n_batch = hp.n_ctx, hp.n_vocab, args.n_batch
     params = _opt_params(args)
-    ctx0 = gc.init(_compute_size(hp, n_batch, kv_self, nodes_per_layer=200))
-
+    tg = build_training_graphs(model, kv_self, n_batch, args.loss)
+    ctx0, gf, gb, e, logits = tg.ctx0, tg.gf, tg.gb, tg.error, tg.logits
+    tokens_input, targets, tokens = tg.tokens_input, tg.targets, tg.tokens
     after_opt_best_samples = gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch)
     after_opt_probs = gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch)
-    tokens_input = gc.set_name(gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch), "tokens_input")
-    targets = gc.set_name(gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch), "targets")
-    n_past = 0
-
-    gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
-    fwd = forward_batch_lora if lora else forward_batch
-    logits = fwd(model, kv_self, ctx0, gf, tokens_input, n_tokens, n_past, n_batch)
-    loss = cross_entropy_loss if args.loss == "cross-entropy" else square_error_loss
-    e = gc.set_name(loss(ctx0, targets, logits), "error")
-    gc.build_forward_expand(gf, e)
-    tokens = gc.graph_get_tensor(gf, "tokens")
-    gb = gc.graph_dup(ctx0, gf)
-    gc.build_backward_expand(ctx0, gf, gb, True)
     if args.dump_graphs:
         _dump(args.dump_graphs, "forward", gf)
         _dump(args.dump_graphs, "backward", gb, gf)

@@ -1,7 +1,8 @@
 """Benchmarks: graphcore against numpy (and PyTorch when installed), baselines measured in the same run.
 
-    python -m tools.bench                 # every engine benchmark
+    python -m tools.bench                 # the engine benchmarks: executor matmul scaling ops
     python -m tools.bench executor matmul scaling ops
+    python -m tools.bench baby-llama [--ggml-bin PATH] [--threads N]
 
 Medians of repeated runs are printed (the machine is shared and noisy).
 """
@@ -141,15 +142,149 @@ def bench_scaling(args):
     row("graphcore, 2 threads", f"{t2 * 1e3:.2f}", f"{t1 / t2:.2f}x", f"{t_np / t2:.2f}x")
 
 
-BENCHES = {"executor": bench_executor, "matmul": bench_matmul, "scaling": bench_scaling}
+def _np_rope0(x, pos, n_dims, base=10000.0):
+    """rope mode 0 in numpy: adjacent pairs of the first n_dims of each row rotated by pos * base^(-2i/n_dims)."""
+    theta = pos[:, None, None].astype(np.float64) * base ** (-np.arange(0, n_dims, 2) / n_dims)
+    c, s_ = np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    out = x.copy()
+    x0, x1 = x[..., 0:n_dims:2], x[..., 1:n_dims:2]
+    out[..., 0:n_dims:2] = x0 * c - x1 * s_
+    out[..., 1:n_dims:2] = x0 * s_ + x1 * c
+    return out
+
+
+def bench_ops(args):
+    """soft_max, rms_norm and rope throughput against numpy equivalents."""
+    print("\n(d) normalisation and attention ops, million elements per second (numpy: vectorised equivalent)")
+    rng = np.random.default_rng(0)
+    ctx = gc.init(256 << 20)
+    rows, cols = 1024, 1024
+    X = rng.standard_normal((rows, cols)).astype(np.float32)
+    R = rng.standard_normal((256, 32, 128)).astype(np.float32)     # tokens, heads, head dim
+    pos = np.arange(256, dtype=np.int32)
+    x = gc.from_numpy(ctx, X)
+    r = gc.from_numpy(ctx, R)
+    p = gc.from_numpy(ctx, pos)
+    cases = [
+        ("soft_max [1024 x 1024]", gc.soft_max(ctx, x), X.size,
+         lambda: (lambda e: e / e.sum(-1, keepdims=True))(np.exp(X - X.max(-1, keepdims=True)))),
+        ("rms_norm [1024 x 1024]", gc.rms_norm(ctx, x, 1e-6), X.size,
+         lambda: X / np.sqrt((X * X).mean(-1, keepdims=True) + 1e-6)),
+        ("rope mode 0 [128 x 32 x 256]", gc.rope(ctx, r, p, 128, 0, 0), R.size,
+         lambda: _np_rope0(R, pos, 128)),
+    ]
+    row("", "numpy", "graphcore 1t", "graphcore 2t", "2t / numpy")
+    for name, node, n, ref in cases:
+        g = gc.new_graph(ctx)
+        gc.build_forward_expand(g, node)
+        t_np = median_time(ref)
+        t1 = median_time(planned(g, 1))
+        t2 = median_time(planned(g, 2))
+        assert np.allclose(node.numpy(), ref(), rtol=1e-4, atol=1e-4), name
+        row(name, f"{n / t_np / 1e6:.0f}", f"{n / t1 / 1e6:.0f}", f"{n / t2 / 1e6:.0f}", f"{t_np / t2:.2f}x")
+
+
+ORIGINAL_WALL_S = 2.7          # the C original, whole default run, 1 thread, this machine (BABY_LLAMA.md)
+ORIGINAL_EVALS = 5068
+
+
+def _run_baby_llama(extra_env=None, threads=1):
+    import re
+    import subprocess
+    import tempfile
+    env = dict(os.environ, **(extra_env or {}))
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "models.baby_llama", "--progress", "--threads", str(threads)],
+                         capture_output=True, text=True, env=env, check=True)
+    wall = time.perf_counter() - t0
+    m = re.search(r"(\d+) forward\+backward evaluations, training ([\d.]+) s", out.stderr)
+    return wall, int(m.group(1)), float(m.group(2)), out.stdout
+
+
+def bench_baby_llama(args):
+    """The full default baby-llama run, cold (empty numba cache) and warm, against the original."""
+    import tempfile
+    print(f"\nbaby-llama, full default run (256 batches, L-BFGS), {args.threads} thread(s)")
+    row("", "wall s", "evals", "evals/s", "vs original")
+    with tempfile.TemporaryDirectory() as cache:
+        wall, evals, train_s, _ = _run_baby_llama({"NUMBA_CACHE_DIR": cache}, args.threads)
+        row("graphcore, cold (fresh numba cache)", f"{wall:.2f}", evals, f"{evals / train_s:.0f}",
+            f"{wall / ORIGINAL_WALL_S:.2f}x time")
+    walls = []
+    for _ in range(args.repeat):
+        wall, evals, train_s, stdout = _run_baby_llama(None, args.threads)
+        walls.append((wall, evals, train_s))
+    wall, evals, train_s = sorted(walls)[len(walls) // 2]
+    row(f"graphcore, warm (median of {args.repeat})", f"{wall:.2f}", evals, f"{evals / train_s:.0f}",
+        f"{wall / ORIGINAL_WALL_S:.2f}x time")
+    row("original (BABY_LLAMA.md figure)", f"{ORIGINAL_WALL_S:.2f}", ORIGINAL_EVALS,
+        f"{ORIGINAL_EVALS / (0.51e-3 * ORIGINAL_EVALS):.0f}", "1.00x")
+    if args.ggml_bin:
+        import subprocess
+        ts = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            subprocess.run([args.ggml_bin], capture_output=True, check=True)
+            ts.append(time.perf_counter() - t0)
+        t = statistics.median(ts)
+        row("original binary, measured now", f"{t:.2f}", "", "", f"{wall / t:.2f}x time")
+    bench_llama_torch(args)
+
+
+def bench_llama_torch(args):
+    """A larger model (n_embd 256, 4 layers, n_ctx 64, batch 8): one forward+backward evaluation,
+    graphcore against the same model in PyTorch at the same thread count."""
+    from types import SimpleNamespace
+    import models.baby_llama as bl
+    cfg = SimpleNamespace(n_vocab=8, n_ctx=64, n_embd=256, n_mult=2, n_head=8, n_layer=4, n_batch=8, lora=False)
+    model = bl.build_model(cfg)
+    bl.init_model(model)
+    bl.set_param_model(model)
+    bl.randomize_model(model, 1337, 0.0, 1.0, -1.0, 1.0)
+    kv = bl.LlamaKVCache()
+    kv.ctx = model.ctx
+    bl.init_kv_cache(kv, model, cfg.n_batch)
+    tg = bl.build_training_graphs(model, kv, cfg.n_batch)
+    bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
+    tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
+    print(f"\nlarger model: n_embd 256, n_layer 4, n_ctx 64, n_batch 8 ({tg.gb.n_nodes} backward-graph nodes), "
+          f"one forward+backward evaluation, ms")
+    try:
+        from tools.torch_llama import make_step
+        import torch
+    except ImportError:
+        make_step = None
+    row("threads", "graphcore", "torch" if make_step else "(torch not installed)", "torch / graphcore")
+    for nt in sorted({1, args.threads, 2}):
+        seed = tg.error.grad.numpy4d().reshape(-1)
+
+        def step():
+            seed[0] = 1.0
+            run()
+        run = planned(tg.gb, nt)
+        t_gc = median_time(step, repeat=10)
+        cols = [f"{t_gc * 1e3:.1f}"]
+        if make_step:
+            t_t = median_time(make_step(model.hparams, cfg.n_batch, nt), repeat=10)
+            cols += [f"{t_t * 1e3:.1f}", f"{t_t / t_gc:.2f}x"]
+        row(str(nt), *cols)
+
+
+BENCHES = {"executor": bench_executor, "matmul": bench_matmul, "scaling": bench_scaling, "ops": bench_ops,
+           "baby-llama": bench_baby_llama}
+ENGINE = ["executor", "matmul", "scaling", "ops"]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", nargs="*", choices=[[]] + list(BENCHES), help="benchmarks to run (default: all)")
+    p.add_argument("which", nargs="*", choices=[[]] + list(BENCHES),
+                   help="benchmarks to run (default: the engine ones, " + " ".join(ENGINE) + ")")
+    p.add_argument("--threads", type=int, default=1, help="baby-llama: threads (default 1, as the original)")
+    p.add_argument("--repeat", type=int, default=3, help="baby-llama: warm runs (median)")
+    p.add_argument("--ggml-bin", metavar="PATH", help="baby-llama: also time an original baby-llama binary")
     args = p.parse_args(argv)
     print(f"machine: {machine()}")
-    for name in args.which or list(BENCHES):
+    for name in args.which or ENGINE:
         BENCHES[name](args)
 
 

@@ -8,8 +8,10 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import fp16_to_fp32, fp32_to_fp16, inline, record, split, t_type, view_f32, view_i32, view_u16
-from .common import shapes
+from ..kernel import (fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, split, split_aligned, t_addr, t_ne, t_type,
+                      view_f32, view_i32, view_u16)
+from ..native import f32_1d, i32_1d, u16_1d
+from .common import next_row, shapes
 from .refs import convert, shape4
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
 
@@ -18,11 +20,26 @@ _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
 # -- dup / cpy / cont: copy elements in row-major order, converting types --------------------------------
 @inline
-def _copy_loop(r, ith, nth, src, dst, conv):
-    """dst's element k (row-major) = conv(src's element k); src and dst may differ in shape and strides."""
+def _copy_loop(r, ith, nth, src, dst, conv, sflat, dflat):
+    """dst's element k (row-major) = conv(src's element k); src and dst may differ in shape and strides.
+    sflat, dflat: the same tensors as flat arrays, used when both are dense."""
     s3, s2, s1, s0 = src.shape
     d3, d2, d1, d0 = dst.shape
+    if is_dense(r, 1, src.itemsize) and is_dense(r, 0, dst.itemsize):    # element k is flat index k
+        lo, hi = split_aligned(s0 * s1 * s2 * s3, ith, nth)
+        for k in range(lo, hi):
+            dflat[k] = conv(sflat[k])
+        return
     lo, hi = split(s1 * s2 * s3, ith, nth)
+    if s0 == d0 and s1 == d1 and s2 == d2 and s3 == d3:                   # same shape: row by row
+        i3, i2, i1 = lo // (s2 * s1), (lo // s1) % s2, lo % s1
+        for _ in range(lo, hi):
+            x = src[i3, i2, i1]
+            y = dst[i3, i2, i1]
+            for i0 in range(s0):
+                y[i0] = conv(x[i0])
+            i1, i2, i3 = next_row(i1, i2, i3, s1, s2)
+        return
     for ir in range(lo, hi):
         i3, i2, i1 = ir // (s2 * s1), (ir // s1) % s2, ir % s1
         k = ir * s0                       # linear index of the row's first element
@@ -66,30 +83,50 @@ def _i32_to_f16(x):
     return fp32_to_fp16(np.float32(x))
 
 
+@inline
+def _n_elements(r, s):
+    return t_ne(r, s, 0) * t_ne(r, s, 1) * t_ne(r, s, 2) * t_ne(r, s, 3)
+
+
+@inline
+def _flat_f32(r, s):
+    return f32_1d(t_addr(r, s), (_n_elements(r, s),), (4,))
+
+
+@inline
+def _flat_i32(r, s):
+    return i32_1d(t_addr(r, s), (_n_elements(r, s),), (4,))
+
+
+@inline
+def _flat_u16(r, s):
+    return u16_1d(t_addr(r, s), (_n_elements(r, s),), (2,))
+
+
 def _dup_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     st, dt = t_type(r, 1), t_type(r, 0)
     if st == _F32:
         if dt == _F32:
-            _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), _same)
+            _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), _same, _flat_f32(r, 1), _flat_f32(r, 0))
         elif dt == _F16:
-            _copy_loop(r, ith, nth, view_f32(r, 1), view_u16(r, 0), fp32_to_fp16)
+            _copy_loop(r, ith, nth, view_f32(r, 1), view_u16(r, 0), fp32_to_fp16, _flat_f32(r, 1), _flat_u16(r, 0))
         else:
-            _copy_loop(r, ith, nth, view_f32(r, 1), view_i32(r, 0), _to_i32)
+            _copy_loop(r, ith, nth, view_f32(r, 1), view_i32(r, 0), _to_i32, _flat_f32(r, 1), _flat_i32(r, 0))
     elif st == _F16:
         if dt == _F32:
-            _copy_loop(r, ith, nth, view_u16(r, 1), view_f32(r, 0), fp16_to_fp32)
+            _copy_loop(r, ith, nth, view_u16(r, 1), view_f32(r, 0), fp16_to_fp32, _flat_u16(r, 1), _flat_f32(r, 0))
         elif dt == _F16:
-            _copy_loop(r, ith, nth, view_u16(r, 1), view_u16(r, 0), _same)
+            _copy_loop(r, ith, nth, view_u16(r, 1), view_u16(r, 0), _same, _flat_u16(r, 1), _flat_u16(r, 0))
         else:
-            _copy_loop(r, ith, nth, view_u16(r, 1), view_i32(r, 0), _f16_to_i32)
+            _copy_loop(r, ith, nth, view_u16(r, 1), view_i32(r, 0), _f16_to_i32, _flat_u16(r, 1), _flat_i32(r, 0))
     else:
         if dt == _F32:
-            _copy_loop(r, ith, nth, view_i32(r, 1), view_f32(r, 0), _to_f32)
+            _copy_loop(r, ith, nth, view_i32(r, 1), view_f32(r, 0), _to_f32, _flat_i32(r, 1), _flat_f32(r, 0))
         elif dt == _F16:
-            _copy_loop(r, ith, nth, view_i32(r, 1), view_u16(r, 0), _i32_to_f16)
+            _copy_loop(r, ith, nth, view_i32(r, 1), view_u16(r, 0), _i32_to_f16, _flat_i32(r, 1), _flat_u16(r, 0))
         else:
-            _copy_loop(r, ith, nth, view_i32(r, 1), view_i32(r, 0), _same)
+            _copy_loop(r, ith, nth, view_i32(r, 1), view_i32(r, 0), _same, _flat_i32(r, 1), _flat_i32(r, 0))
 
 
 def _tasks_by_src_rows(node, n_threads):
