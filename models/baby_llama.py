@@ -679,7 +679,7 @@ def _parser():
     p.add_argument("--n-lora", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--n-gen", type=int, default=128, help="tokens to generate (default 128)")
     p.add_argument("--progress", action="store_true",
-                   help="one line per batch on stderr: errors, optimizer result, evaluations, time")
+                   help="a progress bar on stderr: batches, last error, evaluations per second")
     p.add_argument("--dump-graphs", metavar="DIR",
                    help="write the forward, backward and generation graphs (text and Graphviz dot) to DIR")
     p.add_argument("--plot-loss", metavar="FILE.png", help="draw the errors before and after each batch")
@@ -793,6 +793,16 @@ def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square
     return TrainingGraphs(ctx0, gf, gb, e, logits, tokens_input, targets, gc.graph_get_tensor(gf, "tokens"))
 
 
+def _progress_bar(done: int, total: int, error: float, n_evals: int, seconds: float, result: str) -> None:
+    """One line on stderr, redrawn in place: batches done, the last error, evaluations per second."""
+    width = 30
+    fill = width * done // max(total, 1)
+    rate = n_evals / seconds if seconds > 0 else 0.0
+    sys.stderr.write(f"\r[{'#' * fill}{'-' * (width - fill)}] {done}/{total}  error {error:9.2f}  "
+                     f"{rate:7.0f} evals/s  {result:<16s}")
+    sys.stderr.flush()
+
+
 def train(model, kv_self, args, out=sys.stdout, history=None):
     """The original's training loop, with the graphs built once.
 
@@ -819,7 +829,6 @@ def train(model, kv_self, args, out=sys.stdout, history=None):
     n_evals = 0
     t_start = time.perf_counter()
     for ex in range(args.examples):
-        t0 = time.perf_counter()
         get_example_targets_batch(ctx0, 64 * ex + 0, tokens_input, targets)
         tokens.numpy()[:] = tokens_input.numpy().reshape(-1)
 
@@ -844,10 +853,11 @@ def train(model, kv_self, args, out=sys.stdout, history=None):
             out.write("best samples after optimization:\n")
             print_tokens(after_opt_best_samples, n_vocab, file=out)
         if args.progress:
-            sys.stderr.write(f"example {ex + 1:4d}: before {error_before_opt:10.4f} after {error_after_opt:10.4f} "
-                             f"{_result_name(result)} "
-                             f"evals {opt.n_evals:3d} {1e3 * (time.perf_counter() - t0):7.1f} ms\n")
+            _progress_bar(ex + 1, args.examples, error_after_opt, n_evals, time.perf_counter() - t_start,
+                          _result_name(result))
         out.flush()
+    if args.progress and args.examples:
+        sys.stderr.write("\n")
     return dict(n_evals=n_evals, seconds=time.perf_counter() - t_start, ctx0_used=gc.used_mem(ctx0))
 
 
