@@ -27,8 +27,9 @@ def _copy_loop(r, ith, nth, src, dst, conv, sflat, dflat):
     d3, d2, d1, d0 = dst.shape
     if is_dense(r, 1, src.itemsize) and is_dense(r, 0, dst.itemsize):    # element k is flat index k
         lo, hi = split_aligned(s0 * s1 * s2 * s3, ith, nth)
-        for k in range(lo, hi):
-            dflat[k] = conv(sflat[k])
+        sf, df = sflat[lo:hi], dflat[lo:hi]
+        for k in range(hi - lo):            # 0-based: no negative-index checks, so it vectorises
+            df[k] = conv(sf[k])
         return
     lo, hi = split(s1 * s2 * s3, ith, nth)
     if s0 == d0 and s1 == d1 and s2 == d2 and s3 == d3:                   # same shape: row by row
