@@ -11,3 +11,8 @@ class OutOfMemoryError(MemoryError):
 
 class ComputeError(GraphError):
     """A kernel reported a data-dependent failure (for example an index out of range) while computing."""
+
+
+class GraphFileError(GraphError):
+    """A graph file (gc.graph_import) that is truncated, corrupt, foreign or of a newer format version;
+    the message names the file and what is wrong."""

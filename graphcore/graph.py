@@ -161,20 +161,11 @@ def graph_get_tensor(g: Graph, name: str):
 
 
 def graph_print(g: Graph, file=None) -> str:
-    """ggml_graph_print's layout, plus each tensor's type, bytes and name. Returns the text
-    and prints it to `file` when one is given."""
-    from .ops.registry import op_name as _name
-    lines = ["=== GRAPH ===", f"n_nodes = {g.n_nodes}"]
-    for i, n in enumerate(g.nodes):
-        flag = "x" if n.flags & TN.FLAG_PARAM else ("g" if n.grad is not None else " ")
-        lines.append(f" - {i:3d}: [ {n.ne[0]:5d}, {n.ne[1]:5d}, {n.ne[2]:5d}, {n.ne[3]:5d}] "
-                     f"{_name(n.op):>16s} {flag} {T.type_name(n.type):>4s} {TN.nbytes(n):10d} B  {n.name}")
-    lines.append(f"n_leafs = {g.n_leafs}")
-    for i, n in enumerate(g.leafs):
-        lines.append(f" - {i:3d}: [ {n.ne[0]:5d}, {n.ne[1]:5d}] {_name(n.op):>8s} "
-                     f"{T.type_name(n.type):>4s} {TN.nbytes(n):10d} B {n.name:>16s}")
-    lines.append("=" * 40)
-    text = "\n".join(lines) + "\n"
+    """ggml_graph_print's table, plus each tensor's type, bytes, flags (P param, I input, O output,
+    V a view of another tensor's bytes) and name (graphcore.dump.graph_text). Returns the text and
+    prints it to `file` when one is given."""
+    from .dump import graph_text
+    text = graph_text(g)
     if file is not None:
         file.write(text)
     return text

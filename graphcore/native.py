@@ -210,54 +210,99 @@ STACK_F32_N = 2048
 stack_f32 = _stack_array(types.float32, STACK_F32_N)  # kernels' small float32 scratch (8 KiB)
 
 
-def _gemm_col(vl: int):
-    """An intrinsic `f(pk, K, b, b_sk, out)`: one column of a small product, vl rows at a time, with
-    explicit vector types (numba's loop vectoriser leaves such short loops scalar):
-    out[0:vl] = float32(sum over k = 0..K-1, in order, of float64(pk[k*vl : k*vl+vl] * b[k*b_sk])),
-    the products in float32, the sums in float64. pk holds K x vl float32 (k-major), b is a byte
-    address with byte stride b_sk, out receives vl float32; addresses are int64."""
+def _splat(builder, val, vty):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), val, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count))
+
+
+def _gemm_tile(vl: int, nc: int, gather: bool):
+    """An intrinsic `f(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)` computing a tile of a small
+    product C[m, n] = sum_k A[m, k] * B[k, n] with explicit vector types (numba's loop vectoriser
+    leaves such short loops scalar): rows m < mb (mb <= vl) of A at byte address a (byte strides
+    a_sm, a_sk), columns n < nc of B at b (b_sk, b_sn), C at c (m stride 4 bytes, n stride c_sn).
+    Each float32 product is added in k order into a float64, rounded once: the plain triple loop's
+    bits. A's vl rows are read per k with one masked gather (any a_sm), or one masked load when
+    gather is False (a_sm == 4); rows past mb are neither read nor written."""
 
     @intrinsic
-    def gemm_col(typingctx, pk, K, b, b_sk, out):
-        i64 = types.int64
-        sig = types.void(i64, i64, i64, i64, i64)
+    def gemm_tile(typingctx, a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn):
+        sig = types.void(*([types.int64] * 10))
 
         def codegen(context, builder, signature, args):
-            pk_, K_, b_, bsk_, out_ = args
-            f32, f64 = ir.FloatType(), ir.DoubleType()
-            vf, vd = ir.VectorType(f32, vl), ir.VectorType(f64, vl)
-            zero_i = ir.Constant(_I64, 0)
+            a_, asm_, ask_, mb_, K_, b_, bsk_, bsn_, c_, csn_ = args
+            mod = builder.module
+            f32, f64, i32 = ir.FloatType(), ir.DoubleType(), ir.IntType(32)
+            vf, vd, vi = ir.VectorType(f32, vl), ir.VectorType(f64, vl), ir.VectorType(_I64, vl)
+            vb = ir.VectorType(ir.IntType(1), vl)
+            ptr = f32.as_pointer()
+            align = ir.Constant(i32, 4)
+            lane = ir.Constant(vi, list(range(vl)))
+            mask = builder.icmp_signed("<", lane, _splat(builder, mb_, vi))
+            zero = ir.Constant(vf, [0.0] * vl)
+            if gather:
+                vptr = ir.VectorType(ptr, vl)
+                load = cgutils.get_or_insert_function(mod, ir.FunctionType(vf, [vptr, i32, vb, vf]),
+                                                      f"llvm.masked.gather.v{vl}f32.v{vl}p0")
+                offs = builder.mul(lane, _splat(builder, asm_, vi))
+            else:
+                load = cgutils.get_or_insert_function(mod, ir.FunctionType(vf, [ptr, i32, vb, vf]),
+                                                      f"llvm.masked.load.v{vl}f32.p0")
+            store = cgutils.get_or_insert_function(mod, ir.FunctionType(ir.VoidType(), [vf, ptr, i32, vb]),
+                                                   f"llvm.masked.store.v{vl}f32.p0")
             entry = builder.block
-            cond = builder.append_basic_block("gemm_col.cond")
-            body = builder.append_basic_block("gemm_col.body")
-            done = builder.append_basic_block("gemm_col.done")
+            cond = builder.append_basic_block("gemm_tile.cond")
+            body = builder.append_basic_block("gemm_tile.body")
+            done = builder.append_basic_block("gemm_tile.done")
+            bcols = [builder.add(b_, builder.mul(bsn_, ir.Constant(_I64, j))) for j in range(nc)]
             builder.branch(cond)
             builder.position_at_end(cond)
             k = builder.phi(_I64)
-            acc = builder.phi(vd)
-            k.add_incoming(zero_i, entry)
-            acc.add_incoming(ir.Constant(vd, [0.0] * vl), entry)
+            k.add_incoming(ir.Constant(_I64, 0), entry)
+            accs = []
+            for j in range(nc):
+                acc = builder.phi(vd)
+                acc.add_incoming(ir.Constant(vd, [0.0] * vl), entry)
+                accs.append(acc)
             builder.cbranch(builder.icmp_signed("<", k, K_), body, done)
             builder.position_at_end(body)
-            pa = builder.add(pk_, builder.mul(k, ir.Constant(_I64, 4 * vl)))
-            a = builder.load(builder.inttoptr(pa, vf.as_pointer()), align=4, typ=vf)
-            pb = builder.add(b_, builder.mul(k, bsk_))
-            bv = builder.load(builder.inttoptr(pb, f32.as_pointer()), align=4, typ=f32)
-            bvec = builder.insert_element(ir.Constant(vf, ir.Undefined), bv, ir.Constant(ir.IntType(32), 0))
-            bvec = builder.shuffle_vector(bvec, ir.Constant(vf, ir.Undefined),
-                                          ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl))
-            nxt = builder.fadd(acc, builder.fpext(builder.fmul(a, bvec), vd))
+            base = builder.add(a_, builder.mul(k, ask_))
+            if gather:
+                ptrs = builder.inttoptr(builder.add(_splat(builder, base, vi), offs), vptr)
+                av = builder.call(load, [ptrs, align, mask, zero])
+            else:
+                av = builder.call(load, [builder.inttoptr(base, ptr), align, mask, zero])
+            boff = builder.mul(k, bsk_)
+            for j in range(nc):
+                bv = builder.load(builder.inttoptr(builder.add(bcols[j], boff), ptr), align=4, typ=f32)
+                accs[j].add_incoming(builder.fadd(accs[j], builder.fpext(builder.fmul(av, _splat(builder, bv, vf)), vd)),
+                                     body)
             k.add_incoming(builder.add(k, ir.Constant(_I64, 1)), body)
-            acc.add_incoming(nxt, body)
             builder.branch(cond)
             builder.position_at_end(done)
-            builder.store(builder.fptrunc(acc, vf), builder.inttoptr(out_, vf.as_pointer()), align=4)
+            for j in range(nc):
+                o = builder.add(c_, builder.mul(csn_, ir.Constant(_I64, j)))
+                builder.call(store, [builder.fptrunc(accs[j], vf), builder.inttoptr(o, ptr), align, mask])
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return gemm_col
+    return gemm_tile
 
 
-gemm_col8 = _gemm_col(8)
-gemm_col4 = _gemm_col(4)
+# tiles of 8 or 4 rows by 4 or 1 columns; A's rows gathered (g) or loaded contiguously (c)
+gemm_tile_g8x4, gemm_tile_g8x1, gemm_tile_g4x4, gemm_tile_g4x1 = (_gemm_tile(v, n, True) for v, n in
+                                                                  ((8, 4), (8, 1), (4, 4), (4, 1)))
+gemm_tile_c8x4, gemm_tile_c8x1, gemm_tile_c4x4, gemm_tile_c4x1 = (_gemm_tile(v, n, False) for v, n in
+                                                                  ((8, 4), (8, 1), (4, 4), (4, 1)))
+
+
+@intrinsic
+def fma_f64(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma: one instruction where the CPU has FMA; loops over it vectorise)."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen

@@ -681,7 +681,8 @@ def _parser():
     p.add_argument("--progress", action="store_true",
                    help="a progress bar on stderr: batches, last error, evaluations per second")
     p.add_argument("--dump-graphs", metavar="DIR",
-                   help="write the forward, backward and generation graphs (text and Graphviz dot) to DIR")
+                   help="write the forward, backward and generation graphs to DIR: text, Graphviz dot and "
+                        "graph files (.gcg, for graphcore-dump and gc.graph_import)")
     p.add_argument("--plot-loss", metavar="FILE.png", help="draw the errors before and after each batch")
     g = p.add_argument_group("model sizes")
     g.add_argument("--n-vocab", type=int, default=8)
@@ -747,9 +748,8 @@ def _dump(dirname, name, g, gf=None):
     os.makedirs(dirname, exist_ok=True)
     with open(os.path.join(dirname, name + ".txt"), "w") as f:
         f.write(gc.graph_print(g))
-    dump_dot = getattr(gc, "graph_dump_dot", None)
-    if dump_dot is not None:
-        dump_dot(g, gf, os.path.join(dirname, name + ".dot"))
+    gc.graph_dump_dot(g, gf, os.path.join(dirname, name + ".dot"))
+    gc.graph_export(g, os.path.join(dirname, name + ".gcg"), gf)     # graphcore-dump reads it back
 
 
 def _compute_size(hp, n_batch, kv_self, nodes_per_layer):

@@ -218,3 +218,18 @@ def test_map_custom_build_errors():
         gc.map_custom1(None, a, scale3, 1)
     with pytest.raises(gc.GraphError, match="allow_python"):
         gc.map_custom1(ctx, a, scale3, 1, allow_python="yes")
+
+
+
+# -- random graphs of this family's ops: each op's sampler and numpy reference live beside its kernel ---------
+from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
+
+
+_GRAPH_OPS = [op for m in ["custom"] for op in family_ops(m)]
+
+
+@given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))
+def test_random_graphs_of_custom_ops(drawn):
+    """Random DAGs of these ops (shared inputs, every layout, special values, tiny to BLAS-sized): every
+    node against its op's reference, for 1 and 2 threads (tiny nodes split too)."""
+    assert_graph_close(drawn.graph, n_threads=(1, 2))

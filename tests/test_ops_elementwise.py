@@ -310,3 +310,18 @@ def test_scale_add1_errors():
     _raises(lambda: gc.scale(ctx, a, "2"), "scale", "str")
     _raises(lambda: gc.scale_inplace(ctx, np.ones(3), 2.0), "scale_inplace", "ndarray")
     _raises(lambda: gc.scale(ctx, gc.new_tensor_1d(ctx, gc.TYPE_I32, 3), 2.0), "scale", "i32")
+
+
+
+# -- random graphs of this family's ops: each op's sampler and numpy reference live beside its kernel ---------
+from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
+
+
+_GRAPH_OPS = [op for m in ["elementwise"] for op in family_ops(m)]
+
+
+@given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))
+def test_random_graphs_of_elementwise_ops(drawn):
+    """Random DAGs of these ops (shared inputs, every layout, special values, tiny to BLAS-sized): every
+    node against its op's reference, for 1 and 2 threads (tiny nodes split too)."""
+    assert_graph_close(drawn.graph, n_threads=(1, 2))

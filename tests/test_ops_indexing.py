@@ -349,3 +349,18 @@ def test_set_acc_errors():
     _raises(lambda: gc.acc_inplace(ctx, a, v, 32, 128, 128, 24), "acc_inplace", "shares bytes")
     gc.set_1d_inplace(ctx, a, v, 64)                # a different part of a is fine
     gc.set_1d(ctx, a, v, 8)                         # and so is writing into a copy
+
+
+
+# -- random graphs of this family's ops: each op's sampler and numpy reference live beside its kernel ---------
+from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
+
+
+_GRAPH_OPS = [op for m in ["indexing"] for op in family_ops(m)]
+
+
+@given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))
+def test_random_graphs_of_indexing_ops(drawn):
+    """Random DAGs of these ops (shared inputs, every layout, special values, tiny to BLAS-sized): every
+    node against its op's reference, for 1 and 2 threads (tiny nodes split too)."""
+    assert_graph_close(drawn.graph, n_threads=(1, 2))

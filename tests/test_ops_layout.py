@@ -450,3 +450,18 @@ def test_copy_errors():
     _raises(lambda: gc.cont_2d(ctx, a, 5, 2), "cont_4d", "[4, 3, 1, 1]")
     _raises(lambda: gc.cont_2d(ctx, a, 2.5, 4.8), "cont", "[4, 3, 1, 1]")
     _raises(lambda: gc.cont_1d(ctx, a, -12), "cont", "[4, 3, 1, 1]")
+
+
+
+# -- random graphs of this family's ops: each op's sampler and numpy reference live beside its kernel ---------
+from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
+
+
+_GRAPH_OPS = [op for m in ["layout"] for op in family_ops(m)]
+
+
+@given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))
+def test_random_graphs_of_layout_ops(drawn):
+    """Random DAGs of these ops (shared inputs, every layout, special values, tiny to BLAS-sized): every
+    node against its op's reference, for 1 and 2 threads (tiny nodes split too)."""
+    assert_graph_close(drawn.graph, n_threads=(1, 2))

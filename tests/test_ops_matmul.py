@@ -223,3 +223,18 @@ def test_out_prod_errors():
             "out_prod", "f16")
     _raises(lambda: gc.out_prod(ctx, a, gc.new_tensor_2d(ctx, gc.TYPE_I32, 5, 4)), "out_prod", "i32")
     _raises(lambda: gc.out_prod(ctx, a, np.zeros((4, 5))), "out_prod", "ndarray")
+
+
+
+# -- random graphs of this family's ops: each op's sampler and numpy reference live beside its kernel ---------
+from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
+
+
+_GRAPH_OPS = [op for m in ["matmul"] for op in family_ops(m)]
+
+
+@given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))
+def test_random_graphs_of_matmul_ops(drawn):
+    """Random DAGs of these ops (shared inputs, every layout, special values, tiny to BLAS-sized): every
+    node against its op's reference, for 1 and 2 threads (tiny nodes split too)."""
+    assert_graph_close(drawn.graph, n_threads=(1, 2))

@@ -719,3 +719,18 @@ def test_loss_and_repeat_back_errors():
             "[3, 3, 1, 1]")
     _raises(lambda: gc.repeat_back(ctx, a, gc.new_tensor_2d(ctx, F32, 8, 3)), "repeat_back")
     _raises(lambda: gc.repeat_back(ctx, gc.new_tensor_2d(ctx, I32, 4, 3), a), "repeat_back", "i32")
+
+
+
+# -- random graphs of this family's ops: each op's sampler and numpy reference live beside its kernel ---------
+from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
+
+
+_GRAPH_OPS = [op for m in ["norm", "attention", "activations", "losses"] for op in family_ops(m)]
+
+
+@given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))
+def test_random_graphs_of_nn_ops(drawn):
+    """Random DAGs of these ops (shared inputs, every layout, special values, tiny to BLAS-sized): every
+    node against its op's reference, for 1 and 2 threads (tiny nodes split too)."""
+    assert_graph_close(drawn.graph, n_threads=(1, 2))

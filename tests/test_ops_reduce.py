@@ -166,3 +166,18 @@ def test_argmax_repeat_errors():
     _raises(lambda: gc.repeat(ctx, gc.new_tensor_2d(ctx, I32, 4, 3), a), "repeat", "i32")
     _raises(lambda: gc.repeat(ctx, a, np.zeros((6, 8))), "repeat", "ndarray")
     _raises(lambda: gc.repeat(ctx, np.zeros((6, 8)), a), "repeat", "ndarray")
+
+
+
+# -- random graphs of this family's ops: each op's sampler and numpy reference live beside its kernel ---------
+from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
+
+
+_GRAPH_OPS = [op for m in ["reduce"] for op in family_ops(m)]
+
+
+@given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))
+def test_random_graphs_of_reduce_ops(drawn):
+    """Random DAGs of these ops (shared inputs, every layout, special values, tiny to BLAS-sized): every
+    node against its op's reference, for 1 and 2 threads (tiny nodes split too)."""
+    assert_graph_close(drawn.graph, n_threads=(1, 2))

@@ -44,6 +44,9 @@ def test_every_op_has_every_part(op):
     assert op.reference_nmse > 0, f"{op.name}: reference tolerance"
     if op.name != "NONE":
         assert callable(op.sample), f"{op.name}: no sampler for random graphs (@sample_of in its module)"
+    # graph files (graphcore.graphfile): every op is rebuilt through its own builder on import
+    assert callable(op.rebuild), f"{op.name}: no rebuild adapter for graph files (@rebuild_of in its module)"
+    assert op.not_exportable is None or isinstance(op.not_exportable, str)
     assert op_constant(op.name) == op.code
 
 

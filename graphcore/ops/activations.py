@@ -17,6 +17,7 @@ from .common import (binary_loop, check_f32, check_same_shape, elementwise_node,
 from .refs import f64, sample_binary, sample_unary
 from .registry import reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
+from .registry import rebuild_by, rebuild_of
 
 
 def _unary_builders(op, name):
@@ -63,6 +64,7 @@ def _tanh_reference(node, srcs):
 def _tanh_sample(d):
     return sample_unary(d, tanh, tanh_inplace)
 tanh, tanh_inplace = _unary_builders(TANH, "tanh")
+rebuild_of(TANH)(rebuild_by(tanh, tanh_inplace))
 
 
 # -- elu: x for x > 0, exp(x) - 1 otherwise --------------------------------------------------------------------
@@ -96,6 +98,7 @@ def _elu_reference(node, srcs):
 def _elu_sample(d):
     return sample_unary(d, elu, elu_inplace)
 elu, elu_inplace = _unary_builders(ELU, "elu")
+rebuild_of(ELU)(rebuild_by(elu, elu_inplace))
 
 
 # -- gelu_quick: x * sigmoid(1.702 x) --------------------------------------------------------------------------
@@ -105,6 +108,8 @@ GELU_QUICK_COEF = -1.702
 @inline
 def _gelu_quick_f(x, p):
     v = np.float64(x)
+    if v < -450.0:          # the limit is 0, as for gelu and silu (the formula gives -inf / inf at -inf)
+        return np.float32(-0.0)
     return np.float32(v / (1.0 + exp_f64(GELU_QUICK_COEF * v)))
 
 
@@ -124,14 +129,15 @@ GELU_QUICK = register("GELU_QUICK", "gelu_quick(x)", _gelu_quick_kernel, n_tasks
 
 @reference_of(GELU_QUICK)
 def _gelu_quick_reference(node, srcs):
-    x = f64(srcs[0])
-    return x / (1.0 + np.exp(GELU_QUICK_COEF * x))
+    x = f64(srcs[0])         # the limit at -inf is 0, as for gelu and silu
+    return np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(GELU_QUICK_COEF * x)))
 
 
 @sample_of(GELU_QUICK)
 def _gelu_quick_sample(d):
     return sample_unary(d, gelu_quick, gelu_quick_inplace)
 gelu_quick, gelu_quick_inplace = _unary_builders(GELU_QUICK, "gelu_quick")
+rebuild_of(GELU_QUICK)(rebuild_by(gelu_quick, gelu_quick_inplace))
 
 
 # -- leaky_relu: max(x, 0) + slope * min(x, 0); op_params[0] = slope (float) ------------------------------------
@@ -176,6 +182,11 @@ def leaky_relu(ctx, a, negative_slope: float, inplace: bool = False):
     check_f32(op, a)
     s = real(op, "negative_slope", negative_slope)
     return elementwise_node(ctx, LEAKY_RELU, a, [a], [s], inplace=boolean(op, "inplace", inplace))
+
+
+@rebuild_of(LEAKY_RELU)
+def _leaky_relu_rebuild(ctx, srcs, rec):
+    return leaky_relu(ctx, *srcs, rec.f32(0), rec.inplace)
 
 
 # -- clamp: min(max(x, lo), hi); op_params = {min, max} (floats) ------------------------------------------------
@@ -238,10 +249,17 @@ def clamp_inplace(ctx, a, min: float, max: float):
     return _clamp(ctx, a, min, max, True, "clamp_inplace")
 
 
+@rebuild_of(CLAMP)
+def _clamp_rebuild(ctx, srcs, rec):
+    return (clamp_inplace if rec.inplace else clamp)(ctx, *srcs, rec.f32(0), rec.f32(1))
+
+
 # -- silu_back: gradient of silu at x (src0) for the output gradient dy (src1) ----------------------------------
 @inline
 def _silu_back_f(x, dy):
     v = np.float64(x)
+    if v > 40.0 or v < -745.0:  # s is 1 or 0 there: the derivative is 1 or 0 (also at +-inf: not inf * 0)
+        return np.float32(np.float64(dy) * (1.0 if v > 0.0 else 0.0))
     s = 1.0 / (1.0 + exp_f64(-v))        # exp_f64: vectorises, unlike math.exp
     return np.float32(np.float64(dy) * s * (1.0 + v * (1.0 - s)))
 
@@ -267,7 +285,7 @@ def _silu_back_reference(node, srcs):
     # d/dx x s(x) = s (1 + x (1 - s)), s the logistic function
     x, dy = f64(srcs[0]), f64(srcs[1])
     s = 1.0 / (1.0 + np.exp(-x))
-    return dy * s * (1.0 + x * (1.0 - s))
+    return dy * np.where(np.isinf(x), np.where(x > 0, 1.0, 0.0), s * (1.0 + x * (1.0 - s)))   # limits at +-inf
 
 
 @sample_of(SILU_BACK)
@@ -280,3 +298,6 @@ def silu_back(ctx, a, b):
     check_f32("silu_back", a, b)
     check_same_shape("silu_back", a, b)
     return elementwise_node(ctx, SILU_BACK, a, [a, b])
+
+
+rebuild_of(SILU_BACK)(rebuild_by(silu_back))

@@ -13,14 +13,15 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import (R_NSRC, exp_f64, f32_at, inline, param_f32, param_i32, record, row_addr, rows_contiguous, split,
-                      t_addr, t_ne, view_f32, view_i32)
+from ..kernel import (R_NSRC, exp_f64, f32_at, inline, is_dense, param_f32, param_i32, record, row_addr, rows_contiguous, split,
+                      t_addr, t_nb, t_ne, view_f32, view_i32)
 from ..native import STACK_N, f64_1d, stack_f64
 from .args import boolean, check_types, integer, real
 from .common import check_f32, check_same_shape, inplace_view, next_row, shapes
 from .refs import f64, tile
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import TILES, param_f32 as param_f32_of, param_i32 as param_i32_of
+from .registry import rebuild_by, rebuild_of
 
 
 def _node(ctx, op, a, srcs, params, inplace):
@@ -121,6 +122,12 @@ def diag_mask_zero_inplace(ctx, a, n_past: int):
     return _diag_mask(ctx, DIAG_MASK_ZERO, a, n_past, True, "diag_mask_zero_inplace")
 
 
+@rebuild_of(DIAG_MASK_INF, DIAG_MASK_ZERO)
+def _diag_mask_rebuild(ctx, srcs, rec):
+    name = "diag_mask_inf" if rec.op == DIAG_MASK_INF else "diag_mask_zero"
+    return _diag_mask(ctx, rec.op, *srcs, rec.i32(0), rec.inplace, name)
+
+
 # -- soft_max: softmax(x * scale + mask + alibi) over each row; op_params = {scale, max_bias} -----------------
 @inline
 def _alibi_slope(h, n_head, max_bias):
@@ -144,17 +151,21 @@ def _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos):
     return w
 
 
+SOFT_MAX_ACROSS = STACK_N     # rows up to this long are staged a group at a time
+
+
 @inline
 def _soft_max_fast(r, lo, hi, scale, max_bias, has_mask, has_pos):
-    """Rows lo..hi of contiguous rows: the strided loop's arithmetic (so its results, with exp_f64 for
-    math.exp), staged through stack buffers so the exp runs as one vectorised loop over a group of
-    rows; the sums stay sequential per row, in float64."""
+    """Rows lo..hi, each row contiguous: the strided loop's arithmetic (w = x * scale (+ mask)
+    (+ slope * pos), its maximum, v = exp(w - max) in float64 (exp_f64, which vectorises), the sum of v
+    in row order, y = float32(v) * (1 / sum)), so its bits. Short rows are staged a group at a time
+    in a stack buffer so that the exps of the whole group are one vectorised loop; long rows go one
+    at a time, exp in blocks. A row with no maximum (all -inf) gives zeros."""
     ne0, ne1, ne2 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2)
     m1 = t_ne(r, 2, 1) if has_mask else 1
-    wb = stack_f64()        # w, then exp(w - max), of a group of rows (or a block of one long row)
-    mb = stack_f64()        # each staged element's row maximum
+    wb = stack_f64()
     i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
-    if ne0 > STACK_N:       # long rows, one at a time, exp in blocks
+    if ne0 > SOFT_MAX_ACROSS:
         for _ in range(lo, hi):
             x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
             y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
@@ -166,17 +177,18 @@ def _soft_max_fast(r, lo, hi, scale, max_bias, has_mask, has_pos):
                 w = _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos)
                 if w > mx:
                     mx = w
-            if mx == -np.inf:              # every element masked: zeros, not 0/0
+            if mx == -np.inf:
                 for i0 in range(ne0):
                     y[i0] = np.float32(0.0)
             else:
                 s = 0.0
                 for b0 in range(0, ne0, STACK_N):
                     n = min(STACK_N, ne0 - b0)
+                    xb, yb, mbk, pbk = x[b0:b0 + n], y[b0:b0 + n], mrow[b0:b0 + n], prow[b0:b0 + n]
                     for k in range(n):
-                        v = exp_f64(_soft_max_w(x, mrow, prow, b0 + k, scale, slope, has_mask, has_pos) - mx)
+                        v = exp_f64(_soft_max_w(xb, mbk, pbk, k, scale, slope, has_mask, has_pos) - mx)
                         wb[k] = v
-                        y[b0 + k] = np.float32(v)
+                        yb[k] = np.float32(v)
                     for k in range(n):
                         s += wb[k]
                 rs = 1.0 / s
@@ -184,51 +196,54 @@ def _soft_max_fast(r, lo, hi, scale, max_bias, has_mask, has_pos):
                     y[i0] = np.float32(np.float64(y[i0]) * rs)
             i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
+    mxs = stack_f64()       # each row's maximum
     group = STACK_N // ne0
-    ir = lo
-    while ir < hi:
-        g = min(group, hi - ir)
+    dense = is_dense(r, 0, 4) and is_dense(r, 1, 4) and not has_mask and not has_pos
+    for g0 in range(lo, hi, group):
+        g = min(group, hi - g0)
+        n = g * ne0
         c1, c2, c3 = i1, i2, i3
-        k = 0
-        for _ in range(g):                 # w of each row into wb, its maximum into mb
-            x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
-            mrow = f32_at(row_addr(r, 2, i1 % m1, 0, 0), ne0) if has_mask else x
-            prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
-            slope = _alibi_slope(i2, ne2, max_bias) if has_pos else 0.0
-            for i0 in range(ne0):
-                wb[k + i0] = _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos)
+        if dense:                                   # w of the group's rows, back to back in wb
+            xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, n)
+            for k in range(n):
+                wb[k] = np.float64(xg[k]) * scale
+        else:
+            for j in range(g):
+                x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
+                mrow = f32_at(row_addr(r, 2, i1 % m1, 0, 0), ne0) if has_mask else x
+                prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
+                slope = _alibi_slope(i2, ne2, max_bias) if has_pos else 0.0
+                w = wb[j * ne0:j * ne0 + ne0]
+                for i0 in range(ne0):
+                    w[i0] = _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos)
+                i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+        for j in range(g):                          # each row's maximum, subtracted
+            w = wb[j * ne0:j * ne0 + ne0]
             mx = -np.inf
             for i0 in range(ne0):
-                w = wb[k + i0]
-                if w > mx:
-                    mx = w
-            if mx == -np.inf:              # every element masked: exp gives 0 everywhere, sum 0 marks it
-                mx = 0.0
-                for i0 in range(ne0):
-                    wb[k + i0] = -np.inf
+                if w[i0] > mx:
+                    mx = w[i0]
+            mxs[j] = mx
+            m = mx if mx != -np.inf else 0.0
             for i0 in range(ne0):
-                mb[k + i0] = mx
-            k += ne0
-            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
-        for j in range(k):                 # the exps of the whole group in one vectorised loop
-            wb[j] = exp_f64(wb[j] - mb[j])
+                w[i0] = w[i0] - m
+        for k in range(n):                          # the group's exps: one flat loop
+            wb[k] = exp_f64(wb[k])
         i1, i2, i3 = c1, c2, c3
-        k = 0
-        for _ in range(g):
-            y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
-            s = 0.0
-            for i0 in range(ne0):
-                s += wb[k + i0]
-            if s == 0.0:                   # all masked (a row with a maximum sums to >= 1): zeros
+        for j in range(g):                          # each row's sum; rows out
+            w = wb[j * ne0:j * ne0 + ne0]
+            y = f32_at(t_addr(r, 0) + 4 * (g0 + j) * ne0 if dense else row_addr(r, 0, i1, i2, i3), ne0)
+            if mxs[j] == -np.inf:                   # no maximum (all -inf): zeros, not 0/0
                 for i0 in range(ne0):
                     y[i0] = np.float32(0.0)
             else:
+                s = 0.0
+                for i0 in range(ne0):
+                    s += w[i0]
                 rs = 1.0 / s
                 for i0 in range(ne0):
-                    y[i0] = np.float32(np.float64(np.float32(wb[k + i0])) * rs)
-            k += ne0
+                    y[i0] = np.float32(np.float64(np.float32(w[i0])) * rs)
             i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
-        ir += g
 
 
 def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -279,7 +294,7 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
                 w += np.float64(m[0, 0, j1, i0])
             if has_pos:
                 w += slope * np.float64(pp[0, 0, 0, i0])
-            v = math.exp(w - mx)
+            v = exp_f64(w - mx)
             y[i0] = np.float32(v)
             s += v
         rs = 1.0 / s
@@ -386,6 +401,12 @@ def soft_max_ext(ctx, a, mask, pos, scale: float, max_bias: float):
     return _soft_max(ctx, a, mask, pos, scale, max_bias, False, "soft_max_ext")
 
 
+@rebuild_of(SOFT_MAX)
+def _soft_max_rebuild(ctx, srcs, rec):
+    a, mask, pos = (list(srcs) + [None, None])[:3]
+    return _soft_max(ctx, a, mask, pos, rec.f32(0), rec.f32(1), rec.inplace, "soft_max")
+
+
 # -- soft_max_back: gradient of softmax given dy (src0) and y = softmax(x) (src1) ------------------------------
 def _soft_max_back_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
@@ -464,6 +485,9 @@ def soft_max_back_inplace(ctx, a, b):
     return _soft_max_back(ctx, a, b, True, "soft_max_back_inplace")
 
 
+rebuild_of(SOFT_MAX_BACK)(rebuild_by(soft_max_back, soft_max_back_inplace))
+
+
 # -- rope ----------------------------------------------------------------------------------------------------
 # op_params (ggml's layout): [0] n_past (0) [1] n_dims [2] mode [3] n_ctx [4] n_orig_ctx,
 # floats [5] freq_base [6] freq_scale [7] ext_factor [8] attn_factor [9] beta_fast [10] beta_slow
@@ -515,15 +539,29 @@ def _rope_loop(rec, ith, nth, wdata, sin_sign):
         corr0 = max(0.0, start)
         corr1 = min(n_dims - 1.0, end)
         mscale = attn_factor * (1.0 + 0.1 * math.log(1.0 / freq_scale))
+    # rows taken position-major (i2, then i3, then i1), so cos/sin are computed once per position
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
+    # mode 0 rotating whole rows that lie back to back along dim 1 (in src and dst): the ne1 rows of
+    # one (i2, i3) are one loop over ne1 * half adjacent pairs, with cos/sin expanded per pair
+    blocks = (fast and not neox and n_dims == ne0 and ne1 * half <= STACK_N
+              and t_nb(r, 0, 1) == 4 * ne0 and t_nb(r, 1, 1) == 4 * ne0)
+    cp = stack_f64()                        # cos of pair q of a block (q = i1 * half + k)
+    sp = stack_f64()                        # sin of pair q
+    npair = ne1 * half
+    fk = stack_f64()                        # base^(-2k/n_dims), the same for every position
+    if half <= STACK_N:
+        for k in range(half):
+            fk[k] = base ** (-2.0 * k / n_dims)
+    i2, i3, i1 = lo // (ne3 * ne1), (lo // ne1) % ne3, lo % ne1
     last = -1
-    for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+    u = lo
+    while u < hi:
         if i2 != last:                      # cos/sin depend on the position (dim 2) only
             last = i2
             p = np.float64(pos[0, 0, 0, i2])
             for k in range(half):
-                theta_extrap = p * base ** (-2.0 * k / n_dims)
+                theta_extrap = p * (fk[k] if half <= STACK_N else base ** (-2.0 * k / n_dims))
                 theta = freq_scale * theta_extrap
                 if ext_factor != 0.0:
                     y = (k - corr0) / max(0.001, corr1 - corr0)
@@ -539,22 +577,56 @@ def _rope_loop(rec, ith, nth, wdata, sin_sign):
                     s *= zeta
                 cache[2 * k] = c
                 cache[2 * k + 1] = s * sin_sign
-        x = a[i3, i2, i1]
-        dst = d[i3, i2, i1]
-        if neox:
-            for k in range(half):
-                c, s = cache[2 * k], cache[2 * k + 1]
-                x0, x1 = np.float64(x[k]), np.float64(x[k + half])
-                dst[k] = np.float32(x0 * c - x1 * s)
-                dst[k + half] = np.float32(x0 * s + x1 * c)
+            if blocks:
+                for q in range(npair):
+                    k = q % half
+                    cp[q] = cache[2 * k]
+                    sp[q] = cache[2 * k + 1]
+        if blocks and i1 == 0 and u + ne1 <= hi:
+            x = f32_at(row_addr(r, 1, 0, i2, i3), ne1 * ne0)
+            y = f32_at(row_addr(r, 0, 0, i2, i3), ne1 * ne0)
+            for q in range(npair):          # the strided loop's arithmetic, pairs interleaved
+                c, sn = cp[q], sp[q]
+                x0, x1 = np.float64(x[2 * q]), np.float64(x[2 * q + 1])
+                y[2 * q] = np.float32(x0 * c - x1 * sn)
+                y[2 * q + 1] = np.float32(x0 * sn + x1 * c)
+            u += ne1
+            i3 += 1
+            if i3 == ne3:
+                i3 = 0
+                i2 += 1
+            continue
+        if fast:
+            _rope_row(f32_at(row_addr(r, 1, i1, i2, i3), ne0), f32_at(row_addr(r, 0, i1, i2, i3), ne0), cache,
+                      half, n_dims, ne0, neox)
         else:
-            for k in range(half):
-                c, s = cache[2 * k], cache[2 * k + 1]
-                x0, x1 = np.float64(x[2 * k]), np.float64(x[2 * k + 1])
-                dst[2 * k] = np.float32(x0 * c - x1 * s)
-                dst[2 * k + 1] = np.float32(x0 * s + x1 * c)
-        for i0 in range(n_dims, ne0):
-            dst[i0] = x[i0]
+            _rope_row(a[i3, i2, i1], d[i3, i2, i1], cache, half, n_dims, ne0, neox)
+        u += 1
+        i1 += 1
+        if i1 == ne1:
+            i1 = 0
+            i3 += 1
+            if i3 == ne3:
+                i3 = 0
+                i2 += 1
+
+
+@inline
+def _rope_row(x, dst, cache, half, n_dims, ne0, neox):
+    if neox:
+        for k in range(half):
+            c, s = cache[2 * k], cache[2 * k + 1]
+            x0, x1 = np.float64(x[k]), np.float64(x[k + half])
+            dst[k] = np.float32(x0 * c - x1 * s)
+            dst[k + half] = np.float32(x0 * s + x1 * c)
+    else:
+        for k in range(half):
+            c, s = cache[2 * k], cache[2 * k + 1]
+            x0, x1 = np.float64(x[2 * k]), np.float64(x[2 * k + 1])
+            dst[2 * k] = np.float32(x0 * c - x1 * s)
+            dst[2 * k + 1] = np.float32(x0 * s + x1 * c)
+    for i0 in range(n_dims, ne0):
+        dst[i0] = x[i0]
 
 
 def _rope_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -741,3 +813,9 @@ def rope_back(ctx, a, b, n_dims: int, mode: int, n_ctx: int, n_orig_ctx: int = 0
     sin's sign flipped, scale factors kept); same parameters as the forward op."""
     return _rope_impl(ctx, ROPE_BACK, "rope_back", a, b, n_dims, mode, n_ctx, n_orig_ctx, freq_base, freq_scale,
                       ext_factor, attn_factor, beta_fast, beta_slow, xpos_base, xpos_down)
+
+
+@rebuild_of(ROPE, ROPE_BACK)
+def _rope_rebuild(ctx, srcs, rec):
+    name = "rope" if rec.op == ROPE else "rope_back"
+    return _rope_impl(ctx, rec.op, name, *srcs, *_rope_params(rec), inplace=rec.inplace)

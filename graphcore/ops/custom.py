@@ -43,6 +43,7 @@ from .args import boolean, integer
 from .common import inplace_view
 from .refs import shape4
 from .registry import KERNEL_SIG, new_node, reference_of, register, sample_of
+from .registry import rebuild_by, rebuild_of
 
 N_TASKS_MAX = -1     # ggml's GGML_N_TASKS_MAX: one task per thread of the plan
 
@@ -348,3 +349,9 @@ def map_custom3_inplace(ctx, a, b, c, fun, n_tasks: int = N_TASKS_MAX, userdata=
                         allow_python: bool = False):
     return _map_custom(ctx, MAP_CUSTOM3, "map_custom3_inplace", [a, b, c], fun, n_tasks, userdata, True,
                        allow_python)
+
+
+@rebuild_of(MAP_CUSTOM1, MAP_CUSTOM2, MAP_CUSTOM3, not_exportable="its result is computed by a user "
+            "function (numba or Python), which a graph file cannot hold")
+def _custom_rebuild(ctx, srcs, rec):
+    raise GraphError("map_custom: a custom op cannot be read from a graph file (it calls a user function)")

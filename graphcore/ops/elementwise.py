@@ -17,6 +17,7 @@ from .common import binary_loop, check_f32, elementwise_node, shapes, tasks_by_s
 from .refs import f64, sample_binary, sample_unary, tile
 from .registry import NOT_DIFFERENTIABLE, TILES, reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
+from .registry import rebuild_by, rebuild_of
 
 
 # -- binary ops: src1 is tiled over src0 when ggml's can_repeat(b, a) holds --------------------------
@@ -66,6 +67,9 @@ def add_inplace(ctx, a, b):
     return _binary(ctx, ADD, "add_inplace", a, b, True)
 
 
+rebuild_of(ADD)(rebuild_by(add, add_inplace))
+
+
 @inline
 def _sub_f(x, y):
     return x - y
@@ -101,6 +105,9 @@ def sub(ctx, a, b):
 
 def sub_inplace(ctx, a, b):
     return _binary(ctx, SUB, "sub_inplace", a, b, True)
+
+
+rebuild_of(SUB)(rebuild_by(sub, sub_inplace))
 
 
 @inline
@@ -141,6 +148,9 @@ def mul_inplace(ctx, a, b):
     return _binary(ctx, MUL, "mul_inplace", a, b, True)
 
 
+rebuild_of(MUL)(rebuild_by(mul, mul_inplace))
+
+
 @inline
 def _div_f(x, y):
     return x / y
@@ -177,6 +187,9 @@ def div(ctx, a, b):
 
 def div_inplace(ctx, a, b):
     return _binary(ctx, DIV, "div_inplace", a, b, True)
+
+
+rebuild_of(DIV)(rebuild_by(div, div_inplace))
 
 
 # -- add1: a + b[0] for a scalar b ---------------------------------------------------------------------
@@ -223,6 +236,9 @@ def add1_inplace(ctx, a, b):
     return _add1(ctx, a, b, True, "add1_inplace")
 
 
+rebuild_of(ADD1)(rebuild_by(add1, add1_inplace))
+
+
 # -- scale: a * s for a float s (ggml_scale at this commit takes a float) --------------------------------
 def _scale_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _mul_f, param_f32(rec, 0))
@@ -262,6 +278,11 @@ def scale(ctx, a, s: float):
 
 def scale_inplace(ctx, a, s: float):
     return _scale(ctx, a, s, True, "scale_inplace")
+
+
+@rebuild_of(SCALE)
+def _scale_rebuild(ctx, srcs, rec):
+    return (scale_inplace if rec.inplace else scale)(ctx, *srcs, rec.f32(0))
 
 
 # -- unary functions ---------------------------------------------------------------------------------
@@ -306,6 +327,7 @@ def _sqr_reference(node, srcs):
 def _sqr_sample(d):
     return sample_unary(d, sqr, sqr_inplace)
 sqr, sqr_inplace = _unary_builders(SQR, "sqr")
+rebuild_of(SQR)(rebuild_by(sqr, sqr_inplace))
 
 
 @inline
@@ -335,6 +357,7 @@ def _sqrt_reference(node, srcs):
 def _sqrt_sample(d):
     return sample_unary(d, sqrt, sqrt_inplace, domain="positive")
 sqrt, sqrt_inplace = _unary_builders(SQRT, "sqrt")
+rebuild_of(SQRT)(rebuild_by(sqrt, sqrt_inplace))
 
 
 @inline
@@ -364,6 +387,7 @@ def _log_reference(node, srcs):
 def _log_sample(d):
     return sample_unary(d, log, log_inplace, domain="positive")
 log, log_inplace = _unary_builders(LOG, "log")
+rebuild_of(LOG)(rebuild_by(log, log_inplace))
 
 
 @inline
@@ -393,6 +417,7 @@ def _neg_reference(node, srcs):
 def _neg_sample(d):
     return sample_unary(d, neg, neg_inplace)
 neg, neg_inplace = _unary_builders(NEG, "neg")
+rebuild_of(NEG)(rebuild_by(neg, neg_inplace))
 
 
 @inline
@@ -422,6 +447,7 @@ def _abs_reference(node, srcs):
 def _abs_sample(d):
     return sample_unary(d, abs_, abs_inplace)
 abs_, abs_inplace = _unary_builders(ABS, "abs")
+rebuild_of(ABS)(rebuild_by(abs_, abs_inplace))
 
 
 @inline
@@ -447,6 +473,7 @@ def _sgn_reference(node, srcs):
 def _sgn_sample(d):
     return sample_unary(d, sgn, sgn_inplace)
 sgn, sgn_inplace = _unary_builders(SGN, "sgn")
+rebuild_of(SGN)(rebuild_by(sgn, sgn_inplace))
 
 
 @inline
@@ -473,6 +500,7 @@ def _step_reference(node, srcs):
 def _step_sample(d):
     return sample_unary(d, step, step_inplace)
 step, step_inplace = _unary_builders(STEP, "step")
+rebuild_of(STEP)(rebuild_by(step, step_inplace))
 
 
 @inline
@@ -503,6 +531,7 @@ def _relu_reference(node, srcs):
 def _relu_sample(d):
     return sample_unary(d, relu, relu_inplace)
 relu, relu_inplace = _unary_builders(RELU, "relu")
+rebuild_of(RELU)(rebuild_by(relu, relu_inplace))
 
 GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.79788456080286535587989211986876
@@ -532,14 +561,15 @@ GELU = register("GELU", "gelu(x)", _gelu_kernel, n_tasks=tasks_by_segments, inpl
 
 @reference_of(GELU)
 def _gelu_reference(node, srcs):
-    x = f64(srcs[0])
-    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)))
+    x = f64(srcs[0])         # the limit at -inf is 0
+    return np.where(x == -np.inf, -0.0, 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x))))
 
 
 @sample_of(GELU)
 def _gelu_sample(d):
     return sample_unary(d, gelu, gelu_inplace)
 gelu, gelu_inplace = _unary_builders(GELU, "gelu")
+rebuild_of(GELU)(rebuild_by(gelu, gelu_inplace))
 
 
 @inline
@@ -565,20 +595,23 @@ SILU = register("SILU", "silu(x)", _silu_kernel, n_tasks=tasks_by_segments, inpl
 
 @reference_of(SILU)
 def _silu_reference(node, srcs):
-    x = f64(srcs[0])
-    return x / (1.0 + np.exp(-x))
+    x = f64(srcs[0])         # the limit at -inf is 0
+    return np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(-x)))
 
 
 @sample_of(SILU)
 def _silu_sample(d):
     return sample_unary(d, silu, silu_inplace)
 silu, silu_inplace = _unary_builders(SILU, "silu")
+rebuild_of(SILU)(rebuild_by(silu, silu_inplace))
 
 
 # -- gelu_back: the gradient of gelu at x (src0) for the output gradient dy (src1) --------------------------
 @inline
 def _gelu_back_f(x, dy):
     v = np.float64(x)
+    if v > 30.0 or v < -30.0:   # tanh is +-1 there: the derivative is 1 or 0 (also at +-inf: not inf * 0)
+        return np.float32(np.float64(dy) * (1.0 if v > 0.0 else 0.0))
     th = math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))
     dgelu = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * v * v)
     return np.float32(np.float64(dy) * dgelu)
@@ -606,7 +639,8 @@ def _gelu_back_reference(node, srcs):
     x, dy = f64(srcs[0]), f64(srcs[1])
     th = np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x))
     du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * x * x)
-    return dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du)
+    dgelu = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
+    return dy * np.where(np.isinf(x), np.where(x > 0, 1.0, 0.0), dgelu)      # the limits at +-inf
 
 
 @sample_of(GELU_BACK)
@@ -620,3 +654,6 @@ def gelu_back(ctx, a, b):
     if not TN.are_same_shape(a, b):
         raise GraphError(f"gelu_back: shapes differ: {shapes(a, b)}")
     return elementwise_node(ctx, GELU_BACK, a, [a, b])
+
+
+rebuild_of(GELU_BACK)(rebuild_by(gelu_back))

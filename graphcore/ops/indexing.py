@@ -13,13 +13,14 @@ from .. import kernel as K
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import (ERR_INDEX, fail, fp16_to_fp32, inline, param_i32, record, split, t_addr, t_ne, t_type,
-                      view_f32, view_i32, view_u16)
-from ..native import f32_4d, i32_4d, u16_4d
+from ..kernel import (ERR_INDEX, f32_at, fail, fp16_to_fp32, inline, is_dense, param_i32, record, row_addr,
+                      rows_contiguous, split, split_aligned, t_addr, t_ne, t_type, view_f32, view_i32, view_u16)
+from ..native import f32_4d, i32_1d, i32_4d, u16_1d, u16_4d
 from .args import check_types, integer, region_overlaps
-from .common import check_f32, inplace_view, shapes
+from .common import check_f32, inplace_view, next_row, shapes
 from .refs import f64
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
+from .registry import rebuild_by, rebuild_of
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
@@ -42,7 +43,16 @@ def _get_rows_kernel(rec, ith, nth, phase, wdata, wsize):
     st = t_type(r, 1)
     nr = b0 * b1 * b2
     lo, hi = split(nr, ith, nth)
-    if st == _F32:
+    if st == _F32 and rows_contiguous(r, 0) and rows_contiguous(r, 1):     # raw rows, counters
+        ne0 = t_ne(r, 1, 0)
+        j2, j1, j0 = lo // (b1 * b0), (lo // b0) % b1, lo % b0
+        for _ in range(lo, hi):
+            src = f32_at(row_addr(r, 1, idx[0, j2, j1, j0], j1, j2), ne0)
+            dst = f32_at(row_addr(r, 0, j0, j1, j2), ne0)
+            for i0 in range(ne0):
+                dst[i0] = src[i0]
+            j0, j1, j2 = next_row(j0, j1, j2, b0, b1)
+    elif st == _F32:
         a = view_f32(r, 1)
         d = view_f32(r, 0)
         for ir in range(lo, hi):
@@ -116,6 +126,9 @@ def get_rows(ctx, a, b):
                          f"b.ne2 == a.ne3, b.ne3 == 1): {shapes(a, b)}")
     out_type = _I32 if a.type == _I32 else _F32
     return new_node(ctx, GET_ROWS, out_type, [a.ne[0], b.ne[0], b.ne[1], b.ne[2]], [a, b])
+
+
+rebuild_of(GET_ROWS)(rebuild_by(get_rows))
 
 
 def _describe_index_error(node, code, arg):
@@ -214,6 +227,11 @@ def get_rows_back(ctx, a, b, c):
     return new_node(ctx, GET_ROWS_BACK, _F32, [c.ne[0], c.ne[1]], [a, b])
 
 
+@rebuild_of(GET_ROWS_BACK)
+def _get_rows_back_rebuild(ctx, srcs, rec):
+    return get_rows_back(ctx, *srcs, rec.like())
+
+
 # -- diag: a [ne0, 1, ne2, ne3] -> [ne0, ne0, ne2, ne3] with a's row on the diagonal --------------------------
 def _diag_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
@@ -243,12 +261,12 @@ DIAG = register("DIAG", "diag(x)", _diag_kernel, n_tasks=tasks_by_rows, backward
 @reference_of(DIAG)
 def _diag_reference(node, srcs):
     x = f64(srcs[0])                                   # (ne3, ne2, 1, ne0)
-    return x * np.eye(x.shape[3])                      # row i1 keeps element i1
+    return np.where(np.eye(x.shape[3], dtype=bool), x, 0.0)     # row i1 keeps element i1
 
 
 @sample_of(DIAG)
 def _diag_sample(d):
-    return diag(d.ctx, d.f32(accept=lambda t: t.ne[1] == 1))
+    return diag(d.ctx, d.f32(accept=lambda t: t.ne[1] == 1 and TN.nelements(t) * t.ne[0] <= 4 * d.max_elements))
 
 
 def diag(ctx, a):
@@ -257,6 +275,9 @@ def diag(ctx, a):
     if a.ne[1] != 1:
         raise GraphError(f"diag: src0 must be a row vector per batch (ne1 == 1): {shapes(a)}")
     return new_node(ctx, DIAG, a.type, [a.ne[0], a.ne[0], a.ne[2], a.ne[3]], [a])
+
+
+rebuild_of(DIAG)(rebuild_by(diag))
 
 
 # -- set / acc: dst = a, then dst's region (b's shape at byte strides nb1..nb3 from byte offset) = b,
@@ -278,33 +299,57 @@ def _region_base(r, rec):
 
 
 @inline
-def _copy_all(src, dst, ith, nth):
+def _copy_all(src, dst, ith, nth, r, es):
     ne3, ne2, ne1, ne0 = src.shape
+    if is_dense(r, 1, es) and is_dense(r, 0, es):    # one flat copy, as 4-byte words when it can
+        nbytes = ne0 * ne1 * ne2 * ne3 * es
+        if nbytes % 4 == 0:
+            lo, hi = split_aligned(nbytes // 4, ith, nth)
+            sw = i32_1d(t_addr(r, 1) + 4 * lo, (hi - lo,), (4,))
+            dw = i32_1d(t_addr(r, 0) + 4 * lo, (hi - lo,), (4,))
+            for k in range(hi - lo):
+                dw[k] = sw[k]
+        else:
+            lo, hi = split_aligned(nbytes // 2, ith, nth)
+            sh = u16_1d(t_addr(r, 1) + 2 * lo, (hi - lo,), (2,))
+            dh = u16_1d(t_addr(r, 0) + 2 * lo, (hi - lo,), (2,))
+            for k in range(hi - lo):
+                dh[k] = sh[k]
+        return
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+    for _ in range(lo, hi):
+        x = src[i3, i2, i1]
+        y = dst[i3, i2, i1]
         for i0 in range(ne0):
-            dst[i3, i2, i1, i0] = src[i3, i2, i1, i0]
+            y[i0] = x[i0]
+        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
 
 
 @inline
 def _region_set(reg, b, ith, nth):
     ne3, ne2, ne1, ne0 = b.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+    for _ in range(lo, hi):
+        x = b[i3, i2, i1]
+        y = reg[i3, i2, i1]
         for i0 in range(ne0):
-            reg[i3, i2, i1, i0] = b[i3, i2, i1, i0]
+            y[i0] = x[i0]
+        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
 
 
 @inline
 def _region_acc(reg, b, ith, nth):
     ne3, ne2, ne1, ne0 = b.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+    for _ in range(lo, hi):
+        x = b[i3, i2, i1]
+        y = reg[i3, i2, i1]
         for i0 in range(ne0):
-            reg[i3, i2, i1, i0] = reg[i3, i2, i1, i0] + b[i3, i2, i1, i0]
+            y[i0] = y[i0] + x[i0]
+        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
 
 
 def _set_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -313,9 +358,9 @@ def _set_kernel(rec, ith, nth, phase, wdata, wsize):
     if phase == 0:
         if param_i32(rec, 4) == 0:
             if half:
-                _copy_all(view_u16(r, 1), view_u16(r, 0), ith, nth)
+                _copy_all(view_u16(r, 1), view_u16(r, 0), ith, nth, r, 2)
             else:                                   # F32 and I32: 4-byte words copied as they are
-                _copy_all(view_i32(r, 1), view_i32(r, 0), ith, nth)
+                _copy_all(view_i32(r, 1), view_i32(r, 0), ith, nth, r, 4)
         return
     if half:
         _region_set(u16_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 2)), view_u16(r, 2),
@@ -329,7 +374,7 @@ def _acc_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     if phase == 0:
         if param_i32(rec, 4) == 0:
-            _copy_all(view_f32(r, 1), view_f32(r, 0), ith, nth)
+            _copy_all(view_f32(r, 1), view_f32(r, 0), ith, nth, r, 4)
         return
     _region_acc(f32_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 4)), view_f32(r, 2), ith, nth)
 
@@ -517,3 +562,12 @@ def acc(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
 
 def acc_inplace(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
     return _set_impl(ctx, ACC, "acc_inplace", a, b, nb1, nb2, nb3, offset, True, (_F32,))
+
+
+@rebuild_of(SET, ACC)
+def _set_rebuild(ctx, srcs, rec):
+    if rec.op == SET:
+        build = set_inplace if rec.inplace else set
+    else:
+        build = acc_inplace if rec.inplace else acc
+    return build(ctx, *srcs, *(rec.i32(i) for i in range(4)))

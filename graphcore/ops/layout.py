@@ -8,12 +8,13 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import (fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, split, split_aligned, t_addr, t_ne, t_type,
-                      view_f32, view_i32, view_u16)
+from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, row_addr, split, split_aligned,
+                      t_addr, t_nb, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
 from .common import next_row, shapes
 from .refs import convert, shape4
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
+from .registry import rebuild_by, rebuild_of
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
@@ -104,11 +105,34 @@ def _flat_u16(r, s):
     return u16_1d(t_addr(r, s), (_n_elements(r, s),), (2,))
 
 
+@inline
+def _same_shape(r):
+    return (t_ne(r, 0, 0) == t_ne(r, 1, 0) and t_ne(r, 0, 1) == t_ne(r, 1, 1) and t_ne(r, 0, 2) == t_ne(r, 1, 2)
+            and t_ne(r, 0, 3) == t_ne(r, 1, 3))
+
+
+@inline
+def _copy_rows_f32(r, ith, nth):
+    """F32 to F32, same shape, rows contiguous in both but not dense: raw rows, counters."""
+    ne0, ne1, ne2, ne3 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2), t_ne(r, 1, 3)
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+    for _ in range(lo, hi):
+        x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
+        y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+        for i0 in range(ne0):
+            y[i0] = x[i0]
+        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+
+
 def _dup_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     st, dt = t_type(r, 1), t_type(r, 0)
     if st == _F32:
-        if dt == _F32:
+        if dt == _F32 and t_nb(r, 0, 0) == 4 and t_nb(r, 1, 0) == 4 and _same_shape(r) and not (
+                is_dense(r, 0, 4) and is_dense(r, 1, 4)):
+            _copy_rows_f32(r, ith, nth)
+        elif dt == _F32:
             _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), _same, _flat_f32(r, 1), _flat_f32(r, 0))
         elif dt == _F16:
             _copy_loop(r, ith, nth, view_f32(r, 1), view_u16(r, 0), fp32_to_fp16, _flat_f32(r, 1), _flat_u16(r, 0))
@@ -218,6 +242,9 @@ def dup_inplace(ctx, a):
     return inplace_view(ctx, DUP, a, [a])
 
 
+rebuild_of(DUP)(rebuild_by(dup, dup_inplace))
+
+
 def cpy(ctx, a, b):
     """Copy a's elements (row-major order) into b, converting types; returns a view of b."""
     TN.check_tensor("cpy", a, b)
@@ -228,6 +255,9 @@ def cpy(ctx, a, b):
     if b.name:
         t.name = f"{b.name} (copy of {a.name})"[:TN.MAX_NAME - 1]
     return t
+
+
+rebuild_of(CPY)(rebuild_by(cpy))
 
 
 def cont(ctx, a):
@@ -254,6 +284,11 @@ def cont_2d(ctx, a, ne0, ne1):
 
 def cont_3d(ctx, a, ne0, ne1, ne2):
     return cont_4d(ctx, a, ne0, ne1, ne2, 1)
+
+
+@rebuild_of(CONT)
+def _cont_rebuild(ctx, srcs, rec):
+    return cont_4d(ctx, *srcs, *rec.ne)
 
 
 # -- reshape: a contiguous tensor seen with another shape ------------------------------------------------
@@ -314,6 +349,11 @@ def reshape_3d(ctx, a, ne0, ne1, ne2):
 
 def reshape_4d(ctx, a, ne0, ne1, ne2, ne3):
     return _reshape(ctx, a, [ne0, ne1, ne2, ne3], "reshape_4d")
+
+
+@rebuild_of(RESHAPE)
+def _reshape_rebuild(ctx, srcs, rec):
+    return reshape_4d(ctx, *srcs, *rec.ne)
 
 
 # -- view: any ne/nb/offset inside the source's bytes -------------------------------------------------------
@@ -419,6 +459,11 @@ def view_4d(ctx, a, ne0, ne1, ne2, ne3, nb1, nb2, nb3, offset):
     return _view(ctx, a, [ne0, ne1, ne2, ne3], [nb1, nb2, nb3], offset, "view_4d")
 
 
+@rebuild_of(VIEW)
+def _view_rebuild(ctx, srcs, rec):
+    return view_4d(ctx, *srcs, *rec.ne, *rec.nb[1:], rec.i32(0))
+
+
 # -- permute / transpose: the same bytes with axes reordered ------------------------------------------------
 def _permute_backward(ctx, t, g, d):
     if d.needs(0):      # the inverse permutation: result dim axes[i] goes back to dim i
@@ -475,9 +520,17 @@ def permute(ctx, a, axis0, axis1, axis2, axis3):
     return new_node(ctx, PERMUTE, a.type, ne, [a], axes, view_of=a, name="permuted", nb=nb)
 
 
+@rebuild_of(PERMUTE)
+def _permute_rebuild(ctx, srcs, rec):
+    return permute(ctx, *srcs, *(rec.i32(i) for i in range(4)))
+
+
 def transpose(ctx, a):
     """Swap dims 0 and 1."""
     TN.check_tensor("transpose", a)
     ne = [a.ne[1], a.ne[0], a.ne[2], a.ne[3]]
     return new_node(ctx, TRANSPOSE, a.type, ne, [a], view_of=a, name="transposed",
                     nb=[a.nb[1], a.nb[0], a.nb[2], a.nb[3]])
+
+
+rebuild_of(TRANSPOSE)(rebuild_by(transpose))

@@ -24,6 +24,7 @@ from ..native import f64_1d
 from .common import check_f32, check_same_shape, shapes
 from .refs import f64
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of
+from .registry import rebuild_by, rebuild_of
 
 CE_EPS = 1e-9
 
@@ -129,6 +130,9 @@ def cross_entropy_loss(ctx, a, b):
     return new_node(ctx, CROSS_ENTROPY_LOSS, T.TYPE_F32, [1], [a, b])
 
 
+rebuild_of(CROSS_ENTROPY_LOSS)(rebuild_by(cross_entropy_loss))
+
+
 def _ce_back_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     d = view_f32(r, 0)
@@ -194,3 +198,6 @@ def cross_entropy_loss_back(ctx, a, b, c):
     if not TN.is_scalar(c):
         raise GraphError(f"{op}: src2 (the loss gradient) must be a scalar: {shapes(a, b, c)}")
     return new_node(ctx, CROSS_ENTROPY_LOSS_BACK, T.TYPE_F32, a.ne, [a, b, c])
+
+
+rebuild_of(CROSS_ENTROPY_LOSS_BACK)(rebuild_by(cross_entropy_loss_back))

@@ -11,11 +11,13 @@ from numba import njit
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import f32_at, fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
-from ..native import STACK_F32_N, f32_2d_strided, gemm_col4, gemm_col8, sgemm, stack_f32, stack_f64, u16_2d_strided
+from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
+from ..native import (f32_2d_strided, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, gemm_tile_c8x4, gemm_tile_g4x1,
+                      gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, sgemm, u16_2d_strided)
 from .common import shapes
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
+from .registry import rebuild_by, rebuild_of
 
 SMALL_GEMM = 8192      # below this many multiply-adds a plain loop beats a BLAS call
 CHUNK = 64
@@ -63,41 +65,45 @@ def gemm(blas, M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
 
 
 @inline
+def _tile(vl, nc, contiguous, a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn):
+    if contiguous:
+        if vl == 8:
+            if nc == 4:
+                gemm_tile_c8x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+            else:
+                gemm_tile_c8x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+        elif nc == 4:
+            gemm_tile_c4x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+        else:
+            gemm_tile_c4x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+    elif vl == 8:
+        if nc == 4:
+            gemm_tile_g8x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+        else:
+            gemm_tile_g8x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+    elif nc == 4:
+        gemm_tile_g4x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+    else:
+        gemm_tile_g4x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+
+
+@inline
 def small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
     """C[m, n] = sum_k A[m, k] * B[k, n] without BLAS, for any strides: each float32 product added in
-    k order into a float64, rounded once (the plain triple loop's bits). A's rows are packed in
-    blocks of vl (8, or 4 for M <= 4), k-major, into a stack buffer; each column of a block is then
-    one vector loop over k (native.gemm_col*)."""
-    A = f32_2d_strided(a, (M, K), (a_sm, a_sk))
-    C = f32_2d_strided(c, (M, N), (4, c_sn))
-    if K * 8 > STACK_F32_N:         # rows too long to pack (K > 256): the plain loop
-        B = f32_2d_strided(b, (K, N), (b_sk, b_sn))
-        for n in range(N):
-            for m in range(M):
-                s = 0.0
-                for k in range(K):
-                    s += A[m, k] * B[k, n]
-                C[m, n] = np.float32(s)
-        return
+    k order into a float64, rounded once (the plain triple loop's bits), in tiles of 8 (or, for
+    M <= 4, 4) rows by 4 columns, each a vector loop over k (native.gemm_tile_*)."""
     vl = 4 if M <= 4 else 8
-    pk = stack_f32()                # A[m0:m0+vl, :] as pk[k * vl + j], rows past M zero
-    ob = stack_f64()                # a partial block's column
-    pka, oba = pk.ctypes.data, ob.ctypes.data
+    contiguous = a_sm == 4
     for m0 in range(0, M, vl):
         mb = min(vl, M - m0)
-        for k in range(K):
-            for j in range(vl):
-                pk[k * vl + j] = A[m0 + j, k] if j < mb else np.float32(0.0)
-        for n in range(N):
-            out = c + n * c_sn + m0 * 4 if mb == vl else oba
-            if vl == 8:
-                gemm_col8(pka, K, b + n * b_sn, b_sk, out)
-            else:
-                gemm_col4(pka, K, b + n * b_sn, b_sk, out)
-            if mb < vl:
-                o = f32_at(oba, vl)
-                for j in range(mb):
-                    C[m0 + j, n] = o[j]
+        am = a + m0 * a_sm
+        n0 = 0
+        while n0 + 4 <= N:
+            _tile(vl, 4, contiguous, am, a_sm, a_sk, mb, K, b + n0 * b_sn, b_sk, b_sn, c + n0 * c_sn + m0 * 4, c_sn)
+            n0 += 4
+        while n0 < N:
+            _tile(vl, 1, contiguous, am, a_sm, a_sk, mb, K, b + n0 * b_sn, b_sk, b_sn, c + n0 * c_sn + m0 * 4, c_sn)
+            n0 += 1
 
 
 @inline
@@ -107,9 +113,9 @@ def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_
     r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)
     along_n, size, count = chunking(M, N)
     units = ne2 * ne3 * count
+    ch, bt = ith % count, ith // count
+    i2, i3 = bt % ne2, bt // ne2
     for u in range(ith, units, nth):
-        ch, bt = u % count, u // count
-        i2, i3 = bt % ne2, bt // ne2
         ab = a + (i2 // r2) * a_s2 + (i3 // r3) * a_s3
         bb = t_addr(r, 2) + i2 * t_nb(r, 2, 2) + i3 * t_nb(r, 2, 3)
         cb = t_addr(r, 0) + i2 * t_nb(r, 0, 2) + i3 * t_nb(r, 0, 3)
@@ -120,6 +126,13 @@ def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_
         else:
             m = min(size, M - lo)
             gemm(r[5], m, N, K, ab + lo * a_sm, a_sm, a_sk, bb, b_sk, b_sn, cb + lo * 4, c_sn)
+        ch += nth                   # the next unit, u + nth, without divisions
+        while ch >= count:
+            ch -= count
+            i2 += 1
+            if i2 == ne2:
+                i2 = 0
+                i3 += 1
 
 
 # -- mul_mat: dst[M=ne01, N=ne11] = src1 · src0ᵀ, rows of both are K = ne00 long --------------------------
@@ -189,10 +202,10 @@ def _mul_mat_sample(d):
     not_transposed = lambda t: not TN.is_transposed(t)  # noqa: E731
     if d.coin():
         a = d.tensor(d.any_type((T.TYPE_F32, T.TYPE_F16)), accept=not_transposed)
-        b = d.f32([a.ne[0], d.int(1, 5), a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])
+        b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])
     else:
         b = d.f32()
-        ne = [b.ne[0], d.int(1, 5), *d.divisor(b.ne)[2:]]
+        ne = [b.ne[0], d.side(), *d.divisor(b.ne)[2:]]
         a = d.tensor(d.any_type((T.TYPE_F32, T.TYPE_F16)), ne, accept=not_transposed)
     return mul_mat(d.ctx, a, b)
 
@@ -209,6 +222,9 @@ def mul_mat(ctx, a, b):
     if TN.is_transposed(a):
         raise GraphError(f"mul_mat: src0 must not be transposed (use cont): {shapes(a, b)}")
     return new_node(ctx, MUL_MAT, T.TYPE_F32, [a.ne[1], b.ne[1], b.ne[2], b.ne[3]], [a, b])
+
+
+rebuild_of(MUL_MAT)(rebuild_by(mul_mat))
 
 
 # -- out_prod: dst[i0, i1] = sum_k a[i0, k] * b[i1, k] (k runs over ne01 == ne11) ---------------------------
@@ -244,10 +260,10 @@ def _out_prod_reference(node, srcs):
 def _out_prod_sample(d):
     if d.coin():
         a = d.f32()
-        b = d.f32([d.int(1, 5), a.ne[1], a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])
+        b = d.f32([d.side(), a.ne[1], a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])
     else:
         b = d.f32()
-        a = d.f32([d.int(1, 5), b.ne[1], *d.divisor(b.ne)[2:]])
+        a = d.f32([d.side(), b.ne[1], *d.divisor(b.ne)[2:]])
     return out_prod(d.ctx, a, b)
 
 
@@ -260,3 +276,6 @@ def out_prod(ctx, a, b):
         raise GraphError(f"out_prod: ne01 must equal ne11 and src1's dims 2, 3 must be multiples of "
                          f"src0's: {shapes(a, b)}")
     return new_node(ctx, OUT_PROD, T.TYPE_F32, [a.ne[0], b.ne[0], b.ne[2], b.ne[3]], [a, b])
+
+
+rebuild_of(OUT_PROD)(rebuild_by(out_prod))

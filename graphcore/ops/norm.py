@@ -8,12 +8,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GraphError
-from ..kernel import param_f32, record, split, view_f32
+from ..kernel import f32_at, is_dense, param_f32, record, row_addr, rows_contiguous, split, t_addr, view_f32
+from ..native import STACK_N, stack_f64
 from .args import real
-from .common import check_f32, check_same_shape, inplace_view, shapes
+from .common import check_f32, check_same_shape, inplace_view, next_row, shapes
 from .refs import f64
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import param_f32 as param_f32_of
+from .registry import rebuild_by, rebuild_of
+
+
+ACROSS = 64     # rows up to this long, when dense, are summed across a group of rows (vectorises)
 
 
 def _eps(op, eps):
@@ -92,6 +97,11 @@ def norm_inplace(ctx, a, eps: float):
     return _norm(ctx, a, eps, True, "norm_inplace")
 
 
+@rebuild_of(NORM)
+def _norm_rebuild(ctx, srcs, rec):
+    return (norm_inplace if rec.inplace else norm)(ctx, *srcs, rec.f32(0))
+
+
 # -- rms_norm: x / sqrt(mean(x^2) + eps) per row -------------------------------------------------------
 def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
@@ -100,6 +110,28 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
     eps = np.float64(param_f32(rec, 0))
     ne3, ne2, ne1, ne0 = a.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    if ne0 <= ACROSS and is_dense(r, 1, 4) and rows_contiguous(r, 0):
+        # short dense rows: the sums (same order) taken across a group of rows, then each row
+        ss = stack_f64()
+        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        for g0 in range(lo, hi, STACK_N):
+            g = min(STACK_N, hi - g0)
+            xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, g * ne0)
+            for j in range(g):
+                ss[j] = 0.0
+            for i0 in range(ne0):
+                xc = xg[i0::ne0]
+                for j in range(g):
+                    v = np.float64(xc[j])
+                    ss[j] += v * v
+            for j in range(g):
+                x = xg[j * ne0:j * ne0 + ne0]
+                y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+                rs = 1.0 / np.sqrt(ss[j] / ne0 + eps)
+                for i0 in range(ne0):
+                    y[i0] = np.float32(np.float64(x[i0]) * rs)
+                i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+        return
     for ir in range(lo, hi):
         i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
         x = a[i3, i2, i1]
@@ -151,6 +183,11 @@ def rms_norm_inplace(ctx, a, eps: float):
     return _rms_norm(ctx, a, eps, True, "rms_norm_inplace")
 
 
+@rebuild_of(RMS_NORM)
+def _rms_norm_rebuild(ctx, srcs, rec):
+    return (rms_norm_inplace if rec.inplace else rms_norm)(ctx, *srcs, rec.f32(0))
+
+
 # -- rms_norm_back: gradient of rms_norm at x (src0) for the output gradient dz (src1) -----------------
 def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
@@ -160,6 +197,35 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
     eps = np.float64(param_f32(rec, 0))
     ne3, ne2, ne1, ne0 = a.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    if ne0 <= ACROSS and is_dense(r, 1, 4) and is_dense(r, 2, 4) and rows_contiguous(r, 0):
+        # short dense rows: both sums (same order) taken across a group of rows, then each row
+        sxx = stack_f64()
+        sxdz = stack_f64()
+        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        for g0 in range(lo, hi, STACK_N):
+            n = min(STACK_N, hi - g0)
+            xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, n * ne0)
+            zg = f32_at(t_addr(r, 2) + 4 * g0 * ne0, n * ne0)
+            for j in range(n):
+                sxx[j] = 0.0
+                sxdz[j] = 0.0
+            for i0 in range(ne0):
+                xc = xg[i0::ne0]
+                zc = zg[i0::ne0]
+                for j in range(n):
+                    v = np.float64(xc[j])
+                    sxx[j] += v * v
+                    sxdz[j] += v * np.float64(zc[j])
+            for j in range(n):
+                x = xg[j * ne0:j * ne0 + ne0]
+                dz = zg[j * ne0:j * ne0 + ne0]
+                y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+                rrms = 1.0 / np.sqrt(sxx[j] / ne0 + eps)
+                c = -sxdz[j] / (sxx[j] + eps * ne0)
+                for i0 in range(ne0):
+                    y[i0] = np.float32((np.float64(dz[i0]) + np.float64(x[i0]) * c) * rrms)
+                i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+        return
     for ir in range(lo, hi):
         i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
         x = a[i3, i2, i1]
@@ -211,3 +277,8 @@ def rms_norm_back(ctx, a, b, eps: float):
     check_same_shape("rms_norm_back", a, b)
     eps = _eps("rms_norm_back", eps)
     return new_node(ctx, RMS_NORM_BACK, a.type, a.ne, [a, b], [eps])
+
+
+@rebuild_of(RMS_NORM_BACK)
+def _rms_norm_back_rebuild(ctx, srcs, rec):
+    return rms_norm_back(ctx, *srcs, rec.f32(0))

@@ -10,12 +10,13 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import inline, record, row_f32, rows_contiguous, split, view_f32, view_i32
+from ..kernel import f32_at, inline, record, row_addr, row_f32, rows_contiguous, split, view_f32, view_i32
 from ..native import f64_1d as _f64
-from .common import check_f32, shapes
+from .common import check_f32, next_row, shapes
 from .refs import f64, shape4, tile
 from .registry import NOT_DIFFERENTIABLE, TILES, new_node, register, tasks_by_rows, MIN_ELEMENTS_PER_TASK
 from .registry import reference_of, sample_of
+from .registry import rebuild_by, rebuild_of
 
 
 @inline
@@ -73,6 +74,9 @@ def sum(ctx, a):
     """The sum of all elements, as a [1] tensor."""
     check_f32("sum", a)
     return new_node(ctx, SUM, T.TYPE_F32, [1], [a])
+
+
+rebuild_of(SUM)(rebuild_by(sum))
 
 
 # -- sum_rows / mean: one value per row --------------------------------------------------------------------
@@ -148,10 +152,16 @@ def sum_rows(ctx, a):
     return new_node(ctx, SUM_ROWS, T.TYPE_F32, [1, *a.ne[1:]], [a])
 
 
+rebuild_of(SUM_ROWS)(rebuild_by(sum_rows))
+
+
 def mean(ctx, a):
     """Row means (ggml_mean): [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
     check_f32("mean", a)
     return new_node(ctx, MEAN, T.TYPE_F32, [1, *a.ne[1:]], [a])
+
+
+rebuild_of(MEAN)(rebuild_by(mean))
 
 
 # -- argmax: index of the largest element of each row of a matrix -------------------------------------------
@@ -199,6 +209,9 @@ def argmax(ctx, a):
     return new_node(ctx, ARGMAX, T.TYPE_I32, [a.ne[1]], [a])
 
 
+rebuild_of(ARGMAX)(rebuild_by(argmax))
+
+
 # -- repeat: tile a to b's shape ---------------------------------------------------------------------------
 def _repeat_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
@@ -208,18 +221,32 @@ def _repeat_kernel(rec, ith, nth, phase, wdata, wsize):
     a3, a2, a1, a0 = a.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
+    if fast:                                 # raw rows, counters instead of divisions
+        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        j3, j2, j1 = i3 % a3, i2 % a2, i1 % a1
+        for _ in range(lo, hi):
+            dr = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+            ar = f32_at(row_addr(r, 1, j1, j2, j3), a0)
+            if a0 == ne0:
+                for i0 in range(ne0):
+                    dr[i0] = ar[i0]
+            elif a0 == 1:
+                v = ar[0]
+                for i0 in range(ne0):
+                    dr[i0] = v
+            else:
+                for k in range(0, ne0, a0):
+                    seg = dr[k:k + a0]
+                    for i0 in range(a0):
+                        seg[i0] = ar[i0]
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+            j3, j2, j1 = i3 % a3, i2 % a2, i1 % a1
+        return
     for ir in range(lo, hi):
         i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
         j3, j2, j1 = i3 % a3, i2 % a2, i1 % a1
-        if fast:
-            dr = row_f32(r, 0, i1, i2, i3)
-            ar = row_f32(r, 1, j1, j2, j3)
-            for k in range(0, ne0, a0):
-                for i0 in range(a0):
-                    dr[k + i0] = ar[i0]
-        else:
-            for i0 in range(ne0):
-                d[i3, i2, i1, i0] = a[j3, j2, j1, i0 % a0]
+        for i0 in range(ne0):
+            d[i3, i2, i1, i0] = a[j3, j2, j1, i0 % a0]
 
 
 def _repeat_backward(ctx, t, g, d):
@@ -250,6 +277,11 @@ def repeat(ctx, a, b):
     return new_node(ctx, REPEAT, a.type, b.ne, [a])
 
 
+@rebuild_of(REPEAT)
+def _repeat_rebuild(ctx, srcs, rec):
+    return repeat(ctx, *srcs, rec.like())
+
+
 # -- repeat_back: the sum of a's tiles, a [k*ne] -> [ne] (undoes repeat's i % ne tiling) ---------------------
 def _repeat_back_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
@@ -260,6 +292,7 @@ def _repeat_back_kernel(rec, ith, nth, phase, wdata, wsize):
     n3, n2, n1, n0 = a3 // ne3, a2 // ne2, a1 // ne1, a0 // ne0
     acc = _f64(wdata + ith * _repeat_back_row_bytes(ne0), (ne0,), (8,))
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    fast = rows_contiguous(r, 1)
     for ir in range(lo, hi):
         k3, k2, k1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
         for k0 in range(ne0):
@@ -267,10 +300,17 @@ def _repeat_back_kernel(rec, ith, nth, phase, wdata, wsize):
         for t3 in range(n3):                 # tiles in a fixed order: the same bits for any split
             for t2 in range(n2):
                 for t1 in range(n1):
-                    src = a[t3 * ne3 + k3, t2 * ne2 + k2, t1 * ne1 + k1]
-                    for t0 in range(n0):
-                        for k0 in range(ne0):
-                            acc[k0] += src[t0 * ne0 + k0]
+                    if fast:                 # raw row, 0-based loops: vectorises
+                        srow = f32_at(row_addr(r, 1, t1 * ne1 + k1, t2 * ne2 + k2, t3 * ne3 + k3), a0)
+                        for t0 in range(n0):
+                            seg = srow[t0 * ne0:t0 * ne0 + ne0]
+                            for k0 in range(ne0):
+                                acc[k0] += seg[k0]
+                    else:
+                        src = a[t3 * ne3 + k3, t2 * ne2 + k2, t1 * ne1 + k1]
+                        for t0 in range(n0):
+                            for k0 in range(ne0):
+                                acc[k0] += src[t0 * ne0 + k0]
         dst = d[k3, k2, k1]
         for k0 in range(ne0):
             dst[k0] = np.float32(acc[k0])
@@ -322,3 +362,8 @@ def repeat_back(ctx, a, b):
         raise GraphError(f"repeat_back: src0 cannot be summed down to src1's shape (each src0 dim must "
                          f"be a multiple of src1's): {shapes(a, b)}")
     return new_node(ctx, REPEAT_BACK, a.type, b.ne, [a])
+
+
+@rebuild_of(REPEAT_BACK)
+def _repeat_back_rebuild(ctx, srcs, rec):
+    return repeat_back(ctx, *srcs, rec.like())

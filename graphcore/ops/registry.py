@@ -47,6 +47,9 @@ class OpDef:
     reference_nmse: float = 1e-7                 # tolerance of the kernel against the reference
     # draws a random node of this op for graphcore.testing.strategies.graphs (@sample_of)
     sample: Optional[Callable] = field(default=None, repr=False)
+    # rebuilds a node of this op from a graph file through the op's builder (@rebuild_of; see graphcore.graphfile)
+    rebuild: Optional[Callable] = field(default=None, repr=False)
+    not_exportable: Optional[str] = field(default=None, repr=False)   # why a graph file cannot hold this op
     _address: int = field(default=0, repr=False)
 
     def kernel_address(self) -> int:
@@ -123,6 +126,31 @@ def sample_of(*codes):
     return deco
 
 
+def rebuild_of(*codes, not_exportable: str | None = None):
+    """Decorator: `fn(ctx, srcs, rec) -> Tensor` rebuilds a node of the ops `codes` read from a graph
+    file (graphcore.graphfile) by calling the op's public builder with the imported sources `srcs` (the
+    node's src list, None where it has none) and the parameters in `rec`: rec.op_params (int32 slots),
+    rec.f32(i) / rec.i32(i), rec.ne, rec.nb, rec.type, rec.inplace (the file says the result is a view
+    of a source's bytes: use the _inplace form) and rec.like() (a data-less tensor of the node's shape,
+    for builders that take a shape from a tensor). The importer then checks the result's type, ne, nb,
+    op_params, sources and view equal the file's, so the op's shape rule guards every imported node.
+    `not_exportable`: why graph_export must refuse the op (the adapter is then never called)."""
+    def deco(fn):
+        for c in codes:
+            OPS[c].rebuild = fn
+            OPS[c].not_exportable = not_exportable
+        return fn
+    return deco
+
+
+def rebuild_by(build, build_inplace=None):
+    """The rebuild adapter of an op whose builder takes (ctx, *srcs): build_inplace when the file says
+    the node's result is a view of its source (an _inplace form), build otherwise."""
+    def rebuild(ctx, srcs, rec):
+        return (build_inplace if rec.inplace and build_inplace is not None else build)(ctx, *srcs)
+    return rebuild
+
+
 def op_name(code: int) -> str:
     return OPS[code].name if 0 <= code < len(OPS) else f"<op {code}>"
 
@@ -169,3 +197,10 @@ def param_i32(t, i) -> int:
 def _none_reference(node, srcs):
     """A leaf or parameter: its value is what its memory holds (None tells the interpreter so)."""
     return None
+
+
+@rebuild_of(OP_NONE)
+def _none_rebuild(ctx, srcs, rec):
+    """A leaf or parameter: a new tensor of the record's type, shape and strides (the importer fills
+    in its bytes, or makes it a view of the tensor whose bytes it shares)."""
+    return TN.new_tensor_impl(ctx, rec.type, rec.ne, op="graph_import", nb=rec.nb)

@@ -34,12 +34,28 @@ from .compare import sentinel_context
 from .reference import byte_region
 from .strategies import CONTIGUOUS, LAYOUT_KINDS, layouts, make_tensor, ne4
 
-__all__ = ["graphs", "NodeDraw", "DrawnGraph", "DOMAINS", "BACKWARD_EXCLUDED", "family_ops"]
+__all__ = ["graphs", "NodeDraw", "DrawnGraph", "DOMAINS", "SIZES", "BACKWARD_EXCLUDED", "family_ops"]
 
 F32, F16, I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
-# value domains of new leaves: name -> (description, generator(rng, shape))
+def _special(rng, shape):
+    """Mostly uniform in [-1, 1), about 15% zeros of both signs, infinities, NaN, subnormals and
+    values beyond F16's range."""
+    v = rng.uniform(-1.0, 1.0, shape)
+    mask = rng.uniform(0, 1, shape) < 0.15
+    v[mask] = rng.choice(np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 65504.0, 1e5, -7e4]),
+                         size=int(mask.sum()))
+    return v
+
+
+# size classes of a graph: name -> (largest dimension, largest number of elements of a new tensor).
+# "matrix" reaches the BLAS path and the chunking of mul_mat; "wide" rows of more than the 4096
+# elements of one elementwise segment
+SIZES = {"tiny": (4, 256), "medium": (12, 4096), "matrix": (150, 24000), "wide": (9000, 9000)}
+
+# value domains of new leaves: name -> generator(rng, numpy shape)
 DOMAINS = {
+    "special": _special,
     "any": lambda rng, shape: rng.uniform(-1.0, 1.0, shape),
     "positive": lambda rng, shape: rng.uniform(0.1, 2.0, shape),
     "nonzero": lambda rng, shape: rng.choice([-1.0, 1.0], shape) * rng.uniform(0.5, 1.5, shape),
@@ -57,11 +73,14 @@ class NodeDraw:
     being drawn), `backward` (the graph will be differentiated: no in-place forms, F32 only),
     `max_side` (largest dimension of new tensors)."""
 
-    def __init__(self, draw, ctx, backward=False, max_side=4, layout_kinds=LAYOUT_KINDS, reuse=60):
+    def __init__(self, draw, ctx, backward=False, max_side=4, layout_kinds=LAYOUT_KINDS, reuse=60,
+                 max_elements=None, specials=False):
         self._draw = draw
         self.ctx = ctx
         self.backward = backward
         self.max_side = max_side
+        self.max_elements = max_elements or max_side ** 4
+        self.specials = specials    # new "any" leaves get special values (inf, NaN, -0, subnormals)
         self.layout_kinds = tuple(layout_kinds)
         self.reuse = reuse
         self.op = OP_NONE
@@ -93,10 +112,19 @@ class NodeDraw:
         return F32 if self.backward else self.choice(types)
 
     # -- shapes -----------------------------------------------------------------------------------------
+    def side(self) -> int:
+        """A dimension in [1, max_side]."""
+        return self.int(1, self.max_side)
+
     def shape(self, min_dims: int = 1, max_dims: int = 4, max_side: int | None = None) -> list:
+        """A shape of min_dims..max_dims dims (padded to 4) of at most max_elements elements."""
         m = self.max_side if max_side is None else max_side
         n = self.int(min_dims, max_dims)
-        return ne4([self.int(1, m) for _ in range(n)])
+        ne = ne4([self.int(1, m) for _ in range(n)])
+        for i in range(3, -1, -1):
+            while int(np.prod(ne)) > self.max_elements and ne[i] > 1:
+                ne[i] = max(1, ne[i] // 2)
+        return ne
 
     def reshaped(self, n: int) -> list:
         """A 4-entry shape holding n elements."""
@@ -124,6 +152,8 @@ class NodeDraw:
         is differentiated, a new F32 leaf is a parameter unless `param` is False. A new leaf goes to
         the pool for later ops unless `shared` is False (cpy's destination, which cpy writes over)."""
         want = ne4(ne) if ne is not None else None
+        if want is not None and int(np.prod(want)) > 4 * self.max_elements:
+            raise GraphError(f"NodeDraw: {want} is too large for this graph ({self.max_elements} elements)")
         if not new:
             cands = [t for t in self.pool if t.type == type and (want is None or list(t.ne) == want)
                      and (not contiguous or TN.is_contiguous(t)) and (accept is None or accept(t))
@@ -161,10 +191,13 @@ class NodeDraw:
     def _leaf(self, type_, ne, layout, domain, param, shared=True):
         seed = self._draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
-        v = DOMAINS[domain](rng, tuple(ne[::-1]))
         if type_ == I32:
-            v = np.floor(v * 4)
-        t = make_tensor(self.ctx, ne, layout, v.astype(T.traits(type_).dtype), type=type_)
+            v = np.floor(DOMAINS["any"](rng, tuple(ne[::-1])) * 4)
+        else:
+            v = DOMAINS["special" if domain == "any" and self.specials else domain](rng, tuple(ne[::-1]))
+        with np.errstate(over="ignore"):        # special values beyond F16's range become inf
+            v = v.astype(T.traits(type_).dtype)
+        t = make_tensor(self.ctx, ne, layout, v, type=type_)
         if param is None:
             param = self.backward and type_ == F32 and self.coin(70)
         self._new_leaf(t, domain, param and type_ == F32, shared)
@@ -297,19 +330,27 @@ def _outputs(nodes):
 
 
 @st.composite
-def graphs(draw, ops=None, max_nodes: int = 6, min_nodes: int = 1, backward: bool = False, max_side: int = 4,
-           layout_kinds=LAYOUT_KINDS, mem_size: int = 1 << 18, first=None):
+def graphs(draw, ops=None, max_nodes: int = 6, min_nodes: int = 1, backward: bool = False, max_side=None,
+           sizes=("tiny", "tiny", "tiny", "medium", "medium", "matrix", "wide"), specials: int = 15,
+           layout_kinds=LAYOUT_KINDS, mem_size=None, first=None):
     """A random, well-typed DAG of registered ops (a DrawnGraph). `ops`: op names or codes to draw
     from (default: every op with a sampler; with backward=True, every differentiable one).
     Leaves get random layouts and values; the context is a sentinel_context, so a kernel reading
-    or writing outside a tensor's elements shows. With backward=True the graph also gets
-    parameters, a random scalar loss and its backward graph (examples whose backward graph
-    cannot be built are rejected). `first`: an op (name or code) drawn first, whatever `ops` says
+    or writing outside a tensor's elements shows. Each graph draws a size class from `sizes`
+    (see SIZES: tiny, medium, matrix, wide), or uses `max_side` when given; in `specials`
+    percent of forward graphs new leaves hold special values (inf, NaN, -0, subnormals). With
+    backward=True the graph also gets parameters, a random scalar loss and its backward graph
+    (examples whose backward graph cannot be built are rejected). `first`: an op (name or code) drawn first, whatever `ops` says
     (to cover every op for sure: parametrize a test over the ops)."""
     codes = _codes(ops, backward)
     first = _codes([first], False)[0] if first is not None else None
-    ctx = sentinel_context(mem_size)
-    d = NodeDraw(draw, ctx, backward, max_side, layout_kinds)
+    if max_side is not None:
+        side, max_elements = max_side, max_side ** 4
+    else:
+        side, max_elements = SIZES[draw(st.sampled_from(tuple(sizes)))]
+    ctx = sentinel_context(mem_size or max(1 << 18, 120 * 4 * max_elements))
+    with_specials = not backward and draw(st.integers(0, 99)) < specials
+    d = NodeDraw(draw, ctx, backward, side, layout_kinds, max_elements=max_elements, specials=with_specials)
     n = draw(st.integers(min_nodes, max_nodes))
     # ops are drawn as (rotation + k) % len: hypothesis favours small k, the per-graph rotation
     # spreads that over every op (and both shrink toward the first op)
@@ -354,11 +395,14 @@ def _loss(d, outputs, nodes):
     from ..ops.elementwise import add, mul, sqr
     from ..ops.losses import cross_entropy_loss
     from ..ops.reduce import mean, sum as sum_
+    gc_nelements = TN.nelements
     ys = [t for t in outputs if t.type == F32] or [t for t in d.pool if t.type == F32][-1:]
     assume(ys)
     loss = None
     for y in ys[:3]:
         kind = d.choice(["sum", "weighted", "sqr", "mean", "cross_entropy"])
+        if kind in ("weighted", "cross_entropy") and gc_nelements(y) > 4 * d.max_elements:
+            kind = "sum"
         if kind == "sum":
             part = sum_(d.ctx, y)
         elif kind == "weighted":

@@ -202,8 +202,8 @@ class Interpreter:
                                      f"in memory mode")
 
     def run(self, values=None) -> Evaluation:
-        """Evaluate. `values` ({tensor: array}) replaces leaves' (or parameters') values: float64
-        mode only, numpy order (ne reversed; any number of leading 1-dims)."""
+        """Evaluate. `values` ({tensor: array}) replaces the values of leaves, parameters or nodes
+        (a node given a value is not computed): float64 mode only, numpy order (ne reversed)."""
         if self.mode == "memory":
             if values:
                 raise ValueError("reference: values= overrides need mode='float64'")
@@ -237,7 +237,7 @@ class Interpreter:
         for t in self.leafs:
             initial[id(t)] = vals[id(t)] = self._leaf_value(t, values)
         for node in self.nodes:
-            if node.op == OP_NONE:
+            if node.op == OP_NONE or node in values:
                 initial[id(node)] = vals[id(node)] = self._leaf_value(node, values)
                 continue
             srcs = [None if s is None else vals[id(s)] for s in node.src]
