@@ -151,7 +151,7 @@ def _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos):
     return w
 
 
-SOFT_MAX_ACROSS = STACK_N     # rows up to this long are staged a group at a time
+SOFT_MAX_GROUPED = STACK_N    # rows up to this long are staged a group of rows at a time
 
 
 @inline
@@ -163,9 +163,9 @@ def _soft_max_fast(r, lo, hi, scale, max_bias, has_mask, has_pos):
     at a time, exp in blocks. A row with no maximum (all -inf) gives zeros."""
     ne0, ne1, ne2 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2)
     m1 = t_ne(r, 2, 1) if has_mask else 1
-    wb = stack_f64()
+    wb = stack_f64()        # w, then exp(w - max), of a group of rows (or a block of a long row)
     i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
-    if ne0 > SOFT_MAX_ACROSS:
+    if ne0 > SOFT_MAX_GROUPED:
         for _ in range(lo, hi):
             x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
             y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
