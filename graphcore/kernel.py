@@ -262,23 +262,3 @@ def exp_f64(x):
     y = y if x >= _EXP_MIN else 0.0
     return y if x == x else x
 
-
-@inline
-def exp_f32(x):
-    """expf of a float32 (Cephes' polynomial, within 2 ulp), vectorisable like exp_f64. inf above
-    88.72, 0 below -86 (no subnormal results), NaN stays NaN."""
-    xc = x if x < np.float32(88.72) else np.float32(88.72)
-    xc = xc if xc > np.float32(-86.0) else np.float32(-86.0)
-    n = np.floor(xc * np.float32(1.44269504088896341) + np.float32(0.5))
-    t = (xc - n * np.float32(0.693359375)) - n * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * t + np.float32(1.3981999507e-3)
-    p = p * t + np.float32(8.3334519073e-3)
-    p = p * t + np.float32(4.1665795894e-2)
-    p = p * t + np.float32(1.6666665459e-1)
-    p = p * t + np.float32(5.0000001201e-1)
-    p = p * (t * t) + t + np.float32(1.0)
-    y = (p * np.float32(2.0)) * f32_from_bits(np.uint32((np.int32(n) + np.int32(126)) << np.int32(23)))
-    y = y if x <= np.float32(88.72) else np.float32(np.inf)
-    y = y if x >= np.float32(-86.0) else np.float32(0.0)
-    return y if x == x else x

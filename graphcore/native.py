@@ -206,8 +206,6 @@ def _stack_array(dtype, n: int):
 
 STACK_N = 512
 stack_f64 = _stack_array(types.float64, STACK_N)     # kernels' small float64 scratch (4 KiB)
-STACK_F32_N = 2048
-stack_f32 = _stack_array(types.float32, STACK_F32_N)  # kernels' small float32 scratch (8 KiB)
 
 
 def _splat(builder, val, vty):

@@ -4,16 +4,18 @@
     python -m tools.profile_graph --threads 2 --by-op  # totals per op too
     python -m tools.profile_graph --graph forward --top 20
 
-The graphs are built exactly as models/baby_llama.py's train() builds them (forward_batch, the
-squared-error loss, build_backward_expand with keep), then computed once so every tensor holds
-realistic values. Each node is then timed alone: a graph whose node list is that one node
-repeated --copies times is planned for --threads and computed --repeat times; the median time
-divided by the copies is the node's time (the executor's per-node cost, ~0.05 us, is included;
-graph_compute's Python overhead is amortised over the copies). Nodes that are views of their
-own source (in-place results, whose repeats would compound) run one copy per compute, and their
-time has graph_compute's measured overhead subtracted.
+The graphs are models/baby_llama.py's training graphs (build_training_graphs: forward_batch, the
+loss, build_backward_expand with keep) with the first batch's data, computed once so every tensor
+holds realistic values. Each node is then timed alone: a graph whose node list is that one node
+repeated --copies times is planned for --threads and computed --repeat times; the median (or, with
+--stat min, the least disturbed) time divided by the copies is the node's time (the executor's
+per-node cost, ~0.05 us, is included; graph_compute's Python overhead is amortised over the
+copies). Nodes that are views of their own source (in-place results, whose repeats would
+compound) run one copy per compute, and their time has graph_compute's measured overhead
+subtracted. A node timed alone finds its data in cache: the whole graph takes somewhat longer
+than the sum of its nodes.
 
-Also printed: the whole forward and backward graphs' times (median), and the sum of the nodes'.
+Also printed: the whole forward and backward graphs' times, and the sum of the nodes'.
 """
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ from graphcore.ops.registry import OPS
 
 
 def build_training_graphs(args):
-    """(gf, gb, loss) for baby-llama's training step, as models.baby_llama.train builds them."""
+    """(gf, gb, loss) for baby-llama's training step: the model as the program's main() makes it,
+    the graphs from models.baby_llama.build_training_graphs (as train() builds them), the first
+    batch's tokens and targets in place."""
     from models import baby_llama as bl
     margs = bl._parser().parse_args([
         "--n-batch", str(args.n_batch), "--n-embd", str(args.n_embd), "--n-head", str(args.n_head),
@@ -52,22 +56,10 @@ def build_training_graphs(args):
     kv = bl.LlamaKVCache()
     kv.ctx = model.ctx
     bl.init_kv_cache(kv, model, margs.n_batch)
-
-    hp = model.hparams
-    n_tokens, n_vocab, n_batch = hp.n_ctx, hp.n_vocab, margs.n_batch
-    ctx0 = gc.init(bl._compute_size(hp, n_batch, kv, nodes_per_layer=200))
-    tokens_input = gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch)
-    targets = gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch)
-    bl.get_example_targets_batch(ctx0, 0, tokens_input, targets)
-    gf = gc.new_graph_custom(ctx0, bl.LLAMA_TRAIN_MAX_NODES, True)
-    fwd = bl.forward_batch_lora if margs.lora else bl.forward_batch
-    logits = fwd(model, kv, ctx0, gf, tokens_input, n_tokens, 0, n_batch)
-    loss = bl.cross_entropy_loss if margs.loss == "cross-entropy" else bl.square_error_loss
-    e = loss(ctx0, targets, logits)
-    gc.build_forward_expand(gf, e)
-    gb = gc.graph_dup(ctx0, gf)
-    gc.build_backward_expand(ctx0, gf, gb, True)
-    return gf, gb, e
+    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss)
+    bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
+    tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
+    return tg.gf, tg.gb, tg.error
 
 
 def _planned(g, n_threads):
@@ -77,10 +69,8 @@ def _planned(g, n_threads):
     return plan
 
 
-STAT = statistics.median     # --stat min: the least disturbed run instead (busy machines)
-
-
-def median_time(fn, repeat, warmup=3):
+def timed(fn, repeat, stat=statistics.median, warmup=3):
+    """stat (median, or min on a busy machine) of `repeat` timed calls of fn, after warmup calls."""
     for _ in range(warmup):
         fn()
     ts = []
@@ -88,7 +78,7 @@ def median_time(fn, repeat, warmup=3):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return STAT(ts)
+    return stat(ts)
 
 
 def _repeated(node, copies):
@@ -115,7 +105,7 @@ def _describe(node):
     return ne, srcs
 
 
-def profile(g, args, overhead):
+def profile(g, args, overhead, stat=statistics.median):
     """[(seconds per node, index, node, n_tasks)] for every computed node of g."""
     full = _planned(g, args.threads)
     rows = []
@@ -128,21 +118,21 @@ def profile(g, args, overhead):
         copies = 1 if single else args.copies
         rg = _repeated(node, copies)
         plan = _planned(rg, args.threads)
-        t = median_time(lambda: gc.graph_compute(rg, plan), args.repeat)
+        t = timed(lambda: gc.graph_compute(rg, plan), args.repeat, stat)
         per = (t - overhead) / copies if single else t / copies
         rows.append((per, i, node, int(plan.n_tasks[0])))
     gc.graph_compute(g, full)
     return rows
 
 
-def _compute_overhead(g, args):
+def compute_overhead(args, stat=statistics.median):
     """graph_compute's own cost (checks, lowering reuse, thread start): one tiny SCALE node."""
     ctx = gc.init(1 << 20)
     x = gc.new_tensor_1d(ctx, gc.TYPE_F32, 1)
     t = gc.scale(ctx, x, 1.0)
     tg = gc.build_forward(t)
     plan = _planned(tg, args.threads)
-    return median_time(lambda: gc.graph_compute(tg, plan), max(args.repeat, 200))
+    return timed(lambda: gc.graph_compute(tg, plan), max(args.repeat, 200), stat)
 
 
 def main(argv=None) -> int:
@@ -151,7 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--graph", choices=("forward", "backward"), default="backward",
                    help="which graph's nodes to time (backward, the default, holds the forward's too)")
     p.add_argument("--copies", type=int, default=200, help="copies of a node per timed compute (default 200)")
-    p.add_argument("--repeat", type=int, default=21, help="timed computes per node; the median is kept (default 21)")
+    p.add_argument("--repeat", type=int, default=21, help="timed computes per node (default 21)")
     p.add_argument("--stat", choices=("median", "min"), default="median",
                    help="statistic of the timed computes (default median; min is steadier on a busy machine)")
     p.add_argument("--top", type=int, default=0, help="print only the N slowest nodes (default: all)")
@@ -165,16 +155,15 @@ def main(argv=None) -> int:
     if args.threads < 1 or args.copies < 1 or args.repeat < 1:
         p.error("--threads, --copies and --repeat must be >= 1")
 
-    global STAT
-    STAT = min if args.stat == "min" else statistics.median
+    stat = min if args.stat == "min" else statistics.median
     gf, gb, loss = build_training_graphs(args)
     TN.set_f32(loss.grad, 1.0)
     pf, pb = _planned(gf, args.threads), _planned(gb, args.threads)
-    t_gf = median_time(lambda: gc.graph_compute(gf, pf), max(args.repeat, 101))
-    t_gb = median_time(lambda: gc.graph_compute(gb, pb), max(args.repeat, 101))
-    overhead = _compute_overhead(gb, args)
+    t_gf = timed(lambda: gc.graph_compute(gf, pf), max(args.repeat, 101), stat)
+    t_gb = timed(lambda: gc.graph_compute(gb, pb), max(args.repeat, 101), stat)
+    overhead = compute_overhead(args, stat)
     g = gf if args.graph == "forward" else gb
-    rows = profile(g, args, overhead)
+    rows = profile(g, args, overhead, stat)
     total = sum(r[0] for r in rows)
 
     print(f"baby-llama training graphs, {args.threads} thread(s): forward {gf.n_nodes} nodes "

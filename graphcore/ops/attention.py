@@ -250,7 +250,8 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     nsrc = r[R_NSRC]
     has_mask = nsrc > 1 and t_addr(r, 2) != 0
-    has_pos = nsrc > 2 and t_addr(r, 3) != 0
+    # pos only counts with ALiBi (max_bias > 0): its slope is 0 otherwise, and 0 * inf would be NaN
+    has_pos = nsrc > 2 and t_addr(r, 3) != 0 and param_f32(rec, 1) > 0.0
     if (rows_contiguous(r, 0) and rows_contiguous(r, 1) and (not has_mask or rows_contiguous(r, 2))
             and (not has_pos or rows_contiguous(r, 3))):
         lo, hi = split(t_ne(r, 1, 1) * t_ne(r, 1, 2) * t_ne(r, 1, 3), ith, nth)
@@ -262,7 +263,7 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
     pp = view_f32(r, 3)
     nsrc = r[R_NSRC]
     has_mask = nsrc > 1 and t_addr(r, 2) != 0
-    has_pos = nsrc > 2 and t_addr(r, 3) != 0
+    has_pos = nsrc > 2 and t_addr(r, 3) != 0 and param_f32(rec, 1) > 0.0
     scale = np.float64(param_f32(rec, 0))
     max_bias = np.float64(param_f32(rec, 1))
     ne3, ne2, ne1, ne0 = a.shape

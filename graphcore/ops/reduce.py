@@ -10,7 +10,7 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import f32_at, inline, record, row_addr, row_f32, rows_contiguous, split, view_f32, view_i32
+from ..kernel import f32_at, inline, record, row_addr, rows_contiguous, split, view_f32, view_i32
 from ..native import f64_1d as _f64
 from .common import check_f32, next_row, shapes
 from .refs import f64, shape4, tile
