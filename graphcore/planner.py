@@ -80,7 +80,7 @@ def lower(plan: CPlan):
     blas = sgemm_address()
     for i, node in enumerate(g.nodes):
         op = OPS[node.op]
-        fns[i] = op.kernel_address()
+        fns[i] = op.kernel_address(node)
         phases[i] = op.n_phases(node) if callable(op.n_phases) else op.n_phases
         r = recs[i]
         r[K.R_OP], r[K.R_NSRC], r[K.R_NODE] = node.op, len(node.src), i

@@ -23,7 +23,7 @@ from graphcore.testing import assert_gradients_close, assert_graph_close, graphs
 from graphcore.testing.graphgen import BACKWARD_EXCLUDED
 
 FUZZ = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "fuzz"
-FORWARD_PER_OP, BACKWARD_PER_OP = 6, 3
+FORWARD_PER_OP, BACKWARD_PER_OP = 10, 6
 MAX_NODES = 10 if FUZZ else 6
 FORWARD_FIRST = [None] if FUZZ else [op.name for op in gc.OPS if op.sample is not None]
 BACKWARD_FIRST = [None] if FUZZ else [op.name for op in gc.OPS if op.sample is not None and op.backward is not None

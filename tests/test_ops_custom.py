@@ -228,6 +228,7 @@ from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E4
 _GRAPH_OPS = [op for m in ["custom"] for op in family_ops(m)]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")      # inf and NaN through the Python functions
 @given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))
 def test_random_graphs_of_custom_ops(drawn):
     """Random DAGs of these ops (shared inputs, every layout, special values, tiny to BLAS-sized): every

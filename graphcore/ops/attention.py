@@ -175,7 +175,7 @@ def _soft_max_fast(r, lo, hi, scale, max_bias, has_mask, has_pos):
             mx = -np.inf
             for i0 in range(ne0):
                 w = _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos)
-                if w > mx:
+                if w > mx or w != w:        # NaN wins: a row of NaN is NaN, not "all masked"
                     mx = w
             if mx == -np.inf:
                 for i0 in range(ne0):
@@ -221,7 +221,7 @@ def _soft_max_fast(r, lo, hi, scale, max_bias, has_mask, has_pos):
             w = wb[j * ne0:j * ne0 + ne0]
             mx = -np.inf
             for i0 in range(ne0):
-                if w[i0] > mx:
+                if w[i0] > mx or w[i0] != w[i0]:    # NaN wins: a row of NaN is NaN, not "all masked"
                     mx = w[i0]
             mxs[j] = mx
             m = mx if mx != -np.inf else 0.0
@@ -282,7 +282,7 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
                 w += np.float64(m[0, 0, j1, i0])
             if has_pos:
                 w += slope * np.float64(pp[0, 0, 0, i0])
-            if w > mx:
+            if w > mx or w != w:           # NaN wins: a row of NaN is NaN, not "all masked"
                 mx = w
         if mx == -np.inf:              # every element masked: zeros, not 0/0
             for i0 in range(ne0):

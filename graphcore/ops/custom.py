@@ -69,11 +69,12 @@ MAP_CUSTOM3 = register("MAP_CUSTOM3", "custom(x,y,z)", _custom_kernel, n_tasks=_
 
 @reference_of(MAP_CUSTOM1, MAP_CUSTOM2, MAP_CUSTOM3)
 def _custom_reference(node, srcs):
-    # the user's own function, run as plain Python (a jitted one through its py_func) on numpy arrays,
-    # as one task (ith 0 of nth 1): a result that depends on the split is the function's bug. dst
-    # starts as src0's values in place, as zeros otherwise (a function must write every element).
+    # the user's own function called directly on numpy arrays (a jitted one through its dispatcher,
+    # so with numba's arithmetic), as one task (ith 0 of nth 1): a result that depends on the split is
+    # the function's bug. dst starts as src0's values in place, as zeros otherwise (a function must
+    # write every element). What this checks is the op's plumbing: views, strides, tasks, aliasing.
     w = _by_ident[int(node.op_params[3])]
-    fun = w.fun if w.python else w.fun.py_func
+    fun = w.fun
     arrays = [np.array(s) for s in srcs]
     if not w.python:            # compiled code sees F16 as uint16 bits
         arrays = [x.view(np.uint16) if x.dtype == np.float16 else x for x in arrays]

@@ -125,33 +125,63 @@ def _copy_rows_f32(r, ith, nth):
         i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
 
 
-def _dup_kernel(rec, ith, nth, phase, wdata, wsize):
+# one kernel per (source type, destination type): only the pairs a graph uses get compiled
+def _copy_f32_f32(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
-    st, dt = t_type(r, 1), t_type(r, 0)
-    if st == _F32:
-        if dt == _F32 and t_nb(r, 0, 0) == 4 and t_nb(r, 1, 0) == 4 and _same_shape(r) and not (
-                is_dense(r, 0, 4) and is_dense(r, 1, 4)):
-            _copy_rows_f32(r, ith, nth)
-        elif dt == _F32:
-            _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), _same, _flat_f32(r, 1), _flat_f32(r, 0))
-        elif dt == _F16:
-            _copy_loop(r, ith, nth, view_f32(r, 1), view_u16(r, 0), fp32_to_fp16, _flat_f32(r, 1), _flat_u16(r, 0))
-        else:
-            _copy_loop(r, ith, nth, view_f32(r, 1), view_i32(r, 0), _to_i32, _flat_f32(r, 1), _flat_i32(r, 0))
-    elif st == _F16:
-        if dt == _F32:
-            _copy_loop(r, ith, nth, view_u16(r, 1), view_f32(r, 0), fp16_to_fp32, _flat_u16(r, 1), _flat_f32(r, 0))
-        elif dt == _F16:
-            _copy_loop(r, ith, nth, view_u16(r, 1), view_u16(r, 0), _same, _flat_u16(r, 1), _flat_u16(r, 0))
-        else:
-            _copy_loop(r, ith, nth, view_u16(r, 1), view_i32(r, 0), _f16_to_i32, _flat_u16(r, 1), _flat_i32(r, 0))
+    if t_nb(r, 0, 0) == 4 and t_nb(r, 1, 0) == 4 and _same_shape(r) and not (
+            is_dense(r, 0, 4) and is_dense(r, 1, 4)):
+        _copy_rows_f32(r, ith, nth)
     else:
-        if dt == _F32:
-            _copy_loop(r, ith, nth, view_i32(r, 1), view_f32(r, 0), _to_f32, _flat_i32(r, 1), _flat_f32(r, 0))
-        elif dt == _F16:
-            _copy_loop(r, ith, nth, view_i32(r, 1), view_u16(r, 0), _i32_to_f16, _flat_i32(r, 1), _flat_u16(r, 0))
-        else:
-            _copy_loop(r, ith, nth, view_i32(r, 1), view_i32(r, 0), _same, _flat_i32(r, 1), _flat_i32(r, 0))
+        _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), _same, _flat_f32(r, 1), _flat_f32(r, 0))
+
+
+def _copy_f32_f16(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    _copy_loop(r, ith, nth, view_f32(r, 1), view_u16(r, 0), fp32_to_fp16, _flat_f32(r, 1), _flat_u16(r, 0))
+
+
+def _copy_f32_i32(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    _copy_loop(r, ith, nth, view_f32(r, 1), view_i32(r, 0), _to_i32, _flat_f32(r, 1), _flat_i32(r, 0))
+
+
+def _copy_f16_f32(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    _copy_loop(r, ith, nth, view_u16(r, 1), view_f32(r, 0), fp16_to_fp32, _flat_u16(r, 1), _flat_f32(r, 0))
+
+
+def _copy_f16_f16(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    _copy_loop(r, ith, nth, view_u16(r, 1), view_u16(r, 0), _same, _flat_u16(r, 1), _flat_u16(r, 0))
+
+
+def _copy_f16_i32(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    _copy_loop(r, ith, nth, view_u16(r, 1), view_i32(r, 0), _f16_to_i32, _flat_u16(r, 1), _flat_i32(r, 0))
+
+
+def _copy_i32_f32(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    _copy_loop(r, ith, nth, view_i32(r, 1), view_f32(r, 0), _to_f32, _flat_i32(r, 1), _flat_f32(r, 0))
+
+
+def _copy_i32_f16(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    _copy_loop(r, ith, nth, view_i32(r, 1), view_u16(r, 0), _i32_to_f16, _flat_i32(r, 1), _flat_u16(r, 0))
+
+
+def _copy_i32_i32(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    _copy_loop(r, ith, nth, view_i32(r, 1), view_i32(r, 0), _same, _flat_i32(r, 1), _flat_i32(r, 0))
+
+
+_COPY_KERNELS = {(_F32, _F32): _copy_f32_f32, (_F32, _F16): _copy_f32_f16, (_F32, _I32): _copy_f32_i32,
+                 (_F16, _F32): _copy_f16_f32, (_F16, _F16): _copy_f16_f16, (_F16, _I32): _copy_f16_i32,
+                 (_I32, _F32): _copy_i32_f32, (_I32, _F16): _copy_i32_f16, (_I32, _I32): _copy_i32_i32}
+
+
+def _copy_variant(node):
+    return _COPY_KERNELS[(node.src[0].type, node.type)]
 
 
 def _tasks_by_src_rows(node, n_threads):
@@ -190,9 +220,12 @@ def _copy_backward(ctx, t, g, d):
         d.add(0, _as_shape_of(ctx, g, t.src[0]))
 
 
-DUP = register("DUP", "x", _dup_kernel, n_tasks=_tasks_by_src_rows, inplace=True, backward=_copy_backward)
-CPY = register("CPY", "x-\\>y", _dup_kernel, n_tasks=_tasks_by_src_rows, backward=_copy_backward)
-CONT = register("CONT", "cont(x)", _dup_kernel, n_tasks=_tasks_by_src_rows, backward=_copy_backward)
+DUP = register("DUP", "x", _copy_f32_f32, n_tasks=_tasks_by_src_rows, inplace=True, backward=_copy_backward,
+               variant=_copy_variant)
+CPY = register("CPY", "x-\\>y", _copy_f32_f32, n_tasks=_tasks_by_src_rows, backward=_copy_backward,
+               variant=_copy_variant)
+CONT = register("CONT", "cont(x)", _copy_f32_f32, n_tasks=_tasks_by_src_rows, backward=_copy_backward,
+                variant=_copy_variant)
 
 
 @reference_of(DUP, CPY, CONT)

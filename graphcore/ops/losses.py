@@ -34,7 +34,7 @@ def _row_max(x, n):
     mx = -np.inf
     for i0 in range(n):
         v = np.float64(x[i0])
-        if v > mx:
+        if v > mx or v != v:        # NaN wins: a row of NaN gives NaN, not the "all -inf" case
             mx = v
     return mx
 
@@ -175,11 +175,14 @@ CROSS_ENTROPY_LOSS_BACK = register("CROSS_ENTROPY_LOSS_BACK", "cross_entropy_los
 @reference_of(CROSS_ENTROPY_LOSS_BACK)
 def _cross_entropy_loss_back_reference(node, srcs):
     # L = -1/nr sum b log q:  dL/da_j = -(1 - eps)/nr (b_j p_j / q_j - p_j sum_i b_i p_i / q_i), times c
+    # (a row of -inf has p = 0 whatever a does: a zero gradient, whatever the targets and c)
     p, q = _ce_parts(srcs[0])
     b = f64(srcs[1])
     nr = q.size // q.shape[3]
+    dead = f64(srcs[0]).max(axis=3, keepdims=True) == -np.inf
     r = b * p / q
-    return f64(srcs[2]).reshape(-1)[0] * (1.0 - CE_EPS) / nr * (p * r.sum(axis=3, keepdims=True) - r)
+    g = f64(srcs[2]).reshape(-1)[0] * (1.0 - CE_EPS) / nr * (p * r.sum(axis=3, keepdims=True) - r)
+    return np.where(dead, 0.0, g)
 
 
 @sample_of(CROSS_ENTROPY_LOSS_BACK)

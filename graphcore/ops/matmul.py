@@ -106,7 +106,7 @@ def small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
             n0 += 1
 
 
-@inline
+@njit(cache=True, nogil=True, error_model="numpy")     # not inlined: compiled once, shared by both products
 def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_sn):
     """Block-broadcast product over dims 2 and 3 of dst: src0 batch i2 // (ne2 / ne02)."""
     ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
@@ -139,24 +139,28 @@ def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_
 def _mul_mat_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     K, M, N = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 2, 1)
-    if t_type(r, 1) == 1:                     # F16 src0: phase 0 widens it into the work buffer
-        ne02, ne03 = t_ne(r, 1, 2), t_ne(r, 1, 3)
-        if phase == 0:
-            W = f32_2d_strided(wdata, (M * ne02 * ne03, K), (K * 4, 4))
-            rows = M * ne02 * ne03
-            lo, hi = split(rows, ith, nth)
-            for ir in range(lo, hi):
-                i1, i2, i3 = ir % M, (ir // M) % ne02, ir // (M * ne02)
-                src = u16_2d_strided(t_addr(r, 1) + i1 * t_nb(r, 1, 1) + i2 * t_nb(r, 1, 2) + i3 * t_nb(r, 1, 3),
-                                     (1, K), (0, t_nb(r, 1, 0)))
-                for k in range(K):
-                    W[ir, k] = fp16_to_fp32(src[0, k])
-            return
-        batched_gemm(r, ith, nth, M, N, K, wdata, K * 4, 4, M * K * 4, M * K * 4 * ne02,
-                     t_nb(r, 2, 0), t_nb(r, 2, 1), t_nb(r, 0, 1))
-        return
     batched_gemm(r, ith, nth, M, N, K, t_addr(r, 1), t_nb(r, 1, 1), t_nb(r, 1, 0), t_nb(r, 1, 2),
-                     t_nb(r, 1, 3), t_nb(r, 2, 0), t_nb(r, 2, 1), t_nb(r, 0, 1))
+                 t_nb(r, 1, 3), t_nb(r, 2, 0), t_nb(r, 2, 1), t_nb(r, 0, 1))
+
+
+def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
+    """F16 src0: phase 0 widens it into the work buffer, phase 1 multiplies."""
+    r = record(rec)
+    K, M, N = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 2, 1)
+    ne02, ne03 = t_ne(r, 1, 2), t_ne(r, 1, 3)
+    if phase == 0:
+        W = f32_2d_strided(wdata, (M * ne02 * ne03, K), (K * 4, 4))
+        rows = M * ne02 * ne03
+        lo, hi = split(rows, ith, nth)
+        for ir in range(lo, hi):
+            i1, i2, i3 = ir % M, (ir // M) % ne02, ir // (M * ne02)
+            src = u16_2d_strided(t_addr(r, 1) + i1 * t_nb(r, 1, 1) + i2 * t_nb(r, 1, 2) + i3 * t_nb(r, 1, 3),
+                                 (1, K), (0, t_nb(r, 1, 0)))
+            for k in range(K):
+                W[ir, k] = fp16_to_fp32(src[0, k])
+        return
+    batched_gemm(r, ith, nth, M, N, K, wdata, K * 4, 4, M * K * 4, M * K * 4 * ne02,
+                 t_nb(r, 2, 0), t_nb(r, 2, 1), t_nb(r, 0, 1))
 
 
 def _mm_tasks(node, n_threads):
@@ -187,7 +191,9 @@ def _mul_mat_backward(ctx, t, g, d):
 
 
 MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_size=_mm_work,
-                   n_phases=lambda node: 2 if node.src[0].type == T.TYPE_F16 else 1, backward=_mul_mat_backward)
+                   n_phases=lambda node: 2 if node.src[0].type == T.TYPE_F16 else 1,
+                   variant=lambda node: _mul_mat_f16_kernel if node.src[0].type == T.TYPE_F16 else _mul_mat_kernel,
+                   backward=_mul_mat_backward)
 
 
 @reference_of(MUL_MAT, nmse=1e-6)

@@ -50,19 +50,26 @@ class OpDef:
     # rebuilds a node of this op from a graph file through the op's builder (@rebuild_of; see graphcore.graphfile)
     rebuild: Optional[Callable] = field(default=None, repr=False)
     not_exportable: Optional[str] = field(default=None, repr=False)   # why a graph file cannot hold this op
-    _address: int = field(default=0, repr=False)
+    # (node) -> the kernel function for this node, when an op has several (one per type pair, say):
+    # only the variants a graph uses get compiled, which keeps a cold start short
+    variant: Optional[Callable] = field(default=None, repr=False)
+    _addresses: dict = field(default_factory=dict, repr=False)
 
-    def kernel_address(self) -> int:
-        """Compile the kernel (once; cached on disk by numba) and return its C address; 0 for no-ops."""
+    def kernel_address(self, node=None) -> int:
+        """Compile the node's kernel (once; cached on disk by numba) and return its C address;
+        0 for ops that compute nothing (views)."""
         if self.kernel is None:
             return 0
-        if not self._address:
+        fn = self.variant(node) if self.variant is not None and node is not None else self.kernel
+        address = self._addresses.get(fn)
+        if address is None:
             with _compile_lock:
-                if not self._address:
-                    compiled = cfunc(KERNEL_SIG, cache=True, error_model="numpy")(self.kernel)
+                address = self._addresses.get(fn)
+                if address is None:
+                    compiled = cfunc(KERNEL_SIG, cache=True, error_model="numpy")(fn)
                     _keep_alive.append(compiled)
-                    self._address = compiled.address
-        return self._address
+                    address = self._addresses[fn] = compiled.address
+        return address
 
 
 OPS: list[OpDef] = []
@@ -87,11 +94,11 @@ def no_work(node, n_tasks):
 
 
 def register(name, symbol, kernel=None, n_tasks=tasks_by_rows, work_size=no_work, backward=None,
-             inplace=False, n_phases=1) -> int:
+             inplace=False, n_phases=1, variant=None) -> int:
     if name in BY_NAME:
         raise RuntimeError(f"op {name} registered twice")
     op = OpDef(name, symbol, len(OPS), kernel, n_tasks if kernel is not None else tasks_one,
-               work_size, backward, inplace, n_phases)
+               work_size, backward, inplace, n_phases, variant=variant)
     OPS.append(op)
     BY_NAME[name] = op
     return op.code

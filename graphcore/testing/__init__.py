@@ -1,5 +1,18 @@
 """graphcore.testing: tools to test graphs (strategies, numpy comparisons, gradient checks).
 
+A property-based testing kit for your own graphs, and the one graphcore's op tests and fuzzer use:
+
+- strategies (hypothesis): types(), shapes(), layouts(), tensors(ctx, type, shape, layout),
+  broadcastable_pairs(), matmul_pairs(), and graphs(ops=..., max_nodes=..., backward=...): random
+  well-typed DAGs of registered ops (each op's sampler, kept beside its kernel, draws what it
+  accepts) with random leaf data;
+- reference: a pure-numpy interpreter of any graph, forward or backward, from the numpy reference
+  each op keeps beside its kernel (evaluate(g));
+- assert_graph_close(g, n_threads=(1, 2, 4)): the executor against the references, node by node,
+  reporting the first diverging node; assert_gradients_close and check_gradients: gradients
+  against finite differences;
+- compare: nmse, assert_close_nmse, sentinel contexts and stray-write checks.
+
 Several modules are filled in by different work streams; each adds its own import line below.
 """
 from .compare import (SENTINEL, assert_close_nmse, assert_same_bits, check_untouched, compute_guarded,  # noqa: F401

@@ -241,7 +241,7 @@ def assert_graph_close(g, n_threads=(1, 2, 4), *, nmse_tol: dict | None = None, 
 
     # 1. node by node, each against its reference on the executor's own inputs
     n0 = n_threads[0]
-    per_node = _node_by_node(g, n0, split_small, arenas, check, tols, check_writes, start)
+    per_node = _node_by_node(g, n0, split_small, arenas, check, tols, check_writes)
     after_nodes = arenas.snapshot()
 
     # 2. the whole graph, at every thread count: the same bytes
@@ -268,7 +268,7 @@ def assert_graph_close(g, n_threads=(1, 2, 4), *, nmse_tol: dict | None = None, 
     return check
 
 
-def _node_by_node(g, n_threads, split_small, arenas, check, tols, check_writes, start):
+def _node_by_node(g, n_threads, split_small, arenas, check, tols, check_writes):
     values = []
     for i, node in enumerate(g.nodes):
         op = OPS[node.op]

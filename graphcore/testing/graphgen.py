@@ -29,7 +29,7 @@ from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError, OutOfMemoryError
 from ..ops.args import region_overlaps
-from ..ops.registry import BY_NAME, NOT_DIFFERENTIABLE, OP_NONE, OPS
+from ..ops.registry import BY_NAME, OP_NONE, OPS
 from .compare import sentinel_context
 from .reference import byte_region
 from .strategies import CONTIGUOUS, LAYOUT_KINDS, layouts, make_tensor, ne4
@@ -348,7 +348,7 @@ def graphs(draw, ops=None, max_nodes: int = 6, min_nodes: int = 1, backward: boo
         side, max_elements = max_side, max_side ** 4
     else:
         side, max_elements = SIZES[draw(st.sampled_from(tuple(sizes)))]
-    ctx = sentinel_context(mem_size or max(1 << 18, 120 * 4 * max_elements))
+    ctx = sentinel_context(mem_size or max(1 << 18, (360 if backward else 120) * 4 * max_elements))
     with_specials = not backward and draw(st.integers(0, 99)) < specials
     d = NodeDraw(draw, ctx, backward, side, layout_kinds, max_elements=max_elements, specials=with_specials)
     n = draw(st.integers(min_nodes, max_nodes))
@@ -377,12 +377,12 @@ def graphs(draw, ops=None, max_nodes: int = 6, min_nodes: int = 1, backward: boo
         for t in outputs:
             build_forward_expand(g, t)
         return DrawnGraph(ctx, g, outputs, nodes, d.leaves)
-    loss = _loss(d, outputs, nodes)
-    for t in outputs:
-        build_forward_expand(g, t)
-    build_forward_expand(g, loss)
     from ..autodiff import build_backward
     try:
+        loss = _loss(d, outputs, nodes)
+        for t in outputs:
+            build_forward_expand(g, t)
+        build_forward_expand(g, loss)
         gb = build_backward(ctx, g)
     except (GraphError, OutOfMemoryError):
         assume(False)
