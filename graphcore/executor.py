@@ -150,34 +150,41 @@ def _check_plan(g, cplan: CPlan):
 
 
 def graph_compute(g, cplan: CPlan) -> int:
-    """Run every node of g on cplan.n_threads threads. Returns STATUS_SUCCESS or raises."""
+    """Run every node of g on cplan.n_threads threads. Returns STATUS_SUCCESS or raises.
+
+    Called thousands of times per training run, so the Python around the compiled loop is kept
+    to a few checks: records stay clean (kernels write an error slot only on failure, and a
+    failure cleans up before raising), the sync array lives with the plan."""
     _check_plan(g, cplan)
     if g.n_nodes == 0:
         return STATUS_SUCCESS
-    recs, fns, n_tasks, n_phases = cplan.lowered or lower(cplan)
-    recs[:, K.R_ERR] = 0
-    nth = min(cplan.n_threads, int(n_tasks.max()))   # no waking threads that would only wait
-    sync = np.zeros(24, dtype=np.int64)
+    recs, fns, n_tasks, n_phases, contexts, most_tasks = cplan.lowered or lower(cplan)
+    for ctx in contexts:
+        if ctx.freed:
+            raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
+    nth = min(cplan.n_threads, most_tasks)   # no waking threads that would only wait
+    sync = cplan.sync
     wd = cplan.work_data
-    wdata, wsize = (int(wd.ctypes.data), int(wd.nbytes)) if wd is not None and wd.nbytes else (0, 0)
-    result = [-1] * nth
-
-    def job(ith):
-        result[ith] = run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize)
-
+    wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
     old = set_thread_local_blas_threads(1)
     try:
         if nth == 1:
-            job(0)
+            failed = run_nodes(recs, fns, n_tasks, n_phases, 0, 1, sync, wdata, wsize)
         else:
+            result = [-1] * nth
+
+            def job(ith):
+                result[ith] = run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize)
             _pool.run(nth, job)
+            failed = max(result)
     finally:
         if old > 0:
             set_thread_local_blas_threads(old)
-    failed = max(result)
     if failed >= 0:
         node = g.nodes[failed]
         code, arg = int(recs[failed, K.R_ERR]), int(recs[failed, K.R_ERRARG])
+        recs[:, K.R_ERR] = 0
+        sync[:] = 0
         raise K.compute_error(node, failed, code, arg)
     return STATUS_SUCCESS
 

@@ -31,7 +31,8 @@ class CPlan:
         self.abort_callback = None
         self.version = graph.version
         self.n_nodes = graph.n_nodes
-        self.lowered = None       # (recs, fns, n_tasks, n_phases), built on first compute
+        self.lowered = None       # (recs, fns, n_tasks, n_phases, contexts, most tasks), on first compute
+        self.sync = np.zeros(24, dtype=np.int64)   # the executor's barrier and abort flag
 
     def __repr__(self):
         return f"<graphcore.CPlan {self.n_nodes} nodes, {self.n_threads} threads, work_size={self.work_size}>"
@@ -93,6 +94,8 @@ def lower(plan: CPlan):
                 r[b:b + K.SLOT_LEN] = _slot(s, f"src[{j}] of node {i} ({op.name})")
         r[K.P_BASE:K.P_BASE + 8] = node.op_params.view(np.int64)
         r[K.R_BLAS] = blas
-    plan.lowered = (recs, fns, plan.n_tasks.copy() if n else np.ones(1, np.int64), phases)
+    contexts = {id(t.ctx): t.ctx for node in g.nodes for t in (node, *node.src) if t is not None}
+    n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
+    plan.lowered = (recs, fns, n_tasks, phases, list(contexts.values()), int(n_tasks.max()))
     g.lowered_cache = (g.version, plan.lowered)
     return plan.lowered

@@ -157,7 +157,8 @@ class NodeDraw:
         if not new:
             cands = [t for t in self.pool if t.type == type and (want is None or list(t.ne) == want)
                      and (not contiguous or TN.is_contiguous(t)) and (accept is None or accept(t))
-                     and (domain == "any" or self._domain.get(id(t)) == domain)
+                     and (self._domain.get(id(t)) == domain
+                          or (domain == "any" and not (self.backward and self._domain.get(id(t)) == "mask")))
                      and (want is not None or max_dims >= 4 or all(x == 1 for x in t.ne[max_dims:]))
                      and (param is not False or not self._depends_on_params(t))]
             if cands and self.coin(self.reuse):
@@ -198,8 +199,8 @@ class NodeDraw:
         with np.errstate(over="ignore"):        # special values beyond F16's range become inf
             v = v.astype(T.traits(type_).dtype)
         t = make_tensor(self.ctx, ne, layout, v, type=type_)
-        if param is None:
-            param = self.backward and type_ == F32 and self.coin(70)
+        if param is None:       # (no parameter holds -inf: its gradient would be -inf * 0)
+            param = self.backward and type_ == F32 and domain != "mask" and self.coin(70)
         self._new_leaf(t, domain, param and type_ == F32, shared)
         return t
 
