@@ -16,3 +16,13 @@ def test_readme_lists_every_op():
 def test_readme_gives_the_two_setup_commands():
     assert ".venv/bin/python -m models.baby_llama" in README
     assert ".venv/bin/python -m pytest -q" in README
+
+
+def test_readme_examples_run():
+    """The README's first graph and its training example run as written."""
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    scope = {}
+    exec("import numpy as np\nimport graphcore as gc\n" + "\n".join(blocks[:2]), scope)
+    assert scope["y"].numpy().shape == (3, 3)
+    assert scope["a"].grad.numpy().shape == (128, 4)
+    assert scope["result"] in (gc.OPT_OK, gc.OPT_DID_NOT_CONVERGE)
