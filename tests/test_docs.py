@@ -23,6 +23,6 @@ def test_readme_examples_run():
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
     scope = {}
     exec("import numpy as np\nimport graphcore as gc\n" + "\n".join(blocks[:2]), scope)
-    assert scope["y"].numpy().shape == (3, 3)
+    assert scope["y"].ne[:2] == [3, 3]            # its context was freed by the with block
     assert scope["a"].grad.numpy().shape == (128, 4)
     assert scope["result"] in (gc.OPT_OK, gc.OPT_DID_NOT_CONVERGE)
