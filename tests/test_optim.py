@@ -184,3 +184,19 @@ def test_opt_argument_errors():
         gc.opt(ctx, gc.opt_default_params(gc.OPT_ADAM), x)
     with pytest.raises(gc.GraphError):
         gc.opt(ctx, "adam", x)
+
+
+def test_non_descent_direction_fails_the_line_search():
+    # With the Armijo-only line search nothing enforces curvature: on a concave f the first pair
+    # has y.s < 0, the next L-BFGS direction points uphill, and the line search refuses it
+    # (LINESEARCH_FAIL), restoring the last accepted point in the graph.
+    ctx = gc.init(1 << 20)
+    x = gc.from_numpy(ctx, np.array([1.2], np.float32))
+    gc.set_param(ctx, x)
+    f = gc.sum(ctx, gc.scale(ctx, gc.sqr(ctx, x), -0.5))
+    gf, gb = _graphs(ctx, f)
+    params = gc.opt_default_params(gc.OPT_LBFGS)
+    params.lbfgs.linesearch = gc.LINESEARCH_BACKTRACKING_ARMIJO
+    opt = gc.opt_init(ctx, gc.OptContext(), params, 0)
+    assert gc.opt_resume_g(ctx, opt, f, gf, gb) == gc.LINESEARCH_FAIL
+    assert float(x.numpy()[0]) == pytest.approx(2.2, rel=1e-6)     # the accepted step, 1/||d|| = 1
