@@ -924,6 +924,28 @@ def build_model(args):
     return model
 
 
+def new_model(args, out=None):
+    """The model (init, set_param, randomize with args.seed) and its KV cache, as the original's
+    main does; `out` gets its two progress lines."""
+    model = build_model(args)
+    if out is not None:
+        out.write("init model\n")
+    if args.lora:
+        init_model_lora(model)
+        set_param_model_lora(model)
+        randomize_model_lora(model, args.seed, 0.0, 1.0, -1.0, +1.0)
+    else:
+        init_model(model)
+        set_param_model(model)
+        randomize_model(model, args.seed, 0.0, 1.0, -1.0, +1.0)
+    kv_self = LlamaKVCache()
+    if out is not None:
+        out.write("init_kv_cache\n")
+    kv_self.ctx = model.ctx
+    init_kv_cache(kv_self, model, args.n_batch)
+    return model, kv_self
+
+
 def plot_loss(path, history):
     """A small PNG chart of the errors before (grey) and after (blue) each batch, written with
     zlib only (no plotting library needed)."""
@@ -971,21 +993,7 @@ def main(argv=None) -> int:
     out = sys.stdout
     t0 = time.perf_counter()
 
-    model = build_model(args)
-    out.write("init model\n")
-    if args.lora:
-        init_model_lora(model)
-        set_param_model_lora(model)
-        randomize_model_lora(model, args.seed, 0.0, 1.0, -1.0, +1.0)
-    else:
-        init_model(model)
-        set_param_model(model)
-        randomize_model(model, args.seed, 0.0, 1.0, -1.0, +1.0)
-
-    kv_self = LlamaKVCache()
-    out.write("init_kv_cache\n")
-    kv_self.ctx = model.ctx
-    init_kv_cache(kv_self, model, args.n_batch)
+    model, kv_self = new_model(args, out)
 
     history = []
     stats = train(model, kv_self, args, out, history)

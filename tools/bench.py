@@ -236,14 +236,9 @@ def bench_llama_torch(args):
     graphcore against the same model in PyTorch at the same thread count."""
     from types import SimpleNamespace
     import models.baby_llama as bl
-    cfg = SimpleNamespace(n_vocab=8, n_ctx=64, n_embd=256, n_mult=2, n_head=8, n_layer=4, n_batch=8, lora=False)
-    model = bl.build_model(cfg)
-    bl.init_model(model)
-    bl.set_param_model(model)
-    bl.randomize_model(model, 1337, 0.0, 1.0, -1.0, 1.0)
-    kv = bl.LlamaKVCache()
-    kv.ctx = model.ctx
-    bl.init_kv_cache(kv, model, cfg.n_batch)
+    cfg = SimpleNamespace(n_vocab=8, n_ctx=64, n_embd=256, n_mult=2, n_head=8, n_layer=4, n_batch=8, lora=False,
+                          seed=1337)
+    model, kv = bl.new_model(cfg)
     tg = bl.build_training_graphs(model, kv, cfg.n_batch)
     bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
     tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)

@@ -52,18 +52,7 @@ def baby_llama_graph(which: str, args):
         bl._check_args(p, margs)
     except SystemExit:
         raise CliError("invalid model sizes (see the message above)") from None
-    model = bl.build_model(margs)
-    if margs.lora:
-        bl.init_model_lora(model)
-        bl.set_param_model_lora(model)
-        bl.randomize_model_lora(model, margs.seed, 0.0, 1.0, -1.0, +1.0)
-    else:
-        bl.init_model(model)
-        bl.set_param_model(model)
-        bl.randomize_model(model, margs.seed, 0.0, 1.0, -1.0, +1.0)
-    kv = bl.LlamaKVCache()
-    kv.ctx = model.ctx
-    bl.init_kv_cache(kv, model, margs.n_batch)
+    model, kv = bl.new_model(margs)
     hp = model.hparams
     if which == "generation":
         n_tokens, n_vocab = hp.n_ctx, hp.n_vocab

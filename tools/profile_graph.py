@@ -44,18 +44,7 @@ def build_training_graphs(args):
         "--n-batch", str(args.n_batch), "--n-embd", str(args.n_embd), "--n-head", str(args.n_head),
         "--n-layer", str(args.n_layer), "--n-ctx", str(args.n_ctx), "--n-vocab", str(args.n_vocab),
         "--loss", args.loss, "--threads", str(args.threads)] + (["--lora"] if args.lora else []))
-    model = bl.build_model(margs)
-    if margs.lora:
-        bl.init_model_lora(model)
-        bl.set_param_model_lora(model)
-        bl.randomize_model_lora(model, margs.seed, 0.0, 1.0, -1.0, +1.0)
-    else:
-        bl.init_model(model)
-        bl.set_param_model(model)
-        bl.randomize_model(model, margs.seed, 0.0, 1.0, -1.0, +1.0)
-    kv = bl.LlamaKVCache()
-    kv.ctx = model.ctx
-    bl.init_kv_cache(kv, model, margs.n_batch)
+    model, kv = bl.new_model(margs)
     tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss)
     bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
     tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
