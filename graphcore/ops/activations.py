@@ -63,6 +63,8 @@ def _tanh_reference(node, srcs):
 @sample_of(TANH)
 def _tanh_sample(d):
     return sample_unary(d, tanh, tanh_inplace)
+
+
 tanh, tanh_inplace = _unary_builders(TANH, "tanh")
 rebuild_of(TANH)(rebuild_by(tanh, tanh_inplace))
 
@@ -97,6 +99,8 @@ def _elu_reference(node, srcs):
 @sample_of(ELU)
 def _elu_sample(d):
     return sample_unary(d, elu, elu_inplace)
+
+
 elu, elu_inplace = _unary_builders(ELU, "elu")
 rebuild_of(ELU)(rebuild_by(elu, elu_inplace))
 
@@ -136,6 +140,8 @@ def _gelu_quick_reference(node, srcs):
 @sample_of(GELU_QUICK)
 def _gelu_quick_sample(d):
     return sample_unary(d, gelu_quick, gelu_quick_inplace)
+
+
 gelu_quick, gelu_quick_inplace = _unary_builders(GELU_QUICK, "gelu_quick")
 rebuild_of(GELU_QUICK)(rebuild_by(gelu_quick, gelu_quick_inplace))
 

@@ -326,6 +326,8 @@ def _sqr_reference(node, srcs):
 @sample_of(SQR)
 def _sqr_sample(d):
     return sample_unary(d, sqr, sqr_inplace)
+
+
 sqr, sqr_inplace = _unary_builders(SQR, "sqr")
 rebuild_of(SQR)(rebuild_by(sqr, sqr_inplace))
 
@@ -356,6 +358,8 @@ def _sqrt_reference(node, srcs):
 @sample_of(SQRT)
 def _sqrt_sample(d):
     return sample_unary(d, sqrt, sqrt_inplace, domain="positive")
+
+
 sqrt, sqrt_inplace = _unary_builders(SQRT, "sqrt")
 rebuild_of(SQRT)(rebuild_by(sqrt, sqrt_inplace))
 
@@ -386,6 +390,8 @@ def _log_reference(node, srcs):
 @sample_of(LOG)
 def _log_sample(d):
     return sample_unary(d, log, log_inplace, domain="positive")
+
+
 log, log_inplace = _unary_builders(LOG, "log")
 rebuild_of(LOG)(rebuild_by(log, log_inplace))
 
@@ -416,6 +422,8 @@ def _neg_reference(node, srcs):
 @sample_of(NEG)
 def _neg_sample(d):
     return sample_unary(d, neg, neg_inplace)
+
+
 neg, neg_inplace = _unary_builders(NEG, "neg")
 rebuild_of(NEG)(rebuild_by(neg, neg_inplace))
 
@@ -446,6 +454,8 @@ def _abs_reference(node, srcs):
 @sample_of(ABS)
 def _abs_sample(d):
     return sample_unary(d, abs_, abs_inplace)
+
+
 abs_, abs_inplace = _unary_builders(ABS, "abs")
 rebuild_of(ABS)(rebuild_by(abs_, abs_inplace))
 
@@ -472,6 +482,8 @@ def _sgn_reference(node, srcs):
 @sample_of(SGN)
 def _sgn_sample(d):
     return sample_unary(d, sgn, sgn_inplace)
+
+
 sgn, sgn_inplace = _unary_builders(SGN, "sgn")
 rebuild_of(SGN)(rebuild_by(sgn, sgn_inplace))
 
@@ -499,6 +511,8 @@ def _step_reference(node, srcs):
 @sample_of(STEP)
 def _step_sample(d):
     return sample_unary(d, step, step_inplace)
+
+
 step, step_inplace = _unary_builders(STEP, "step")
 rebuild_of(STEP)(rebuild_by(step, step_inplace))
 
@@ -530,6 +544,8 @@ def _relu_reference(node, srcs):
 @sample_of(RELU)
 def _relu_sample(d):
     return sample_unary(d, relu, relu_inplace)
+
+
 relu, relu_inplace = _unary_builders(RELU, "relu")
 rebuild_of(RELU)(rebuild_by(relu, relu_inplace))
 
@@ -568,6 +584,8 @@ def _gelu_reference(node, srcs):
 @sample_of(GELU)
 def _gelu_sample(d):
     return sample_unary(d, gelu, gelu_inplace)
+
+
 gelu, gelu_inplace = _unary_builders(GELU, "gelu")
 rebuild_of(GELU)(rebuild_by(gelu, gelu_inplace))
 
@@ -602,6 +620,8 @@ def _silu_reference(node, srcs):
 @sample_of(SILU)
 def _silu_sample(d):
     return sample_unary(d, silu, silu_inplace)
+
+
 silu, silu_inplace = _unary_builders(SILU, "silu")
 rebuild_of(SILU)(rebuild_by(silu, silu_inplace))
 
