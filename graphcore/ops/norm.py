@@ -80,21 +80,22 @@ def _norm_sample(d):
     return norm_inplace(d.ctx, a, eps) if d.inplace(a) else norm(d.ctx, a, eps)
 
 
-def _norm(ctx, a, eps, inplace, op):
+def _row_norm(ctx, code, a, eps, inplace, op):
+    """The builder shared by norm and rms_norm: a row-wise op of a with eps in op_params[0]."""
     check_f32(op, a)
     eps = _eps(op, eps)
     if inplace:
-        return inplace_view(ctx, NORM, a, [a], [eps])
-    return new_node(ctx, NORM, a.type, a.ne, [a], [eps])
+        return inplace_view(ctx, code, a, [a], [eps])
+    return new_node(ctx, code, a.type, a.ne, [a], [eps])
 
 
 def norm(ctx, a, eps: float):
     """Each row normalised to mean 0 and variance 1: (x - mean) / sqrt(var + eps)."""
-    return _norm(ctx, a, eps, False, "norm")
+    return _row_norm(ctx, NORM, a, eps, False, "norm")
 
 
 def norm_inplace(ctx, a, eps: float):
-    return _norm(ctx, a, eps, True, "norm_inplace")
+    return _row_norm(ctx, NORM, a, eps, True, "norm_inplace")
 
 
 @rebuild_of(NORM)
@@ -166,21 +167,13 @@ def _rms_norm_sample(d):
     return rms_norm_inplace(d.ctx, a, eps) if d.inplace(a) else rms_norm(d.ctx, a, eps)
 
 
-def _rms_norm(ctx, a, eps, inplace, op):
-    check_f32(op, a)
-    eps = _eps(op, eps)
-    if inplace:
-        return inplace_view(ctx, RMS_NORM, a, [a], [eps])
-    return new_node(ctx, RMS_NORM, a.type, a.ne, [a], [eps])
-
-
 def rms_norm(ctx, a, eps: float):
     """Each row divided by its root mean square: x / sqrt(mean(x^2) + eps)."""
-    return _rms_norm(ctx, a, eps, False, "rms_norm")
+    return _row_norm(ctx, RMS_NORM, a, eps, False, "rms_norm")
 
 
 def rms_norm_inplace(ctx, a, eps: float):
-    return _rms_norm(ctx, a, eps, True, "rms_norm_inplace")
+    return _row_norm(ctx, RMS_NORM, a, eps, True, "rms_norm_inplace")
 
 
 @rebuild_of(RMS_NORM)
