@@ -30,7 +30,7 @@ from .graph import (DEFAULT_GRAPH_SIZE, Graph, build_forward, build_forward_expa
                     new_graph_custom)
 from .planner import CPlan, default_n_threads, graph_plan
 from .executor import STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
-from .dump import graph_dot, graph_dump_dot
+from .dump import graph_dot, graph_dump_dot, graph_text
 from .graphfile import graph_export, graph_import
 from .errors import GraphFileError
 from .optim import (LINESEARCH_BACKTRACKING_ARMIJO, LINESEARCH_BACKTRACKING_STRONG_WOLFE,

@@ -39,19 +39,29 @@ def flag_names(t) -> list:
 
 
 # -- text -------------------------------------------------------------------------------------------------
+def _source_refs(g) -> dict:
+    """id(tensor) -> "n<index>" for nodes, "l<index>" for leafs of g."""
+    refs = {id(t): f"l{i}" for i, t in enumerate(g.leafs)}
+    refs.update({id(t): f"n{i}" for i, t in enumerate(g.nodes)})
+    return refs
+
+
 def graph_text(g, select=None) -> str:
-    """ggml_graph_print's table plus type, bytes, flags and name. Nodes: index, ne, op, ggml's
-    gradient mark (x parameter, g has a gradient), type, bytes, flags (P param, I input, O output,
-    V view of another tensor's bytes), name. With `select`, only those rows (indices unchanged)."""
+    """ggml_graph_print's table plus type, bytes, flags, sources and name, as a string. Nodes:
+    index, ne, op, ggml's gradient mark (x parameter, g has a gradient), type, bytes, flags
+    (P param, I input, O output, V view of another tensor's bytes), sources (n<i> a node, l<i> a
+    leaf, ? a tensor outside the graph), name. With `select`, only those rows (indices unchanged)."""
     nodes = [(i, n) for i, n in enumerate(g.nodes) if _selected(select, n)]
     leafs = [(i, n) for i, n in enumerate(g.leafs) if _selected(select, n)]
+    refs = _source_refs(g)
     shown = lambda k, total: "" if k == total else f" (showing {k})"  # noqa: E731
     lines = ["=== GRAPH ===", f"n_nodes = {g.n_nodes}{shown(len(nodes), g.n_nodes)}"]
     for i, n in nodes:
         mark = "x" if n.flags & TN.FLAG_PARAM else ("g" if n.grad is not None else " ")
+        srcs = ",".join(refs.get(id(s), "?") for s in n.src if s is not None)
         lines.append(f" - {i:3d}: [ {n.ne[0]:5d}, {n.ne[1]:5d}, {n.ne[2]:5d}, {n.ne[3]:5d}] "
                      f"{op_name(n.op):>16s} {mark} {T.type_name(n.type):>4s} {TN.nbytes(n):10d} B  "
-                     f"{flag_letters(n)}  {_printable(n.name)}")
+                     f"{flag_letters(n)}  {srcs or '-':<11s} {_printable(n.name)}")
     lines.append(f"n_leafs = {g.n_leafs}{shown(len(leafs), g.n_leafs)}")
     for i, n in leafs:
         lines.append(f" - {i:3d}: [ {n.ne[0]:5d}, {n.ne[1]:5d}, {n.ne[2]:5d}, {n.ne[3]:5d}] "

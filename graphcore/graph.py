@@ -1,6 +1,8 @@
 """Computation graphs: nodes in ggml's visit order (depth first, src[0] first), leafs kept apart."""
 from __future__ import annotations
 
+import sys
+
 from . import tensor as TN
 from . import types as T
 from .errors import GraphError
@@ -160,12 +162,9 @@ def graph_get_tensor(g: Graph, name: str):
     return None
 
 
-def graph_print(g: Graph, file=None) -> str:
-    """ggml_graph_print's table, plus each tensor's type, bytes, flags (P param, I input, O output,
-    V a view of another tensor's bytes) and name (graphcore.dump.graph_text). Returns the text and
-    prints it to `file` when one is given."""
+def graph_print(g: Graph, file=None) -> None:
+    """Print ggml_graph_print's table, plus each tensor's type, bytes, flags (P param, I input,
+    O output, V a view of another tensor's bytes), sources (n<i> node, l<i> leaf) and name, to
+    `file` (default standard output). `graph_text(g)` returns the same text as a string."""
     from .dump import graph_text
-    text = graph_text(g)
-    if file is not None:
-        file.write(text)
-    return text
+    (file if file is not None else sys.stdout).write(graph_text(g))

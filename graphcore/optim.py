@@ -8,6 +8,7 @@ arithmetic; dot products accumulate in float64.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from typing import Callable, Optional
 
 import numpy as np
@@ -18,31 +19,66 @@ from . import types as T
 from .errors import GraphError
 from .native import f32_1d
 
-OPT_ADAM, OPT_LBFGS = 0, 1
+class OptType(IntEnum):
+    """ggml_opt_type: which optimizer opt_default_params sets up."""
+    ADAM = 0
+    LBFGS = 1
 
-LINESEARCH_BACKTRACKING_ARMIJO = 0
-LINESEARCH_BACKTRACKING_WOLFE = 1
-LINESEARCH_BACKTRACKING_STRONG_WOLFE = 2
+    def __repr__(self):
+        return f"OPT_{self.name}"
+
+
+class LineSearch(IntEnum):
+    """ggml_linesearch: the L-BFGS line search's stopping condition."""
+    BACKTRACKING_ARMIJO = 0
+    BACKTRACKING_WOLFE = 1
+    BACKTRACKING_STRONG_WOLFE = 2
+
+    def __repr__(self):
+        return f"LINESEARCH_{self.name}"
+
+
+class OptResult(IntEnum):
+    """ggml_opt_result: what opt / opt_resume return. Prints as its name (OPT_OK, ...), compares
+    equal to ggml's integer codes."""
+    OK = 0
+    DID_NOT_CONVERGE = 1
+    NO_CONTEXT = 2
+    INVALID_WOLFE = 3
+    FAIL = 4
+    CANCEL = 5
+    LINESEARCH_FAIL = -128
+    LINESEARCH_MINIMUM_STEP = -127
+    LINESEARCH_MAXIMUM_STEP = -126
+    LINESEARCH_MAXIMUM_ITERATIONS = -125
+    LINESEARCH_INVALID_PARAMETERS = -124
+
+    def __repr__(self):
+        return self.name if self.name.startswith("LINESEARCH_") else f"OPT_{self.name}"
+
+    __str__ = __repr__
+
+
+OPT_ADAM, OPT_LBFGS = OptType.ADAM, OptType.LBFGS
+
+LINESEARCH_BACKTRACKING_ARMIJO = LineSearch.BACKTRACKING_ARMIJO
+LINESEARCH_BACKTRACKING_WOLFE = LineSearch.BACKTRACKING_WOLFE
+LINESEARCH_BACKTRACKING_STRONG_WOLFE = LineSearch.BACKTRACKING_STRONG_WOLFE
 LINESEARCH_DEFAULT = LINESEARCH_BACKTRACKING_WOLFE
 
-OPT_OK = 0
-OPT_DID_NOT_CONVERGE = 1
-OPT_NO_CONTEXT = 2
-OPT_INVALID_WOLFE = 3
-OPT_FAIL = 4
-OPT_CANCEL = 5
-LINESEARCH_FAIL = -128
-LINESEARCH_MINIMUM_STEP = -127
-LINESEARCH_MAXIMUM_STEP = -126
-LINESEARCH_MAXIMUM_ITERATIONS = -125
-LINESEARCH_INVALID_PARAMETERS = -124
+OPT_OK = OptResult.OK
+OPT_DID_NOT_CONVERGE = OptResult.DID_NOT_CONVERGE
+OPT_NO_CONTEXT = OptResult.NO_CONTEXT
+OPT_INVALID_WOLFE = OptResult.INVALID_WOLFE
+OPT_FAIL = OptResult.FAIL
+OPT_CANCEL = OptResult.CANCEL
+LINESEARCH_FAIL = OptResult.LINESEARCH_FAIL
+LINESEARCH_MINIMUM_STEP = OptResult.LINESEARCH_MINIMUM_STEP
+LINESEARCH_MAXIMUM_STEP = OptResult.LINESEARCH_MAXIMUM_STEP
+LINESEARCH_MAXIMUM_ITERATIONS = OptResult.LINESEARCH_MAXIMUM_ITERATIONS
+LINESEARCH_INVALID_PARAMETERS = OptResult.LINESEARCH_INVALID_PARAMETERS
 
-RESULT_NAMES = {OPT_OK: "OK", OPT_DID_NOT_CONVERGE: "DID_NOT_CONVERGE", OPT_NO_CONTEXT: "NO_CONTEXT",
-                OPT_INVALID_WOLFE: "INVALID_WOLFE", OPT_FAIL: "FAIL", OPT_CANCEL: "CANCEL",
-                LINESEARCH_FAIL: "LINESEARCH_FAIL", LINESEARCH_MINIMUM_STEP: "LINESEARCH_MINIMUM_STEP",
-                LINESEARCH_MAXIMUM_STEP: "LINESEARCH_MAXIMUM_STEP",
-                LINESEARCH_MAXIMUM_ITERATIONS: "LINESEARCH_MAXIMUM_ITERATIONS",
-                LINESEARCH_INVALID_PARAMETERS: "LINESEARCH_INVALID_PARAMETERS"}
+RESULT_NAMES = {r.value: r.name for r in OptResult}
 
 _F = np.float32
 
@@ -522,10 +558,10 @@ def opt_resume_g(ctx, opt: OptContext, f, gf, gb, callback: Optional[Callable] =
         result = _lbfgs(opt, opt.params, prob, cb)
     from .graph import graph_print
     if opt.params.print_forward_graph:
-        print(graph_print(gf), end="")
+        graph_print(gf)
     if opt.params.print_backward_graph:
-        print(graph_print(gb), end="")
-    return result
+        graph_print(gb)
+    return OptResult(result)
 
 
 def opt_resume(ctx, opt: OptContext, f) -> int:

@@ -747,7 +747,7 @@ def _opt_params(args):
 def _dump(dirname, name, g, gf=None):
     os.makedirs(dirname, exist_ok=True)
     with open(os.path.join(dirname, name + ".txt"), "w") as f:
-        f.write(gc.graph_print(g))
+        gc.graph_print(g, file=f)
     gc.graph_dump_dot(g, gf, os.path.join(dirname, name + ".dot"))
     gc.graph_export(g, os.path.join(dirname, name + ".gcg"), gf)     # graphcore-dump reads it back
 

@@ -68,7 +68,7 @@ def test_params_are_nodes_and_gradients_are_made_for_what_depends_on_them():
     # ggml's rules, node for node: sum -> repeat, sqr -> mul, scale, sub -> neg, mul_mat -> out_prod
     assert ops(gb)[gf.n_nodes:] == ["REPEAT", "MUL", "SCALE", "NEG", "OUT_PROD"]
     assert w.grad is gb.nodes[-1]
-    text = gc.graph_print(gb)
+    text = gc.graph_text(gb)
     assert "OUT_PROD" in text
 
 

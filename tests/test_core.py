@@ -165,7 +165,7 @@ def test_graph_visit_order_leafs_and_nodes():
     gc.build_forward_expand(g, c)             # nothing is added twice
     assert g.n_nodes == n0
     assert gc.graph_get_tensor(g, "a") is a and gc.graph_get_tensor(g, "zz") is None
-    text = gc.graph_print(g)
+    text = gc.graph_text(g)
     assert "n_nodes = 3" in text and "MUL" in text and "f32" in text
     d = gc.graph_dup(ctx, g)
     assert d.nodes == g.nodes and d.leafs == g.leafs and d is not g

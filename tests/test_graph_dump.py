@@ -57,11 +57,11 @@ def layouts():
 GOLDEN_FORWARD = """\
 === GRAPH ===
 n_nodes = 5
- -   0: [     4,     3,     1,     1]             NONE x  f32         48 B  P---  w
- -   1: [     3,     5,     1,     1]          MUL_MAT g  f32         60 B  ----  node_1
- -   2: [     3,     5,     1,     1]              SUB g  f32         60 B  ----  node_2
- -   3: [     3,     5,     1,     1]              SQR g  f32         60 B  ----  node_3
- -   4: [     1,     1,     1,     1]              SUM g  f32          4 B  --O-  f
+ -   0: [     4,     3,     1,     1]             NONE x  f32         48 B  P---  -           w
+ -   1: [     3,     5,     1,     1]          MUL_MAT g  f32         60 B  ----  n0,l1       node_1
+ -   2: [     3,     5,     1,     1]              SUB g  f32         60 B  ----  l0,n1       node_2
+ -   3: [     3,     5,     1,     1]              SQR g  f32         60 B  ----  n2          node_3
+ -   4: [     1,     1,     1,     1]              SUM g  f32          4 B  --O-  n3          f
 n_leafs = 2
  -   0: [     3,     5,     1,     1]     NONE    f32         60 B  ----  c
  -   1: [     4,     5,     1,     1]     NONE    f32         80 B  -I--  x
@@ -71,16 +71,16 @@ n_leafs = 2
 GOLDEN_BACKWARD = """\
 === GRAPH ===
 n_nodes = 10
- -   0: [     4,     3,     1,     1]             NONE x  f32         48 B  P---  w
- -   1: [     3,     5,     1,     1]          MUL_MAT g  f32         60 B  ----  node_1
- -   2: [     3,     5,     1,     1]              SUB g  f32         60 B  ----  node_2
- -   3: [     3,     5,     1,     1]              SQR g  f32         60 B  ----  node_3
- -   4: [     1,     1,     1,     1]              SUM g  f32          4 B  --O-  f
- -   5: [     3,     5,     1,     1]           REPEAT    f32         60 B  ----  node_5
- -   6: [     3,     5,     1,     1]              MUL    f32         60 B  ----  node_6
- -   7: [     3,     5,     1,     1]            SCALE    f32         60 B  ----  node_7
- -   8: [     3,     5,     1,     1]              NEG    f32         60 B  ----  node_8
- -   9: [     4,     3,     1,     1]         OUT_PROD    f32         48 B  ----  node_9
+ -   0: [     4,     3,     1,     1]             NONE x  f32         48 B  P---  -           w
+ -   1: [     3,     5,     1,     1]          MUL_MAT g  f32         60 B  ----  n0,l1       node_1
+ -   2: [     3,     5,     1,     1]              SUB g  f32         60 B  ----  l0,n1       node_2
+ -   3: [     3,     5,     1,     1]              SQR g  f32         60 B  ----  n2          node_3
+ -   4: [     1,     1,     1,     1]              SUM g  f32          4 B  --O-  n3          f
+ -   5: [     3,     5,     1,     1]           REPEAT    f32         60 B  ----  l2          node_5
+ -   6: [     3,     5,     1,     1]              MUL    f32         60 B  ----  n2,n5       node_6
+ -   7: [     3,     5,     1,     1]            SCALE    f32         60 B  ----  n6          node_7
+ -   8: [     3,     5,     1,     1]              NEG    f32         60 B  ----  n7          node_8
+ -   9: [     4,     3,     1,     1]         OUT_PROD    f32         48 B  ----  l1,n8       node_9
 n_leafs = 3
  -   0: [     3,     5,     1,     1]     NONE    f32         60 B  ----  c
  -   1: [     4,     5,     1,     1]     NONE    f32         80 B  -I--  x
@@ -91,16 +91,16 @@ n_leafs = 3
 GOLDEN_LAYOUTS = """\
 === GRAPH ===
 n_nodes = 10
- -   0: [     2,     3,     1,     1]        TRANSPOSE    f32         24 B  ---V  a "quoted" {x|y} <z> \\\\ (transposed)
- -   1: [     2,     3,     1,     1]             CONT    f32         24 B  ----  node_1
- -   2: [     2,     2,     1,     1]         GET_ROWS    f32         16 B  ----  node_2
- -   3: [     2,     2,     1,     1]              DUP    f32         16 B  ----  node_3
- -   4: [     2,     2,     1,     1]              NEG    f32         16 B  ---V  node_4
- -   5: [     2,     1,     1,     1]             VIEW    f16          4 B  ---V  h16 (view)
- -   6: [     2,     1,     1,     1]             CONT    f16          4 B  ----  node_6
- -   7: [     2,     1,     1,     1]          RESHAPE    f32          8 B  ---V  s · ünïcode (reshaped)
- -   8: [     2,     1,     1,     1]              ADD    f32          8 B  ----  node_8
- -   9: [     1,     1,     1,     1]          MUL_MAT    f32          4 B  ----  node_9
+ -   0: [     2,     3,     1,     1]        TRANSPOSE    f32         24 B  ---V  l0          a "quoted" {x|y} <z> \\\\ (transposed)
+ -   1: [     2,     3,     1,     1]             CONT    f32         24 B  ----  n0          node_1
+ -   2: [     2,     2,     1,     1]         GET_ROWS    f32         16 B  ----  n1,l1       node_2
+ -   3: [     2,     2,     1,     1]              DUP    f32         16 B  ----  n2          node_3
+ -   4: [     2,     2,     1,     1]              NEG    f32         16 B  ---V  n3          node_4
+ -   5: [     2,     1,     1,     1]             VIEW    f16          4 B  ---V  l2          h16 (view)
+ -   6: [     2,     1,     1,     1]             CONT    f16          4 B  ----  n5          node_6
+ -   7: [     2,     1,     1,     1]          RESHAPE    f32          8 B  ---V  l3          s · ünïcode (reshaped)
+ -   8: [     2,     1,     1,     1]              ADD    f32          8 B  ----  n7,l4       node_8
+ -   9: [     1,     1,     1,     1]          MUL_MAT    f32          4 B  ----  n6,n8       node_9
 n_leafs = 5
  -   0: [     3,     2,     1,     1]     NONE    f32         24 B  ----  a "quoted" {x|y} <z> \\\\
  -   1: [     2,     1,     1,     1]     NONE    i32          8 B  ----  idx\\nline
@@ -153,16 +153,22 @@ digraph G {
 
 def test_golden_text():
     gf, gb = small()
-    assert gc.graph_print(gf) == GOLDEN_FORWARD
-    assert gc.graph_print(gb) == GOLDEN_BACKWARD
-    assert gc.graph_print(layouts()) == GOLDEN_LAYOUTS
+    assert gc.graph_text(gf) == GOLDEN_FORWARD
+    assert gc.graph_text(gb) == GOLDEN_BACKWARD
+    assert gc.graph_text(layouts()) == GOLDEN_LAYOUTS
 
 
 def test_graph_print_writes_to_a_file(tmp_path):
     gf, _ = small()
     with open(tmp_path / "g.txt", "w") as f:
-        assert gc.graph_print(gf, file=f) == GOLDEN_FORWARD
+        assert gc.graph_print(gf, file=f) is None
     assert (tmp_path / "g.txt").read_text() == GOLDEN_FORWARD
+
+
+def test_graph_print_prints_to_stdout(capsys):
+    gf, _ = small()
+    gc.graph_print(gf)
+    assert capsys.readouterr().out == GOLDEN_FORWARD
 
 
 def test_golden_dot_of_a_backward_graph():

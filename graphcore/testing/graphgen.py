@@ -278,12 +278,12 @@ class DrawnGraph:
             TN.set_f32(self.loss.grad, 1.0)
 
     def __repr__(self):
-        from ..graph import graph_print
+        from ..dump import graph_text
         head = f"DrawnGraph({len(self.nodes)} drawn nodes, {self.graph.n_nodes} graph nodes, {len(self.leaves)} leaves"
         if self.loss is not None:
             head += f", {len(self.params)} params, loss '{self.loss.name}', backward graph of " \
                     f"{self.backward_graph.n_nodes} nodes"
-        return head + ")\n" + graph_print(self.graph)
+        return head + ")\n" + graph_text(self.graph)
 
 
 def family_ops(module) -> list:
