@@ -14,7 +14,7 @@ from .tensor import (FLAG_INPUT, FLAG_OUTPUT, FLAG_PARAM, MAX_DIMS, MAX_NAME, MA
                      new_tensor, new_tensor_1d, new_tensor_2d, new_tensor_3d, new_tensor_4d, nrows,
                      set_f32, set_f32_1d, set_f32_nd, set_i32, set_i32_1d, set_i32_nd, set_input, set_name,
                      set_output, set_zero, unravel_index, view_tensor)
-from .ops.registry import BY_NAME, NOT_DIFFERENTIABLE, OPS, OpDef, op_name, op_symbol
+from .ops.registry import BY_NAME, NOT_DIFFERENTIABLE, OPS, ZERO_GRADIENT, OpDef, op_name, op_symbol
 from .ops.elementwise import (abs_ as abs, abs_inplace, add, add1, add1_inplace, add_inplace, div,
                               div_inplace, gelu, gelu_inplace, log, log_inplace, mul, mul_inplace, neg,
                               neg_inplace, relu, relu_inplace, scale, scale_inplace, sgn, sgn_inplace, silu,

@@ -26,7 +26,7 @@ from . import tensor as TN
 from . import types as T
 from .errors import GraphError
 from .graph import Graph, build_forward_expand, graph_cpy
-from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES
+from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES, ZERO_GRADIENT
 
 __all__ = ["set_param", "build_backward_expand", "build_backward", "graph_reset", "Grads", "TILES", "BLOCKS"]
 
@@ -279,7 +279,7 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
         if not any(s is not None and id(s) in need for s in node.src):
             continue
         op = OPS[node.op]
-        if op.backward is NOT_DIFFERENTIABLE:
+        if op.backward is NOT_DIFFERENTIABLE or op.backward is ZERO_GRADIENT:
             continue
         if op.backward is None:
             if node.grad is by_node[id(node)] and node is not gf.nodes[-1]:

@@ -15,7 +15,7 @@ from ..errors import GraphError
 from ..kernel import exp_f64, inline, param_f32, record, split, view_f32
 from .common import binary_loop, check_f32, elementwise_node, shapes, tasks_by_segments, unary_loop
 from .refs import f64, sample_binary, sample_unary, tile
-from .registry import NOT_DIFFERENTIABLE, TILES, reference_of, register, sample_of
+from .registry import TILES, ZERO_GRADIENT, reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
 from .registry import rebuild_by, rebuild_of
 
@@ -469,8 +469,8 @@ def _sgn_kernel(rec, ith, nth, phase, wdata, wsize):
     unary_loop(rec, ith, nth, _sgn_f, 0.0)
 
 
-# piecewise constant: the derivative is 0 wherever it exists, so no gradient flows through sgn
-SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True, backward=NOT_DIFFERENTIABLE)
+# piecewise constant: the derivative is 0 wherever it exists (ggml, PyTorch and JAX give 0)
+SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True, backward=ZERO_GRADIENT)
 
 
 @reference_of(SGN)
@@ -499,7 +499,7 @@ def _step_kernel(rec, ith, nth, phase, wdata, wsize):
 
 # piecewise constant, as sgn
 STEP = register("STEP", "step(x)", _step_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=NOT_DIFFERENTIABLE)
+                backward=ZERO_GRADIENT)
 
 
 @reference_of(STEP)

@@ -23,7 +23,10 @@ KERNEL_SIG = types.void(types.int64, types.int64, types.int64, types.int64, type
 MIN_ELEMENTS_PER_TASK = 16384
 MIN_FLOPS_PER_TASK = 1 << 17
 
-NOT_DIFFERENTIABLE = "not differentiable"
+NOT_DIFFERENTIABLE = "not differentiable"   # no gradient at all (integer results: argmax; leafs)
+# piecewise constant (sgn, step): the node takes a gradient like any other, but passes zeros to its
+# sources, as in ggml, PyTorch and JAX, so a loss made of such ops still has f.grad
+ZERO_GRADIENT = "zero gradient"
 # how a backward rule's gradient for a broadcast source is summed back to the source's shape
 # (graphcore.autodiff.Grads): TILES for ggml's tiling (i % ne: add, mul, repeat), BLOCKS for
 # mul_mat's blocks (i // (ne12/ne02))
@@ -39,7 +42,7 @@ class OpDef:
     kernel: Optional[Callable]                  # python source of the numba kernel; None = no compute (views)
     n_tasks: Callable                           # (node, n_threads) -> tasks
     work_size: Callable                         # (node, n_tasks) -> bytes of shared work buffer
-    backward: object                            # rule building gradient nodes, NOT_DIFFERENTIABLE, or None (to come)
+    backward: object                            # rule building gradient nodes, NOT_DIFFERENTIABLE, ZERO_GRADIENT, or None
     inplace: bool                               # the kernel may run with dst aliasing src0
     n_phases: object = 1                         # int, or (node) -> int
     # numpy reference (node, srcs) -> array, for graphcore.testing (attached with @reference_of)

@@ -37,7 +37,7 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..graph import Graph, build_forward_expand, graph_view, new_graph_custom
-from ..ops.registry import NOT_DIFFERENTIABLE, OP_NONE, OPS
+from ..ops.registry import NOT_DIFFERENTIABLE, OP_NONE, OPS, ZERO_GRADIENT
 from ..planner import graph_plan
 from .compare import element_byte_offsets, nmse
 from .reference import Interpreter, is_view_op, reference_value
@@ -387,7 +387,7 @@ def assert_gradients_close(loss, params, backward_graph=None, *, eps: float = 1e
     rng = np.random.default_rng(seed)
 
     at_x0 = interp.run()
-    frozen = {n: at_x0[n] for n in interp.nodes if OPS[n.op].backward is NOT_DIFFERENTIABLE}
+    frozen = {n: at_x0[n] for n in interp.nodes if OPS[n.op].backward in (NOT_DIFFERENTIABLE, ZERO_GRADIENT)}
 
     def f(step, direction):
         vals = dict(frozen)
