@@ -60,3 +60,12 @@ from .ops.elementwise import gelu_back
 globals().update({f"OP_{op.name}": op.code for op in OPS})
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """`gc.testing` without importing it first (it is not imported with graphcore: it needs
+    hypothesis for its strategies, and registers hypothesis profiles)."""
+    if name == "testing":
+        import importlib
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module 'graphcore' has no attribute {name!r}")

@@ -48,7 +48,7 @@ class OpDef:
     # numpy reference (node, srcs) -> array, for graphcore.testing (attached with @reference_of)
     reference: Optional[Callable] = field(default=None, repr=False)
     reference_nmse: float = 1e-7                 # tolerance of the kernel against the reference
-    # draws a random node of this op for graphcore.testing.strategies.graphs (@sample_of)
+    # draws a random node of this op for graphcore.testing.graphs (@sample_of)
     sample: Optional[Callable] = field(default=None, repr=False)
     # rebuilds a node of this op from a graph file through the op's builder (@rebuild_of; see graphcore.graphfile)
     rebuild: Optional[Callable] = field(default=None, repr=False)
@@ -127,7 +127,7 @@ def reference_of(*codes, nmse: float | None = None):
 
 def sample_of(*codes):
     """Decorator: `fn(d) -> Tensor` draws the inputs the ops `codes` accept and builds one node, using
-    the drawing helper `d` that graphcore.testing.strategies.graphs passes (d.f32(...), d.int(...), ...).
+    the drawing helper `d` that graphcore.testing.graphs passes (d.f32(...), d.int(...), ...).
     It may raise GraphError to reject a draw."""
     def deco(fn):
         for c in codes:
