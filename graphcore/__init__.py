@@ -3,7 +3,7 @@
 Names mirror ggml's C API without the `ggml_` prefix: `gc.init`, `gc.new_tensor_2d`,
 `gc.mul_mat`, `gc.build_forward_expand`, `gc.graph_plan`, `gc.graph_compute`, ...
 """
-from .errors import ComputeError, GraphError, OutOfMemoryError
+from .errors import ComputeError, GraphError, NotComputedWarning, OutOfMemoryError
 from .types import (TYPE_F16, TYPE_F32, TYPE_I32, TYPE_TRAITS, blck_size, fp16_to_fp32, fp32_to_fp16,
                     type_name, type_size)
 from .context import Context, free, get_mem_size, get_no_alloc, init, set_no_alloc, used_mem

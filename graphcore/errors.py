@@ -16,3 +16,8 @@ class ComputeError(GraphError):
 class GraphFileError(GraphError):
     """A graph file (gc.graph_import) that is truncated, corrupt, foreign or of a newer format version;
     the message names the file and what is wrong."""
+
+
+class NotComputedWarning(UserWarning):
+    """Reading an op's result that no graph_compute has produced yet (its bytes are whatever the
+    arena held: zeros in a fresh context)."""

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from . import kernel as K
+from . import tensor as TN
 from .blas import set_thread_local_blas_threads
 from .errors import ComputeError, GraphError
 from .native import atomic_add, atomic_load, atomic_store, call_kernel, sched_yield
@@ -186,6 +187,9 @@ def graph_compute(g, cplan: CPlan) -> int:
         recs[:, K.R_ERR] = 0
         sync[:] = 0
         raise K.compute_error(node, failed, code, arg)
+    if g.computed_version != g.version:          # once per graph version: reading a node never
+        TN.mark_computed(g.nodes)                # computed warns (gc.NotComputedWarning)
+        g.computed_version = g.version
     return STATUS_SUCCESS
 
 

@@ -25,6 +25,7 @@ class Graph:
         self.visited: set = set()
         self.version = 0          # bumped on every change, so a plan can tell it is stale
         self.lowered_cache = None  # (version, flat arrays) of the last plan computed (planner.lower)
+        self.computed_version = -1  # the version whose nodes graph_compute last marked computed
 
     @property
     def n_nodes(self) -> int:

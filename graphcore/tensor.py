@@ -1,11 +1,14 @@
 """Tensors in ggml's layout: ne[0] innermost, nb[i] byte strides, data in a context's arena."""
 from __future__ import annotations
 
+import warnings
+import weakref
+
 import numpy as np
 
 from . import types as T
 from .context import Context
-from .errors import GraphError
+from .errors import GraphError, NotComputedWarning
 
 MAX_DIMS = 4
 MAX_NAME = 64
@@ -15,6 +18,32 @@ MAX_SRC = 6
 FLAG_INPUT = 1
 FLAG_OUTPUT = 2
 FLAG_PARAM = 4
+
+
+# results produced by a successful graph_compute (the executor marks a graph's nodes once per
+# graph version), so that reading a node never computed can say so instead of returning zeros
+_COMPUTED = weakref.WeakSet()
+
+
+def mark_computed(nodes) -> None:
+    _COMPUTED.update(nodes)
+
+
+def is_computed(t) -> bool:
+    """Whether t's values are meaningful: a leaf (op NONE, values set by the user), a node a
+    graph_compute produced, or a view of either."""
+    if t.op == 0 or t in _COMPUTED:
+        return True
+    owner = t.view_src
+    return owner is not None and (owner.op == 0 or owner in _COMPUTED)
+
+
+def _warn_not_computed(t) -> None:
+    if not is_computed(t):
+        from .ops.registry import op_name
+        warnings.warn(f"tensor '{t.name}' ({op_name(t.op)} {t.ne}) has not been computed: its values are "
+                      f"whatever its bytes held (zeros in a fresh context); add it to a graph "
+                      f"(build_forward_expand) and graph_compute it first", NotComputedWarning, stacklevel=3)
 
 
 class Tensor:
@@ -52,16 +81,19 @@ class Tensor:
         return int(self._buf.ctypes.data) + self._offs
 
     def numpy(self) -> np.ndarray:
-        """Zero-copy writable view: shape is ne reversed and cut to n_dims; strides from nb."""
+        """Zero-copy writable view: shape is ne reversed and cut to n_dims; strides from nb. Warns
+        (gc.NotComputedWarning) when t is an op's result that no graph_compute has produced yet."""
         if not self.has_data:
             raise GraphError(f"numpy: tensor '{self.name}' {self.ne} has no data (no_alloc context)")
         self.ctx.check_alive("numpy")
+        _warn_not_computed(self)
         nd = n_dims(self)
         return np.ndarray(shape=tuple(self.ne[:nd][::-1]), dtype=T.traits(self.type).dtype,
                           buffer=self._buf, offset=self._offs, strides=tuple(self.nb[:nd][::-1]))
 
     def numpy4d(self) -> np.ndarray:
-        """Like numpy() but always 4-D, in (ne3, ne2, ne1, ne0) order."""
+        """Like numpy() but always 4-D, in (ne3, ne2, ne1, ne0) order, and without numpy()'s
+        warning for a node not computed yet (the raw bytes, e.g. to fill an output first)."""
         if not self.has_data:
             raise GraphError(f"numpy: tensor '{self.name}' {self.ne} has no data (no_alloc context)")
         self.ctx.check_alive("numpy")
@@ -69,8 +101,21 @@ class Tensor:
                           buffer=self._buf, offset=self._offs, strides=tuple(self.nb[::-1]))
 
     def __repr__(self):
+        """Name, type, ne and op; the values too (numpy's summarised print) once there are any."""
         from .ops.registry import op_name
-        return (f"<Tensor '{self.name}' {T.type_name(self.type)} ne={self.ne} op={op_name(self.op)}>")
+        head = f"Tensor('{self.name}', {T.type_name(self.type)}, ne={list(self.ne[:max(1, n_dims(self))])}, op={op_name(self.op)}"
+        if not self.has_data:
+            return head + ", no data)"
+        if self.ctx.freed or not is_computed(self):
+            return head + (", context freed)" if self.ctx.freed else ", not computed)")
+        nd = n_dims(self)
+        values = np.ndarray(shape=tuple(self.ne[:nd][::-1]), dtype=T.traits(self.type).dtype, buffer=self._buf,
+                            offset=self._offs, strides=tuple(self.nb[:nd][::-1]))
+        if self.type == T.TYPE_F16:
+            values = T.fp16_to_fp32(values)
+        text = np.array2string(values, threshold=64, edgeitems=3, precision=5, separator=", ",
+                               prefix="       values=")
+        return f"{head},\n       values={text})"
 
     # numpy interop: np.asarray(t) gives the zero-copy view
     def __array__(self, dtype=None, copy=None):
