@@ -462,21 +462,20 @@ def _parse_inner(data: bytes):
             raise _Fail(f"truncated: {n} bytes, too short to be a graphcore graph file")
         raise _Fail(f"not a graphcore graph file (it starts with {bytes(data[:8])!r}; "
                     f"graph files start with {MAGIC!r})")
-    if n < 12:
+    # the header's own size and the file size it gives come first: a garbage or cut file must be
+    # reported as such, not as "written by a newer graphcore"
+    if n < _HEADER.size:
         raise _Fail(f"truncated: {n} bytes, the header alone has {_HEADER.size}")
-    (version,) = _U32.unpack_from(data, 8)
+    _, version, size, n_tensors, n_graphs, reserved = _HEADER.unpack_from(data, 0)
+    if n < size:
+        raise _Fail(f"truncated: the header says the file has {size} bytes, it has {n}")
+    if n > size:
+        raise _Fail(f"corrupt: {n - size} bytes after the end the header gives ({size} bytes)")
     if version > VERSION:
         raise _Fail(f"format version {version} was written by a newer graphcore; this one reads "
                     f"version {VERSION} (upgrade graphcore to read it)")
     if version != VERSION:
         raise _Fail(f"unknown format version {version} (this graphcore reads version {VERSION})")
-    if n < _HEADER.size:
-        raise _Fail(f"truncated: {n} bytes, the header alone has {_HEADER.size}")
-    _, _, size, n_tensors, n_graphs, reserved = _HEADER.unpack_from(data, 0)
-    if n < size:
-        raise _Fail(f"truncated: the header says the file has {size} bytes, it has {n}")
-    if n > size:
-        raise _Fail(f"corrupt: {n - size} bytes after the end the header gives ({size} bytes)")
     if size < _HEADER.size + _CRC.size:
         raise _Fail(f"corrupt: the header gives an impossible file size {size}")
     (stored,) = _CRC.unpack_from(data, size - _CRC.size)

@@ -663,7 +663,7 @@ def print_matrix(probs, file=None) -> None:
 # =============================================================================================
 # the program
 # =============================================================================================
-def _parser():
+def parser():
     p = argparse.ArgumentParser(
         prog="baby-llama",
         description="llama.cpp's baby-llama over graphcore: train a tiny llama on sine-wave tokens "
@@ -695,22 +695,24 @@ def _parser():
     return p
 
 
-def _check_args(p, a):
+def check_args(a) -> str | None:
+    """What is wrong with the options `a` (a parsed namespace of this program's options), or None."""
     for name in ("examples", "n_gen"):
         if getattr(a, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0")
+            return f"--{name.replace('_', '-')} must be >= 0"
     for name in ("threads", "lbfgs_iters", "adam_iters", "n_lora", "n_vocab", "n_ctx", "n_embd", "n_head",
                  "n_layer", "n_mult", "n_batch"):
         if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+            return f"--{name.replace('_', '-')} must be >= 1"
     if a.n_vocab < 2:
-        p.error("--n-vocab must be >= 2")
+        return "--n-vocab must be >= 2"
     if a.n_ctx < 2:
-        p.error("--n-ctx must be >= 2")
+        return "--n-ctx must be >= 2"
     if a.n_embd % a.n_head:
-        p.error(f"--n-embd ({a.n_embd}) must be a multiple of --n-head ({a.n_head})")
+        return f"--n-embd ({a.n_embd}) must be a multiple of --n-head ({a.n_head})"
     if (a.n_embd // a.n_head) % 2:
-        p.error("n_embd / n_head must be even (rope rotates pairs)")
+        return f"n_embd / n_head ({a.n_embd} / {a.n_head}) must be even (rope rotates pairs)"
+    return None
 
 
 class _Evaluator:
@@ -752,7 +754,7 @@ def _dump(dirname, name, g, gf=None):
     gc.graph_export(g, os.path.join(dirname, name + ".gcg"), gf)     # graphcore-dump reads it back
 
 
-def _compute_size(hp, n_batch, kv_self, nodes_per_layer):
+def compute_size(hp, n_batch, kv_self, nodes_per_layer):
     """Arena bytes for a graph's tensors: a bound on the largest tensor times a bound on their
     number (the forward, the gradients and the backward nodes), plus slack. The arena is
     zero-filled lazily by the OS, so unused bytes cost no memory. (The original takes 1 GiB.)"""
@@ -779,7 +781,7 @@ def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square
     hp = model.hparams
     lora = isinstance(model, LlamaModelLora)
     n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
-    ctx0 = gc.init(_compute_size(hp, n_batch, kv_self, nodes_per_layer=200))
+    ctx0 = gc.init(compute_size(hp, n_batch, kv_self, nodes_per_layer=200))
     tokens_input = gc.set_name(gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch), "tokens_input")
     targets = gc.set_name(gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch), "targets")
     gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
@@ -881,7 +883,7 @@ def generate(model, kv_self, args, out=sys.stdout):
         print_token(int(tok[i]), n_vocab, file=out)
     out.write("---\n")
 
-    ctx0 = gc.init(_compute_size(hp, 1, kv_self, nodes_per_layer=60))
+    ctx0 = gc.init(compute_size(hp, 1, kv_self, nodes_per_layer=60))
     gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
     fwd = forward_lora if lora else forward
     logits = fwd(model, kv_self, ctx0, gf, tokens_input, sample_ctx, 0)
@@ -987,9 +989,11 @@ def plot_loss(path, history):
 
 
 def main(argv=None) -> int:
-    p = _parser()
+    p = parser()
     args = p.parse_args(argv)
-    _check_args(p, args)
+    problem = check_args(args)
+    if problem:
+        p.error(problem)
     out = sys.stdout
     t0 = time.perf_counter()
 

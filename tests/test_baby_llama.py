@@ -271,7 +271,7 @@ def test_all_parameters_get_gradients(loss):
 
 @needs_autodiff
 def test_a_few_examples_lower_the_error():
-    args = bl._parser().parse_args(["--examples", "4"])
+    args = bl.parser().parse_args(["--examples", "4"])
     model, kv = make_model()
     history = []
     stats = bl.train(model, kv, args, io.StringIO(), history)
@@ -283,7 +283,7 @@ def test_a_few_examples_lower_the_error():
 
 @needs_autodiff
 def test_lora_training_lowers_the_error():
-    args = bl._parser().parse_args(["--examples", "2", "--lora", "--n-lora", "4"])
+    args = bl.parser().parse_args(["--examples", "2", "--lora", "--n-lora", "4"])
     model, kv = make_model(lora=True, n_lora=4)
     history = []
     bl.train(model, kv, args, io.StringIO(), history)
@@ -293,7 +293,7 @@ def test_lora_training_lowers_the_error():
 
 @needs_autodiff
 def test_adam_lowers_the_error():
-    args = bl._parser().parse_args(["--examples", "1", "--optimizer", "adam", "--adam-iters", "20"])
+    args = bl.parser().parse_args(["--examples", "1", "--optimizer", "adam", "--adam-iters", "20"])
     model, kv = make_model()
     history = []
     bl.train(model, kv, args, io.StringIO(), history)
@@ -301,7 +301,7 @@ def test_adam_lowers_the_error():
 
 
 def test_generation_is_deterministic():
-    args = bl._parser().parse_args(["--n-gen", "12"])
+    args = bl.parser().parse_args(["--n-gen", "12"])
     runs = []
     for threads in (1, 2):
         args.threads = threads

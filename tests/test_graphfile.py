@@ -405,6 +405,8 @@ def test_versions(tmp_path, small_file):
     assert "version 2" in msg and "version 1" in msg
     refused(tmp_path, encode(recs, gs, version=0)[0], "unknown format version 0")
     refused(tmp_path, encode(recs, gs, version=0xFFFFFFFF)[0], "newer")
+    # a short garbage file after the magic is truncated, not "newer" (the size is checked first)
+    refused(tmp_path, b"GCGRAPH\x00garbage!", "truncated: 16 bytes")
 
 
 def test_checksum_and_trailing_bytes(tmp_path, small_file):

@@ -5,7 +5,9 @@ sits in one place; dispatch tables, docs and dot symbols are derived from OPS.
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -69,15 +71,22 @@ class OpDef:
             with _compile_lock:
                 address = self._addresses.get(fn)
                 if address is None:
+                    t0 = time.perf_counter()
                     compiled = cfunc(KERNEL_SIG, cache=True, error_model="numpy")(fn)
                     _keep_alive.append(compiled)
                     address = self._addresses[fn] = compiled.address
+                    dt = time.perf_counter() - t0
+                    # a cache miss takes about a second; a load from numba's disk cache milliseconds
+                    _log.log(logging.INFO if dt > 0.25 else logging.DEBUG,
+                             "kernel %s (%s): %s in %.2f s", self.name, fn.__name__,
+                             "compiled (cached on disk for the next run)" if dt > 0.25 else "loaded", dt)
         return address
 
 
 OPS: list[OpDef] = []
 BY_NAME: dict[str, OpDef] = {}
 _compile_lock = threading.Lock()
+_log = logging.getLogger("graphcore.kernels")
 _keep_alive = []
 
 
