@@ -26,11 +26,11 @@ from .ops.layout import (cont, cont_1d, cont_2d, cont_3d, cont_4d, cpy, dup, dup
 from .ops.reduce import argmax, mean, repeat, sum, sum_rows
 from .ops.matmul import mul_mat, out_prod
 from .graph import (DEFAULT_GRAPH_SIZE, Graph, build_forward, build_forward_expand, graph_clear, graph_cpy,
-                    graph_dup, graph_get_tensor, graph_node, graph_print, graph_view, new_graph,
+                    graph_dup, graph_get_tensor, graph_node, graph_view, new_graph,
                     new_graph_custom)
 from .planner import CPlan, default_n_threads, graph_plan
 from .executor import STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
-from .dump import graph_dot, graph_dump_dot, graph_text
+from .dump import graph_dot, graph_dump_dot, graph_print, graph_text
 from .graphfile import graph_export, graph_import
 from .errors import GraphFileError
 from .optim import (LINESEARCH_BACKTRACKING_ARMIJO, LINESEARCH_BACKTRACKING_STRONG_WOLFE,

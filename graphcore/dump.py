@@ -6,10 +6,12 @@ graph); sources outside it appear as grey stubs in dot and as "external" tensors
 from __future__ import annotations
 
 import math
+import sys
 
 from . import tensor as TN
 from . import types as T
 from .ops.registry import OPS, op_name, op_symbol
+from .planner import graph_plan
 
 JSON_FORMAT = "graphcore.graph+json"
 JSON_VERSION = 1
@@ -69,6 +71,12 @@ def graph_text(g, select=None) -> str:
                      f"{flag_letters(n)}  {_printable(n.name)}")
     lines.append("=" * 40)
     return "\n".join(lines) + "\n"
+
+
+def graph_print(g, file=None) -> None:
+    """ggml_graph_print: print graph_text(g) (ggml's table plus type, bytes, flags, sources and
+    name) to `file` (default standard output)."""
+    (file if file is not None else sys.stdout).write(graph_text(g))
 
 
 # -- dot --------------------------------------------------------------------------------------------------
@@ -306,7 +314,6 @@ def graph_stats(g, n_threads: int = 1) -> dict:
     """Nodes and bytes by op (bytes a node owns: 0 for views of other tensors), leafs, parameters
     (tensors with FLAG_PARAM and their elements), and graph_plan's plan for n_threads: each node's
     n_tasks and work bytes, and the work buffer's size."""
-    from .planner import graph_plan
     by_op = {}
     for n in g.nodes:
         e = by_op.setdefault(op_name(n.op), {"op": op_name(n.op), "nodes": 0, "bytes": 0, "views": 0})

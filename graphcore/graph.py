@@ -1,8 +1,6 @@
 """Computation graphs: nodes in ggml's visit order (depth first, src[0] first), leafs kept apart."""
 from __future__ import annotations
 
-import sys
-
 from . import tensor as TN
 from . import types as T
 from .errors import GraphError
@@ -161,11 +159,3 @@ def graph_get_tensor(g: Graph, name: str):
         if t.name == name:
             return t
     return None
-
-
-def graph_print(g: Graph, file=None) -> None:
-    """Print ggml_graph_print's table, plus each tensor's type, bytes, flags (P param, I input,
-    O output, V a view of another tensor's bytes), sources (n<i> node, l<i> leaf) and name, to
-    `file` (default standard output). `graph_text(g)` returns the same text as a string."""
-    from .dump import graph_text
-    (file if file is not None else sys.stdout).write(graph_text(g))

@@ -556,7 +556,7 @@ def opt_resume_g(ctx, opt: OptContext, f, gf, gb, callback: Optional[Callable] =
         result = _adam(opt, opt.params, prob, cb)
     else:
         result = _lbfgs(opt, opt.params, prob, cb)
-    from .graph import graph_print
+    from .dump import graph_print
     if opt.params.print_forward_graph:
         graph_print(gf)
     if opt.params.print_backward_graph:

@@ -8,6 +8,7 @@ import numpy as np
 from . import kernel as K
 from . import tensor as TN
 from .errors import GraphError
+from .graph import Graph
 from .ops.registry import OPS
 from .blas import sgemm_address
 
@@ -39,7 +40,6 @@ class CPlan:
 
 
 def graph_plan(g, n_threads: int | None = None) -> CPlan:
-    from .graph import Graph
     if not isinstance(g, Graph):
         raise GraphError(f"graph_plan: expected a Graph, got {type(g).__name__}")
     if n_threads is None or n_threads <= 0:

@@ -20,6 +20,15 @@ FLAG_OUTPUT = 2
 FLAG_PARAM = 4
 
 
+# op names by code, for messages and reprs: filled by graphcore.ops.registry.register (the registry
+# sits above tensors, so tensors know ops only through this table)
+OP_NAMES: list = []
+
+
+def op_name_of(code: int) -> str:
+    return OP_NAMES[code] if 0 <= code < len(OP_NAMES) else f"<op {code}>"
+
+
 # results produced by a successful graph_compute (the executor marks a graph's nodes once per
 # graph version), so that reading a node never computed can say so instead of returning zeros
 _COMPUTED = weakref.WeakSet()
@@ -40,8 +49,7 @@ def is_computed(t) -> bool:
 
 def _warn_not_computed(t) -> None:
     if not is_computed(t):
-        from .ops.registry import op_name
-        warnings.warn(f"tensor '{t.name}' ({op_name(t.op)} {t.ne}) has not been computed: its values are "
+        warnings.warn(f"tensor '{t.name}' ({op_name_of(t.op)} {t.ne}) has not been computed: its values are "
                       f"whatever its bytes held (zeros in a fresh context); add it to a graph "
                       f"(build_forward_expand) and graph_compute it first", NotComputedWarning, stacklevel=3)
 
@@ -102,8 +110,8 @@ class Tensor:
 
     def __repr__(self):
         """Name, type, ne and op; the values too (numpy's summarised print) once there are any."""
-        from .ops.registry import op_name
-        head = f"Tensor('{self.name}', {T.type_name(self.type)}, ne={list(self.ne[:max(1, n_dims(self))])}, op={op_name(self.op)}"
+        head = (f"Tensor('{self.name}', {T.type_name(self.type)}, ne={list(self.ne[:max(1, n_dims(self))])}, "
+                f"op={op_name_of(self.op)}")
         if not self.has_data:
             return head + ", no data)"
         if self.ctx.freed or not is_computed(self):

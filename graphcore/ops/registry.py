@@ -113,6 +113,7 @@ def register(name, symbol, kernel=None, n_tasks=tasks_by_rows, work_size=no_work
                work_size, backward, inplace, n_phases, variant=variant)
     OPS.append(op)
     BY_NAME[name] = op
+    TN.OP_NAMES.append(name)
     return op.code
 
 
@@ -171,7 +172,7 @@ def rebuild_by(build, build_inplace=None):
 
 
 def op_name(code: int) -> str:
-    return OPS[code].name if 0 <= code < len(OPS) else f"<op {code}>"
+    return TN.op_name_of(code)
 
 
 def op_symbol(code: int) -> str:
