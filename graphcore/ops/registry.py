@@ -171,10 +171,12 @@ def rebuild_by(build, build_inplace=None):
 
 
 def op_name(code: int) -> str:
+    """The op's name, e.g. "MUL_MAT" for OP_MUL_MAT (ggml_op_name); "<op N>" for an unknown code."""
     return OPS[code].name if 0 <= code < len(OPS) else f"<op {code}>"
 
 
 def op_symbol(code: int) -> str:
+    """The op's symbol in graph pictures, e.g. "x*y" for OP_MUL (ggml_op_symbol); "?" for an unknown code."""
     return OPS[code].symbol if 0 <= code < len(OPS) else "?"
 
 
