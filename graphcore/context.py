@@ -9,7 +9,7 @@ MEM_ALIGN = 16  # ggml's GGML_MEM_ALIGN
 
 
 class Context:
-    """A memory arena (a numpy uint8 buffer) and the tensors placed in it. Use `gc.init`."""
+    """A memory arena (a numpy uint8 buffer) and the tensors placed in it (ggml_context). Use `gc.init`."""
 
     def __init__(self, mem_size: int, mem_buffer=None, no_alloc: bool = False):
         if mem_buffer is None:

@@ -15,7 +15,8 @@ CACHE_LINE = 64
 
 
 def default_n_threads() -> int:
-    """Threads graph_plan uses when given none: the number of CPUs (os.cpu_count()), at least 1."""
+    """Threads graph_plan uses when given none: the number of CPUs (os.cpu_count()), at least 1
+    (ggml's GGML_DEFAULT_N_THREADS is a fixed 4)."""
     return max(1, os.cpu_count() or 1)
 
 

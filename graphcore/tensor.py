@@ -47,7 +47,7 @@ def _warn_not_computed(t) -> None:
 
 
 class Tensor:
-    """A tensor: metadata plus (unless the context is no_alloc) a place in its context's arena."""
+    """A tensor (ggml_tensor): metadata plus (unless the context is no_alloc) a place in its context's arena."""
 
     __slots__ = ("ctx", "type", "ne", "nb", "op", "op_params", "flags", "src", "grad", "name",
                  "view_src", "view_offs", "_buf", "_offs", "__weakref__")
@@ -242,13 +242,13 @@ def new_i32(ctx, value: int) -> Tensor:
 
 
 def dup_tensor(ctx, src: Tensor) -> Tensor:
-    """A new tensor with src's type and shape (not its data)."""
+    """A new contiguous tensor with src's type and shape, not its data (ggml_dup_tensor)."""
     check_tensor("dup_tensor", src)
     return new_tensor_impl(ctx, src.type, src.ne, op="dup_tensor")
 
 
 def view_tensor(ctx, src: Tensor) -> Tensor:
-    """A tensor sharing src's data, type, shape and strides (op stays NONE)."""
+    """A tensor sharing src's data, type, shape and strides; its op stays NONE (ggml_view_tensor)."""
     check_tensor("view_tensor", src)
     t = new_tensor_impl(ctx, src.type, src.ne, src, 0, op="view_tensor", nb=src.nb)
     t.name = f"{src.name} (view)"[:MAX_NAME - 1]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import sys
 
 import numpy as np
 
@@ -68,8 +69,10 @@ def unary_builders(op: int, name: str, formula: str, note: str = ""):
         check_f32(name + "_inplace", a)
         return elementwise_node(ctx, op, a, [a], inplace=True)
 
-    build.__name__ = build.__qualname__ = name
-    build_inplace.__name__ = build_inplace.__qualname__ = name + "_inplace"
+    module = sys._getframe(1).f_globals["__name__"]    # the op's module, as collections.namedtuple does
+    for f, fname in ((build, name), (build_inplace, name + "_inplace")):
+        f.__name__ = f.__qualname__ = fname
+        f.__module__ = module
     build.__doc__ = (f"Elementwise {formula} (ggml_{name}): F32 a [ne0, ne1, ne2, ne3] -> F32, same shape.\n\n"
                      f"{note + ' ' if note else ''}Any strides (views, permuted tensors); "
                      f"GraphError for a non-F32 a.")

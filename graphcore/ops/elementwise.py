@@ -62,8 +62,8 @@ def _add_sample(d):
 def add(ctx, a, b):
     """Elementwise a + b, b tiled over a (ggml_add).
 
-Shapes: a [ne0, ne1, ne2, ne3], b [ne0/k0, ne1/k1, ne2/k2, ne3/k3] (ggml_can_repeat(b, a)) -> a's shape;
-both F32, any strides. GraphError otherwise."""
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, ADD, "add", a, b, False)
 
 
@@ -107,8 +107,8 @@ def _sub_sample(d):
 def sub(ctx, a, b):
     """Elementwise a - b, b tiled over a (ggml_sub).
 
-Shapes: a [ne0, ne1, ne2, ne3], b [ne0/k0, ne1/k1, ne2/k2, ne3/k3] (ggml_can_repeat(b, a)) -> a's shape;
-both F32, any strides. GraphError otherwise."""
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, SUB, "sub", a, b, False)
 
 
@@ -153,8 +153,8 @@ def _mul_sample(d):
 def mul(ctx, a, b):
     """Elementwise a * b, b tiled over a (ggml_mul).
 
-Shapes: a [ne0, ne1, ne2, ne3], b [ne0/k0, ne1/k1, ne2/k2, ne3/k3] (ggml_can_repeat(b, a)) -> a's shape;
-both F32, any strides. GraphError otherwise."""
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, MUL, "mul", a, b, False)
 
 
@@ -199,8 +199,8 @@ def _div_sample(d):
 def div(ctx, a, b):
     """Elementwise a / b, b tiled over a (ggml_div).
 
-Shapes: a [ne0, ne1, ne2, ne3], b [ne0/k0, ne1/k1, ne2/k2, ne3/k3] (ggml_can_repeat(b, a)) -> a's shape;
-both F32, any strides. GraphError otherwise. x/0 gives inf or NaN, as in IEEE."""
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise. x/0 gives inf or NaN, as in IEEE."""
     return _binary(ctx, DIV, "div", a, b, False)
 
 
@@ -688,7 +688,8 @@ def _gelu_back_sample(d):
 
 
 def gelu_back(ctx, a, b):
-    """b * gelu'(a): the gradient of gelu (tanh form) at a, given b, the gradient of its output."""
+    """b * gelu'(a): the gradient of gelu (tanh form) at a, given b, the gradient of its output.
+    F32 a and b of the same shape -> that shape. ggml has no such op (its gelu has no backward)."""
     check_f32("gelu_back", a, b)
     if not TN.are_same_shape(a, b):
         raise GraphError(f"gelu_back: shapes differ: {shapes(a, b)}")

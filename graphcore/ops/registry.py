@@ -38,6 +38,8 @@ BLOCKS = "blocks"
 
 @dataclass
 class OpDef:
+    """One op's record in the registry (OPS[code], BY_NAME[name]): its ggml name and symbol, kernel,
+    planner rules, backward rule, numpy reference, sampler and graph-file rebuild."""
     name: str                                   # ggml's name, e.g. "ADD"
     symbol: str                                 # ggml's dot symbol, e.g. "x+y"
     code: int
