@@ -199,8 +199,9 @@ def _span(type_, ne, nb):
 
 # -- constructors (ggml_new_tensor_*) --------------------------------------------------------------
 def new_tensor(ctx, type, ne) -> Tensor:
-    """A new tensor of `type` (TYPE_F32, TYPE_F16, TYPE_I32) and shape ne (1 to 4 sizes, ne[0]
-    innermost), contiguous, in ctx's arena (ggml_new_tensor). Its values are what the arena held (zeros in a fresh one).
+    """A new contiguous tensor of `type` (TYPE_F32, TYPE_F16, TYPE_I32) and shape ne (1 to 4 sizes,
+    ne[0] innermost) in ctx's arena (ggml_new_tensor); its values are what the arena held (zeros
+    in a fresh one).
 
     GraphError for a bad type or sizes < 1; OutOfMemoryError when the arena is full. In a
     no_alloc context the tensor has no data."""

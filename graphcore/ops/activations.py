@@ -239,7 +239,7 @@ def clamp(ctx, a, min: float, max: float):
     return _clamp(ctx, a, min, max, False, "clamp")
 
 
-@inplace_of(clamp)
+@inplace_of(clamp, ggml="as ggml_clamp, which is always in place")
 def clamp_inplace(ctx, a, min: float, max: float):
     return _clamp(ctx, a, min, max, True, "clamp_inplace")
 

@@ -792,7 +792,8 @@ def rope(ctx, a, b, n_dims: int, mode: int, n_ctx: int):
 
     mode 0 rotates adjacent pairs, mode 2 (NeoX) pairs (k, k + n_dims/2); elements from n_dims
     on are copied (ggml at this commit rotates them too in mode 0). n_dims is even, 2..ne0;
-    other modes are a GraphError. n_ctx is kept for ggml's signature (used by YaRN only)."""
+    other modes are a GraphError. n_ctx (int >= 0) is recorded but unused (ggml reads it in the
+    ChatGLM mode 4 only)."""
     return _rope_impl(ctx, ROPE, "rope", a, b, n_dims, mode, n_ctx)
 
 

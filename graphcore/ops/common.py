@@ -42,18 +42,19 @@ def elementwise_node(ctx, op: int, a, srcs, params=None, inplace=False):
 
 
 # -- docstrings of generated builders and _inplace forms ------------------------------------------------
-def inplace_doc(name: str, base_doc: str | None = None) -> str:
-    """The docstring of op `name`'s _inplace form (base_doc: the out-of-place builder's docstring)."""
+def inplace_doc(name: str, base_doc: str | None = None, ggml: str | None = None) -> str:
+    """The docstring of op `name`'s _inplace form (base_doc: the out-of-place builder's docstring;
+    ggml: the ggml function, when not ggml_<name>_inplace)."""
     first = inspect.cleandoc(base_doc or "").split("\n\n")[0]     # the summary paragraph
-    return (f"`{name}` computed in place (ggml_{name}_inplace): the result is a view of a (same ne and nb)\n"
-            f"whose compute writes over a's data. Arguments, shapes and checks as `{name}`"
+    return (f"`{name}` computed in place ({ggml or f'ggml_{name}_inplace'}): the result is a view of a\n"
+            f"(same ne and nb) whose compute writes over a's data. Arguments, shapes and checks as `{name}`"
             + (f":\n\n{first}" if first else "."))
 
 
-def inplace_of(base):
+def inplace_of(base, ggml: str | None = None):
     """Decorator giving an op's _inplace form its docstring from the out-of-place builder `base`."""
     def deco(fn):
-        fn.__doc__ = inplace_doc(base.__name__, base.__doc__)
+        fn.__doc__ = inplace_doc(base.__name__, base.__doc__, ggml)
         return fn
     return deco
 
@@ -74,8 +75,8 @@ def unary_builders(op: int, name: str, formula: str, note: str = ""):
         f.__name__ = f.__qualname__ = fname
         f.__module__ = module
     build.__doc__ = (f"Elementwise {formula} (ggml_{name}): F32 a [ne0, ne1, ne2, ne3] -> F32, same shape.\n\n"
-                     f"{note + ' ' if note else ''}Any strides (views, permuted tensors); "
-                     f"GraphError for a non-F32 a.")
+                     f"{note + chr(10) if note else ''}Any strides (views, permuted tensors); GraphError for "
+                     f"a non-F32 a.")
     build_inplace.__doc__ = inplace_doc(name, build.__doc__)
     return build, build_inplace
 

@@ -604,8 +604,9 @@ def _gelu_sample(d):
     return sample_unary(d, gelu, gelu_inplace)
 
 
-gelu, gelu_inplace = unary_builders(GELU, "gelu", "0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))",
-                                    "ggml's tanh form, computed in float64 (ggml reads an fp16 table).")
+gelu, gelu_inplace = unary_builders(GELU, "gelu", "gelu(x)",
+                                    "gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ggml's tanh form, "
+                                    "in float64 (ggml reads an fp16 table).")
 rebuild_of(GELU)(rebuild_by(gelu, gelu_inplace))
 
 

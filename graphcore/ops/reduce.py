@@ -156,7 +156,7 @@ rebuild_of(SUM_ROWS)(rebuild_by(sum_rows))
 
 
 def mean(ctx, a):
-    """Row means (ggml_mean): [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
+    """Row means (ggml_mean): F32 [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
     check_f32("mean", a)
     return new_node(ctx, MEAN, T.TYPE_F32, [1, *a.ne[1:]], [a])
 
