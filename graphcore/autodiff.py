@@ -297,7 +297,8 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
 
 
 def build_backward(ctx, gf: Graph, keep: bool = False) -> Graph:
-    """A new graph (gf's size, with grads) holding gf and the gradients of its parameters."""
+    """A new graph (gf's size, with grads) holding gf and the gradients of its parameters: graph_dup
+    then build_backward_expand (ggml_build_backward of late 2023)."""
     if not isinstance(gf, Graph):
         raise GraphError(f"build_backward: gf must be a Graph, got {type(gf).__name__}")
     gb = Graph(gf.size, True)

@@ -9,7 +9,7 @@ MEM_ALIGN = 16  # ggml's GGML_MEM_ALIGN
 
 
 class Context:
-    """A memory arena (a numpy uint8 buffer) and the tensors placed in it. Use `gc.init`."""
+    """A memory arena (a numpy uint8 buffer) and the tensors placed in it (ggml_context). Use `gc.init`."""
 
     def __init__(self, mem_size: int, mem_buffer=None, no_alloc: bool = False):
         if mem_buffer is None:
@@ -76,19 +76,22 @@ def free(ctx: Context) -> None:
 
 
 def used_mem(ctx: Context) -> int:
-    """Bytes of the arena taken so far."""
+    """Bytes of ctx's arena taken so far (ggml_used_mem)."""
     if not isinstance(ctx, Context):
         raise GraphError(f"used_mem: expected a Context, got {type(ctx).__name__}")
     return ctx.offs
 
 
 def get_no_alloc(ctx: Context) -> bool:
+    """Whether new tensors of ctx get no data (ggml_get_no_alloc)."""
     return ctx.no_alloc
 
 
 def set_no_alloc(ctx: Context, no_alloc: bool) -> None:
+    """Make ctx create the next tensors without data (True) or in its arena (False) (ggml_set_no_alloc)."""
     ctx.no_alloc = bool(no_alloc)
 
 
 def get_mem_size(ctx: Context) -> int:
+    """Size of ctx's arena in bytes (ggml_get_mem_size)."""
     return ctx.mem_size

@@ -41,10 +41,14 @@ class Graph:
 
 
 def new_graph(ctx) -> Graph:
+    """An empty graph of DEFAULT_GRAPH_SIZE (2048) nodes, without gradients (ggml_new_graph).
+    ctx is kept for ggml's signature: the graph lives outside the arena."""
     return Graph(DEFAULT_GRAPH_SIZE, False)
 
 
 def new_graph_custom(ctx, size: int = DEFAULT_GRAPH_SIZE, grads: bool = False) -> Graph:
+    """An empty graph of at most `size` nodes and `size` leafs, with a gradient slot per node when grads
+    (ggml_new_graph_custom). GraphError when size is not a positive int."""
     return Graph(size, grads)
 
 
@@ -83,7 +87,8 @@ def _visit(g: Graph, root) -> None:
 
 
 def build_forward_expand(g: Graph, tensor) -> None:
-    """Add `tensor` and everything it depends on (not yet in g) to g, in execution order."""
+    """Add `tensor` and everything it depends on (not yet in g) to g, in execution order
+    (ggml_build_forward_expand). GraphError when g's size is exceeded; g is then left as it was."""
     if not isinstance(g, Graph):
         raise GraphError(f"build_forward_expand: expected a Graph, got {type(g).__name__}")
     TN.check_tensor("build_forward_expand", tensor)
@@ -103,6 +108,7 @@ def build_forward_expand(g: Graph, tensor) -> None:
 
 
 def build_forward(tensor) -> Graph:
+    """A new graph (DEFAULT_GRAPH_SIZE) holding tensor and everything it depends on (ggml_build_forward)."""
     g = Graph(DEFAULT_GRAPH_SIZE, False)
     build_forward_expand(g, tensor)
     return g
@@ -119,7 +125,8 @@ def graph_view(g: Graph, i0: int, i1: int) -> Graph:
 
 
 def graph_cpy(src: Graph, dst: Graph) -> None:
-    """Copy src's nodes, leafs and grads into dst (dst must be at least as large)."""
+    """Copy src's nodes, leafs and grads into dst (ggml_graph_cpy). GraphError when dst is smaller
+    or src has gradients that dst (built without grads) cannot hold."""
     if dst.size < src.n_nodes or dst.size < src.n_leafs:
         raise GraphError(f"graph_cpy: destination size {dst.size} cannot hold {src.n_nodes} nodes "
                          f"and {src.n_leafs} leafs")
@@ -134,12 +141,14 @@ def graph_cpy(src: Graph, dst: Graph) -> None:
 
 
 def graph_dup(ctx, g: Graph) -> Graph:
+    """A new graph of g's size (and grads) holding g's nodes, leafs and grads (ggml_graph_dup)."""
     d = Graph(g.size, g.grads is not None)
     graph_cpy(g, d)
     return d
 
 
 def graph_clear(g: Graph) -> None:
+    """Remove every node, leaf and grad from g, keeping its size (ggml_graph_clear)."""
     g.nodes, g.leafs, g.visited = [], [], set()
     if g.grads is not None:
         g.grads = []
@@ -152,6 +161,7 @@ def graph_node(g: Graph, i: int):
 
 
 def graph_get_tensor(g: Graph, name: str):
+    """The first leaf, then node, of g named `name`, or None (ggml_graph_get_tensor)."""
     for t in g.leafs:
         if t.name == name:
             return t

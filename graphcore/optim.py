@@ -85,6 +85,7 @@ _F = np.float32
 
 @dataclass
 class AdamParams:
+    """ggml_opt_params.adam: Adam (AdamW with decay > 0) settings; `OptParams.adam`."""
     n_iter: int = 10000
     sched: float = 1.0          # learning-rate schedule factor (a callback may change it)
     decay: float = 0.0          # weight decay (AdamW) for tensors with >= decay_min_ndim dims
@@ -100,6 +101,7 @@ class AdamParams:
 
 @dataclass
 class LBFGSParams:
+    """ggml_opt_params.lbfgs: L-BFGS settings (history m, line search); `OptParams.lbfgs`."""
     m: int = 6
     n_iter: int = 100
     max_linesearch: int = 20
@@ -113,7 +115,8 @@ class LBFGSParams:
 
 @dataclass
 class OptParams:
-    """ggml_opt_params."""
+    """ggml_opt_params: the optimizer (type OPT_ADAM or OPT_LBFGS), its stopping rules and settings.
+    Start from opt_default_params(type)."""
     type: int = OPT_ADAM
     graph_size: int = 2048
     n_threads: int = 1

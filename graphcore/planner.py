@@ -16,6 +16,8 @@ CACHE_LINE = 64
 
 
 def default_n_threads() -> int:
+    """Threads graph_plan uses when given none: the number of CPUs (os.cpu_count()), at least 1
+    (ggml's GGML_DEFAULT_N_THREADS is a fixed 4)."""
     return max(1, os.cpu_count() or 1)
 
 
@@ -40,6 +42,11 @@ class CPlan:
 
 
 def graph_plan(g, n_threads: int | None = None) -> CPlan:
+    """Plan g's compute on n_threads threads (ggml_graph_plan): a CPlan with n_tasks per node and the
+    work_size in bytes of the work buffer to set as cplan.work_data before graph_compute.
+
+    n_threads None or <= 0 means default_n_threads(). GraphError when g is not a Graph. A plan is
+    for the graph as it is: graph_compute refuses it once g has changed."""
     if not isinstance(g, Graph):
         raise GraphError(f"graph_plan: expected a Graph, got {type(g).__name__}")
     if n_threads is None or n_threads <= 0:

@@ -55,7 +55,7 @@ def _warn_not_computed(t) -> None:
 
 
 class Tensor:
-    """A tensor: metadata plus (unless the context is no_alloc) a place in its context's arena."""
+    """A tensor (ggml_tensor): metadata plus (unless the context is no_alloc) a place in its context's arena."""
 
     __slots__ = ("ctx", "type", "ne", "nb", "op", "op_params", "flags", "src", "grad", "name",
                  "view_src", "view_offs", "_buf", "_offs", "__weakref__")
@@ -207,45 +207,57 @@ def _span(type_, ne, nb):
 
 # -- constructors (ggml_new_tensor_*) --------------------------------------------------------------
 def new_tensor(ctx, type, ne) -> Tensor:
+    """A new contiguous tensor of `type` (TYPE_F32, TYPE_F16, TYPE_I32) and shape ne (1 to 4 sizes,
+    ne[0] innermost) in ctx's arena (ggml_new_tensor); its values are what the arena held (zeros
+    in a fresh one).
+
+    GraphError for a bad type or sizes < 1; OutOfMemoryError when the arena is full. In a
+    no_alloc context the tensor has no data."""
     return new_tensor_impl(ctx, type, ne)
 
 
 def new_tensor_1d(ctx, type, ne0) -> Tensor:
+    """A new tensor [ne0] (ggml_new_tensor_1d); see new_tensor."""
     return new_tensor_impl(ctx, type, [ne0], op="new_tensor_1d")
 
 
 def new_tensor_2d(ctx, type, ne0, ne1) -> Tensor:
+    """A new tensor [ne0, ne1]: ne1 rows of ne0 elements (ggml_new_tensor_2d); see new_tensor."""
     return new_tensor_impl(ctx, type, [ne0, ne1], op="new_tensor_2d")
 
 
 def new_tensor_3d(ctx, type, ne0, ne1, ne2) -> Tensor:
+    """A new tensor [ne0, ne1, ne2] (ggml_new_tensor_3d); see new_tensor."""
     return new_tensor_impl(ctx, type, [ne0, ne1, ne2], op="new_tensor_3d")
 
 
 def new_tensor_4d(ctx, type, ne0, ne1, ne2, ne3) -> Tensor:
+    """A new tensor [ne0, ne1, ne2, ne3] (ggml_new_tensor_4d); see new_tensor."""
     return new_tensor_impl(ctx, type, [ne0, ne1, ne2, ne3], op="new_tensor_4d")
 
 
 def new_f32(ctx, value: float) -> Tensor:
+    """A new F32 [1] tensor holding value (ggml_new_f32)."""
     t = new_tensor_impl(ctx, T.TYPE_F32, [1], op="new_f32")
     set_f32(t, value)
     return t
 
 
 def new_i32(ctx, value: int) -> Tensor:
+    """A new I32 [1] tensor holding value (ggml_new_i32)."""
     t = new_tensor_impl(ctx, T.TYPE_I32, [1], op="new_i32")
     set_i32(t, value)
     return t
 
 
 def dup_tensor(ctx, src: Tensor) -> Tensor:
-    """A new tensor with src's type and shape (not its data)."""
+    """A new contiguous tensor with src's type and shape, not its data (ggml_dup_tensor)."""
     check_tensor("dup_tensor", src)
     return new_tensor_impl(ctx, src.type, src.ne, op="dup_tensor")
 
 
 def view_tensor(ctx, src: Tensor) -> Tensor:
-    """A tensor sharing src's data, type, shape and strides (op stays NONE)."""
+    """A tensor sharing src's data, type, shape and strides; its op stays NONE (ggml_view_tensor)."""
     check_tensor("view_tensor", src)
     t = new_tensor_impl(ctx, src.type, src.ne, src, 0, op="view_tensor", nb=src.nb)
     t.name = f"{src.name} (view)"[:MAX_NAME - 1]
@@ -278,10 +290,12 @@ def from_numpy(ctx, arr, type=None) -> Tensor:
 
 # -- properties (ggml_nelements, ...) -------------------------------------------------------------
 def nelements(t) -> int:
+    """Number of elements, ne0 * ne1 * ne2 * ne3 (ggml_nelements)."""
     return t.ne[0] * t.ne[1] * t.ne[2] * t.ne[3]
 
 
 def nrows(t) -> int:
+    """Number of rows, ne1 * ne2 * ne3 (ggml_nrows)."""
     return t.ne[1] * t.ne[2] * t.ne[3]
 
 
@@ -294,10 +308,12 @@ nbytes = nbytes_of
 
 
 def element_size(t) -> int:
+    """Bytes of one element of t's type (ggml_element_size)."""
     return T.type_size(t.type)
 
 
 def n_dims(t) -> int:
+    """Number of dimensions: 1 + the index of the last ne[i] > 1, at least 1 (ggml_n_dims)."""
     for i in range(MAX_DIMS - 1, 0, -1):
         if t.ne[i] > 1:
             return i + 1
@@ -305,23 +321,28 @@ def n_dims(t) -> int:
 
 
 def is_contiguous(t) -> bool:
+    """Whether t's elements are packed in row-major order with no gaps (ggml_is_contiguous)."""
     return t.nb[0] == T.type_size(t.type) and all(
         t.nb[i] == t.nb[i - 1] * (t.ne[i - 1] // (T.blck_size(t.type) if i == 1 else 1)) for i in range(1, MAX_DIMS))
 
 
 def is_transposed(t) -> bool:
+    """Whether nb[0] > nb[1] (ggml_is_transposed)."""
     return t.nb[0] > t.nb[1]
 
 
 def is_permuted(t) -> bool:
+    """Whether the byte strides are not increasing: nb[i] > nb[i+1] for some i (ggml_is_permuted)."""
     return t.nb[0] > t.nb[1] or t.nb[1] > t.nb[2] or t.nb[2] > t.nb[3]
 
 
 def is_scalar(t) -> bool:
+    """Whether t has exactly one element (ggml_is_scalar)."""
     return nelements(t) == 1
 
 
 def are_same_shape(a, b) -> bool:
+    """Whether a.ne == b.ne (ggml_are_same_shape)."""
     return list(a.ne) == list(b.ne)
 
 
@@ -331,34 +352,42 @@ def can_repeat(a, b) -> bool:
 
 
 def can_repeat_rows(a, b) -> bool:
+    """can_repeat(a, b) with equal rows, a.ne[0] == b.ne[0] (ggml_can_repeat_rows)."""
     return a.ne[0] == b.ne[0] and can_repeat(a, b)
 
 
 # -- names ----------------------------------------------------------------------------------------
 def set_name(t, name: str) -> Tensor:
+    """Name t (cut to MAX_NAME - 1 characters, as ggml_set_name); returns t."""
     check_tensor("set_name", t)
     t.name = str(name)[:MAX_NAME - 1]
     return t
 
 
 def get_name(t) -> str:
+    """t's name (ggml_get_name)."""
     return t.name
 
 
 def format_name(t, fmt: str, *args) -> Tensor:
+    """Name t with `fmt % args` (ggml_format_name, printf-style); returns t."""
     return set_name(t, fmt % args if args else fmt)
 
 
 def set_input(t):
+    """Mark t as a graph input: set FLAG_INPUT in t.flags (ggml_set_input)."""
     t.flags |= FLAG_INPUT
 
 
 def set_output(t):
+    """Mark t as a graph output: set FLAG_OUTPUT in t.flags (ggml_set_output)."""
     t.flags |= FLAG_OUTPUT
 
 
 # -- element access (work on every type and on non-contiguous views) -------------------------------
 def unravel_index(t, i: int):
+    """(i0, i1, i2, i3) of t's element i in row-major order (ggml_unravel_index); IndexError when i is
+    outside 0..nelements(t)-1."""
     n = nelements(t)
     if not 0 <= i < n:
         raise IndexError(f"index {i} out of range for {describe(t)} with {n} elements")
@@ -380,55 +409,69 @@ def _store(t, index, value):
 
 
 def get_f32_1d(t, i: int) -> float:
+    """Element i (row-major order, any type and strides) as a float (ggml_get_f32_1d); IndexError when out
+    of range."""
     i0, i1, i2, i3 = unravel_index(t, i)
     return float(_nd(t)[i3, i2, i1, i0])
 
 
 def get_i32_1d(t, i: int) -> int:
+    """Element i (row-major order, any type and strides) as an int, truncated toward zero
+    (ggml_get_i32_1d); IndexError when out of range."""
     i0, i1, i2, i3 = unravel_index(t, i)
     return int(_nd(t)[i3, i2, i1, i0])
 
 
 def set_f32_1d(t, i: int, value: float) -> None:
+    """Write value into element i (row-major order, any type and strides), as a C cast would
+    (ggml_set_f32_1d); IndexError when out of range."""
     i0, i1, i2, i3 = unravel_index(t, i)
     _store(t, (i3, i2, i1, i0), value)
 
 
 def set_i32_1d(t, i: int, value: int) -> None:
+    """Write the int value into element i (row-major order, any type and strides) (ggml_set_i32_1d);
+    IndexError when out of range."""
     i0, i1, i2, i3 = unravel_index(t, i)
     _store(t, (i3, i2, i1, i0), int(value))
 
 
 def get_f32_nd(t, i0, i1=0, i2=0, i3=0) -> float:
+    """Element [i0, i1, i2, i3] as a float (ggml_get_f32_nd)."""
     return float(_nd(t)[i3, i2, i1, i0])
 
 
 def set_f32_nd(t, i0, i1, i2, i3, value) -> None:
+    """Write value into element [i0, i1, i2, i3] (ggml_set_f32_nd)."""
     _store(t, (i3, i2, i1, i0), value)
 
 
 def get_i32_nd(t, i0, i1=0, i2=0, i3=0) -> int:
+    """Element [i0, i1, i2, i3] as an int (ggml_get_i32_nd)."""
     return int(_nd(t)[i3, i2, i1, i0])
 
 
 def set_i32_nd(t, i0, i1, i2, i3, value) -> None:
+    """Write the int value into element [i0, i1, i2, i3] (ggml_set_i32_nd)."""
     _store(t, (i3, i2, i1, i0), int(value))
 
 
 def set_f32(t, value: float) -> Tensor:
-    """Fill every element (ggml_set_f32)."""
+    """Fill every element with value (ggml_set_f32); any type and strides. Returns t."""
     check_tensor("set_f32", t)
     _store(t, Ellipsis, value)
     return t
 
 
 def set_i32(t, value: int) -> Tensor:
+    """Fill every element with the int value (ggml_set_i32); any type and strides. Returns t."""
     check_tensor("set_i32", t)
     _store(t, Ellipsis, int(value))
     return t
 
 
 def set_zero(t) -> Tensor:
+    """Set every element to 0 (ggml_set_zero). Returns t."""
     check_tensor("set_zero", t)
     _nd(t)[...] = 0
     return t

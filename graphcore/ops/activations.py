@@ -12,27 +12,12 @@ import numpy as np
 from ..errors import GraphError
 from ..kernel import exp_f64, inline, param_f32
 from .args import boolean, real
-from .common import (binary_loop, check_f32, check_same_shape, elementwise_node, shapes, tasks_by_segments,
-                     unary_loop)
+from .common import (binary_loop, check_f32, check_same_shape, elementwise_node, inplace_of, shapes,
+                     tasks_by_segments, unary_builders, unary_loop)
 from .refs import f64, sample_binary, sample_unary
 from .registry import reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
 from .registry import rebuild_by, rebuild_of
-
-
-def _unary_builders(op, name):
-    def build(ctx, a):
-        check_f32(name, a)
-        return elementwise_node(ctx, op, a, [a])
-
-    def build_inplace(ctx, a):
-        check_f32(name + "_inplace", a)
-        return elementwise_node(ctx, op, a, [a], inplace=True)
-
-    build.__name__, build_inplace.__name__ = name, name + "_inplace"
-    build.__doc__ = f"{name}(a), elementwise."
-    build_inplace.__doc__ = f"{name}(a) written over a; returns a view of a."
-    return build, build_inplace
 
 
 # -- tanh ---------------------------------------------------------------------------------------------------
@@ -65,7 +50,7 @@ def _tanh_sample(d):
     return sample_unary(d, tanh, tanh_inplace)
 
 
-tanh, tanh_inplace = _unary_builders(TANH, "tanh")
+tanh, tanh_inplace = unary_builders(TANH, "tanh", "tanh(x)")
 rebuild_of(TANH)(rebuild_by(tanh, tanh_inplace))
 
 
@@ -101,7 +86,7 @@ def _elu_sample(d):
     return sample_unary(d, elu, elu_inplace)
 
 
-elu, elu_inplace = _unary_builders(ELU, "elu")
+elu, elu_inplace = unary_builders(ELU, "elu", "x for x > 0, exp(x) - 1 otherwise")
 rebuild_of(ELU)(rebuild_by(elu, elu_inplace))
 
 
@@ -142,7 +127,7 @@ def _gelu_quick_sample(d):
     return sample_unary(d, gelu_quick, gelu_quick_inplace)
 
 
-gelu_quick, gelu_quick_inplace = _unary_builders(GELU_QUICK, "gelu_quick")
+gelu_quick, gelu_quick_inplace = unary_builders(GELU_QUICK, "gelu_quick", "x / (1 + exp(-1.702 x))")
 rebuild_of(GELU_QUICK)(rebuild_by(gelu_quick, gelu_quick_inplace))
 
 
@@ -183,7 +168,10 @@ def _leaky_relu_sample(d):
 
 
 def leaky_relu(ctx, a, negative_slope: float, inplace: bool = False):
-    """ggml_leaky_relu: x for x > 0, negative_slope * x for x < 0 (ggml's signature, inplace flag last)."""
+    """Elementwise x for x > 0, negative_slope * x otherwise (ggml_leaky_relu): F32 a -> same shape.
+
+    ggml's signature: the inplace flag comes last (True: the result is a view of a, written over
+    it). negative_slope must be a finite number."""
     op = "leaky_relu"
     check_f32(op, a)
     s = real(op, "negative_slope", negative_slope)
@@ -251,6 +239,7 @@ def clamp(ctx, a, min: float, max: float):
     return _clamp(ctx, a, min, max, False, "clamp")
 
 
+@inplace_of(clamp, ggml="as ggml_clamp, which is always in place")
 def clamp_inplace(ctx, a, min: float, max: float):
     return _clamp(ctx, a, min, max, True, "clamp_inplace")
 

@@ -1,6 +1,9 @@
 """Shared pieces of op builders and kernels: argument checks and the elementwise loops."""
 from __future__ import annotations
 
+import inspect
+import sys
+
 import numpy as np
 
 from .. import tensor as TN
@@ -36,6 +39,46 @@ def elementwise_node(ctx, op: int, a, srcs, params=None, inplace=False):
     if inplace:
         return inplace_view(ctx, op, a, srcs, params)
     return new_node(ctx, op, a.type, a.ne, srcs, params)
+
+
+# -- docstrings of generated builders and _inplace forms ------------------------------------------------
+def inplace_doc(name: str, base_doc: str | None = None, ggml: str | None = None) -> str:
+    """The docstring of op `name`'s _inplace form (base_doc: the out-of-place builder's docstring;
+    ggml: the ggml function, when not ggml_<name>_inplace)."""
+    first = inspect.cleandoc(base_doc or "").split("\n\n")[0]     # the summary paragraph
+    return (f"`{name}` computed in place ({ggml or f'ggml_{name}_inplace'}): the result is a view of a\n"
+            f"(same ne and nb) whose compute writes over a's data. Arguments, shapes and checks as `{name}`"
+            + (f":\n\n{first}" if first else "."))
+
+
+def inplace_of(base, ggml: str | None = None):
+    """Decorator giving an op's _inplace form its docstring from the out-of-place builder `base`."""
+    def deco(fn):
+        fn.__doc__ = inplace_doc(base.__name__, base.__doc__, ggml)
+        return fn
+    return deco
+
+
+def unary_builders(op: int, name: str, formula: str, note: str = ""):
+    """The builders `name(ctx, a)` and `name_inplace(ctx, a)` of a unary F32 op computing `formula`
+    of each element x, with their names and docstrings (note: a sentence added to the docstring)."""
+    def build(ctx, a):
+        check_f32(name, a)
+        return elementwise_node(ctx, op, a, [a])
+
+    def build_inplace(ctx, a):
+        check_f32(name + "_inplace", a)
+        return elementwise_node(ctx, op, a, [a], inplace=True)
+
+    module = sys._getframe(1).f_globals["__name__"]    # the op's module, as collections.namedtuple does
+    for f, fname in ((build, name), (build_inplace, name + "_inplace")):
+        f.__name__ = f.__qualname__ = fname
+        f.__module__ = module
+    build.__doc__ = (f"Elementwise {formula} (ggml_{name}): F32 a [ne0, ne1, ne2, ne3] -> F32, same shape.\n\n"
+                     f"{note + chr(10) if note else ''}Any strides (views, permuted tensors); GraphError for "
+                     f"a non-F32 a.")
+    build_inplace.__doc__ = inplace_doc(name, build.__doc__)
+    return build, build_inplace
 
 
 SEG = 4096   # elementwise work is cut into row segments of this many elements (see tasks_by_segments)

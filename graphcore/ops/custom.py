@@ -40,7 +40,7 @@ from ..errors import GraphError
 from ..kernel import ERR_CUSTOM, P_BASE, SLOT0, SLOT_LEN, R_ERR, R_ERRARG, fail, record, view_f32, view_i32, view_u16
 from ..native import call_kernel
 from .args import boolean, integer
-from .common import inplace_view
+from .common import inplace_of, inplace_view
 from .refs import shape4
 from .registry import KERNEL_SIG, new_node, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
@@ -326,6 +326,7 @@ def map_custom1(ctx, a, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *, allow
     return _map_custom(ctx, MAP_CUSTOM1, "map_custom1", [a], fun, n_tasks, userdata, False, allow_python)
 
 
+@inplace_of(map_custom1)
 def map_custom1_inplace(ctx, a, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *, allow_python: bool = False):
     return _map_custom(ctx, MAP_CUSTOM1, "map_custom1_inplace", [a], fun, n_tasks, userdata, True, allow_python)
 
@@ -335,6 +336,7 @@ def map_custom2(ctx, a, b, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *, al
     return _map_custom(ctx, MAP_CUSTOM2, "map_custom2", [a, b], fun, n_tasks, userdata, False, allow_python)
 
 
+@inplace_of(map_custom2)
 def map_custom2_inplace(ctx, a, b, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *,
                         allow_python: bool = False):
     return _map_custom(ctx, MAP_CUSTOM2, "map_custom2_inplace", [a, b], fun, n_tasks, userdata, True,
@@ -346,6 +348,7 @@ def map_custom3(ctx, a, b, c, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *,
     return _map_custom(ctx, MAP_CUSTOM3, "map_custom3", [a, b, c], fun, n_tasks, userdata, False, allow_python)
 
 
+@inplace_of(map_custom3)
 def map_custom3_inplace(ctx, a, b, c, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *,
                         allow_python: bool = False):
     return _map_custom(ctx, MAP_CUSTOM3, "map_custom3_inplace", [a, b, c], fun, n_tasks, userdata, True,

@@ -13,7 +13,8 @@ import numpy as np
 from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import exp_f64, inline, param_f32, record, split, view_f32
-from .common import binary_loop, check_f32, elementwise_node, shapes, tasks_by_segments, unary_loop
+from .common import (binary_loop, check_f32, elementwise_node, inplace_of, shapes, tasks_by_segments, unary_builders,
+                     unary_loop)
 from .refs import f64, sample_binary, sample_unary, tile
 from .registry import TILES, ZERO_GRADIENT, reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
@@ -59,10 +60,14 @@ def _add_sample(d):
 
 
 def add(ctx, a, b):
-    """a + b, b broadcast (tiled) over a."""
+    """Elementwise a + b, b tiled over a (ggml_add).
+
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, ADD, "add", a, b, False)
 
 
+@inplace_of(add)
 def add_inplace(ctx, a, b):
     return _binary(ctx, ADD, "add_inplace", a, b, True)
 
@@ -100,9 +105,14 @@ def _sub_sample(d):
 
 
 def sub(ctx, a, b):
+    """Elementwise a - b, b tiled over a (ggml_sub).
+
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, SUB, "sub", a, b, False)
 
 
+@inplace_of(sub)
 def sub_inplace(ctx, a, b):
     return _binary(ctx, SUB, "sub_inplace", a, b, True)
 
@@ -141,9 +151,14 @@ def _mul_sample(d):
 
 
 def mul(ctx, a, b):
+    """Elementwise a * b, b tiled over a (ggml_mul).
+
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, MUL, "mul", a, b, False)
 
 
+@inplace_of(mul)
 def mul_inplace(ctx, a, b):
     return _binary(ctx, MUL, "mul_inplace", a, b, True)
 
@@ -182,9 +197,14 @@ def _div_sample(d):
 
 
 def div(ctx, a, b):
+    """Elementwise a / b, b tiled over a (ggml_div).
+
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise. x/0 gives inf or NaN, as in IEEE."""
     return _binary(ctx, DIV, "div", a, b, False)
 
 
+@inplace_of(div)
 def div_inplace(ctx, a, b):
     return _binary(ctx, DIV, "div_inplace", a, b, True)
 
@@ -229,9 +249,15 @@ def _add1(ctx, a, b, inplace, name):
 
 
 def add1(ctx, a, b):
+    """a + b[0] for a one-element b (ggml_add1): F32 a [ne0, ne1, ne2, ne3], F32 b of one element -> a's
+    shape.
+
+    GraphError when b has more than one element. The gradient of b is the sum of the output
+    gradient (ggml takes its mean)."""
     return _add1(ctx, a, b, False, "add1")
 
 
+@inplace_of(add1)
 def add1_inplace(ctx, a, b):
     return _add1(ctx, a, b, True, "add1_inplace")
 
@@ -273,9 +299,13 @@ def _scale(ctx, a, s, inplace, name):
 
 
 def scale(ctx, a, s: float):
+    """Elementwise a * s for a Python float s (ggml_scale): F32 a [ne0, ne1, ne2, ne3] -> same shape.
+
+    s is a number, as ggml_scale takes since January 2024 (not a tensor): GraphError otherwise."""
     return _scale(ctx, a, s, False, "scale")
 
 
+@inplace_of(scale)
 def scale_inplace(ctx, a, s: float):
     return _scale(ctx, a, s, True, "scale_inplace")
 
@@ -286,20 +316,6 @@ def _scale_rebuild(ctx, srcs, rec):
 
 
 # -- unary functions ---------------------------------------------------------------------------------
-def _unary_builders(op, name):
-    def build(ctx, a):
-        check_f32(name, a)
-        return elementwise_node(ctx, op, a, [a])
-
-    def build_inplace(ctx, a):
-        check_f32(name + "_inplace", a)
-        return elementwise_node(ctx, op, a, [a], inplace=True)
-
-    build.__name__, build_inplace.__name__ = name, name + "_inplace"
-    build.__doc__ = f"{name}(a), elementwise."
-    return build, build_inplace
-
-
 @inline
 def _sqr_f(x, p):
     return x * x
@@ -328,7 +344,7 @@ def _sqr_sample(d):
     return sample_unary(d, sqr, sqr_inplace)
 
 
-sqr, sqr_inplace = _unary_builders(SQR, "sqr")
+sqr, sqr_inplace = unary_builders(SQR, "sqr", "x*x")
 rebuild_of(SQR)(rebuild_by(sqr, sqr_inplace))
 
 
@@ -360,7 +376,7 @@ def _sqrt_sample(d):
     return sample_unary(d, sqrt, sqrt_inplace, domain="positive")
 
 
-sqrt, sqrt_inplace = _unary_builders(SQRT, "sqrt")
+sqrt, sqrt_inplace = unary_builders(SQRT, "sqrt", "sqrt(x)", "NaN for x < 0.")
 rebuild_of(SQRT)(rebuild_by(sqrt, sqrt_inplace))
 
 
@@ -392,7 +408,7 @@ def _log_sample(d):
     return sample_unary(d, log, log_inplace, domain="positive")
 
 
-log, log_inplace = _unary_builders(LOG, "log")
+log, log_inplace = unary_builders(LOG, "log", "log(x)", "-inf at 0, NaN for x < 0.")
 rebuild_of(LOG)(rebuild_by(log, log_inplace))
 
 
@@ -424,7 +440,7 @@ def _neg_sample(d):
     return sample_unary(d, neg, neg_inplace)
 
 
-neg, neg_inplace = _unary_builders(NEG, "neg")
+neg, neg_inplace = unary_builders(NEG, "neg", "-x")
 rebuild_of(NEG)(rebuild_by(neg, neg_inplace))
 
 
@@ -456,7 +472,7 @@ def _abs_sample(d):
     return sample_unary(d, abs_, abs_inplace)
 
 
-abs_, abs_inplace = _unary_builders(ABS, "abs")
+abs_, abs_inplace = unary_builders(ABS, "abs", "|x|")
 rebuild_of(ABS)(rebuild_by(abs_, abs_inplace))
 
 
@@ -484,7 +500,8 @@ def _sgn_sample(d):
     return sample_unary(d, sgn, sgn_inplace)
 
 
-sgn, sgn_inplace = _unary_builders(SGN, "sgn")
+sgn, sgn_inplace = unary_builders(SGN, "sgn", "sign(x): 1, -1 or 0",
+                                  "Its gradient is zero (as in ggml, PyTorch and JAX).")
 rebuild_of(SGN)(rebuild_by(sgn, sgn_inplace))
 
 
@@ -513,7 +530,8 @@ def _step_sample(d):
     return sample_unary(d, step, step_inplace)
 
 
-step, step_inplace = _unary_builders(STEP, "step")
+step, step_inplace = unary_builders(STEP, "step", "1 where x > 0, else 0",
+                                    "Its gradient is zero (as in ggml, PyTorch and JAX).")
 rebuild_of(STEP)(rebuild_by(step, step_inplace))
 
 
@@ -546,7 +564,7 @@ def _relu_sample(d):
     return sample_unary(d, relu, relu_inplace)
 
 
-relu, relu_inplace = _unary_builders(RELU, "relu")
+relu, relu_inplace = unary_builders(RELU, "relu", "max(x, 0)")
 rebuild_of(RELU)(rebuild_by(relu, relu_inplace))
 
 GELU_COEF_A = 0.044715
@@ -586,7 +604,9 @@ def _gelu_sample(d):
     return sample_unary(d, gelu, gelu_inplace)
 
 
-gelu, gelu_inplace = _unary_builders(GELU, "gelu")
+gelu, gelu_inplace = unary_builders(GELU, "gelu", "gelu(x)",
+                                    "gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ggml's tanh form, "
+                                    "in float64 (ggml reads an fp16 table).")
 rebuild_of(GELU)(rebuild_by(gelu, gelu_inplace))
 
 
@@ -622,7 +642,7 @@ def _silu_sample(d):
     return sample_unary(d, silu, silu_inplace)
 
 
-silu, silu_inplace = _unary_builders(SILU, "silu")
+silu, silu_inplace = unary_builders(SILU, "silu", "x / (1 + exp(-x))")
 rebuild_of(SILU)(rebuild_by(silu, silu_inplace))
 
 
@@ -669,7 +689,8 @@ def _gelu_back_sample(d):
 
 
 def gelu_back(ctx, a, b):
-    """b * gelu'(a): the gradient of gelu (tanh form) at a, given b, the gradient of its output."""
+    """b * gelu'(a): the gradient of gelu (tanh form) at a, given b, the gradient of its output.
+    F32 a and b of the same shape -> that shape. ggml has no such op (its gelu has no backward)."""
     check_f32("gelu_back", a, b)
     if not TN.are_same_shape(a, b):
         raise GraphError(f"gelu_back: shapes differ: {shapes(a, b)}")

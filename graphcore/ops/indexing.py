@@ -17,7 +17,7 @@ from ..kernel import (ERR_INDEX, f32_at, fail, fp16_to_fp32, inline, is_dense, p
                       rows_contiguous, split, split_aligned, t_addr, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_4d, i32_1d, i32_4d, u16_1d, u16_4d
 from .args import check_types, integer, region_overlaps
-from .common import check_f32, inplace_view, next_row, shapes
+from .common import check_f32, inplace_of, inplace_view, next_row, shapes
 from .refs import f64
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import rebuild_by, rebuild_of
@@ -270,7 +270,8 @@ def _diag_sample(d):
 
 
 def diag(ctx, a):
-    """A diagonal matrix per (i2, i3) from the row vector a [ne0, 1, ne2, ne3]."""
+    """A diagonal matrix per (i2, i3) from the row vector a (ggml_diag): F32 [ne0, 1, ne2, ne3] ->
+    [ne0, ne0, ne2, ne3]. GraphError when ne1 != 1."""
     check_f32("diag", a)
     if a.ne[1] != 1:
         raise GraphError(f"diag: src0 must be a row vector per batch (ne1 == 1): {shapes(a)}")
@@ -529,37 +530,42 @@ def set(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
     return _set_impl(ctx, SET, "set", a, b, nb1, nb2, nb3, offset, False, _SET_TYPES)
 
 
+@inplace_of(set)
 def set_inplace(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
     return _set_impl(ctx, SET, "set_inplace", a, b, nb1, nb2, nb3, offset, True, _SET_TYPES)
 
 
 def set_1d(ctx, a, b, offset: int):
-    """set with a's own strides: b's elements from byte offset on."""
+    """set with a's own strides nb1, nb2, nb3 (ggml_set_1d): b's elements written from byte offset on."""
     TN.check_tensor("set_1d", a)
     return _set_impl(ctx, SET, "set_1d", a, b, a.nb[1], a.nb[2], a.nb[3], offset, False, _SET_TYPES)
 
 
+@inplace_of(set_1d)
 def set_1d_inplace(ctx, a, b, offset: int):
     TN.check_tensor("set_1d_inplace", a)
     return _set_impl(ctx, SET, "set_1d_inplace", a, b, a.nb[1], a.nb[2], a.nb[3], offset, True, _SET_TYPES)
 
 
 def set_2d(ctx, a, b, nb1: int, offset: int):
-    """set with rows nb1 bytes apart (dims 2 and 3 use a's strides)."""
+    """set with rows nb1 bytes apart, dims 2 and 3 at a's strides (ggml_set_2d)."""
     TN.check_tensor("set_2d", a)
     return _set_impl(ctx, SET, "set_2d", a, b, nb1, a.nb[2], a.nb[3], offset, False, _SET_TYPES)
 
 
+@inplace_of(set_2d)
 def set_2d_inplace(ctx, a, b, nb1: int, offset: int):
     TN.check_tensor("set_2d_inplace", a)
     return _set_impl(ctx, SET, "set_2d_inplace", a, b, nb1, a.nb[2], a.nb[3], offset, True, _SET_TYPES)
 
 
 def acc(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
-    """ggml_acc: a copy of a with b added to the region given by byte strides and offset (as set)."""
+    """ggml_acc: a copy of a with b added to the region given by byte strides and offset (as set).
+    F32 only; other rules as set."""
     return _set_impl(ctx, ACC, "acc", a, b, nb1, nb2, nb3, offset, False, (_F32,))
 
 
+@inplace_of(acc)
 def acc_inplace(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
     return _set_impl(ctx, ACC, "acc_inplace", a, b, nb1, nb2, nb3, offset, True, (_F32,))
 

@@ -274,7 +274,9 @@ def _out_prod_sample(d):
 
 
 def out_prod(ctx, a, b):
-    """ggml_out_prod: a [ne00, K, ne02, ne03], b [ne10, K, ne12, ne13] -> [ne00, ne10, ne12, ne13]."""
+    """ggml_out_prod: a [ne00, K, ne02, ne03], b [ne10, K, ne12, ne13] -> [ne00, ne10, ne12, ne13],
+    dst[i0, i1] = sum_k a[i0, k] * b[i1, k] (ne order); F32; a is broadcast over dims 2 and 3 by
+    blocks, as in mul_mat. GraphError when the K differ or ne12, ne13 are not multiples of a's."""
     TN.check_tensor("out_prod", a, b)
     if a.type != T.TYPE_F32 or b.type != T.TYPE_F32:
         raise GraphError(f"out_prod: expects F32 tensors, got {shapes(a, b)}")

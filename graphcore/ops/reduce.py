@@ -71,7 +71,7 @@ def _sum_sample(d):
 
 
 def sum(ctx, a):
-    """The sum of all elements, as a [1] tensor."""
+    """The sum of all elements of F32 a, as an F32 [1] tensor (ggml_sum); accumulated in float64."""
     check_f32("sum", a)
     return new_node(ctx, SUM, T.TYPE_F32, [1], [a])
 
@@ -147,7 +147,7 @@ def _mean_sample(d):
 
 
 def sum_rows(ctx, a):
-    """Row sums: [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
+    """Row sums (ggml_sum_rows): F32 [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
     check_f32("sum_rows", a)
     return new_node(ctx, SUM_ROWS, T.TYPE_F32, [1, *a.ne[1:]], [a])
 
@@ -156,7 +156,7 @@ rebuild_of(SUM_ROWS)(rebuild_by(sum_rows))
 
 
 def mean(ctx, a):
-    """Row means (ggml_mean): [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
+    """Row means (ggml_mean): F32 [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
     check_f32("mean", a)
     return new_node(ctx, MEAN, T.TYPE_F32, [1, *a.ne[1:]], [a])
 
@@ -202,7 +202,8 @@ def _argmax_sample(d):
 
 
 def argmax(ctx, a):
-    """For each row of a matrix [ne0, ne1], the index of its largest element, as I32 [ne1]."""
+    """For each row of an F32 matrix [ne0, ne1], the index of its largest element (the first;
+    NaN never wins) as I32 [ne1] (ggml_argmax). GraphError when ne2 or ne3 > 1."""
     check_f32("argmax", a)
     if a.ne[2] != 1 or a.ne[3] != 1:
         raise GraphError(f"argmax: src0 must be a matrix (ne2 == ne3 == 1), got {shapes(a)}")
@@ -269,7 +270,8 @@ def _repeat_sample(d):
 
 
 def repeat(ctx, a, b):
-    """a tiled to b's shape (each b.ne[i] a multiple of a.ne[i])."""
+    """F32 a tiled to b's shape (ggml_repeat); only b.ne is used. Each b.ne[i] must be a multiple of
+    a.ne[i] (ggml_can_repeat): GraphError otherwise."""
     check_f32("repeat", a)
     TN.check_tensor("repeat", b)
     if not TN.can_repeat(a, b):

@@ -38,6 +38,8 @@ BLOCKS = "blocks"
 
 @dataclass
 class OpDef:
+    """One op's record in the registry (OPS[code], BY_NAME[name]): its ggml name and symbol, kernel,
+    planner rules, backward rule, numpy reference, sampler and graph-file rebuild."""
     name: str                                   # ggml's name, e.g. "ADD"
     symbol: str                                 # ggml's dot symbol, e.g. "x+y"
     code: int
@@ -172,10 +174,12 @@ def rebuild_by(build, build_inplace=None):
 
 
 def op_name(code: int) -> str:
+    """The op's name, e.g. "MUL_MAT" for OP_MUL_MAT (ggml_op_name); "<op N>" for an unknown code."""
     return TN.op_name_of(code)
 
 
 def op_symbol(code: int) -> str:
+    """The op's symbol in graph pictures, e.g. "x*y" for OP_MUL (ggml_op_symbol); "?" for an unknown code."""
     return OPS[code].symbol if 0 <= code < len(OPS) else "?"
 
 
