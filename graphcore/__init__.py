@@ -20,15 +20,14 @@ from .tensor import (FLAG_INPUT, FLAG_OUTPUT, FLAG_PARAM, MAX_DIMS, MAX_NAME, MA
                      set_f32, set_f32_1d, set_f32_nd, set_i32, set_i32_1d, set_i32_nd, set_input, set_name,
                      set_output, set_zero, unravel_index, view_tensor)
 from .ops.registry import BY_NAME, NOT_DIFFERENTIABLE, OPS, ZERO_GRADIENT, OpDef, op_name, op_symbol
-from .ops.elementwise import (abs_ as abs, abs_inplace, add, add1, add1_inplace, add_inplace, div,
-                              div_inplace, gelu, gelu_inplace, log, log_inplace, mul, mul_inplace, neg,
-                              neg_inplace, relu, relu_inplace, scale, scale_inplace, sgn, sgn_inplace, silu,
-                              silu_inplace, sqr, sqr_inplace, sqrt, sqrt_inplace, step, step_inplace, sub,
-                              sub_inplace)
+from .ops.elementwise import add, add_inplace, div, div_inplace, mul, mul_inplace, scale, scale_inplace, sub, sub_inplace
+from .ops.unary import (abs_ as abs, abs_inplace, gelu, gelu_back, gelu_inplace, log, log_inplace, neg, neg_inplace,
+                        relu, relu_inplace, sgn, sgn_inplace, silu, silu_back, silu_inplace, sqr, sqr_inplace, sqrt,
+                        sqrt_inplace, step, step_inplace)
 from .ops.layout import (cont, cont_1d, cont_2d, cont_3d, cont_4d, cpy, dup, dup_inplace, permute, reshape,
                          reshape_1d, reshape_2d, reshape_3d, reshape_4d, transpose, view_1d, view_2d, view_3d,
                          view_4d)
-from .ops.reduce import argmax, mean, repeat, sum, sum_rows
+from .ops.reduce import add1, add1_inplace, argmax, mean, repeat, repeat_back, sum, sum_rows
 from .ops.matmul import mul_mat, out_prod
 from .graph import (DEFAULT_GRAPH_SIZE, Graph, build_forward, build_forward_expand, graph_clear, graph_cpy,
                     graph_dup, graph_get_tensor, graph_node, graph_view, new_graph,
@@ -52,14 +51,12 @@ from .ops.attention import (diag_mask_inf, diag_mask_inf_inplace, diag_mask_zero
 from .ops.indexing import (acc, acc_inplace, diag, get_rows, get_rows_back, set, set_1d, set_1d_inplace, set_2d,
                            set_2d_inplace, set_inplace)
 from .ops.activations import (clamp, clamp_inplace, elu, elu_inplace, gelu_quick, gelu_quick_inplace, leaky_relu,
-                              silu_back, tanh, tanh_inplace)
-from .ops.reduce import repeat_back
+                              tanh, tanh_inplace)
 from .ops.losses import cross_entropy_loss, cross_entropy_loss_back
 from .ops.custom import (N_TASKS_MAX, map_custom1, map_custom1_inplace, map_custom2, map_custom2_inplace,
                          map_custom3, map_custom3_inplace)
 
 from .autodiff import build_backward, build_backward_expand, graph_reset, set_param
-from .ops.elementwise import gelu_back
 
 # ggml_op constants: OP_NONE, OP_ADD, ... derived from the registry
 globals().update({f"OP_{op.name}": op.code for op in OPS})

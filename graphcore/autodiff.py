@@ -27,6 +27,11 @@ from . import types as T
 from .errors import GraphError
 from .graph import Graph, build_forward_expand, graph_cpy
 from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES, ZERO_GRADIENT
+from .ops.elementwise import add, scale, sub
+from .ops.indexing import acc
+from .ops.layout import cont, permute, reshape_4d
+from .ops.reduce import add1, repeat, repeat_back, sum_rows
+from .ops.unary import neg
 
 __all__ = ["set_param", "build_backward_expand", "build_backward", "graph_reset", "Grads", "TILES", "BLOCKS"]
 
@@ -81,12 +86,10 @@ class Grads:
     # -- ggml's ggml_add_or_set / sub_or_set / add1_or_set / acc_or_set ------------------------------
     def add(self, i, x, reduce=None):
         s, x = self._prepare(i, x, reduce)
-        from .ops.elementwise import add
         s.grad = x if self._is_zero(s) else add(self.ctx, s.grad, x)
 
     def sub(self, i, x, reduce=None):
         s, x = self._prepare(i, x, reduce)
-        from .ops.elementwise import neg, sub
         s.grad = neg(self.ctx, x) if self._is_zero(s) else sub(self.ctx, s.grad, x)
 
     def add1(self, i, x):
@@ -95,16 +98,11 @@ class Grads:
         if not TN.is_scalar(x):
             raise GraphError(f"backward of {OPS[self.node.op].name}: add1 needs a one-element gradient, "
                              f"got {TN.describe(x)}")
-        from .ops.elementwise import add1
-        from .ops.reduce import repeat
         s.grad = repeat(self.ctx, x, s) if self._is_zero(s) else add1(self.ctx, s.grad, x)
 
     def acc(self, i, x, nb1, nb2, nb3, offset):
         s = self._src(i)
         self._check_f32(i, x)
-        from .ops.indexing import acc
-        from .ops.elementwise import scale
-        from .ops.layout import cont
         base = s.grad
         if self._is_zero(s):
             base = scale(self.ctx, base, 0.0)       # as ggml: start from a cleared copy
@@ -153,8 +151,6 @@ class Grads:
 
 def _sum_blocks(ctx, x, d, n):
     """Dim d of x (x.ne[d] = r * n) summed down to n over the r consecutive entries of each block."""
-    from .ops.layout import cont, permute, reshape_4d
-    from .ops.reduce import sum_rows
     r = x.ne[d] // n
     if not TN.is_contiguous(x):
         x = cont(ctx, x)
@@ -175,7 +171,6 @@ def undo_tiles(ctx, x, like):
     """x summed over the tiles of ggml's repeat broadcast (i % ne) down to like's shape: repeat_back."""
     if list(x.ne) == list(like.ne):
         return x
-    from .ops.reduce import repeat_back
     return repeat_back(ctx, x, like)
 
 

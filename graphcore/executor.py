@@ -15,9 +15,8 @@ from numba import njit
 from . import kernel as K
 from . import tensor as TN
 from .blas import set_thread_local_blas_threads
-from .errors import ComputeError, GraphError
+from .errors import GraphError
 from .native import atomic_add, atomic_load, atomic_store, call_kernel, sched_yield
-from .ops.registry import OPS
 from .planner import CPlan, graph_plan, lower
 
 GGML_STATUS_SUCCESS = 0

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from . import tensor as TN
-from . import types as T
 from .errors import GraphError
-from .ops.registry import OP_NONE, op_name
+from .ops.registry import OP_NONE
 
 DEFAULT_GRAPH_SIZE = 2048  # ggml's GGML_DEFAULT_GRAPH_SIZE
 

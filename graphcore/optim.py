@@ -7,7 +7,7 @@ arithmetic; dot products accumulate in float64.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable, Optional
 

@@ -317,7 +317,7 @@ def test_scale_add1_errors():
 from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
 
 
-_GRAPH_OPS = [op for m in ["elementwise"] for op in family_ops(m)]
+_GRAPH_OPS = [op for m in ["elementwise", "unary"] for op in family_ops(m)]
 
 
 @given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))

@@ -18,10 +18,12 @@ from ..kernel import (R_NSRC, exp_f64, f32_at, inline, is_dense, param_f32, para
 from ..native import STACK_N, f64_1d, stack_f64
 from .args import boolean, check_types, integer, real
 from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, shapes
+from .elementwise import mul, scale, sub
 from .refs import f64, tile
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import TILES, param_f32 as param_f32_of, param_i32 as param_i32_of
 from .registry import rebuild_by, rebuild_of
+from .reduce import sum_rows
 
 
 def _node(ctx, op, a, srcs, params, inplace):
@@ -316,7 +318,6 @@ def _soft_max_backward(ctx, t, g, d):
     if d.needs(0):
         s = param_f32_of(t, 0)
         if s != 1.0:
-            from .elementwise import scale
             d.add(0, scale(ctx, dz, s))
         else:
             d.add(0, dz)
@@ -454,8 +455,6 @@ def _soft_max_back_kernel(rec, ith, nth, phase, wdata, wsize):
 def _soft_max_back_backward(ctx, t, g, d):
     # dx = y * (dy - <y, dy>) per row. Its Jacobian in dy is symmetric: d(dy) = soft_max_back(g, y);
     # in y: d(y) = g * (dy - <y, dy>) - dy * <g, y>
-    from .elementwise import mul, sub
-    from .reduce import sum_rows
     dy, y = t.src
     if d.needs(0):
         d.add(0, soft_max_back(ctx, g, y))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import inspect
 import sys
 
-import numpy as np
 
 from .. import tensor as TN
 from .. import types as T

@@ -43,7 +43,7 @@ from .args import boolean, integer
 from .common import inplace_of, inplace_view
 from .refs import shape4
 from .registry import KERNEL_SIG, new_node, reference_of, register, sample_of
-from .registry import rebuild_by, rebuild_of
+from .registry import rebuild_of
 
 N_TASKS_MAX = -1     # ggml's GGML_N_TASKS_MAX: one task per thread of the plan
 

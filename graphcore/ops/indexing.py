@@ -18,9 +18,11 @@ from ..kernel import (ERR_INDEX, f32_at, fail, fp16_to_fp32, inline, is_dense, p
 from ..native import f32_4d, i32_1d, i32_4d, u16_1d, u16_4d
 from .args import check_types, integer, region_overlaps
 from .common import check_f32, inplace_of, inplace_view, next_row, shapes
+from .layout import cont, reshape_4d, view_4d
 from .refs import f64
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import rebuild_by, rebuild_of
+from .unary import neg
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
@@ -249,7 +251,6 @@ def _diag_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _diag_backward(ctx, t, g, d):
     if d.needs(0):      # the diagonal of g: elements (i, i), nb0 + nb1 bytes apart
-        from .layout import cont, reshape_4d, view_4d
         ne0, ne2, ne3 = t.ne[0], t.ne[2], t.ne[3]
         dg = view_4d(ctx, g, 1, ne0, ne2, ne3, g.nb[0] + g.nb[1], g.nb[2], g.nb[3], 0)
         d.add(0, reshape_4d(ctx, cont(ctx, dg), ne0, 1, ne2, ne3))
@@ -382,7 +383,6 @@ def _acc_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _region_of_grad(ctx, t, g):
     """(g contiguous, its view over the region t's src1 went to, the region's F32 strides and offset)."""
-    from .layout import cont, view_4d
     es = T.type_size(t.src[0].type)
     nb1, nb2, nb3, offset = (int(t.op_params[i]) // es * 4 for i in range(4))     # F32 gradient bytes
     if not TN.is_contiguous(g):
@@ -392,19 +392,16 @@ def _region_of_grad(ctx, t, g):
 
 def _set_backward(ctx, t, g, d):
     # src0 gets g outside the region (the region was overwritten), src1 gets g's region
-    from .layout import cont, reshape_4d
     if not (d.needs(0) or d.needs(1)):
         return
     g, gv, region = _region_of_grad(ctx, t, g)
     if d.needs(0):
-        from .elementwise import neg
         d.add(0, acc(ctx, g, neg(ctx, gv), *region))
     if d.needs(1):
         d.add(1, reshape_4d(ctx, cont(ctx, gv), *t.src[1].ne))
 
 
 def _acc_backward(ctx, t, g, d):
-    from .layout import cont, reshape_4d
     if d.needs(0):
         d.add(0, g)
     if d.needs(1):

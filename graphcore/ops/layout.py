@@ -9,11 +9,11 @@ from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
 from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, row_addr, split, split_aligned,
-                      t_addr, t_nb, t_ne, t_type, view_f32, view_i32, view_u16)
+                      t_addr, t_nb, t_ne, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
-from .common import inplace_of, next_row, shapes
+from .common import inplace_of, inplace_view, next_row, shapes
 from .refs import convert, shape4
-from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
+from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
@@ -274,7 +274,6 @@ def dup(ctx, a):
 @inplace_of(dup)
 def dup_inplace(ctx, a):
     _check_copy("dup_inplace", a)
-    from .common import inplace_view
     return inplace_view(ctx, DUP, a, [a])
 
 

@@ -12,10 +12,12 @@ from ..kernel import f32_at, is_dense, param_f32, record, row_addr, rows_contigu
 from ..native import STACK_N, stack_f64
 from .args import real
 from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, shapes
+from .elementwise import sub
+from .reduce import mean
 from .refs import f64
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import param_f32 as param_f32_of
-from .registry import rebuild_by, rebuild_of
+from .registry import rebuild_of
 
 
 ACROSS = 64     # rows up to this long, when dense, are summed across a group of rows (vectorises)
@@ -51,8 +53,6 @@ def _norm_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 def _center(ctx, x):
-    from .elementwise import sub
-    from .reduce import mean
     return sub(ctx, x, mean(ctx, x))
 
 
