@@ -3,7 +3,7 @@
 Names mirror ggml's C API without the `ggml_` prefix: `gc.init`, `gc.new_tensor_2d`,
 `gc.mul_mat`, `gc.build_forward_expand`, `gc.graph_plan`, `gc.graph_compute`, ...
 """
-from .errors import ComputeError, GraphError, OutOfMemoryError
+from .errors import ComputeError, GraphError, NonFiniteError, OutOfMemoryError
 from .types import (TYPE_F16, TYPE_F32, TYPE_I32, TYPE_TRAITS, blck_size, fp16_to_fp32, fp32_to_fp16,
                     type_name, type_size)
 from .context import Context, free, get_mem_size, get_no_alloc, init, set_no_alloc, used_mem
@@ -29,7 +29,7 @@ from .graph import (DEFAULT_GRAPH_SIZE, Graph, build_forward, build_forward_expa
                     graph_dup, graph_get_tensor, graph_node, graph_print, graph_view, new_graph,
                     new_graph_custom)
 from .planner import CPlan, default_n_threads, graph_plan
-from .executor import STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
+from .executor import STATUS_ABORTED, STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
 from .dump import graph_dot, graph_dump_dot
 from .graphfile import graph_export, graph_import
 from .errors import GraphFileError

@@ -172,10 +172,11 @@ def new_node(ctx, op: int, type_: int, ne, srcs, params=None, view_of=None, view
     """A tensor computed by `op` from `srcs`. With `view_of`, the result shares that tensor's data
     (in-place ops and view ops); `params` go to op_params (ints, or floats stored as their bits)."""
     t = TN.new_tensor_impl(ctx, type_, ne, view_of, view_offs, op=OPS[op].name.lower(), nb=nb)
-    t.op = op
-    t.src = list(srcs)
+    t._op = op
+    t._src = TN.ReadOnlyList(srcs)
     if params is not None:
         set_op_params(t, params)
+    t.op_params.flags.writeable = False      # kernels trust them (addresses, sizes): set_op_params only
     if view_of is not None:
         t.name = f"{view_of.name} ({name or 'view'})"[:TN.MAX_NAME - 1] if view_of.name else ""
     return t
@@ -185,11 +186,14 @@ def set_op_params(t, params):
     """Store params (ints or floats; floats as float32 bits) in the op_params slots."""
     if len(params) > TN.MAX_OP_PARAMS:
         raise GraphError(f"{op_name(t.op)}: too many op params ({len(params)})")
+    w = np.array(t.op_params)        # op_params are read-only once built: replace them whole
     for i, p in enumerate(params):
         if isinstance(p, (float, np.floating)):
-            t.op_params[i] = np.array([p], dtype=np.float32).view(np.int32)[0]
+            w[i] = np.array([p], dtype=np.float32).view(np.int32)[0]
         else:
-            t.op_params[i] = int(p)
+            w[i] = int(p)
+    w.flags.writeable = t.op_params.flags.writeable
+    t._op_params = w
 
 
 def param_f32(t, i) -> float:
