@@ -24,7 +24,7 @@ class Graph:
         self.grads = [] if grads else None
         self.visited: set = set()
         self._version = 0          # bumped on every change, so a plan can tell it is stale
-        self.lowered_cache = None  # (version, flat arrays) of the last plan computed (planner.lower)
+        self._lowered_cache = None  # (version, flat arrays) of the last plan computed (planner.lower)
         self._compute_lock = threading.Lock()   # computes of one graph run one at a time (executor)
 
     @property

@@ -99,7 +99,7 @@ def lower(plan: CPlan):
     g = plan.graph
     n = g.n_nodes
     _check_tasks(plan)
-    cached = g.lowered_cache
+    cached = g._lowered_cache
     if cached is not None and cached[0] == g.version and np.array_equal(cached[1][2][:n], plan.n_tasks):
         plan._lowered = cached[1]
         return plan._lowered
@@ -125,7 +125,7 @@ def lower(plan: CPlan):
     contexts = {id(t.ctx): t.ctx for node in g.nodes for t in (node, *node.src) if t is not None}
     n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
     plan._lowered = (recs, fns, n_tasks, phases, list(contexts.values()), int(n_tasks.max()))
-    g.lowered_cache = (g.version, plan._lowered)
+    g._lowered_cache = (g.version, plan._lowered)
     return plan._lowered
 
 

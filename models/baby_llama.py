@@ -987,6 +987,20 @@ def plot_loss(path, history):
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except MemoryError as e:
+        print(f"baby-llama: not enough memory for these model sizes ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.filename is None:    # not a named file: standard output failed (a full disk, a closed pipe)
+            gc.files.drop_stdout()
+            e = f"cannot write to standard output: {e.strerror or e}"
+        print(f"baby-llama: {e}", file=sys.stderr)
+        return 1
+
+
+def _main(argv):
     p = _parser()
     args = p.parse_args(argv)
     _check_args(p, args)

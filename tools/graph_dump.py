@@ -88,6 +88,8 @@ def graph_from_function(spec: str):
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise CliError(f"--from {spec}: cannot import {mod_name}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the module's own failure, reported without a traceback
+        raise CliError(f"--from {spec}: importing {mod_name} raised {type(e).__name__}: {e}") from None
     fn = mod
     for part in fn_name.split("."):
         fn = getattr(fn, part, None)
@@ -95,7 +97,10 @@ def graph_from_function(spec: str):
             raise CliError(f"--from {spec}: {mod_name} has no attribute {fn_name!r}")
     if not callable(fn):
         raise CliError(f"--from {spec}: {fn_name} is not callable")
-    out = fn()
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 - the user's function failed: say so, no traceback
+        raise CliError(f"--from {spec}: {fn_name}() raised {type(e).__name__}: {e}") from None
     gf = None
     if isinstance(out, tuple) and len(out) == 2:
         out, gf = out
@@ -316,10 +321,12 @@ def main(argv=None) -> int:
     except CliError as e:
         print(f"graphcore-dump: {e}", file=sys.stderr)
         return 1
+    except MemoryError as e:
+        print(f"graphcore-dump: not enough memory for this graph ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
     if args.output:
         try:
-            with open(args.output, "wb") as f:
-                f.write(data)
+            gc.files.write_bytes(args.output, data)
         except OSError as e:
             print(f"graphcore-dump: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
             return 1
@@ -328,7 +335,11 @@ def main(argv=None) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
         except BrokenPipeError:
-            pass
+            gc.files.drop_stdout()
+        except OSError as e:
+            gc.files.drop_stdout()
+            print(f"graphcore-dump: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
+            return 1
     return 0
 
 
