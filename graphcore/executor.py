@@ -27,6 +27,7 @@ from . import types as T
 from .blas import set_thread_local_blas_threads
 from .errors import GraphError, NonFiniteError
 from .native import atomic_add, atomic_load, atomic_store, call_kernel, sched_yield
+from .graph import Graph
 from .planner import CPlan, graph_plan, lower
 
 GGML_STATUS_SUCCESS = 0
@@ -42,8 +43,8 @@ _SPINS_BEFORE_YIELD = 2000
 
 
 @njit(inline="always", cache=True)
-def _barrier(sync, nth):
-    """Wait until all nth threads arrive; returns the generation this barrier completed."""
+def _wait(sync, nth):
+    """The barrier: wait until all nth threads arrive."""
     gen = atomic_load(sync, _GEN)
     if atomic_add(sync, _COUNT, 1) == nth - 1:
         atomic_store(sync, _COUNT, 0)
@@ -54,6 +55,13 @@ def _barrier(sync, nth):
             spins += 1
             if spins > _SPINS_BEFORE_YIELD:
                 sched_yield()
+
+
+@njit(inline="always", cache=True)
+def _barrier(sync, nth):
+    """The barrier; returns the generation it completed (the value _GEN had on arrival)."""
+    gen = atomic_load(sync, _GEN)
+    _wait(sync, nth)
     return gen
 
 
@@ -167,15 +175,14 @@ _pool = _Pool()
 
 
 def _check_plan(g, cplan: CPlan):
-    from .graph import Graph
     if not isinstance(g, Graph):
         raise GraphError(f"graph_compute: expected a Graph, got {type(g).__name__}")
     if not isinstance(cplan, CPlan):
         raise GraphError(f"graph_compute: expected a CPlan from graph_plan, got {type(cplan).__name__}")
-    if cplan.graph is not g or cplan.version != g.version or cplan.n_nodes != g.n_nodes:
+    if cplan._graph is not g or cplan._version != g._version or cplan._n_nodes != len(g._nodes):
         raise GraphError("graph_compute: the graph changed since it was planned (or the plan is for "
                          "another graph); call graph_plan again")
-    if cplan.work_size > 0:
+    if cplan._work_size > 0:
         wd = cplan.work_data
         if wd is None:
             raise GraphError(f"graph_compute: the plan needs a work buffer of {cplan.work_size} bytes; "
@@ -204,11 +211,12 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
     custom function of a running compute runs on one thread, and raises GraphError if its graph is
     the one being computed."""
     _check_plan(g, cplan)
-    if g.n_nodes == 0:
+    n = len(g._nodes)
+    if n == 0:
         return STATUS_SUCCESS
     if check_finite is None:
         check_finite = CHECK_FINITE
-    recs, fns, n_tasks, n_phases, contexts, most_tasks = cplan._lowered or lower(cplan)
+    recs, fns, n_tasks, n_phases, contexts, most_tasks, recs_addr = cplan._lowered or lower(cplan)
     for ctx in contexts:
         if ctx.freed:
             raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
@@ -220,23 +228,23 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
                              "custom function cannot compute the graph it belongs to, nor wait for another "
                              "thread's compute)")
         lock.acquire()
-    nth = 1 if inside else min(cplan.n_threads, most_tasks)   # no waking threads that would only wait
+    nth = 1 if inside else min(cplan._n_threads, most_tasks)   # no waking threads that would only wait
     wd = cplan.work_data
     wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
-    K.RUNNING[recs.ctypes.data] = g.nodes      # Python custom functions find their tensors here
+    K.RUNNING[recs_addr] = g._nodes            # Python custom functions find their tensors here
     old = set_thread_local_blas_threads(1)
     _local.inside = True
     try:
         args = (recs, fns, n_tasks, n_phases, cplan._sync, wdata, wsize)
         if callback is None and cplan.abort_callback is None and not check_finite:
-            _run(args, nth, 0, g.n_nodes, g)
+            _run(args, nth, 0, n, g)
             return STATUS_SUCCESS
         return _step(g, cplan, args, nth, callback, check_finite)
     finally:
         _local.inside = inside
         if old > 0:
             set_thread_local_blas_threads(old)
-        K.RUNNING.pop(recs.ctypes.data, None)
+        K.RUNNING.pop(recs_addr, None)
         lock.release()
 
 
