@@ -42,12 +42,12 @@ class CPlan:
         self._lowered = None      # (recs, fns, n_tasks, n_phases, contexts, most tasks, recs' address), on first compute
         self._sync = _sync_array()   # the executor's barrier and abort stamp
 
-    graph = property(lambda self: self._graph, doc="the graph this plan is for")
-    n_threads = property(lambda self: self._n_threads, doc="threads the compute may use")
-    n_tasks = property(lambda self: self._n_tasks, doc="tasks (threads) per node, numpy int64")
-    work_size = property(lambda self: self._work_size, doc="bytes of work buffer the compute needs")
-    version = property(lambda self: self._version, doc="the graph's version when planned")
-    n_nodes = property(lambda self: self._n_nodes, doc="the graph's node count when planned")
+    graph = TN.read_only("_graph", "the graph this plan is for")
+    n_threads = TN.read_only("_n_threads", "threads the compute may use")
+    n_tasks = TN.read_only("_n_tasks", "tasks (threads) per node, numpy int64")
+    work_size = TN.read_only("_work_size", "bytes of work buffer the compute needs")
+    version = TN.read_only("_version", "the graph's version when planned")
+    n_nodes = TN.read_only("_n_nodes", "the graph's node count when planned")
 
     def __repr__(self):
         return f"<graphcore.CPlan {self.n_nodes} nodes, {self.n_threads} threads, work_size={self.work_size}>"

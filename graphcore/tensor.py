@@ -1,6 +1,8 @@
 """Tensors in ggml's layout: ne[0] innermost, nb[i] byte strides, data in a context's arena."""
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
 
 from . import types as T
@@ -30,6 +32,11 @@ class ReadOnlyList(list):
     append = extend = insert = pop = remove = clear = sort = reverse = _refuse
 
 
+def read_only(attr: str, doc: str) -> property:
+    """A property reading the private attribute `attr`, with no setter."""
+    return property(attrgetter(attr), doc=doc)
+
+
 class Tensor:
     """A tensor: metadata plus (unless the context is no_alloc) a place in its context's arena.
     What kernels rely on (ne, nb, type, op, src, op_params, the view) is read-only once built."""
@@ -53,14 +60,14 @@ class Tensor:
         self._buf = buf         # the arena array (kept alive as long as the tensor is)
         self._offs = offs       # byte offset of element 0 in _buf, or -1 when there is no data
 
-    type = property(lambda self: self._type, doc="type code (TYPE_F32, ...)")
-    ne = property(lambda self: self._ne, doc="elements per dimension, ne[0] innermost (read-only list of 4)")
-    nb = property(lambda self: self._nb, doc="byte strides per dimension (read-only list of 4)")
-    op = property(lambda self: self._op, doc="op code computing this tensor (OP_NONE for leafs)")
-    src = property(lambda self: self._src, doc="source tensors (read-only list)")
-    op_params = property(lambda self: self._op_params, doc="the op's parameters, 16 int32 (read-only in nodes)")
-    view_src = property(lambda self: self._view_src, doc="the tensor whose bytes this one shares, or None")
-    view_offs = property(lambda self: self._view_offs, doc="byte offset into view_src")
+    type = read_only("_type", "type code (TYPE_F32, ...)")
+    ne = read_only("_ne", "elements per dimension, ne[0] innermost (read-only list of 4)")
+    nb = read_only("_nb", "byte strides per dimension (read-only list of 4)")
+    op = read_only("_op", "op code computing this tensor (OP_NONE for leafs)")
+    src = read_only("_src", "source tensors (read-only list)")
+    op_params = read_only("_op_params", "the op's parameters, 16 int32 (read-only in nodes)")
+    view_src = read_only("_view_src", "the tensor whose bytes this one shares, or None")
+    view_offs = read_only("_view_offs", "byte offset into view_src")
 
     # -- data ---------------------------------------------------------------------------------
     @property

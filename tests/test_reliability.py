@@ -45,7 +45,7 @@ import graphcore as gc
 def test_failing_multithreaded_computes_never_hang():
     # get_rows out of range after a node split over threads, and a jitted map_custom raising on one
     # task: hundreds of failures at 2-4 threads, each a ComputeError, then the same graphs compute right
-    out = child("""
+    child("""
     import numba
     ctx = gc.init(64 << 20)
     rng = np.random.default_rng(0)
@@ -81,14 +81,12 @@ def test_failing_multithreaded_computes_never_hang():
     for nth in (1, 2, 3, 4):
         gc.graph_compute_with_ctx(ctx, g, nth)
         assert np.isclose(out.numpy()[0], want, rtol=1e-5), (nth, out.numpy(), want)
-    print("ok")
     """, timeout=180)
-    assert "ok" in out
 
 
 def test_compute_from_a_custom_function():
     # another graph: works (on one thread); its own graph: a clear error, never a deadlock
-    out = child("""
+    child("""
     ctx = gc.init(64 << 20)
     x = gc.from_numpy(ctx, np.arange(8, dtype=np.float32))
     inner = gc.sum(ctx, gc.sqr(ctx, x))
@@ -115,13 +113,11 @@ def test_compute_from_a_custom_function():
             raise SystemExit("a compute of its own graph from a custom function was accepted")
         except gc.ComputeError as e:
             assert isinstance(e.__cause__, gc.GraphError) and "already being computed" in str(e), e
-    print("ok")
     """)
-    assert "ok" in out
 
 
 def test_python_threads_sharing_a_context_or_a_plan():
-    out = child("""
+    child("""
     import threading
     ctx = gc.init(64 << 20)
     wrong = []
@@ -162,13 +158,11 @@ def test_python_threads_sharing_a_context_or_a_plan():
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert not wrong, f"{len(wrong)} wrong sums"
-    print("ok")
     """)
-    assert "ok" in out
 
 
 def test_inplace_overlap_refused_at_build_time():
-    out = child("""
+    child("""
     ctx = gc.init(1 << 20)
     a = gc.from_numpy(ctx, np.arange(64, dtype=np.float32))
     head, tail = gc.view_1d(ctx, a, 63, 0), gc.view_1d(ctx, a, 63, 4)
@@ -189,13 +183,11 @@ def test_inplace_overlap_refused_at_build_time():
     y = gc.add_inplace(ctx, hi, lo)
     gc.graph_compute_with_ctx(ctx, gc.build_forward(y), 2)
     assert np.array_equal(a.numpy()[32:], np.arange(32, 64) + np.arange(32)), a.numpy()
-    print("ok")
     """)
-    assert "ok" in out
 
 
 def test_optimizer_edge_cases():
-    out = child("""
+    child("""
     # parameters without data (no_alloc): a GraphError, as Adam gives
     for kind in (gc.OPT_LBFGS, gc.OPT_ADAM):
         ctx = gc.init(1 << 20, no_alloc=True)
@@ -246,13 +238,11 @@ def test_optimizer_edge_cases():
     except RuntimeError:
         pass
     assert np.array_equal(x.numpy(), before), (x.numpy(), before)
-    print("ok")
     """)
-    assert "ok" in out
 
 
 def test_output_files_are_not_clobbered(tmp_path):
-    out = child("""
+    child("""
     import os, stat, sys, threading
     d = sys.argv[1]
     ctx = gc.init(1 << 20)
@@ -294,13 +284,11 @@ def test_output_files_are_not_clobbered(tmp_path):
     except OSError as e:
         assert e.filename == bad and ".tmp" not in str(e), e
     assert not [n for n in os.listdir(d) if n.endswith(".tmp")], os.listdir(d)
-    print("ok")
     """, args=[str(tmp_path)])
-    assert "ok" in out
 
 
 def test_custom_function_arrays_keep_the_arena_alive():
-    out = child("""
+    child("""
     import gc as pygc
     kept = []
 
@@ -320,13 +308,11 @@ def test_custom_function_arrays_keep_the_arena_alive():
     dst, a = kept[0]
     assert np.array_equal(a.ravel(), np.arange(1024)) and np.array_equal(dst.ravel(), 2 * np.arange(1024))
     dst[...] = 1                       # writing is harmless too
-    print("ok")
     """)
-    assert "ok" in out
 
 
 def test_argument_checks():
-    out = child("""
+    child("""
     def refused(fn, kinds=(gc.GraphError,), words=()):
         try:
             fn()
@@ -364,14 +350,12 @@ def test_argument_checks():
     for nth in (1, 2):
         g = gc.build_forward(gc.map_custom1(ctx, x, interrupted, allow_python=True))
         refused(lambda: gc.graph_compute_with_ctx(ctx, g, nth), (KeyboardInterrupt,))
-    print("ok")
     """)
-    assert "ok" in out
 
 
 def test_views_past_2_gib():
     # the arena is zero-filled lazily by the OS: only the pages touched cost memory
-    out = child("""
+    child("""
     ctx = gc.init((1 << 31) + (1 << 16))
     b = gc.new_tensor_1d(ctx, gc.TYPE_F32, ((1 << 31) + 4096) // 4)
     v = gc.view_1d(ctx, b, 4, (1 << 31) + 64)
@@ -385,13 +369,11 @@ def test_views_past_2_gib():
         raise SystemExit("accepted")
     except gc.GraphError as e:
         assert "set_1d" in str(e) and "int32" in str(e), e
-    print("ok")
     """)
-    assert "ok" in out
 
 
 def test_internal_fields_cannot_be_edited():
-    out = child("""
+    child("""
     ctx = gc.init(1 << 20)
     x = gc.from_numpy(ctx, np.arange(8, dtype=np.float32))
     t = gc.add(ctx, x, x)
@@ -446,9 +428,7 @@ def test_internal_fields_cannot_be_edited():
         assert "changed" in str(e), e
     gc.graph_compute_with_ctx(ctx, g, 2)
     assert np.array_equal(g.nodes[1].numpy(), (2 * np.arange(8)) ** 2)
-    print("ok")
     """)
-    assert "ok" in out
 
 
 def cli(argv, *, stdout=subprocess.PIPE, timeout=300):
