@@ -38,6 +38,8 @@ STATUS_ABORTED = 1     # ggml's GGML_STATUS_ABORTED: a callback asked to stop
 CHECK_FINITE = os.environ.get("GRAPHCORE_CHECK_FINITE", "").strip().lower() not in ("", "0", "false", "no")
 
 _COUNT, _GEN, _ABORT, _NODE = 0, 8, 16, 24     # slots of the sync array, a cache line apart
+_CANCEL = 17           # set from Python when a thread never entered (or left) the loop: all leave
+CANCELLED = -2
 SYNC_LEN = 32
 _SPINS_BEFORE_YIELD = 2000
 
@@ -54,6 +56,8 @@ def _wait(sync, nth):
         while atomic_load(sync, _GEN) == gen:
             spins += 1
             if spins > _SPINS_BEFORE_YIELD:
+                if atomic_load(sync, _CANCEL) != 0:     # a thread that will never come: leave
+                    break
                 sched_yield()
 
 
@@ -75,7 +79,10 @@ def _record_failure(sync, i):
 
 @njit(inline="always", cache=True)
 def _failed_before(sync, gen):
-    """The failed node's index if a failure was stamped before barrier `gen` completed, else -1."""
+    """The failed node's index if a failure was stamped before barrier `gen` completed, CANCELLED
+    if the compute was cancelled, else -1."""
+    if atomic_load(sync, _CANCEL) != 0:
+        return CANCELLED
     a = atomic_load(sync, _ABORT)
     if a != 0 and a - 1 <= gen:
         return atomic_load(sync, _NODE) - 1
@@ -109,7 +116,7 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
             continue
         if pending:
             failed = _failed_before(sync, _barrier(sync, nth))
-            if failed >= 0:
+            if failed != -1:
                 return failed
             pending = False
         for ph in range(n_phases[i]):
@@ -118,7 +125,7 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
                 if recs[i, K.R_ERR] != 0:
                     _record_failure(sync, i)
             failed = _failed_before(sync, _barrier(sync, nth))
-            if failed >= 0:
+            if failed != -1:
                 return failed
     if nth > 1:
         return _failed_before(sync, _barrier(sync, nth))
@@ -135,7 +142,7 @@ class _Pool:
         self.lock = threading.Lock()
         self.workers = []
         self.done = threading.Semaphore(0)
-        self.job = None
+        self.job = self.cancel = None
         self.errors = []
 
     def _loop(self, start: threading.Semaphore, ith: int):
@@ -145,12 +152,16 @@ class _Pool:
             start.acquire()
             try:
                 self.job(ith)
-            except BaseException as e:  # surfaced in the caller
+            except BaseException as e:  # surfaced in the caller; the others must not wait for us
                 self.errors.append(e)
+                self.cancel()
             finally:
                 self.done.release()
 
-    def run(self, n_threads: int, job):
+    def run(self, n_threads: int, job, cancel):
+        """job(ith) on threads 0..n_threads-1 (0: the caller). When one raises (say a
+        KeyboardInterrupt before it reached the compiled loop), cancel() releases the others from
+        their barriers; the first exception is raised once all are back."""
         with self.lock:
             while len(self.workers) < n_threads - 1:
                 sem = threading.Semaphore(0)
@@ -158,11 +169,14 @@ class _Pool:
                                       name=f"graphcore-worker-{len(self.workers) + 1}", daemon=True)
                 th.start()
                 self.workers.append(sem)
-            self.job, self.errors = job, []
+            self.job, self.cancel, self.errors = job, cancel, []
             for sem in self.workers[:n_threads - 1]:
                 sem.release()
             try:
                 job(0)
+            except BaseException:
+                cancel()
+                raise
             finally:
                 for _ in range(n_threads - 1):
                     self.done.acquire()
@@ -172,6 +186,13 @@ class _Pool:
 
 
 _pool = _Pool()
+
+
+def _sync_array():
+    """32 int64 starting on a cache line: the executor's slots 0, 8, 16, 24 each get a line of their own."""
+    raw = np.zeros(32 + 64 // 8, dtype=np.int64)
+    skip = (-raw.__array_interface__["data"][0]) % 64 // 8
+    return raw[skip:skip + 32]
 
 
 def _check_plan(g, cplan: CPlan):
@@ -235,7 +256,10 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
     old = set_thread_local_blas_threads(1)
     _local.inside = True
     try:
-        args = (recs, fns, n_tasks, n_phases, cplan._sync, wdata, wsize)
+        sync = g._sync
+        if sync is None:
+            sync = g._sync = _sync_array()
+        args = (recs, fns, n_tasks, n_phases, sync, wdata, wsize)
         if callback is None and cplan.abort_callback is None and not check_finite:
             _run(args, nth, 0, n, g)
             return STATUS_SUCCESS
@@ -257,7 +281,13 @@ def _run(args, nth, lo, hi, g):
 
         def job(ith):
             result[ith] = run_nodes(*args[:4], ith, nth, *args[4:], lo, hi)
-        _pool.run(nth, job)
+        sync = args[4]
+        try:
+            _pool.run(nth, job, lambda: sync.__setitem__(_CANCEL, 1))
+        except BaseException:
+            sync[:] = 0             # every thread is back: a clean slate for the next compute
+            args[0][:, K.R_ERR] = 0
+            raise
         failed = result[0]
     if failed >= 0:
         recs, sync = args[0], args[4]

@@ -26,6 +26,7 @@ class Graph:
         self._version = 0          # bumped on every change, so a plan can tell it is stale
         self._lowered_cache = None  # (version, flat arrays) of the last plan computed (planner.lower)
         self._compute_lock = threading.Lock()   # computes of one graph run one at a time (executor)
+        self._sync = None          # the executor's barrier slots, shared by the graph's (serialized) computes
 
     @property
     def nodes(self):

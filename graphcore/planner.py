@@ -40,7 +40,6 @@ class CPlan:
         self._version = graph.version
         self._n_nodes = graph.n_nodes
         self._lowered = None      # (recs, fns, n_tasks, n_phases, contexts, most tasks, recs' address), on first compute
-        self._sync = _sync_array()   # the executor's barrier and abort stamp
 
     graph = TN.read_only("_graph", "the graph this plan is for")
     n_threads = TN.read_only("_n_threads", "threads the compute may use")
@@ -51,13 +50,6 @@ class CPlan:
 
     def __repr__(self):
         return f"<graphcore.CPlan {self.n_nodes} nodes, {self.n_threads} threads, work_size={self.work_size}>"
-
-
-def _sync_array():
-    """32 int64 starting on a cache line: the executor's slots 0, 8, 16, 24 each get a line of their own."""
-    raw = np.zeros(32 + CACHE_LINE // 8, dtype=np.int64)
-    skip = (-raw.ctypes.data) % CACHE_LINE // 8
-    return raw[skip:skip + 32]
 
 
 def _threads(n_threads) -> int:
@@ -105,11 +97,12 @@ def lower(plan: CPlan):
     graph: re-planning an unchanged graph (an optimizer call per training example) costs no lowering."""
     g = plan.graph
     n = g.n_nodes
-    _check_tasks(plan)
+    plan.n_tasks.flags.writeable = False       # frozen from the first compute on: later edits raise
     cached = g._lowered_cache
     if cached is not None and cached[0] == g.version and np.array_equal(cached[1][2][:n], plan.n_tasks):
-        plan._lowered = cached[1]
+        plan._lowered = cached[1]              # same tasks as a lowering already checked
         return plan._lowered
+    _check_tasks(plan)
     recs = np.zeros((max(n, 1), K.REC_LEN), dtype=np.int64)
     fns = np.zeros(max(n, 1), dtype=np.int64)
     phases = np.ones(max(n, 1), dtype=np.int64)
@@ -139,13 +132,11 @@ def lower(plan: CPlan):
 def _check_tasks(plan):
     """Edits of plan.n_tasks (allowed before the first compute) must stay within the plan."""
     nt = plan.n_tasks
-    if nt.flags.writeable:
-        nt.flags.writeable = False       # frozen from the first compute on: later edits raise
-        if nt.shape != (plan.n_nodes,) or (plan.n_nodes and (nt.min() < 1 or nt.max() > plan.n_threads)):
-            raise GraphError(f"graph_compute: cplan.n_tasks must hold {plan.n_nodes} values in 1..{plan.n_threads} "
-                             f"(n_threads), got {nt.tolist()[:16]}")
-        for i, node in enumerate(plan.graph.nodes):
-            need = int(OPS[node.op].work_size(node, int(nt[i])))
-            if need > plan.work_size:
-                raise GraphError(f"graph_compute: node {i} ({OPS[node.op].name}) on {int(nt[i])} tasks needs "
-                                 f"{need} bytes of work buffer, the plan has work_size={plan.work_size}")
+    if nt.shape != (plan.n_nodes,) or (plan.n_nodes and (nt.min() < 1 or nt.max() > plan.n_threads)):
+        raise GraphError(f"graph_compute: cplan.n_tasks must hold {plan.n_nodes} values in 1..{plan.n_threads} "
+                         f"(n_threads), got {nt.tolist()[:16]}")
+    for i, node in enumerate(plan.graph.nodes):
+        need = int(OPS[node.op].work_size(node, int(nt[i])))
+        if need > plan.work_size:
+            raise GraphError(f"graph_compute: node {i} ({OPS[node.op].name}) on {int(nt[i])} tasks needs "
+                             f"{need} bytes of work buffer, the plan has work_size={plan.work_size}")

@@ -84,6 +84,35 @@ def test_failing_multithreaded_computes_never_hang():
     """, timeout=180)
 
 
+def test_a_thread_that_never_reaches_the_loop_releases_the_others():
+    # a KeyboardInterrupt on the caller (or an error on a worker) before the compiled loop: the
+    # threads already waiting at a barrier are released, the exception comes out, and the graph
+    # computes right afterwards
+    child("""
+    from graphcore import executor as E
+    ctx = gc.init(64 << 20)
+    a = gc.from_numpy(ctx, np.ones((64, 1024), np.float32))
+    out = gc.sum(ctx, gc.add(ctx, gc.sqr(ctx, a), a))
+    g = gc.build_forward(out)
+    real = E.run_nodes
+    for bad in (0, 1, 2):
+        def flaky(*args):
+            if args[4] == bad:                 # thread `bad` is interrupted on its way in
+                raise KeyboardInterrupt("simulated")
+            return real(*args)
+        E.run_nodes = flaky
+        try:
+            gc.graph_compute_with_ctx(ctx, g, 3)
+            raise SystemExit("no exception")
+        except KeyboardInterrupt:
+            pass
+        E.run_nodes = real
+        for nth in (1, 2, 3):
+            gc.graph_compute_with_ctx(ctx, g, nth)
+            assert out.numpy()[0] == 2 * 64 * 1024, out.numpy()
+    """, timeout=60)
+
+
 def test_compute_from_a_custom_function():
     # another graph: works (on one thread); its own graph: a clear error, never a deadlock
     child("""
