@@ -426,9 +426,9 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
         raise GraphError(f"opt: lbfgs.m must be positive, got {lb.m}")
     if lb.linesearch not in (LINESEARCH_BACKTRACKING_ARMIJO, LINESEARCH_BACKTRACKING_WOLFE,
                              LINESEARCH_BACKTRACKING_STRONG_WOLFE):
-        raise GraphError(f"opt: lbfgs.linesearch must be LINESEARCH_BACKTRACKING_ARMIJO ({LINESEARCH_BACKTRACKING_ARMIJO}), "
-                         f"_WOLFE ({LINESEARCH_BACKTRACKING_WOLFE}) or _STRONG_WOLFE "
-                         f"({LINESEARCH_BACKTRACKING_STRONG_WOLFE}), got {lb.linesearch!r}")
+        raise GraphError(f"opt: lbfgs.linesearch must be LINESEARCH_BACKTRACKING_ARMIJO "
+                         f"({LINESEARCH_BACKTRACKING_ARMIJO}), _WOLFE ({LINESEARCH_BACKTRACKING_WOLFE}) or "
+                         f"_STRONG_WOLFE ({LINESEARCH_BACKTRACKING_STRONG_WOLFE}), got {lb.linesearch!r}")
     if (opt.params.type != params.type or opt.nx != prob.nx or opt.params.past != params.past
             or opt.params.lbfgs.m != lb.m):
         it = opt.iter

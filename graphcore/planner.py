@@ -39,7 +39,8 @@ class CPlan:
         self.abort_callback_data = None
         self._version = graph.version
         self._n_nodes = graph.n_nodes
-        self._lowered = None      # (recs, fns, n_tasks, n_phases, contexts, most tasks, recs' address), on first compute
+        # (recs, fns, n_tasks, n_phases, contexts, most tasks, recs' address), on first compute
+        self._lowered = None
 
     graph = TN.read_only("_graph", "the graph this plan is for")
     n_threads = TN.read_only("_n_threads", "threads the compute may use")

@@ -198,7 +198,8 @@ def test_inplace_overlap_refused_at_build_time():
     row = gc.view_1d(ctx, a, 8, 0)
     a2 = gc.reshape_2d(ctx, a, 8, 8)
     for build in (lambda: gc.add_inplace(ctx, tail, head), lambda: gc.cpy(ctx, head, tail),
-                  lambda: gc.mul_inplace(ctx, a2, row), lambda: gc.scale_inplace(ctx, gc.view_2d(ctx, a, 8, 8, 4, 0), 2.0),
+                  lambda: gc.mul_inplace(ctx, a2, row),
+                  lambda: gc.scale_inplace(ctx, gc.view_2d(ctx, a, 8, 8, 4, 0), 2.0),
                   lambda: gc.set_1d_inplace(ctx, a, tail, 0), lambda: gc.acc_inplace(ctx, a, head, 256, 256, 256, 4)):
         try:
             build()
