@@ -8,7 +8,7 @@ Shapes are written in ggml's `ne` order, innermost dimension first: `[ne0, ne1, 
 `from graphcore import *` does not shadow Python's builtins; they are documented in
 `graphcore.ops.reduce.sum`, `graphcore.ops.elementwise.abs_` and `graphcore.ops.indexing.set`.
 """
-from .errors import ComputeError, GraphError, NotComputedWarning, OutOfMemoryError
+from .errors import ComputeError, GraphError, NonFiniteError, NotComputedWarning, OutOfMemoryError
 from .types import (TYPE_F16, TYPE_F32, TYPE_I32, TYPE_TRAITS, blck_size, fp16_to_fp32, fp32_to_fp16,
                     type_name, type_size)
 from .context import Context, free, get_mem_size, get_no_alloc, init, set_no_alloc, used_mem
@@ -33,7 +33,7 @@ from .graph import (DEFAULT_GRAPH_SIZE, Graph, build_forward, build_forward_expa
                     graph_dup, graph_get_tensor, graph_node, graph_view, new_graph,
                     new_graph_custom)
 from .planner import CPlan, default_n_threads, graph_plan
-from .executor import STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
+from .executor import STATUS_ABORTED, STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
 from .dump import graph_dot, graph_dump_dot, graph_print, graph_text
 from .graphfile import graph_export, graph_import
 from .errors import GraphFileError

@@ -13,6 +13,7 @@ import sys
 import time
 
 from . import __version__
+from .files import drop_stdout, write_bytes
 
 log = logging.getLogger("graphcore")
 
@@ -74,8 +75,9 @@ def check_output_folder(path: str, option: str) -> str:
 
 
 def write_stdout(data: bytes, binary_format: str | None = None) -> None:
-    """Bytes to standard output; a binary format is refused on a terminal (give -o), and a reader
-    that closed the pipe (`| head`) ends the program quietly."""
+    """Bytes to standard output; a binary format is refused on a terminal (give -o), a reader
+    that closed the pipe (`| head`) ends the program quietly, and a failed write (a full disk)
+    is a CliError."""
     if binary_format and sys.stdout.isatty():
         raise CliError(f"--format {binary_format} is binary: refusing to write it to a terminal; give -o FILE "
                        f"or redirect the output")
@@ -83,17 +85,10 @@ def write_stdout(data: bytes, binary_format: str | None = None) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     except BrokenPipeError:
-        quiet_broken_pipe()
-
-
-def quiet_broken_pipe() -> None:
-    """After the reader of stdout went away: point stdout at /dev/null so the interpreter's final
-    flush does not print a second error."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
+        drop_stdout()
+    except OSError as e:
+        drop_stdout()
+        raise CliError(f"cannot write to standard output: {e.strerror or e}") from None
 
 
 class Progress:
@@ -136,34 +131,9 @@ class Progress:
 
 
 def write_output(path: str, data: bytes, option: str = "--output") -> None:
-    """Write `data` to `path` whole: a regular file (new, or replaced: through a symlink, its
-    target) is written to a temporary file beside it and renamed over it, keeping an existing
-    file's permissions and giving a new one the user's umask; anything else (a FIFO, a device
-    such as /dev/stdout) is written directly."""
-    real = os.path.realpath(path)
+    """Write `data` to `path` whole (graphcore.files.write_bytes: atomic for regular files, the
+    mode kept or the umask's, symlinks followed, FIFOs and devices written directly)."""
     try:
-        if os.path.exists(real) and not os.path.isfile(real):
-            with open(real, "wb") as f:
-                f.write(data)
-            return
-        mode = os.stat(real).st_mode & 0o7777 if os.path.exists(real) else 0o666 & ~_umask()
-        folder = os.path.dirname(real)
-        tmp = os.path.join(folder, f".{os.path.basename(real)}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, mode)
-            os.replace(tmp, real)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_bytes(path, data)
     except OSError as e:
         raise CliError(f"{option} {path}: cannot write: {e.strerror or e}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

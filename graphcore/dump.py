@@ -9,6 +9,7 @@ import math
 import sys
 
 from . import tensor as TN
+from .files import write_bytes
 from . import types as T
 from .ops.registry import OPS, op_name, op_symbol
 from .planner import graph_plan
@@ -177,9 +178,9 @@ def graph_dot(gb, gf=None, select=None, title: str | None = None) -> str:
 
 
 def graph_dump_dot(gb, gf=None, path: str = "graph.dot") -> None:
-    """ggml_graph_dump_dot: write gb as Graphviz dot to path (gf marks the forward part)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(graph_dot(gb, gf))
+    """ggml_graph_dump_dot: write gb as Graphviz dot to path (gf marks the forward part), the way
+    graphcore.files.write_bytes writes files."""
+    write_bytes(path, graph_dot(gb, gf).encode("utf-8"))
 
 
 # -- json -------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Computation graphs: nodes in ggml's visit order (depth first, src[0] first), leafs kept apart."""
 from __future__ import annotations
 
+import threading
+
 from . import tensor as TN
 from .errors import GraphError
 from .ops.registry import OP_NONE
@@ -16,24 +18,43 @@ class Graph:
         if not isinstance(size, int) or size <= 0:
             raise GraphError(f"new_graph_custom: size must be a positive int, got {size!r}")
         self.size = size
-        self.nodes: list = []
+        self._nodes = TN.ReadOnlyList()
         self.leafs: list = []
         self.grads = [] if grads else None
         self.visited: set = set()
-        self.version = 0          # bumped on every change, so a plan can tell it is stale
-        self.lowered_cache = None  # (version, flat arrays) of the last plan computed (planner.lower)
+        self._version = 0          # bumped on every change, so a plan can tell it is stale
+        self._lowered_cache = None  # (version, flat arrays) of the last plan computed (planner.lower)
+        self._compute_lock = threading.Lock()   # computes of one graph run one at a time (executor)
         self.computed_version = -1  # the version whose nodes graph_compute last marked computed
+        self._sync = None          # the executor's barrier slots, shared by the graph's (serialized) computes
+
+    @property
+    def nodes(self):
+        """The computed tensors in execution order (a read-only list; assigning a new list is allowed
+        and makes existing plans stale)."""
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, nodes):
+        nodes = list(nodes)
+        TN.check_tensor("Graph.nodes", *nodes)
+        self._nodes = TN.ReadOnlyList(nodes)
+        self._changed()
+
+    @property
+    def version(self) -> int:
+        return self._version
 
     @property
     def n_nodes(self) -> int:
-        return len(self.nodes)
+        return len(self._nodes)
 
     @property
     def n_leafs(self) -> int:
         return len(self.leafs)
 
     def _changed(self):
-        self.version += 1
+        self._version += 1
 
     def __repr__(self):
         return f"<graphcore.Graph {self.n_nodes} nodes, {self.n_leafs} leafs, size {self.size}>"
@@ -51,8 +72,9 @@ def new_graph_custom(ctx, size: int = DEFAULT_GRAPH_SIZE, grads: bool = False) -
     return Graph(size, grads)
 
 
-def _visit(g: Graph, root) -> None:
-    """ggml_visit_parents without recursion (a 10,000-node chain must not hit Python's limit)."""
+def _visit(g: Graph, root, nodes: list) -> None:
+    """ggml_visit_parents without recursion (a 10,000-node chain must not hit Python's limit);
+    new nodes go to `nodes` (g's nodes so far, as a plain list)."""
     if id(root) in g.visited:
         return
     g.visited.add(id(root))
@@ -75,12 +97,12 @@ def _visit(g: Graph, root) -> None:
                 node.name = f"leaf_{g.n_leafs}"
             g.leafs.append(node)
         else:
-            if g.n_nodes >= g.size:
+            if len(nodes) >= g.size:
                 raise GraphError(f"build_forward_expand: graph size {g.size} exceeded "
                                  f"(use new_graph_custom with a larger size)")
             if not node.name:
-                node.name = f"node_{g.n_nodes}"
-            g.nodes.append(node)
+                node.name = f"node_{len(nodes)}"
+            nodes.append(node)
             if g.grads is not None:
                 g.grads.append(node.grad)
 
@@ -91,18 +113,21 @@ def build_forward_expand(g: Graph, tensor) -> None:
     if not isinstance(g, Graph):
         raise GraphError(f"build_forward_expand: expected a Graph, got {type(g).__name__}")
     TN.check_tensor("build_forward_expand", tensor)
+    if id(tensor) in g.visited:
+        return
     n0, l0, v0 = g.n_nodes, g.n_leafs, set(g.visited)
+    nodes = list(g.nodes)
     try:
-        _visit(g, tensor)
+        _visit(g, tensor, nodes)
     except GraphError:
         # leave the graph as it was: no half-added tensors
-        del g.nodes[n0:]
         del g.leafs[l0:]
         if g.grads is not None:
             del g.grads[n0:]
         g.visited = v0
         raise
-    if g.n_nodes != n0 or g.n_leafs != l0:
+    if len(nodes) != n0 or g.n_leafs != l0:
+        g._nodes = TN.ReadOnlyList(nodes)
         g._changed()
 
 
@@ -118,7 +143,7 @@ def graph_view(g: Graph, i0: int, i1: int) -> Graph:
     if not 0 <= i0 <= i1 <= g.n_nodes:
         raise GraphError(f"graph_view: range [{i0}, {i1}) outside 0..{g.n_nodes}")
     v = Graph(max(1, i1 - i0), False)
-    v.nodes = g.nodes[i0:i1]
+    v._nodes = TN.ReadOnlyList(g.nodes[i0:i1])
     v.visited = {id(n) for n in v.nodes}
     return v
 
@@ -131,7 +156,7 @@ def graph_cpy(src: Graph, dst: Graph) -> None:
                          f"and {src.n_leafs} leafs")
     if src.grads is not None and dst.grads is None and any(x is not None for x in src.grads):
         raise GraphError("graph_cpy: source has gradients but the destination graph was built without grads")
-    dst.nodes = list(src.nodes)
+    dst._nodes = TN.ReadOnlyList(src.nodes)
     dst.leafs = list(src.leafs)
     if dst.grads is not None:
         dst.grads = list(src.grads) if src.grads is not None else [None] * src.n_nodes
@@ -148,7 +173,7 @@ def graph_dup(ctx, g: Graph) -> Graph:
 
 def graph_clear(g: Graph) -> None:
     """Remove every node, leaf and grad from g, keeping its size (ggml_graph_clear)."""
-    g.nodes, g.leafs, g.visited = [], [], set()
+    g._nodes, g.leafs, g.visited = TN.ReadOnlyList(), [], set()
     if g.grads is not None:
         g.grads = []
     g._changed()

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 
 import numpy as np
@@ -74,6 +73,7 @@ from . import tensor as TN
 from . import types as T
 from .context import MEM_ALIGN, Context, init
 from .errors import GraphError, GraphFileError, OutOfMemoryError
+from .files import write_bytes
 from .graph import Graph
 from .ops.registry import BY_NAME, OP_NONE, OPS
 
@@ -231,8 +231,10 @@ def _encode(graphs) -> bytes:
 def graph_export(g, path, gf=None) -> None:
     """Write graph g (and, when given, gf, the forward graph g was built from, so pictures can
     tell forward nodes from backward ones) to `path` in graphcore's graph file format (see the
-    module's documentation). Leafs' bytes are written as they are now. The file is written
-    whole or not at all. Raises gc.GraphError for a graph holding map_custom nodes."""
+    module's documentation). Leafs' bytes are written as they are now. A regular file is written
+    whole or not at all, keeping its mode; a symlink's target, a FIFO or a device is written to
+    (graphcore.files.write_bytes). Raises gc.GraphError for a graph holding map_custom nodes, an
+    OSError naming `path` when the file cannot be written."""
     _check_graph("g", g)
     graphs = [g]
     if gf is not None:
@@ -240,17 +242,7 @@ def graph_export(g, path, gf=None) -> None:
         graphs.append(gf)
     data = _encode(graphs)
     _parse(data, "<graph_export's output>")       # never write a file graph_import would refuse
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".graphcore-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, data)
 
 
 # =====================================================================================================

@@ -286,6 +286,12 @@ class _Problem:
             if not (TN.is_contiguous(p) and TN.is_contiguous(p.grad) and p.grad.type == T.TYPE_F32):
                 raise GraphError(f"opt: parameter {TN.describe(p)} and its gradient "
                                  f"{TN.describe(p.grad)} must be contiguous F32 tensors")
+            for t, what in ((p, "parameter"), (p.grad, "gradient of parameter")):
+                # the optimizer moves values by address: a tensor without memory must stop here
+                t.ctx.check_alive(f"opt: {what} {TN.describe(p)}")
+                if not t.has_data:
+                    raise GraphError(f"opt: {what} {TN.describe(p)} has no data (its context is no_alloc "
+                                     f"and it was never allocated)")
         self.offs = np.array([0] + [TN.nelements(p) for p in self.ps], dtype=np.int64).cumsum()
         self.nx = int(self.offs[-1])
         self.f, self.gb = f, gb
@@ -457,6 +463,11 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
             return OPT_INVALID_WOLFE
     if lb.m <= 0:
         raise GraphError(f"opt: lbfgs.m must be positive, got {lb.m}")
+    if lb.linesearch not in (LINESEARCH_BACKTRACKING_ARMIJO, LINESEARCH_BACKTRACKING_WOLFE,
+                             LINESEARCH_BACKTRACKING_STRONG_WOLFE):
+        raise GraphError(f"opt: lbfgs.linesearch must be LINESEARCH_BACKTRACKING_ARMIJO "
+                         f"({LINESEARCH_BACKTRACKING_ARMIJO}), _WOLFE ({LINESEARCH_BACKTRACKING_WOLFE}) or "
+                         f"_STRONG_WOLFE ({LINESEARCH_BACKTRACKING_STRONG_WOLFE}), got {lb.linesearch!r}")
     if (opt.params.type != params.type or opt.nx != prob.nx or opt.params.past != params.past
             or opt.params.lbfgs.m != lb.m):
         it = opt.iter
@@ -490,8 +501,15 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
     while True:
         xp[:] = x
         gp[:] = g
-        ls, fx, opt.step, cancelled = _linesearch_backtracking(params, x, fx, g, d, opt.step, xp, prob, opt,
-                                                              callback)
+        try:
+            ls, fx, opt.step, cancelled = _linesearch_backtracking(params, x, fx, g, d, opt.step, xp, prob, opt,
+                                                                  callback)
+        except BaseException:
+            # a callback (or a compute) raised mid line search: leave the parameters where they were
+            x[:] = xp
+            g[:] = gp
+            prob.set_params(x)
+            raise
         if cancelled:
             return OPT_CANCEL
         if ls < 0:

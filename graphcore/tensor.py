@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from operator import attrgetter
 
 import numpy as np
 
@@ -54,27 +55,55 @@ def _warn_not_computed(t) -> None:
                       f"(build_forward_expand) and graph_compute it first", NotComputedWarning, stacklevel=3)
 
 
-class Tensor:
-    """A tensor (ggml_tensor): metadata plus (unless the context is no_alloc) a place in its context's arena."""
+class ReadOnlyList(list):
+    """A list that refuses changes: the shapes, strides and sources the planner and the kernels trust
+    (editing them could make a kernel reach outside the arena). It compares equal to a plain list."""
 
-    __slots__ = ("ctx", "type", "ne", "nb", "op", "op_params", "flags", "src", "grad", "name",
-                 "view_src", "view_offs", "_buf", "_offs", "__weakref__")
+    __slots__ = ()
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("this list is read-only (it describes a built tensor or graph; build a new one instead)")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+
+def read_only(attr: str, doc: str) -> property:
+    """A property reading the private attribute `attr`, with no setter."""
+    return property(attrgetter(attr), doc=doc)
+
+
+class Tensor:
+    """A tensor: metadata plus (unless the context is no_alloc) a place in its context's arena.
+    What kernels rely on (ne, nb, type, op, src, op_params, the view) is read-only once built."""
+
+    __slots__ = ("ctx", "_type", "_ne", "_nb", "_op", "_op_params", "flags", "_src", "grad", "name",
+                 "_view_src", "_view_offs", "_buf", "_offs", "__weakref__")
 
     def __init__(self, ctx, type_, ne, nb, buf, offs, view_src=None, view_offs=0):
         self.ctx = ctx
-        self.type = type_
-        self.ne = ne            # list of 4 ints
-        self.nb = nb            # list of 4 ints, bytes
-        self.op = 0             # OP_NONE
-        self.op_params = np.zeros(MAX_OP_PARAMS, dtype=np.int32)
+        self._type = type_
+        self._ne = ReadOnlyList(ne)     # 4 ints
+        self._nb = ReadOnlyList(nb)     # 4 ints, bytes
+        self._op = 0                    # OP_NONE
+        self._op_params = np.zeros(MAX_OP_PARAMS, dtype=np.int32)   # read-only in nodes (registry.new_node)
         self.flags = 0
-        self.src = []
+        self._src = ReadOnlyList()
         self.grad = None
         self.name = ""
-        self.view_src = view_src
-        self.view_offs = view_offs
+        self._view_src = view_src
+        self._view_offs = view_offs
         self._buf = buf         # the arena array (kept alive as long as the tensor is)
         self._offs = offs       # byte offset of element 0 in _buf, or -1 when there is no data
+
+    type = read_only("_type", "type code (TYPE_F32, ...)")
+    ne = read_only("_ne", "elements per dimension, ne[0] innermost (read-only list of 4)")
+    nb = read_only("_nb", "byte strides per dimension (read-only list of 4)")
+    op = read_only("_op", "op code computing this tensor (OP_NONE for leafs)")
+    src = read_only("_src", "source tensors (read-only list)")
+    op_params = read_only("_op_params", "the op's parameters, 16 int32 (read-only in nodes)")
+    view_src = read_only("_view_src", "the tensor whose bytes this one shares, or None")
+    view_offs = read_only("_view_offs", "byte offset into view_src")
 
     # -- data ---------------------------------------------------------------------------------
     @property
@@ -162,9 +191,13 @@ def _contiguous_nb(type_, ne):
 
 def _norm_ne(op, ne):
     try:
-        ne = [int(x) for x in ne]
+        ne = list(ne)
     except TypeError:
         raise GraphError(f"{op}: ne must be a sequence of ints, got {ne!r}") from None
+    for x in ne:       # no silent truncation of 2.7, "3" or True
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+            raise GraphError(f"{op}: sizes must be ints, got {type(x).__name__} {x!r} in ne={ne!r}")
+    ne = [int(x) for x in ne]
     if not 1 <= len(ne) <= MAX_DIMS:
         raise GraphError(f"{op}: tensors have 1 to {MAX_DIMS} dims, got ne={ne}")
     if any(x <= 0 for x in ne):
@@ -183,6 +216,7 @@ def new_tensor_impl(ctx: Context, type_: int, ne, view_src: Tensor | None = None
     nb = _contiguous_nb(type_, ne) if nb is None else [int(x) for x in nb]
     nbytes = _span(type_, ne, nb)
     if view_src is not None:
+        view_src.ctx.check_alive(op)
         if view_src.view_src is not None:       # always point at the tensor that owns the data
             view_offs += view_src.view_offs
             view_src = view_src.view_src

@@ -28,7 +28,8 @@ import numpy as np
 
 import graphcore as gc
 from graphcore.cli_support import (CliError, Progress, add_common_arguments, check_output_file, check_output_folder,
-                                   quiet_broken_pipe, setup_logging)
+                                   setup_logging)
+from graphcore.files import drop_stdout
 
 # llama.cpp's LLAMA_DEFAULT_RMS_EPS is not defined for this example, so 5e-6 (baby-llama.cpp)
 RMS_NORM_EPS = 5e-6
@@ -992,9 +993,18 @@ def main(argv=None) -> int:
     except CliError as e:
         print(f"baby-llama: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        quiet_broken_pipe()
+    except BrokenPipeError:         # the reader of our output went away (| head): not an error
+        drop_stdout()
         return 0
+    except MemoryError as e:
+        print(f"baby-llama: not enough memory for these model sizes ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.filename is None:      # not a named file: standard output failed (a full disk)
+            drop_stdout()
+            e = f"cannot write to standard output: {e.strerror or e}"
+        print(f"baby-llama: {e}", file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:

@@ -231,6 +231,9 @@ def main(argv=None) -> int:
     except CliError as e:
         print(f"graphcore-dump: {e}", file=sys.stderr)
         return 1
+    except MemoryError as e:
+        print(f"graphcore-dump: not enough memory for this graph ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,7 +17,7 @@ from ..kernel import (ERR_INDEX, f32_at, fail, fp16_to_fp32, inline, is_dense, p
                       rows_contiguous, split, split_aligned, t_addr, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_4d, i32_1d, i32_4d, u16_1d, u16_4d
 from .args import check_types, integer, region_overlaps
-from .common import check_f32, inplace_of, inplace_view, next_row, shapes
+from .common import byte_range, check_f32, inplace_of, inplace_view, next_row, refuse_overlap, shapes
 from .layout import cont, reshape_4d, view_4d
 from .refs import f64
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
@@ -474,13 +474,6 @@ def _acc_sample(d):
     return (acc_inplace if d.inplace(a, b) else acc)(d.ctx, a, b, nb1, nb2, nb3, off)
 
 
-def _owner_range(t):
-    """(the tensor owning t's bytes, first byte, one past the last) for overlap checks."""
-    owner = t.view_src if t.view_src is not None else t
-    start = t.view_offs if t.view_src is not None else 0
-    return owner, start, start + TN.nbytes(t)
-
-
 def _set_impl(ctx, op_code, op, a, b, nb1, nb2, nb3, offset, inplace, types):
     check_types(op, a, types, "src0 (destination)", (b,))
     TN.check_tensor(op, b)
@@ -506,15 +499,11 @@ def _set_impl(ctx, op_code, op, a, b, nb1, nb2, nb3, offset, inplace, types):
     if region_overlaps(b.ne, strides, es):
         raise GraphError(f"{op}: {where} overlaps itself (two elements of src1 would go to the same place): "
                          f"{shapes(a, b)}")
-    if inplace and a.has_data and b.has_data:
-        oa, sa, _ = _owner_range(a)
-        ob, sb, eb = _owner_range(b)
-        if oa is ob and sb < sa + end and sa + offset < eb:
-            raise GraphError(f"{op}: src1 shares bytes with the {where} of src0, which is written in place: "
-                             f"{shapes(a, b)}")
     params = [nb1, nb2, nb3, offset, 1 if inplace else 0]
     if inplace:
-        return inplace_view(ctx, op_code, a, [a, b], params)
+        oa, sa, _ = byte_range(a)
+        refuse_overlap(op, (oa, sa + offset, sa + end), [(1, b)], f"the {where} of src0 (written in place)")
+        return inplace_view(ctx, op_code, a, [a, b], params, checked=True)
     return new_node(ctx, op_code, a.type, a.ne, [a, b], params)
 
 

@@ -11,10 +11,10 @@ from ..errors import GraphError
 from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, row_addr, split, split_aligned,
                       t_addr, t_nb, t_ne, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
-from .common import inplace_of, inplace_view, next_row, shapes
+from .common import byte_range, inplace_of, inplace_view, next_row, refuse_overlap, same_view, shapes
 from .refs import convert, shape4
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of
-from .registry import rebuild_by, rebuild_of
+from .registry import i64_params, param_i64, rebuild_by, rebuild_of
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
@@ -289,6 +289,8 @@ def cpy(ctx, a, b):
     _check_copy("cpy", a, b)
     if TN.nelements(a) != TN.nelements(b):
         raise GraphError(f"cpy: element counts differ ({TN.nelements(a)} vs {TN.nelements(b)}): {shapes(a, b)}")
+    if not same_view(a, b):       # a copy of a tensor onto itself is harmless
+        refuse_overlap("cpy", byte_range(b), [(0, a)], "src1 (the destination)")
     t = new_node(ctx, CPY, b.type, b.ne, [a, b], view_of=b, nb=b.nb)
     if b.name:
         t.name = f"{b.name} (copy of {a.name})"[:TN.MAX_NAME - 1]
@@ -419,7 +421,7 @@ def _view_backward(ctx, t, g, d):
     if not TN.is_contiguous(a):
         raise GraphError(f"view: no gradient through a view of a non-contiguous tensor (cont it first): "
                          f"{shapes(a)}")
-    es, offset = T.type_size(a.type), int(t.op_params[0])
+    es, offset = T.type_size(a.type), param_i64(t, 0)
     nbs = [t.nb[1], t.nb[2], t.nb[3], offset]
     if any(x % es for x in nbs):
         raise GraphError(f"view: strides {t.nb} / offset {offset} are not whole elements of {shapes(a)}")
@@ -448,7 +450,7 @@ def _view_reference(node, srcs):
     src_addr = _element_addresses(a.ne, a.nb).reshape(-1)
     order = np.argsort(src_addr, kind="stable")
     srt = src_addr[order]
-    want = (int(node.op_params[0]) + _element_addresses(node.ne, node.nb)).reshape(-1)
+    want = (param_i64(node, 0) + _element_addresses(node.ne, node.nb)).reshape(-1)
     pos = np.minimum(np.searchsorted(srt, want), srt.size - 1)
     if not np.array_equal(srt[pos], want):
         return None
@@ -493,7 +495,7 @@ def _view(ctx, a, ne, nbs, offset, op):
     if offset + span > TN.nbytes(a):
         raise GraphError(f"{op}: view of ne={list(ne)} nb={nb} at offset {offset} spans {span} bytes, "
                          f"beyond the {TN.nbytes(a)} bytes of {shapes(a)}")
-    return new_node(ctx, VIEW, a.type, ne4, [a], [offset], view_of=a, view_offs=offset, name="view", nb=nb)
+    return new_node(ctx, VIEW, a.type, ne4, [a], i64_params(offset), view_of=a, view_offs=offset, name="view", nb=nb)
 
 
 def view_1d(ctx, a, ne0, offset):
@@ -525,7 +527,7 @@ def view_4d(ctx, a, ne0, ne1, ne2, ne3, nb1, nb2, nb3, offset):
 
 @rebuild_of(VIEW)
 def _view_rebuild(ctx, srcs, rec):
-    return view_4d(ctx, *srcs, *rec.ne, *rec.nb[1:], rec.i32(0))
+    return view_4d(ctx, *srcs, *rec.ne, *rec.nb[1:], param_i64(rec, 0))
 
 
 # -- permute / transpose: the same bytes with axes reordered ------------------------------------------------

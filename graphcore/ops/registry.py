@@ -189,10 +189,11 @@ def new_node(ctx, op: int, type_: int, ne, srcs, params=None, view_of=None, view
     """A tensor computed by `op` from `srcs`. With `view_of`, the result shares that tensor's data
     (in-place ops and view ops); `params` go to op_params (ints, or floats stored as their bits)."""
     t = TN.new_tensor_impl(ctx, type_, ne, view_of, view_offs, op=OPS[op].name.lower(), nb=nb)
-    t.op = op
-    t.src = list(srcs)
+    t._op = op
+    t._src = TN.ReadOnlyList(srcs)
     if params is not None:
         set_op_params(t, params)
+    _freeze_params(t)      # kernels trust them (addresses, sizes): set_op_params only
     if view_of is not None:
         t.name = f"{view_of.name} ({name or 'view'})"[:TN.MAX_NAME - 1] if view_of.name else ""
     return t
@@ -202,11 +203,23 @@ def set_op_params(t, params):
     """Store params (ints or floats; floats as float32 bits) in the op_params slots."""
     if len(params) > TN.MAX_OP_PARAMS:
         raise GraphError(f"{op_name(t.op)}: too many op params ({len(params)})")
+    w = np.array(t.op_params)        # op_params are read-only once built: replace them whole
     for i, p in enumerate(params):
         if isinstance(p, (float, np.floating)):
-            t.op_params[i] = np.array([p], dtype=np.float32).view(np.int32)[0]
+            w[i] = np.array([p], dtype=np.float32).view(np.int32)[0]
         else:
-            t.op_params[i] = int(p)
+            if not -2**31 <= int(p) < 2**31:
+                raise GraphError(f"{op_name(t.op)}: op param {i} = {int(p)} does not fit in int32")
+            w[i] = int(p)
+    frozen = not t.op_params.flags.writeable
+    t._op_params = w
+    if frozen:
+        _freeze_params(t)
+
+
+def _freeze_params(t):
+    # over immutable bytes: not even flags.writeable = True can reopen them
+    t._op_params = np.frombuffer(t.op_params.tobytes(), dtype=np.int32)
 
 
 def param_f32(t, i) -> float:
@@ -215,6 +228,16 @@ def param_f32(t, i) -> float:
 
 def param_i32(t, i) -> int:
     return int(t.op_params[i])
+
+
+def i64_params(v: int) -> list:
+    """An int64 as the two int32 op_params slots ggml would memcpy it into (byte offsets past 2 GiB)."""
+    return [int(x) for x in np.array([v], dtype=np.int64).view(np.int32)]
+
+
+def param_i64(t, i) -> int:
+    """The int64 stored by i64_params in slots i, i+1 of t.op_params (t: a tensor or a file record)."""
+    return int(np.asarray(t.op_params[i:i + 2], dtype=np.int32).view(np.int64)[0])
 
 
 @reference_of(OP_NONE)
