@@ -20,7 +20,8 @@ from .tensor import (FLAG_INPUT, FLAG_OUTPUT, FLAG_PARAM, MAX_DIMS, MAX_NAME, MA
                      set_f32, set_f32_1d, set_f32_nd, set_i32, set_i32_1d, set_i32_nd, set_input, set_name,
                      set_output, set_zero, unravel_index, view_tensor)
 from .ops.registry import BY_NAME, NOT_DIFFERENTIABLE, OPS, ZERO_GRADIENT, OpDef, op_name, op_symbol
-from .ops.elementwise import add, add_inplace, div, div_inplace, mul, mul_inplace, scale, scale_inplace, sub, sub_inplace
+from .ops.elementwise import (add, add_inplace, div, div_inplace, mul, mul_inplace, scale, scale_inplace, sub,
+                              sub_inplace)
 from .ops.unary import (abs_ as abs, abs_inplace, gelu, gelu_back, gelu_inplace, log, log_inplace, neg, neg_inplace,
                         relu, relu_inplace, sgn, sgn_inplace, silu, silu_back, silu_inplace, sqr, sqr_inplace, sqrt,
                         sqrt_inplace, step, step_inplace)
@@ -45,9 +46,9 @@ from .optim import (LINESEARCH_BACKTRACKING_ARMIJO, LINESEARCH_BACKTRACKING_STRO
                     OptParams, opt, opt_default_params, opt_init, opt_resume, opt_resume_g)
 
 from .ops.norm import norm, norm_inplace, rms_norm, rms_norm_back, rms_norm_inplace
-from .ops.attention import (diag_mask_inf, diag_mask_inf_inplace, diag_mask_zero, diag_mask_zero_inplace, rope,
-                            rope_back, rope_custom, rope_custom_inplace, rope_inplace, rope_xpos_inplace, soft_max,
+from .ops.attention import (diag_mask_inf, diag_mask_inf_inplace, diag_mask_zero, diag_mask_zero_inplace, soft_max,
                             soft_max_back, soft_max_back_inplace, soft_max_ext, soft_max_inplace)
+from .ops.rope import rope, rope_back, rope_custom, rope_custom_inplace, rope_inplace, rope_xpos_inplace
 from .ops.indexing import (acc, acc_inplace, diag, get_rows, get_rows_back, set, set_1d, set_1d_inplace, set_2d,
                            set_2d_inplace, set_inplace)
 from .ops.activations import (clamp, clamp_inplace, elu, elu_inplace, gelu_quick, gelu_quick_inplace, leaky_relu,
@@ -65,7 +66,7 @@ globals().update({f"OP_{op.name}": op.code for op in OPS})
 # and set stay out so that a star import does not shadow Python's builtins: use gc.sum, gc.abs, gc.set.
 __all__ = [
     # errors and element types
-    "ComputeError", "GraphError", "GraphFileError", "NotComputedWarning", "OutOfMemoryError",
+    "ComputeError", "GraphError", "GraphFileError", "NonFiniteError", "NotComputedWarning", "OutOfMemoryError",
     "TYPE_F16", "TYPE_F32", "TYPE_I32", "TYPE_TRAITS", "blck_size", "fp16_to_fp32", "fp32_to_fp16", "type_name",
     "type_size",
     # contexts
@@ -106,7 +107,8 @@ __all__ = [
     # graphs, planning, compute
     "DEFAULT_GRAPH_SIZE", "Graph", "new_graph", "new_graph_custom", "build_forward", "build_forward_expand",
     "graph_clear", "graph_cpy", "graph_dup", "graph_get_tensor", "graph_node", "graph_view",
-    "CPlan", "default_n_threads", "graph_plan", "STATUS_SUCCESS", "graph_compute", "graph_compute_with_ctx",
+    "CPlan", "default_n_threads", "graph_plan", "STATUS_SUCCESS", "STATUS_ABORTED", "graph_compute",
+    "graph_compute_with_ctx",
     # gradients and optimisers
     "build_backward", "build_backward_expand", "graph_reset", "set_param",
     "LINESEARCH_BACKTRACKING_ARMIJO", "LINESEARCH_BACKTRACKING_STRONG_WOLFE", "LINESEARCH_BACKTRACKING_WOLFE",

@@ -38,7 +38,7 @@ __all__ = ["set_param", "build_backward_expand", "build_backward", "graph_reset"
 _FLOAT_TYPES = (T.TYPE_F32, T.TYPE_F16)
 
 
-def _zero_grad(ctx, t):
+def zero_grad(ctx, t):
     """A zero F32 tensor shaped like t, named '<name> (grad)' (ggml_dup_tensor, zero-filled)."""
     g = TN.new_tensor_impl(ctx, T.TYPE_F32, t.ne, op="grad")
     g.name = f"{t.name} (grad)"[:TN.MAX_NAME - 1]
@@ -56,7 +56,7 @@ def set_param(ctx, t):
     if t.flags & TN.FLAG_PARAM and t.grad is not None:
         return t
     t.flags |= TN.FLAG_PARAM
-    t.grad = _zero_grad(ctx, t)
+    t.grad = zero_grad(ctx, t)
     return t
 
 
@@ -255,7 +255,7 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
         need.add(id(node))
         recorded = gf.grads[i] if gf.grads is not None else None
         if keep or node.grad is None:
-            node.grad = _zero_grad(ctx, node)
+            node.grad = zero_grad(ctx, node)
             recorded = node.grad
         elif recorded is None:
             recorded = node.grad

@@ -31,7 +31,8 @@ def _find_set_local():
     _searched = True
     import scipy
     libdir = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
-    for path in glob.glob(os.path.join(libdir, "*openblas*")) + glob.glob(os.path.join(os.path.dirname(scipy.__file__), ".dylibs", "*openblas*")):
+    macos_dir = os.path.join(os.path.dirname(scipy.__file__), ".dylibs")
+    for path in glob.glob(os.path.join(libdir, "*openblas*")) + glob.glob(os.path.join(macos_dir, "*openblas*")):
         try:
             lib = ctypes.CDLL(path)
         except OSError:

@@ -26,9 +26,10 @@ from . import kernel as K
 from . import tensor as TN
 from . import types as T
 from .blas import set_thread_local_blas_threads
-from .errors import GraphError, NonFiniteError
+from .errors import ComputeError, GraphError, NonFiniteError
 from .native import atomic_add, atomic_load, atomic_store, call_kernel, sched_yield
 from .graph import Graph
+from .ops.registry import OPS, op_name
 from .planner import CPlan, graph_plan, lower
 
 GGML_STATUS_SUCCESS = 0
@@ -301,7 +302,7 @@ def _run(args, nth, lo, hi, g):
         code, arg = int(recs[failed, K.R_ERR]), int(recs[failed, K.R_ERRARG])
         recs[:, K.R_ERR] = 0
         sync[_ABORT] = sync[_NODE] = 0
-        err = K.compute_error(node, failed, code, arg)
+        err = compute_error(node, failed, code, arg)
         cause = err.__cause__
         if cause is not None and not isinstance(cause, Exception):
             raise cause          # KeyboardInterrupt, SystemExit in a Python custom function
@@ -326,6 +327,21 @@ def _step(g, cplan, args, nth, callback, check_finite) -> int:
     return STATUS_SUCCESS
 
 
+def compute_error(node, index, code, arg):
+    """The gc.ComputeError for a failure a kernel recorded at graph node `index`, with the op's
+    own explanation (OpDef.error_detail) when it has one."""
+    msg, cause = f"{K.ERRORS.get(code, f'error {code}')}: {arg}", None
+    hook = OPS[node.op].error_detail
+    if hook is not None:
+        detail = hook(node, code, arg)
+        if detail is not None:
+            msg, cause = detail
+    err = ComputeError(f"{op_name(node.op)} (node {index} '{node.name}'): {msg}")
+    if cause is not None:
+        err.__cause__ = cause
+    return err
+
+
 def _first_bad(t):
     """(ggml index [i0, i1, i2, i3], value) of t's first NaN or inf in memory order, or None."""
     if t.type not in (T.TYPE_F32, T.TYPE_F16) or not t.has_data:
@@ -340,8 +356,6 @@ def _first_bad(t):
 
 def check_node_finite(i, node):
     """Raise NonFiniteError if graph node i's result holds a NaN or an inf."""
-    from .ops.registry import op_name
-    from .tensor import describe
     bad = _first_bad(node)
     if bad is None:
         return
@@ -351,8 +365,8 @@ def check_node_finite(i, node):
         if s is not None:
             sb = _first_bad(s)
             state = "finite" if sb is None else f"already non-finite ({sb[1]} at {sb[0]})"
-            srcs.append(f"src[{j}] {describe(s)} ({op_name(s.op)}): {state}")
-    raise NonFiniteError(f"check_finite: node {i} {describe(node)} ({op_name(node.op)}) produced {value} at "
+            srcs.append(f"src[{j}] {TN.describe(s)} ({op_name(s.op)}): {state}")
+    raise NonFiniteError(f"check_finite: node {i} {TN.describe(node)} ({op_name(node.op)}) produced {value} at "
                          f"[i0, i1, i2, i3] = {where}; sources: " + ("; ".join(srcs) or "none"),
                          node_index=i, node=node, index=where)
 

@@ -70,6 +70,7 @@ import zlib
 import numpy as np
 
 from . import tensor as TN
+from .autodiff import zero_grad
 from . import types as T
 from .context import MEM_ALIGN, Context, init
 from .errors import GraphError, GraphFileError, OutOfMemoryError
@@ -543,7 +544,6 @@ def _same(built, rec, table):
 
 def _build(data, recs, graphs, ctx, scratch):
     """The graphs built in ctx, and every tensor made (for sizing: run first in a no_alloc context)."""
-    from .autodiff import _zero_grad
     table = []
     for rec in recs:
         rec._scratch = scratch
@@ -585,7 +585,7 @@ def _build(data, recs, graphs, ctx, scratch):
         if code >= 0:
             return table[code]
         if i not in zero:
-            zero[i] = _zero_grad(ctx, table[i])
+            zero[i] = zero_grad(ctx, table[i])
         return zero[i]
 
     for rec in recs:

@@ -30,26 +30,6 @@ ERRORS = {ERR_INDEX: "index out of range", ERR_CUSTOM: "custom function failed"}
 # computes running now: address of their node records -> the graph's nodes (Python custom
 # functions build their arrays from the tensors, which keep the memory alive; see ops/custom.py)
 RUNNING = {}
-# per-op detail for these messages: op code -> fn(node, code, arg) -> (message, cause or None), or
-# None to keep the generic message
-ERROR_DETAIL = {}
-
-
-def compute_error(node, index, code, arg):
-    """The gc.ComputeError for a failure a kernel recorded at graph node `index`."""
-    from .errors import ComputeError
-    from .ops.registry import op_name
-    msg, cause = f"{ERRORS.get(code, f'error {code}')}: {arg}", None
-    hook = ERROR_DETAIL.get(node.op)
-    if hook is not None:
-        detail = hook(node, code, arg)
-        if detail is not None:
-            msg, cause = detail
-    err = ComputeError(f"{op_name(node.op)} (node {index} '{node.name}'): {msg}")
-    if cause is not None:
-        err.__cause__ = cause
-    return err
-
 inline = njit(inline="always", cache=True, error_model="numpy")
 
 

@@ -273,8 +273,8 @@ def _gemm_tile(vl: int, nc: int, gather: bool):
             boff = builder.mul(k, bsk_)
             for j in range(nc):
                 bv = builder.load(builder.inttoptr(builder.add(bcols[j], boff), ptr), align=4, typ=f32)
-                accs[j].add_incoming(builder.fadd(accs[j], builder.fpext(builder.fmul(av, _splat(builder, bv, vf)), vd)),
-                                     body)
+                prod = builder.fpext(builder.fmul(av, _splat(builder, bv, vf)), vd)
+                accs[j].add_incoming(builder.fadd(accs[j], prod), body)
             k.add_incoming(builder.add(k, ir.Constant(_I64, 1)), body)
             builder.branch(cond)
             builder.position_at_end(done)

@@ -14,10 +14,15 @@ from typing import Callable, Optional
 import numpy as np
 from numba import njit
 
+from . import autodiff
 from . import tensor as TN
 from . import types as T
+from .dump import graph_print
 from .errors import GraphError
+from .executor import graph_compute
+from .graph import build_forward_expand, graph_dup, new_graph_custom
 from .native import f32_1d
+from .planner import graph_plan
 
 class OptType(IntEnum):
     """ggml_opt_type: which optimizer opt_default_params sets up."""
@@ -270,8 +275,6 @@ class _Problem:
     """The parameters of a forward graph, a planned backward graph, and one evaluation f(x), g(x)."""
 
     def __init__(self, f, gf, gb, params: OptParams):
-        from .executor import graph_compute
-        from .planner import graph_plan
         if not isinstance(f, TN.Tensor) or not TN.is_scalar(f):
             raise GraphError(f"opt: f must be a scalar tensor, got {TN.describe(f)}")
         if f.grad is None:
@@ -577,7 +580,6 @@ def opt_resume_g(ctx, opt: OptContext, f, gf, gb, callback: Optional[Callable] =
         result = _adam(opt, opt.params, prob, cb)
     else:
         result = _lbfgs(opt, opt.params, prob, cb)
-    from .dump import graph_print
     if opt.params.print_forward_graph:
         graph_print(gf)
     if opt.params.print_backward_graph:
@@ -587,8 +589,6 @@ def opt_resume_g(ctx, opt: OptContext, f, gf, gb, callback: Optional[Callable] =
 
 def opt_resume(ctx, opt: OptContext, f) -> int:
     """Build the forward and backward graphs of f in ctx, then run the optimizer (ggml_opt_resume)."""
-    from . import autodiff
-    from .graph import build_forward_expand, graph_dup, new_graph_custom
     gf = new_graph_custom(ctx, opt.params.graph_size, True)
     build_forward_expand(gf, f)
     gb = graph_dup(ctx, gf)

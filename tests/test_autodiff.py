@@ -365,7 +365,7 @@ def test_bad_arguments():
 def test_check_gradients_reports_the_worst_element(monkeypatch):
     ctx = gc.init(1 << 20)
     a = rand(ctx, 3, 2)
-    name, flags, grad = a.name, a.flags, a.grad
+    flags, grad = a.flags, a.grad
     before = a.numpy().copy()
     res = check_gradients(lambda c, a: gc.sqr(c, a), [a])
     assert res.ok and res.max_abs_err < 1e-3

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 import graphcore as gc
 from graphcore.testing import (Layout, assert_close_nmse, assert_same_bits, broadcastable_pairs,

@@ -4,7 +4,7 @@ views for src0, sizes below and above the BLAS threshold and above the chunk siz
 bytes around outputs, the same bits for 1, 2 and 4 threads, bad input."""
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 import graphcore as gc
 from graphcore.ops import matmul as MM

@@ -728,7 +728,7 @@ def test_loss_and_repeat_back_errors():
 from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
 
 
-_GRAPH_OPS = [op for m in ["norm", "attention", "activations", "losses"] for op in family_ops(m)]
+_GRAPH_OPS = [op for m in ["norm", "attention", "rope", "activations", "losses"] for op in family_ops(m)]
 
 
 @given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))

@@ -2,7 +2,7 @@
 promises (ggml shapes, layouts with the strides they claim, operand pairs the builders accept)."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
 
 import graphcore as gc
 from graphcore.testing import (Layout, assert_close_nmse, assert_same_bits, broadcastable_pairs, check_untouched,

@@ -243,11 +243,10 @@ def bench_llama_torch(args):
     tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
     print(f"\nlarger model: n_embd 256, n_layer 4, n_ctx 64, n_batch 8 ({tg.gb.n_nodes} backward-graph nodes), "
           f"one forward+backward evaluation, ms")
-    try:
+    import importlib.util
+    make_step = None
+    if importlib.util.find_spec("torch") is not None:
         from tools.torch_llama import make_step
-        import torch
-    except ImportError:
-        make_step = None
     row("threads", "graphcore", "torch" if make_step else "(torch not installed)", "torch / graphcore")
     for nt in sorted({1, args.threads, 2}):
         seed = tg.error.grad.numpy4d().reshape(-1)

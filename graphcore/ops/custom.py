@@ -42,7 +42,7 @@ from ..native import call_kernel
 from .args import boolean, integer
 from .common import inplace_of, inplace_view
 from .refs import shape4
-from .registry import KERNEL_SIG, new_node, reference_of, register, sample_of, set_op_params
+from .registry import KERNEL_SIG, error_detail_of, new_node, reference_of, register, sample_of, set_op_params
 from .registry import rebuild_of
 
 N_TASKS_MAX = -1     # ggml's GGML_N_TASKS_MAX: one task per thread of the plan
@@ -277,6 +277,7 @@ def _wrapper(op, fun, srcs_types, userdata, allow_python):
         return w
 
 
+@error_detail_of(MAP_CUSTOM1, MAP_CUSTOM2, MAP_CUSTOM3)
 def _describe_failure(node, code, arg):
     if code != ERR_CUSTOM or not 0 <= arg < len(_by_ident):
         return None
@@ -289,9 +290,6 @@ def _describe_failure(node, code, arg):
             f"keep its message; call it from Python, or build the node with a plain Python function and "
             f"allow_python=True, to see it)", None)
 
-
-for _code in (MAP_CUSTOM1, MAP_CUSTOM2, MAP_CUSTOM3):
-    K.ERROR_DETAIL[_code] = _describe_failure
 
 
 def _map_custom(ctx, op_code, op, srcs, fun, n_tasks, userdata, inplace, allow_python):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernel as K
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
@@ -20,7 +19,7 @@ from .args import check_types, integer, region_overlaps
 from .common import byte_range, check_f32, inplace_of, inplace_view, next_row, refuse_overlap, shapes
 from .layout import cont, reshape_4d, view_4d
 from .refs import f64
-from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
+from .registry import MIN_ELEMENTS_PER_TASK, error_detail_of, new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import rebuild_by, rebuild_of
 from .unary import neg
 
@@ -133,14 +132,13 @@ def get_rows(ctx, a, b):
 rebuild_of(GET_ROWS)(rebuild_by(get_rows))
 
 
+@error_detail_of(GET_ROWS)
 def _describe_index_error(node, code, arg):
     if code == ERR_INDEX:
         return f"index {arg} out of range: src0 {TN.describe(node.src[0])} has {node.src[0].ne[1]} rows " \
                f"(valid indices are 0..{node.src[0].ne[1] - 1})", None
     return None
 
-
-K.ERROR_DETAIL[GET_ROWS] = _describe_index_error
 
 
 # -- get_rows_back: dst[:, b[i]] += a[:, i], dst zeroed first; dst has c's shape ----------------------------
@@ -202,14 +200,13 @@ def _get_rows_back_sample(d):
     return get_rows_back(d.ctx, a, d.i32([a.ne[1]], 0, rows - 1), c)
 
 
+@error_detail_of(GET_ROWS_BACK)
 def _describe_back_index_error(node, code, arg):
     if code == ERR_INDEX:
         return f"index {arg} out of range: the result {node.ne[:2]} has {node.ne[1]} rows " \
                f"(valid indices are 0..{node.ne[1] - 1})", None
     return None
 
-
-K.ERROR_DETAIL[GET_ROWS_BACK] = _describe_back_index_error
 
 
 def get_rows_back(ctx, a, b, c):
@@ -409,8 +406,10 @@ def _acc_backward(ctx, t, g, d):
         d.add(1, reshape_4d(ctx, cont(ctx, gv), *t.src[1].ne))
 
 
-SET = register("SET", "y-\\>view(x)", _set_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True, backward=_set_backward)
-ACC = register("ACC", "view(x,nb,offset)+=y-\\>x", _acc_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True, backward=_acc_backward)
+SET = register("SET", "y-\\>view(x)", _set_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True,
+               backward=_set_backward)
+ACC = register("ACC", "view(x,nb,offset)+=y-\\>x", _acc_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True,
+               backward=_acc_backward)
 
 
 def _region_index(node):

@@ -46,7 +46,7 @@ class OpDef:
     kernel: Optional[Callable]                  # python source of the numba kernel; None = no compute (views)
     n_tasks: Callable                           # (node, n_threads) -> tasks
     work_size: Callable                         # (node, n_tasks) -> bytes of shared work buffer
-    backward: object                            # rule building gradient nodes, NOT_DIFFERENTIABLE, ZERO_GRADIENT, or None
+    backward: object                            # a rule building gradient nodes, NOT_DIFFERENTIABLE, ZERO_GRADIENT
     inplace: bool                               # the kernel may run with dst aliasing src0
     n_phases: object = 1                         # int, or (node) -> int
     # numpy reference (node, srcs) -> array, for graphcore.testing (attached with @reference_of)
@@ -57,6 +57,8 @@ class OpDef:
     # rebuilds a node of this op from a graph file through the op's builder (@rebuild_of; see graphcore.graphfile)
     rebuild: Optional[Callable] = field(default=None, repr=False)
     not_exportable: Optional[str] = field(default=None, repr=False)   # why a graph file cannot hold this op
+    # (node, code, arg) -> (message, cause) or None: what a kernel's failure means (@error_detail_of)
+    error_detail: Optional[Callable] = field(default=None, repr=False)
     # (node) -> the kernel function for this node, when an op has several (one per type pair, say):
     # only the variants a graph uses get compiled, which keeps a cold start short
     variant: Optional[Callable] = field(default=None, repr=False)
@@ -123,6 +125,16 @@ OP_NONE = register("NONE", "none", backward=NOT_DIFFERENTIABLE)
 
 
 # -- testing parts, kept beside each op's kernel (graphcore.testing uses them) ------------------------------
+def error_detail_of(*codes):
+    """Attach `fn(node, code, arg) -> (message, cause) or None` explaining a failure the ops'
+    kernels record (an index out of range, a custom function raising) in the ComputeError."""
+    def attach(fn):
+        for c in codes:
+            OPS[c].error_detail = fn
+        return fn
+    return attach
+
+
 def reference_of(*codes, nmse: float | None = None):
     """Decorator: `fn(node, srcs) -> array` is the numpy reference of the ops `codes`. srcs are the
     sources' logical values, 4-D (ne3, ne2, ne1, ne0), as float32 / float16 / int32 copies (None for

@@ -15,6 +15,8 @@ import numpy as np
 from .. import context as C
 from .. import tensor as TN
 from .. import types as T
+from ..executor import graph_compute_with_ctx
+from ..graph import build_forward_expand, new_graph
 
 __all__ = ["nmse", "assert_close_nmse", "assert_same_bits", "SENTINEL", "sentinel_context",
            "element_byte_offsets", "compute_guarded", "check_untouched"]
@@ -128,8 +130,6 @@ def check_untouched(ctx, before: np.ndarray, outputs, what: str = ""):
 def compute_guarded(ctx, outputs, n_threads: int = 1, graph=None, what: str = ""):
     """Build a graph of `outputs` (a tensor or a list), compute it on n_threads, and check that no
     byte of ctx's arena outside the outputs' elements was written. Returns the graph."""
-    from ..executor import graph_compute_with_ctx
-    from ..graph import build_forward_expand, new_graph
     outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     g = graph if graph is not None else new_graph(ctx)
     if graph is None:

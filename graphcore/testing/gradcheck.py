@@ -30,6 +30,7 @@ from .. import types as T
 from ..autodiff import build_backward, graph_reset, set_param
 from ..context import init
 from ..errors import GraphError
+from ..executor import graph_compute
 from ..graph import Graph, build_forward_expand
 from ..ops.registry import BY_NAME
 from ..planner import graph_plan
@@ -63,7 +64,6 @@ class GradCheckResult:
 
 class _Runner:
     def __init__(self, g, n_threads):
-        from ..executor import graph_compute
         self.g = g
         self.plan = graph_plan(g, n_threads)
         if self.plan.work_size:

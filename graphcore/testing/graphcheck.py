@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import tensor as TN
 from .. import types as T
+from ..executor import graph_compute
 from ..graph import Graph, build_forward_expand, graph_view, new_graph_custom
 from ..ops.registry import NOT_DIFFERENTIABLE, OP_NONE, OPS, ZERO_GRADIENT
 from ..planner import graph_plan
@@ -202,7 +203,6 @@ class _Arenas:
 
 
 def _compute(g, n_threads, split_small):
-    from ..executor import graph_compute
     with small_tasks() if split_small and n_threads > 1 else contextlib.nullcontext():
         plan = graph_plan(g, n_threads)
     if plan.work_size:

@@ -345,8 +345,8 @@ def graphs(draw, ops=None, max_nodes: int = 6, min_nodes: int = 1, backward: boo
     (see SIZES: tiny, medium, matrix, wide), or uses `max_side` when given; in `specials`
     percent of forward graphs new leaves hold special values (inf, NaN, -0, subnormals). With
     backward=True the graph also gets parameters, a random scalar loss and its backward graph
-    (examples whose backward graph cannot be built are rejected). `first`: an op (name or code) drawn first, whatever `ops` says
-    (to cover every op for sure: parametrize a test over the ops)."""
+    (examples whose backward graph cannot be built are rejected). `first`: an op (name or code)
+    drawn first, whatever `ops` says (to cover every op for sure: parametrize a test over the ops)."""
     codes = _codes(ops, backward)
     first = _codes([first], False)[0] if first is not None else None
     if max_side is not None:
