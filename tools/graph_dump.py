@@ -9,7 +9,7 @@
 
 Sources (one): a graph file written by gc.graph_export (or --save); --model baby-llama with
 --graph forward|backward|generation and the model-size options, built in-process as
-models/baby_llama.py builds it; or --from package.module:function, a function taking no arguments
+models/baby_llama builds it; or --from package.module:function, a function taking no arguments
 that returns a Graph, a (graph, forward_graph) pair, or a tensor (its forward graph is built).
 
 Formats: text (the default), dot, svg and png (rendered by Graphviz's dot program), json (see

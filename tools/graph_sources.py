@@ -31,7 +31,7 @@ def add_source_arguments(p) -> None:
 
 
 def baby_llama_graph(which: str, args):
-    """(graph, forward graph or None) of baby-llama, built as models/baby_llama.py builds it:
+    """(graph, forward graph or None) of baby-llama, built as models/baby_llama builds it:
     training's forward graph with its loss, its backward graph (the loss's gradient seeded with 1,
     a batch of tokens and targets in place), or the generation graph."""
     argv = ["--n-vocab", str(args.n_vocab), "--n-ctx", str(args.n_ctx), "--n-embd", str(args.n_embd),

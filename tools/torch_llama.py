@@ -1,6 +1,6 @@
 """baby-llama's batched training forward (square-error loss) in PyTorch, for benchmarks only.
 
-The same model as models/baby_llama.py's forward_batch: rms_norm, rope mode 0 on the first
+The same model as models.baby_llama's forward_batch: rms_norm, rope mode 0 on the first
 n_rot dims of each head, causal soft_max attention, SwiGLU feed-forward, residuals.
 """
 from __future__ import annotations

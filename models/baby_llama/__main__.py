@@ -1,0 +1,6 @@
+"""python -m models.baby_llama: the baby-llama program."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

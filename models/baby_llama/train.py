@@ -1,0 +1,170 @@
+"""Training: the losses, the training graphs (built once, planned once) and the loop over batches,
+as the original's main() runs it."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import graphcore as gc
+from graphcore.cli_support import Progress
+from graphcore.optim import RESULT_NAMES
+
+from .data import get_example_targets_batch, print_tokens, sample_softmax_batch
+from .model import LLAMA_TRAIN_MAX_NODES, LlamaModelLora, forward_batch, forward_batch_lora, get_n_ff
+
+
+# =============================================================================================
+# losses
+# =============================================================================================
+def square_error_loss(ctx, a, b):
+    """sum((a - b)^2)."""
+    return gc.sum(ctx, gc.sqr(ctx, gc.sub(ctx, a, b)))
+
+
+def cross_entropy_loss(ctx, a, b):
+    """The original's composition: sum(-sum_rows(soft_max(a) * log(soft_max(b) + 1e-3)))."""
+    eps = 1e-3
+    return gc.sum(ctx, gc.neg(ctx, gc.sum_rows(ctx, gc.mul(ctx, gc.soft_max(ctx, a),
+                                                           gc.log(ctx, gc.add1(ctx, gc.soft_max(ctx, b),
+                                                                               gc.new_f32(ctx, eps)))))))
+
+
+
+class Evaluator:
+    """A graph planned once and computed as often as needed."""
+
+    def __init__(self, g, n_threads):
+        self.g = g
+        self.plan = gc.graph_plan(g, n_threads)
+        if self.plan.work_size:
+            self.plan.work_data = np.empty(self.plan.work_size, np.uint8)
+
+    def __call__(self):
+        gc.graph_compute(self.g, self.plan)
+
+
+def _result_name(code) -> str:
+    return RESULT_NAMES.get(code, str(code))
+
+
+def _opt_params(args):
+    if args.optimizer == "adam":
+        params = gc.opt_default_params(gc.OPT_ADAM)
+        params.adam.n_iter = args.adam_iters
+    else:
+        params = gc.opt_default_params(gc.OPT_LBFGS)
+        params.lbfgs.n_iter = args.lbfgs_iters
+    params.print_forward_graph = False
+    params.print_backward_graph = False
+    params.n_threads = args.threads
+    return params
+
+
+def dump_graphs(dirname, name, g, gf=None):
+    os.makedirs(dirname, exist_ok=True)
+    with open(os.path.join(dirname, name + ".txt"), "w") as f:
+        gc.graph_print(g, file=f)
+    gc.graph_dump_dot(g, gf, os.path.join(dirname, name + ".dot"))
+    gc.graph_export(g, os.path.join(dirname, name + ".gcg"), gf)     # graphcore-dump reads it back
+
+
+def compute_size(hp, n_batch, kv_self, nodes_per_layer):
+    """Arena bytes for a graph's tensors: a bound on the largest tensor times a bound on their
+    number (the forward, the gradients and the backward nodes), plus slack. The arena is
+    zero-filled lazily by the OS, so unused bytes cost no memory. (The original takes 1 GiB.)"""
+    rows = hp.n_ctx * n_batch
+    largest = max(get_n_ff(hp) * rows, hp.n_ctx * hp.n_ctx * hp.n_head * n_batch, gc.nelements(kv_self.k),
+                  hp.n_embd * max(get_n_ff(hp), hp.n_vocab, hp.n_embd), hp.n_vocab * rows)
+    return 16 * 1024 * 1024 + 4 * largest * (nodes_per_layer * hp.n_layer + 100)
+
+
+@dataclass
+class TrainingGraphs:
+    ctx0: object
+    gf: object              # forward graph, loss included
+    gb: object              # backward graph (gf's nodes, then the gradients)
+    error: object           # the loss
+    logits: object
+    tokens_input: object    # I32 [n_ctx, n_batch]: write a batch's tokens here ...
+    targets: object         # F32 [n_vocab, n_ctx, n_batch]: ... and its targets here
+    tokens: object          # the graph's flat view of tokens_input's values
+
+
+def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square") -> TrainingGraphs:
+    """The batched forward graph with its loss, and the backward graph (ggml_opt's gf and gb)."""
+    hp = model.hparams
+    lora = isinstance(model, LlamaModelLora)
+    n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
+    ctx0 = gc.init(compute_size(hp, n_batch, kv_self, nodes_per_layer=200))
+    tokens_input = gc.set_name(gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch), "tokens_input")
+    targets = gc.set_name(gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch), "targets")
+    gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
+    fwd = forward_batch_lora if lora else forward_batch
+    logits = fwd(model, kv_self, ctx0, gf, tokens_input, n_tokens, 0, n_batch)
+    loss = cross_entropy_loss if loss_name == "cross-entropy" else square_error_loss
+    e = gc.set_name(loss(ctx0, targets, logits), "error")
+    gc.build_forward_expand(gf, e)
+    gb = gc.graph_dup(ctx0, gf)
+    gc.build_backward_expand(ctx0, gf, gb, True)
+    return TrainingGraphs(ctx0, gf, gb, e, logits, tokens_input, targets, gc.graph_get_tensor(gf, "tokens"))
+
+
+def train(model, kv_self, args, out=sys.stdout, history=None):
+    """The original's training loop, with the graphs built once.
+
+    The original builds a new context, forward graph and loss per batch, and ggml_opt builds its
+    own forward and backward graphs again on every call. The graphs are the same every time:
+    only the data of two leafs (the token ids and the targets) change. Building and planning a
+    146-node backward graph in Python costs milliseconds, as much as the whole optimisation of a
+    batch in the original, so here they are built once: per batch the new tokens and targets are
+    written into the leafs' data, and the optimizer is re-initialised (opt_init, as ggml_opt
+    does on every call) and run on the prebuilt graphs with opt_resume_g."""
+    hp = model.hparams
+    n_tokens, n_vocab, n_batch = hp.n_ctx, hp.n_vocab, args.n_batch
+    params = _opt_params(args)
+    tg = build_training_graphs(model, kv_self, n_batch, args.loss)
+    ctx0, gf, gb, e, logits = tg.ctx0, tg.gf, tg.gb, tg.error, tg.logits
+    tokens_input, targets, tokens = tg.tokens_input, tg.targets, tg.tokens
+    after_opt_best_samples = gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch)
+    after_opt_probs = gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch)
+    if args.dump_graphs:
+        dump_graphs(args.dump_graphs, "forward", gf)
+        dump_graphs(args.dump_graphs, "backward", gb, gf)
+    compute_gf = Evaluator(gf, args.threads)
+
+    n_evals = 0
+    t_start = time.perf_counter()
+    progress = Progress(args.examples, "batches ") if args.progress else None
+    for ex in range(args.examples):
+        get_example_targets_batch(ctx0, 64 * ex + 0, tokens_input, targets)
+        tokens.numpy()[:] = tokens_input.numpy().reshape(-1)
+
+        compute_gf()
+        error_before_opt = gc.get_f32_1d(e, 0)
+
+        opt = gc.opt_init(ctx0, gc.OptContext(), params, 0)
+        result = gc.opt_resume_g(ctx0, opt, e, gf, gb)
+        n_evals += opt.n_evals
+
+        compute_gf()
+        error_after_opt = gc.get_f32_1d(e, 0)
+        if history is not None:
+            history.append((error_before_opt, error_after_opt))
+
+        if ex % 8 == 0:
+            out.write(f"Example {ex + 1}\n")
+            out.write("error_before_opt: %.2f\n" % error_before_opt)
+            out.write("error_after_opt:  %.2f\n" % error_after_opt)
+        if ex % 64 == 0:
+            sample_softmax_batch(ctx0, logits, after_opt_probs, after_opt_best_samples)
+            out.write("best samples after optimization:\n")
+            print_tokens(after_opt_best_samples, n_vocab, file=out)
+        if progress is not None:
+            rate = n_evals / max(time.perf_counter() - t_start, 1e-9)
+            progress.update(ex + 1, f"error {error_after_opt:9.2f}  {rate:7.0f} evals/s  {_result_name(result)}")
+        out.flush()
+    return dict(n_evals=n_evals, seconds=time.perf_counter() - t_start, ctx0_used=gc.used_mem(ctx0))
