@@ -60,3 +60,6 @@ from .ops.elementwise import gelu_back
 globals().update({f"OP_{op.name}": op.code for op in OPS})
 
 __version__ = "0.1.0"
+
+from .alloc import (Gallocr, alloc_ctx_tensors, gallocr_alloc_graph, gallocr_free, gallocr_get_buffer_size,
+                    gallocr_new, gallocr_reserve)

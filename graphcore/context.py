@@ -34,6 +34,7 @@ class Context:
         self.n_objects = 0        # tensors created (ggml counts objects too)
         self.freed = False
         self.work_buffer = None   # graph_compute_with_ctx keeps its work buffer here, outside the arena
+        self.no_data = []         # tensors created without data, in order (alloc_ctx_tensors gives them bytes)
 
     def alloc(self, nbytes: int) -> int:
         """Reserve `nbytes` at an aligned offset; returns the offset."""
@@ -73,6 +74,7 @@ def free(ctx: Context) -> None:
     ctx.freed = True
     ctx.arena = None
     ctx.work_buffer = None
+    ctx.no_data = []
 
 
 def used_mem(ctx: Context) -> int:

@@ -17,7 +17,7 @@ from .blas import set_thread_local_blas_threads
 from .errors import ComputeError, GraphError
 from .native import atomic_add, atomic_load, atomic_store, call_kernel, sched_yield
 from .ops.registry import OPS
-from .planner import CPlan, graph_plan, lower
+from .planner import CPlan, graph_plan, lowered
 
 GGML_STATUS_SUCCESS = 0
 STATUS_SUCCESS = 0
@@ -158,7 +158,7 @@ def graph_compute(g, cplan: CPlan) -> int:
     _check_plan(g, cplan)
     if g.n_nodes == 0:
         return STATUS_SUCCESS
-    recs, fns, n_tasks, n_phases, contexts, most_tasks = cplan.lowered or lower(cplan)
+    recs, fns, n_tasks, n_phases, contexts, most_tasks = lowered(cplan)
     for ctx in contexts:
         if ctx.freed:
             raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")

@@ -32,6 +32,7 @@ class CPlan:
         self.version = graph.version
         self.n_nodes = graph.n_nodes
         self.lowered = None       # (recs, fns, n_tasks, n_phases, contexts, most tasks), on first compute
+        self.lowered_moves = -1   # tensor.data_moves() when lowered (the allocator may move tensors)
         self.sync = np.zeros(24, dtype=np.int64)   # the executor's barrier and abort flag
 
     def __repr__(self):
@@ -58,8 +59,9 @@ def graph_plan(g, n_threads: int | None = None) -> CPlan:
 
 def _slot(node, what):
     if not node.has_data:
-        raise GraphError(f"graph_compute: {what} {TN.describe(node)} has no data "
-                         f"(its context is no_alloc and it was never allocated)")
+        raise GraphError(f"graph_compute: {what} {TN.describe(node)} has no data (its context is no_alloc): "
+                         f"give the graph's tensors bytes with gallocr_alloc_graph(galloc, graph), and "
+                         f"parameters and inputs with alloc_ctx_tensors(ctx)")
     if node.ctx.freed:
         raise GraphError(f"graph_compute: {what} {TN.describe(node)} belongs to a freed context")
     return [node.type, node.data, *node.ne, *node.nb]
@@ -71,9 +73,11 @@ def lower(plan: CPlan):
     graph: re-planning an unchanged graph (an optimizer call per training example) costs no lowering."""
     g = plan.graph
     n = g.n_nodes
+    key = (g.version, TN.data_moves())
     cached = g.lowered_cache
-    if cached is not None and cached[0] == g.version and np.array_equal(cached[1][2][:n], plan.n_tasks):
+    if cached is not None and cached[0] == key and np.array_equal(cached[1][2][:n], plan.n_tasks):
         plan.lowered = cached[1]
+        plan.lowered_moves = key[1]
         return plan.lowered
     recs = np.zeros((max(n, 1), K.REC_LEN), dtype=np.int64)
     fns = np.zeros(max(n, 1), dtype=np.int64)
@@ -97,5 +101,14 @@ def lower(plan: CPlan):
     contexts = {id(t.ctx): t.ctx for node in g.nodes for t in (node, *node.src) if t is not None}
     n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
     plan.lowered = (recs, fns, n_tasks, phases, list(contexts.values()), int(n_tasks.max()))
-    g.lowered_cache = (g.version, plan.lowered)
+    g.lowered_cache = (key, plan.lowered)
+    plan.lowered_moves = key[1]
     return plan.lowered
+
+
+def lowered(plan: CPlan):
+    """The plan's flat arrays, lowered again when the allocator moved tensors since (their addresses
+    are in the records)."""
+    if plan.lowered is not None and plan.lowered_moves == TN.data_moves():
+        return plan.lowered
+    return lower(plan)
