@@ -52,6 +52,7 @@ from .ops.reduce import repeat_back
 from .ops.losses import cross_entropy_loss, cross_entropy_loss_back
 from .ops.custom import (N_TASKS_MAX, map_custom1, map_custom1_inplace, map_custom2, map_custom2_inplace,
                          map_custom3, map_custom3_inplace)
+from .ops.flash_attn import flash_attn, flash_attn_back
 
 from .autodiff import build_backward, build_backward_expand, graph_reset, set_param
 from .ops.elementwise import gelu_back
