@@ -54,7 +54,8 @@ from .ops.custom import (N_TASKS_MAX, map_custom1, map_custom1_inplace, map_cust
                          map_custom3, map_custom3_inplace)
 from .ops.flash_attn import flash_attn, flash_attn_back
 
-from .autodiff import build_backward, build_backward_expand, graph_reset, set_param
+from .autodiff import (build_backward, build_backward_expand, build_backward_gradient_checkpointing, graph_reset,
+                       set_param)
 from .ops.elementwise import gelu_back
 
 # ggml_op constants: OP_NONE, OP_ADD, ... derived from the registry
