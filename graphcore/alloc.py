@@ -91,10 +91,27 @@ class _FreeBlocks:
         bl.insert(i, [offset, size])
 
 
-class _Info:
-    __slots__ = ("n_children", "n_views", "allocated", "offset")
+class _LiveBytes:
+    """A perfect allocator (no fragmentation, no alignment loss beyond padding): its max_size is the
+    largest live set over the execution order, the bound the free-block allocator is measured by."""
 
     def __init__(self):
+        self.cur = self.max_size = 0
+
+    def alloc(self, size: int) -> int:
+        self.cur += _pad(size)
+        self.max_size = max(self.max_size, self.cur)
+        return 0
+
+    def free(self, offset: int, size: int) -> None:
+        self.cur -= _pad(size)
+
+
+class _Info:
+    __slots__ = ("n_children", "n_views", "allocated", "offset", "keep")
+
+    def __init__(self, t):
+        self.keep = bool(t.flags & _KEEP) or t.op == OP_NONE   # never freed nor written over
         self.n_children = 0
         self.n_views = 0
         self.allocated = False      # holds bytes of this plan (False again once freed or handed on)
@@ -117,23 +134,25 @@ class Gallocr:
         """t has bytes the allocator must not touch."""
         return t.has_data and id(t) not in self.placed
 
-    def plan(self, g: Graph):
+    def plan(self, g: Graph, blocks=None):
         """Offsets for g's tensors without data: ({id: (tensor, offset)}, views, buffer bytes needed)."""
         info, order = {}, []
+        blocks = _FreeBlocks() if blocks is None else blocks
 
         def get(t):
             h = info.get(id(t))
             if h is None:
-                h = info[id(t)] = _Info()
+                h = info[id(t)] = _Info(t)
                 order.append(t)
             return h
-        blocks = _FreeBlocks()
         for node in g.nodes:            # every view counted once, wherever it appears
             for t in (node, *node.src):
                 if t is not None and id(t) not in info:
                     get(t)
                     if t.view_src is not None:
-                        get(t.view_src).n_views += 1
+                        vh = get(t.view_src)
+                        vh.n_views += 1
+                        vh.keep = vh.keep or bool(t.flags & _KEEP)    # an output view keeps its bytes
         for node in g.nodes:
             for s in node.src:
                 if s is not None:
@@ -163,7 +182,7 @@ class Gallocr:
 
         def free(t):
             h = info[id(t)]
-            if t.flags & _KEEP or t.op == OP_NONE or not h.allocated:
+            if h.keep or not h.allocated:
                 return
             blocks.free(h.offset, TN.nbytes(t))
             h.allocated = False
@@ -200,7 +219,7 @@ class Gallocr:
         """node may compute into p's bytes (ggml_gallocr_allocate_node's in-place test)."""
         ph = info[id(p)]
         owner = p if p.view_src is None else p.view_src
-        if (owner.flags | p.flags) & _KEEP or owner.op == OP_NONE or self._external(owner):
+        if info[id(owner)].keep or p.flags & _KEEP or self._external(owner):
             return False
         if p.type != node.type or list(p.ne) != list(node.ne) or list(p.nb) != list(node.nb):
             return False
@@ -308,6 +327,15 @@ def graph_nbytes_no_reuse(g: Graph, galloc: Gallocr | None = None) -> int:
                 if t.view_src is None and (not t.has_data or id(t) in placed):
                     total += _pad(TN.nbytes(t))
     return total
+
+
+def graph_live_peak(g: Graph, galloc: Gallocr | None = None) -> int:
+    """The largest sum of live tensor bytes over g's execution order (each padded to ALIGNMENT, views
+    counted once with their source, in-place results sharing their source's bytes, by the allocator's
+    own lifetimes): a lower bound on any placement's buffer. Tensors placed by galloc count as
+    without data."""
+    a = galloc if galloc is not None else Gallocr()
+    return a.plan(g, _LiveBytes())[2]
 
 
 def alloc_ctx_tensors(ctx: Context):

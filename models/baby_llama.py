@@ -387,8 +387,10 @@ def _lm_head(ctx, model, x):
 def _input_tensors(ctx0, tokens_input, n, n_tokens, n_past):
     """The graph's own copy of the first n tokens ("tokens") and the rope positions ("KQ_pos")."""
     tokens = gc.set_name(gc.new_tensor_1d(ctx0, gc.TYPE_I32, n), "tokens")
-    tokens.numpy()[:] = np.asarray(tokens_input.numpy()).reshape(-1)[:n]
     kq_pos = gc.set_name(gc.new_tensor_1d(ctx0, gc.TYPE_I32, n_tokens), "KQ_pos")
+    if not kq_pos.has_data:     # a no_alloc ctx0 (the training graphs): the inputs get bytes of their own
+        gc.alloc_ctx_tensors(ctx0)
+    tokens.numpy()[:] = np.asarray(tokens_input.numpy()).reshape(-1)[:n]
     kq_pos.numpy()[:] = n_past + np.arange(n_tokens, dtype=np.int32)
     return tokens, kq_pos
 
@@ -772,6 +774,7 @@ class TrainingGraphs:
     tokens_input: object    # I32 [n_ctx, n_batch]: write a batch's tokens here ...
     targets: object         # F32 [n_vocab, n_ctx, n_batch]: ... and its targets here
     tokens: object          # the graph's flat view of tokens_input's values
+    galloc: object = None   # the graph allocator holding gb's tensors (gf's are among them)
 
 
 def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square") -> TrainingGraphs:
@@ -779,7 +782,7 @@ def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square
     hp = model.hparams
     lora = isinstance(model, LlamaModelLora)
     n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
-    ctx0 = gc.init(_compute_size(hp, n_batch, kv_self, nodes_per_layer=200))
+    ctx0 = gc.init(_compute_size(hp, n_batch, kv_self, nodes_per_layer=200), no_alloc=True)
     tokens_input = gc.set_name(gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch), "tokens_input")
     targets = gc.set_name(gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch), "targets")
     gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
@@ -790,7 +793,14 @@ def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square
     gc.build_forward_expand(gf, e)
     gb = gc.graph_dup(ctx0, gf)
     gc.build_backward_expand(ctx0, gf, gb, True)
-    return TrainingGraphs(ctx0, gf, gb, e, logits, tokens_input, targets, gc.graph_get_tensor(gf, "tokens"))
+    # the graphs' tensors share one buffer (ggml-alloc); what is read after a compute must stay put
+    for t in [e, logits] + [n.grad for n in gf.nodes if n.flags & gc.FLAG_PARAM]:
+        gc.set_output(t)
+    galloc = gc.gallocr_new()
+    gc.gallocr_alloc_graph(galloc, gb)
+    gc.set_no_alloc(ctx0, False)    # tensors made later (samples, probabilities) get arena bytes
+    return TrainingGraphs(ctx0, gf, gb, e, logits, tokens_input, targets, gc.graph_get_tensor(gf, "tokens"),
+                          galloc)
 
 
 def _progress_bar(done: int, total: int, error: float, n_evals: int, seconds: float, result: str) -> None:

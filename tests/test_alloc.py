@@ -269,3 +269,25 @@ def test_compute_without_allocation_does_not_crash_child():
             "try:\n    gc.graph_compute_with_ctx(ctx, g, 2)\nexcept gc.GraphError as e:\n    print('raised', e)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "raised" in r.stdout, r.stderr
+
+
+def test_output_view_keeps_its_source_and_leafs_are_inputs():
+    """An output that is a view (logits reshaped, say) keeps its source's bytes; a leaf without data
+    is the caller's to fill, so no node ever takes its bytes."""
+    c = gc.init(1 << 16)
+    x = gc.from_numpy(c, np.arange(64, dtype=np.float32))
+    ctx = gc.init(1 << 16, no_alloc=True)
+    leaf = gc.new_tensor_1d(ctx, gc.TYPE_F32, 64)
+    out = gc.reshape_2d(ctx, gc.add(ctx, x, leaf), 8, 8)
+    gc.set_output(out)
+    y = gc.sum(ctx, gc.sqr(ctx, gc.scale(ctx, gc.neg(ctx, out), 2.0)))
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, y)
+    galloc = gc.gallocr_new()
+    gc.gallocr_alloc_graph(galloc, g)
+    assert gc.alloc.graph_live_peak(g, galloc) <= gc.gallocr_get_buffer_size(galloc)
+    leaf.numpy()[:] = 1.0
+    for _ in range(2):
+        gc.graph_compute_with_ctx(ctx, g, 1)
+        np.testing.assert_array_equal(out.numpy().ravel(), np.arange(64) + 1.0)
+        assert np.all(leaf.numpy() == 1.0)
