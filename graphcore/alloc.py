@@ -121,10 +121,11 @@ class _Info:
 class Gallocr:
     """ggml_gallocr: one buffer, and the placement of the last graph allocated in it."""
 
-    def __init__(self):
+    def __init__(self, measure_all: bool = False):
         self.buffer = None          # numpy uint8 array, or None before the first reserve
         self.placed = {}            # id -> tensor placed in the buffer (views of them included)
         self.freed = False
+        self.measure_all = measure_all   # plan every computed tensor, data or not (graph_memory)
 
     def __repr__(self):
         return f"<graphcore.Gallocr buffer={gallocr_get_buffer_size(self)} bytes, {len(self.placed)} tensors placed>"
@@ -132,7 +133,7 @@ class Gallocr:
     # -- planning ---------------------------------------------------------------------------------
     def _external(self, t) -> bool:
         """t has bytes the allocator must not touch."""
-        return t.has_data and id(t) not in self.placed
+        return t.has_data and id(t) not in self.placed and not (self.measure_all and t.op != OP_NONE)
 
     def plan(self, g: Graph, blocks=None):
         """Offsets for g's tensors without data: ({id: (tensor, offset)}, views, buffer bytes needed)."""
@@ -318,15 +319,23 @@ def gallocr_free(galloc: Gallocr) -> None:
 def graph_nbytes_no_reuse(g: Graph, galloc: Gallocr | None = None) -> int:
     """Bytes g's nodes and sources without data (or placed by galloc) would need if none were ever
     reused (views take none), each padded to ALIGNMENT: what the allocator is measured against."""
-    placed = galloc.placed if galloc is not None else {}
+    a = galloc if galloc is not None else Gallocr()
     seen, total = set(), 0
     for node in g.nodes:
         for t in (node, *node.src):
             if t is not None and id(t) not in seen:
                 seen.add(id(t))
-                if t.view_src is None and (not t.has_data or id(t) in placed):
+                if t.view_src is None and not a._external(t):
                     total += _pad(TN.nbytes(t))
     return total
+
+
+def graph_memory(g: Graph) -> dict:
+    """What the allocator makes of g if every tensor an op computes were its to place (whatever
+    holds them now): `buffer` (its buffer's bytes), `live_peak` (the lower bound, graph_live_peak)
+    and `no_reuse` (graph_nbytes_no_reuse), all in bytes."""
+    a = Gallocr(measure_all=True)
+    return {"buffer": a.plan(g)[2], "live_peak": graph_live_peak(g, a), "no_reuse": graph_nbytes_no_reuse(g, a)}
 
 
 def graph_live_peak(g: Graph, galloc: Gallocr | None = None) -> int:
