@@ -13,7 +13,9 @@ ggml-alloc's rules:
 - tensors that already have data (created in an allocating context, alloc_ctx_tensors, another
   allocator) are never touched;
 - free blocks are kept sorted by offset and merged; an allocation takes the best-fitting block
-  (the last, unbounded block only when nothing else fits), aligned to ALIGNMENT bytes.
+  (the last, unbounded block only when nothing else fits), aligned to ALIGNMENT bytes. The same
+  walk's lifetimes are also placed offline, largest first, each in the smallest gap free over its
+  whole life; the smaller of the two placements is used (ggml's on a tie).
 The walk depends only on the graph, so the same graph always gets the same offsets. The buffer
 grows (a new buffer, every placed tensor moved) when a graph needs more than it holds.
 """
@@ -90,6 +92,46 @@ class _FreeBlocks:
             i += 1
         bl.insert(i, [offset, size])
 
+    def finish(self):
+        return (lambda offset: offset), self.max_size
+
+
+class _Lifetimes:
+    """Offline placement of the same allocations: each one's size and lifetime (in alloc/free
+    events) is recorded, then, largest first, each goes to the smallest gap that is free over its
+    whole lifetime (the "greedy by size" planner of TFLite). alloc returns a token; finish() maps
+    tokens to offsets."""
+
+    def __init__(self):
+        self.clock = 0
+        self.items = []                 # [size, first event, last event]
+
+    def alloc(self, size: int) -> int:
+        self.clock += 1
+        self.items.append([_pad(size), self.clock, 1 << 62])
+        return len(self.items) - 1
+
+    def free(self, token: int, size: int) -> None:
+        self.clock += 1
+        self.items[token][2] = self.clock
+
+    def finish(self):
+        items, placed = self.items, []
+        offs, top = [0] * len(items), 0
+        for i in sorted(range(len(items)), key=lambda i: (-items[i][0], items[i][1])):
+            size, a, b = items[i]
+            busy = sorted((o, e) for o, e, a2, b2 in placed if a2 < b and a < b2)
+            best, gap_best, prev = None, None, 0
+            for o, e in busy:
+                if o - prev >= size and (gap_best is None or o - prev < gap_best):
+                    best, gap_best = prev, o - prev
+                prev = max(prev, e)
+            off = prev if best is None else best
+            offs[i] = off
+            placed.append((off, off + size, a, b))
+            top = max(top, off + size)
+        return offs.__getitem__, top
+
 
 class _LiveBytes:
     """A perfect allocator (no fragmentation, no alignment loss beyond padding): its max_size is the
@@ -105,6 +147,9 @@ class _LiveBytes:
 
     def free(self, offset: int, size: int) -> None:
         self.cur -= _pad(size)
+
+    def finish(self):
+        return (lambda offset: offset), self.max_size
 
 
 class _Info:
@@ -135,10 +180,15 @@ class Gallocr:
         """t has bytes the allocator must not touch."""
         return t.has_data and id(t) not in self.placed and not (self.measure_all and t.op != OP_NONE)
 
-    def plan(self, g: Graph, blocks=None):
-        """Offsets for g's tensors without data: ({id: (tensor, offset)}, views, buffer bytes needed)."""
+    def plan(self, g: Graph):
+        """Offsets for g's tensors without data: ({id: (tensor, offset)}, views, buffer bytes needed):
+        the smaller of ggml's online best-fit placement and an offline greedy-by-size placement of the
+        same lifetimes (ties: ggml's)."""
+        return min((self.walk(g, _FreeBlocks()), self.walk(g, _Lifetimes())), key=lambda p: p[2])
+
+    def walk(self, g: Graph, blocks):
+        """ggml_gallocr_alloc_graph_impl's walk of g with the block allocator `blocks`."""
         info, order = {}, []
-        blocks = _FreeBlocks() if blocks is None else blocks
 
         def get(t):
             h = info.get(id(t))
@@ -211,10 +261,11 @@ class Gallocr:
                         free(s.view_src)
                 else:
                     free(s)
-        offsets = {id(t): (t, info[id(t)].offset) for t in order
+        where, size = blocks.finish()
+        offsets = {id(t): (t, where(info[id(t)].offset)) for t in order
                    if t.view_src is None and info[id(t)].offset >= 0}
         views = [t for t in order if t.view_src is not None and id(t.view_src) in offsets]
-        return offsets, views, blocks.max_size
+        return offsets, views, size
 
     def _reusable(self, p, node, info) -> bool:
         """node may compute into p's bytes (ggml_gallocr_allocate_node's in-place test)."""
@@ -344,7 +395,7 @@ def graph_live_peak(g: Graph, galloc: Gallocr | None = None) -> int:
     own lifetimes): a lower bound on any placement's buffer. Tensors placed by galloc count as
     without data."""
     a = galloc if galloc is not None else Gallocr()
-    return a.plan(g, _LiveBytes())[2]
+    return a.walk(g, _LiveBytes())[2]
 
 
 def alloc_ctx_tensors(ctx: Context):
