@@ -266,6 +266,20 @@ def bench_llama_torch(args):
         row(str(nt), *cols)
 
 
+def paired_medians(fns, repeat=15, warmup=2):
+    """Median time of each function, their runs interleaved (a shared machine's load hits all alike)."""
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    ts = [[] for _ in fns]
+    for _ in range(repeat):
+        for f, t in zip(fns, ts):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
+
+
 def _training_graphs(cfg, **kw):
     import models.baby_llama as bl
     model, kv = bl.new_model(cfg)
@@ -336,8 +350,8 @@ def bench_alloc(args):
         v = An
         for _ in range(20):
             v = (v + Bn) * Bn
-    t_reuse, t_fresh = median_time(numpy_reused), median_time(numpy_fresh)
-    t_arena, t_alloc = median_time(planned(graphs[False][0], 1)), median_time(planned(graphs[True][0], 1))
+    t_reuse, t_fresh, t_arena, t_alloc = paired_medians(
+        [numpy_reused, numpy_fresh, planned(graphs[False][0], 1), planned(graphs[True][0], 1)], repeat=31)
     numpy_reused()
     assert np.array_equal(graphs[True][1].numpy(), out) and np.array_equal(graphs[False][1].numpy(), out)
     row("", "ms", "vs numpy (reused)", "buffer MB")
@@ -350,8 +364,8 @@ def bench_alloc(args):
 
     print("\n    baby-llama, one forward+backward evaluation (what L-BFGS repeats 5,000 times), 1 thread, us")
     row("", "us", "vs arena")
-    t_arena = median_time(_evaluation(_training_graphs(models[0][1], allocator=False), 1), repeat=2000)
-    t_alloc = median_time(_evaluation(_training_graphs(models[0][1]), 1), repeat=2000)
+    t_arena, t_alloc = paired_medians([_evaluation(_training_graphs(models[0][1], allocator=False), 1),
+                                       _evaluation(_training_graphs(models[0][1]), 1)], repeat=2000)
     row("arena (every tensor its own bytes)", f"{t_arena * 1e6:.1f}", "1.00x")
     row("graph allocator", f"{t_alloc * 1e6:.1f}", f"{t_arena / t_alloc:.2f}x")
 
