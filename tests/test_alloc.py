@@ -291,3 +291,26 @@ def test_output_view_keeps_its_source_and_leafs_are_inputs():
         gc.graph_compute_with_ctx(ctx, g, 1)
         np.testing.assert_array_equal(out.numpy().ravel(), np.arange(64) + 1.0)
         assert np.all(leaf.numpy() == 1.0)
+
+
+def test_readme_memory_planning_example_runs():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "gallocr_new" in b)
+    scope = {}
+    exec("import numpy as np\nimport graphcore as gc\n" + block, scope)
+    np.testing.assert_allclose(scope["y"].numpy(), np.full((64, 256), 1 / 256), rtol=1e-6)
+
+
+def test_dump_stats_report_the_allocator():
+    from graphcore import dump
+    ctx = gc.init(1 << 20)
+    x = gc.from_numpy(ctx, np.ones((16, 16), np.float32))
+    y = gc.sum(ctx, gc.sqr(ctx, gc.neg(ctx, gc.mul_mat(ctx, x, x))))
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, y)
+    s = dump.graph_stats(g)
+    m = s["memory"]
+    assert m["no_reuse"] == 3 * 1024 + 32 and m["buffer"] == m["live_peak"] == 1024 + 32
+    assert "graph allocator: buffer 1056 B" in dump.stats_text(s)
