@@ -115,6 +115,16 @@ def bench_matmul(args):
         row(str(n), *vals)
 
 
+def add_mul_chain(ctx, a, b, n=20):
+    """The graph of n x (t = (t + b) * b) from t = a, and its result."""
+    t = a
+    for _ in range(n):
+        t = gc.mul(ctx, gc.add(ctx, t, b), b)
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, t)
+    return g, t
+
+
 def bench_scaling(args):
     """(c) thread scaling on a large elementwise graph (40 nodes of 1M floats)."""
     print("\n(c) scaling: 20 x (add, mul) on 2^20 floats (4 MB per node)")
@@ -123,12 +133,7 @@ def bench_scaling(args):
     An = rng.random(n, dtype=np.float32)
     Bn = rng.random(n, dtype=np.float32)
     ctx = gc.init(48 * n * 4)
-    a, b = gc.from_numpy(ctx, An), gc.from_numpy(ctx, Bn)
-    t = a
-    for _ in range(20):
-        t = gc.mul(ctx, gc.add(ctx, t, b), b)
-    g = gc.new_graph(ctx)
-    gc.build_forward_expand(g, t)
+    g, t = add_mul_chain(ctx, gc.from_numpy(ctx, An), gc.from_numpy(ctx, Bn))
 
     def numpy_chain():
         v = An
@@ -327,12 +332,7 @@ def bench_alloc(args):
     for alloc in (False, True):
         ctx = gc.init(48 * n * 4 if not alloc else 1 << 20, no_alloc=alloc)
         c = gc.init(3 * n * 4)
-        a, b = gc.from_numpy(c, An), gc.from_numpy(c, Bn)
-        t = a
-        for _ in range(20):
-            t = gc.mul(ctx, gc.add(ctx, t, b), b)
-        g = gc.new_graph(ctx)
-        gc.build_forward_expand(g, t)
+        g, t = add_mul_chain(ctx, gc.from_numpy(c, An), gc.from_numpy(c, Bn))
         if alloc:
             galloc = gc.gallocr_new()
             gc.gallocr_alloc_graph(galloc, g)

@@ -81,18 +81,22 @@ def _row_weights(q, k, s, iq1, iq2, iq3, ik2, mb, scale):
         s[j] *= r
 
 
-def _fa_kernel(rec, ith, nth, phase, wdata, wsize):
+@inline
+def _operands(rec):
+    """Both kernels' q, k, v, masked flag and scale (ggml's 1.0f/sqrtf(D))."""
     r = record(rec)
+    q, k, v = view_f32(r, 1), view_f32(r, 2), view_f32(r, 3)
+    scale = np.float64(np.float32(1.0) / np.sqrt(np.float32(q.shape[3])))
+    return r, q, k, v, param_i32(rec, 0) != 0, scale
+
+
+def _fa_kernel(rec, ith, nth, phase, wdata, wsize):
+    r, q, k, v, masked, scale = _operands(rec)
     o = view_f32(r, 0)
-    q = view_f32(r, 1)
-    k = view_f32(r, 2)
-    v = view_f32(r, 3)
-    masked = param_i32(rec, 0) != 0
     ne3, ne2, N, D = q.shape
     nek2, M = k.shape[1], k.shape[2]
     nev2 = v.shape[1]
     P = M - N
-    scale = np.float64(np.float32(1.0) / np.sqrt(np.float32(D)))
     s = f64_1d(wdata + ith * (8 * M + 64), (M,), (8,))
     lo, hi = split(N * ne2 * ne3, ith, nth)
     for ir in range(lo, hi):
@@ -117,12 +121,8 @@ def _offsets(q, k, v):
 
 
 def _fab_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    q = view_f32(r, 1)
-    k = view_f32(r, 2)
-    v = view_f32(r, 3)
+    r, q, k, v, masked, scale = _operands(rec)
     dd = view_f32(r, 4)
-    masked = param_i32(rec, 0) != 0
     ne3, ne2, N, D = q.shape
     nek2, M = k.shape[1], k.shape[2]
     P = M - N
@@ -140,7 +140,6 @@ def _fab_kernel(rec, ith, nth, phase, wdata, wsize):
     gq = f32_1d(t_addr(r, 0) + oq, (eq,), (4,))
     gk = f32_1d(t_addr(r, 0) + ok, (ek,), (4,))
     gv = f32_1d(t_addr(r, 0) + ov, (ek,), (4,))
-    scale = np.float64(np.float32(1.0) / np.sqrt(np.float32(D)))
     per = 3 * M + 2 * D * M + 8
     w = f64_1d(wdata + ith * 8 * per, (per,), (8,))
     s, gs, acc_k, acc_v = w[0:M], w[M:2 * M], w[2 * M:2 * M + D * M], w[2 * M + D * M:2 * M + 2 * D * M]
