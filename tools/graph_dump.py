@@ -66,7 +66,8 @@ def baby_llama_graph(which: str, args):
         logits = fwd(model, kv, ctx0, gf, tokens_input, sample_ctx, 0)
         gc.build_forward_expand(gf, logits)
         return gf, None
-    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss)
+    # every node keeps its bytes (no allocator): a dumped or exported graph shows all its values
+    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss, allocator=False)
     bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
     tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
     if which == "forward":

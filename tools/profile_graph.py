@@ -45,7 +45,8 @@ def build_training_graphs(args):
         "--n-layer", str(args.n_layer), "--n-ctx", str(args.n_ctx), "--n-vocab", str(args.n_vocab),
         "--loss", args.loss, "--threads", str(args.threads)] + (["--lora"] if args.lora else []))
     model, kv = bl.new_model(margs)
-    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss)
+    # allocator=False: a node timed alone must find its sources' values, not bytes reused since
+    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss, allocator=False)
     bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
     tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
     return tg.gf, tg.gb, tg.error
