@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, settings, strategies as st
 
 import graphcore as gc
 from graphcore import tensor as TN
@@ -314,3 +314,35 @@ def test_dump_stats_report_the_allocator():
     m = s["memory"]
     assert m["no_reuse"] == 3 * 1024 + 32 and m["buffer"] == m["live_peak"] == 1024 + 32
     assert "graph allocator: buffer 1056 B" in dump.stats_text(s)
+
+
+_UNARY = [lambda c, x: gc.neg(c, x), lambda c, x: gc.scale(c, x, 0.5), lambda c, x: gc.sqr(c, x),
+          lambda c, x: gc.soft_max(c, x), lambda c, x: gc.rms_norm(c, x, 1e-5), lambda c, x: gc.silu(c, x),
+          lambda c, x: gc.diag_mask_inf(c, x, 1), lambda c, x: gc.reshape(c, x, x),
+          lambda c, x: gc.view_2d(c, x, x.ne[0], x.ne[1], x.nb[1], 0)]
+_BINARY = [lambda c, x, y: gc.add(c, x, y), lambda c, x, y: gc.mul(c, x, y), lambda c, x, y: gc.sub(c, x, y)]
+
+
+@given(st.data())
+@settings(max_examples=40)
+def test_chains_reuse_bytes_in_place_bitwise(data):
+    """Chains of in-place-capable ops, views and branches (the allocator's reuse paths: own bytes,
+    a whole-tensor view of a dying tensor, a source still read later), bitwise as in the arena."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    ctx = gc.init(4 << 20)
+    ne0, ne1 = data.draw(st.sampled_from([(4, 3), (64, 8), (300, 40)]))
+    leafs = [gc.from_numpy(ctx, rng.standard_normal((ne1, ne0)).astype(np.float32)) for _ in range(2)]
+    x = gc.sqr(ctx, leafs[0])
+    made = [x]
+    for _ in range(data.draw(st.integers(2, 14))):
+        if data.draw(st.booleans()):
+            x = data.draw(st.sampled_from(_UNARY))(ctx, x)
+        else:
+            other = data.draw(st.sampled_from(made + leafs))
+            x = data.draw(st.sampled_from(_BINARY))(ctx, x, other)
+        made.append(x)
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, x)
+    galloc = check_alloc_matches(g, [ctx.arena])
+    n_owned = len({t.data for t in galloc.placed.values() if t.view_src is None})
+    assert n_owned <= len([t for t in g.nodes if t.view_src is None])
