@@ -153,7 +153,7 @@ class _LiveBytes:
 
 
 class _Info:
-    __slots__ = ("n_children", "n_views", "allocated", "offset", "keep")
+    __slots__ = ("n_children", "n_views", "allocated", "offset", "size", "keep")
 
     def __init__(self, t):
         self.keep = bool(t.flags & _KEEP) or t.op == OP_NONE   # never freed nor written over
@@ -161,6 +161,7 @@ class _Info:
         self.n_views = 0
         self.allocated = False      # holds bytes of this plan (False again once freed or handed on)
         self.offset = -1
+        self.size = 0               # bytes of the block it holds (an in-place result: its source's block)
 
 
 class Gallocr:
@@ -225,17 +226,17 @@ class Gallocr:
             if op.inplace and op.name not in _NEVER_INPLACE and p is not None and self._reusable(p, t, info):
                 ph = info[id(p)]
                 owner = p if p.view_src is None else p.view_src
-                h.offset = info[id(owner)].offset
+                h.offset, h.size = info[id(owner)].offset, info[id(owner)].size
                 ph.allocated = False        # handed on: not freed when p dies
                 info[id(owner)].allocated = False
                 return
-            h.offset = blocks.alloc(TN.nbytes(t))
+            h.offset, h.size = blocks.alloc(TN.nbytes(t)), TN.nbytes(t)
 
         def free(t):
             h = info[id(t)]
             if h.keep or not h.allocated:
                 return
-            blocks.free(h.offset, TN.nbytes(t))
+            blocks.free(h.offset, h.size)
             h.allocated = False
 
         for node in g.nodes:                # inputs first: nothing else may take their bytes
