@@ -82,13 +82,13 @@ def check_alloc_matches(g, arenas, seed_fn=None):
 
 
 @given(graphs(max_nodes=8, sizes=("tiny", "medium")))
-@settings(max_examples=40)
+@settings(max_examples=100)
 def test_forward_graphs_bitwise(drawn):
     check_alloc_matches(drawn.graph, [drawn.ctx.arena])
 
 
 @given(graphs(max_nodes=5, backward=True, sizes=("tiny", "medium")))
-@settings(max_examples=25)
+@settings(max_examples=60)
 def test_backward_graphs_bitwise(drawn):
     check_alloc_matches(drawn.backward_graph, [drawn.ctx.arena], drawn.seed_loss)
 
@@ -324,7 +324,7 @@ _BINARY = [lambda c, x, y: gc.add(c, x, y), lambda c, x, y: gc.mul(c, x, y), lam
 
 
 @given(st.data())
-@settings(max_examples=40)
+@settings(max_examples=80)
 def test_chains_reuse_bytes_in_place_bitwise(data):
     """Chains of in-place-capable ops, views and branches (the allocator's reuse paths: own bytes,
     a whole-tensor view of a dying tensor, a source still read later), bitwise as in the arena."""
