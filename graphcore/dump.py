@@ -294,8 +294,9 @@ GRAPH_JSON_SCHEMA = {
 # -- statistics and the plan ---------------------------------------------------------------------------------
 def graph_stats(g, n_threads: int = 1) -> dict:
     """Nodes and bytes by op (bytes a node owns: 0 for views of other tensors), leafs, parameters
-    (tensors with FLAG_PARAM and their elements), and graph_plan's plan for n_threads: each node's
-    n_tasks and work bytes, and the work buffer's size."""
+    (tensors with FLAG_PARAM and their elements), the graph allocator's buffer for the computed
+    tensors against the live peak and the no-reuse sum (alloc.graph_memory), and graph_plan's plan
+    for n_threads: each node's n_tasks and work bytes, and the work buffer's size."""
     from .alloc import graph_memory
     from .planner import graph_plan
     by_op = {}
