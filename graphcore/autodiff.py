@@ -26,7 +26,7 @@ from . import tensor as TN
 from . import types as T
 from .errors import GraphError
 from .graph import Graph, build_forward_expand, graph_cpy
-from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES
+from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES, new_node
 
 __all__ = ["set_param", "build_backward_expand", "build_backward", "build_backward_gradient_checkpointing",
            "graph_reset", "Grads", "TILES", "BLOCKS"]
@@ -365,7 +365,7 @@ def build_backward_gradient_checkpointing(ctx, gf: Graph, gb: Graph, gb_tmp: Gra
 
     graph_cpy(gf, gb)
     for node in gb_tmp.nodes[gf.n_nodes:]:
-        node.src = [resolve(s) for s in node.src]
+        TN.set_src(node, [resolve(s) for s in node.src])
         build_forward_expand(gb, node)
     gb_tmp._changed()
 
@@ -374,10 +374,8 @@ def _clone(ctx, n, get):
     """ggml_recompute_graph_node's clone of n: same op, params, type, shape and strides, sources
     mapped by `get` (a view views its mapped source's bytes)."""
     vs = get(n.view_src)
-    c = TN.new_tensor_impl(ctx, n.type, n.ne, vs, n.view_offs if vs is not None else 0,
-                           op="build_backward_gradient_checkpointing", nb=n.nb)
-    c.op, c.grad, c.flags = n.op, n.grad, n.flags
-    c.op_params[:] = n.op_params
-    c.src = [get(s) for s in n.src]
+    c = new_node(ctx, n.op, n.type, n.ne, [get(s) for s in n.src], [int(x) for x in n.op_params], view_of=vs,
+                 view_offs=n.view_offs if vs is not None else 0, nb=n.nb)
+    c.grad, c.flags = n.grad, n.flags
     c.name = f"{n.name} (clone)"[:TN.MAX_NAME - 1]
     return c

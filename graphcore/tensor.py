@@ -166,6 +166,11 @@ def refresh_view(t: Tensor) -> None:
     place(t, s._buf, s._offs + t.view_offs if s.has_data else -1)
 
 
+def set_src(t: Tensor, srcs) -> None:
+    """Rewire t's sources (gradient checkpointing points backward nodes at recomputed tensors)."""
+    t.src = list(srcs)
+
+
 def data_moves() -> int:
     """How many times tensors that had data were given other bytes (planner: cached lowerings are stale)."""
     return _moves[0]

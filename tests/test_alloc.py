@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import graphcore as gc
-from graphcore import tensor as TN
+from graphcore.ops.registry import new_node
 from graphcore.alloc import graph_nbytes_no_reuse
 from graphcore.testing import SENTINEL, assert_same_bits, element_byte_offsets, graphs, small_tasks
 
@@ -26,9 +26,9 @@ def clone_no_alloc(g, mem=1 << 20):
         if n.op == gc.OP_NONE:
             continue
         vs = get(n.view_src)
-        c = TN.new_tensor_impl(ctx, n.type, n.ne, vs, n.view_offs, nb=n.nb)
-        c.op, c.src, c.flags, c.name = n.op, [get(s) for s in n.src], n.flags, n.name
-        c.op_params[:] = n.op_params
+        c = new_node(ctx, n.op, n.type, n.ne, [get(s) for s in n.src], [int(x) for x in n.op_params],
+                     view_of=vs, view_offs=n.view_offs, nb=n.nb)
+        c.flags, c.name = n.flags, n.name
         m[id(n)] = c
     out = gc.new_graph_custom(ctx, max(g.size, 16))
     for n in g.nodes:
