@@ -26,7 +26,12 @@ from . import tensor as TN
 from . import types as T
 from .errors import GraphError
 from .graph import Graph, build_forward_expand, graph_cpy
-from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES, new_node
+from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES, ZERO_GRADIENT, new_node
+from .ops.elementwise import add, scale, sub
+from .ops.indexing import acc
+from .ops.layout import cont, permute, reshape_4d
+from .ops.reduce import add1, repeat, repeat_back, sum_rows
+from .ops.unary import neg
 
 __all__ = ["set_param", "build_backward_expand", "build_backward", "build_backward_gradient_checkpointing",
            "graph_reset", "Grads", "TILES", "BLOCKS"]
@@ -82,12 +87,10 @@ class Grads:
     # -- ggml's ggml_add_or_set / sub_or_set / add1_or_set / acc_or_set ------------------------------
     def add(self, i, x, reduce=None):
         s, x = self._prepare(i, x, reduce)
-        from .ops.elementwise import add
         s.grad = x if self._is_zero(s) else add(self.ctx, s.grad, x)
 
     def sub(self, i, x, reduce=None):
         s, x = self._prepare(i, x, reduce)
-        from .ops.elementwise import neg, sub
         s.grad = neg(self.ctx, x) if self._is_zero(s) else sub(self.ctx, s.grad, x)
 
     def add1(self, i, x):
@@ -96,16 +99,11 @@ class Grads:
         if not TN.is_scalar(x):
             raise GraphError(f"backward of {OPS[self.node.op].name}: add1 needs a one-element gradient, "
                              f"got {TN.describe(x)}")
-        from .ops.elementwise import add1
-        from .ops.reduce import repeat
         s.grad = repeat(self.ctx, x, s) if self._is_zero(s) else add1(self.ctx, s.grad, x)
 
     def acc(self, i, x, nb1, nb2, nb3, offset):
         s = self._src(i)
         self._check_f32(i, x)
-        from .ops.indexing import acc
-        from .ops.elementwise import scale
-        from .ops.layout import cont
         base = s.grad
         if self._is_zero(s):
             base = scale(self.ctx, base, 0.0)       # as ggml: start from a cleared copy
@@ -154,8 +152,6 @@ class Grads:
 
 def _sum_blocks(ctx, x, d, n):
     """Dim d of x (x.ne[d] = r * n) summed down to n over the r consecutive entries of each block."""
-    from .ops.layout import cont, permute, reshape_4d
-    from .ops.reduce import sum_rows
     r = x.ne[d] // n
     if not TN.is_contiguous(x):
         x = cont(ctx, x)
@@ -176,7 +172,6 @@ def undo_tiles(ctx, x, like):
     """x summed over the tiles of ggml's repeat broadcast (i % ne) down to like's shape: repeat_back."""
     if list(x.ne) == list(like.ne):
         return x
-    from .ops.reduce import repeat_back
     return repeat_back(ctx, x, like)
 
 
@@ -280,7 +275,7 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
         if not any(s is not None and id(s) in need for s in node.src):
             continue
         op = OPS[node.op]
-        if op.backward is NOT_DIFFERENTIABLE:
+        if op.backward is NOT_DIFFERENTIABLE or op.backward is ZERO_GRADIENT:
             continue
         if op.backward is None:
             if node.grad is by_node[id(node)] and node is not gf.nodes[-1]:
@@ -298,7 +293,8 @@ def build_backward_expand(ctx, gf: Graph, gb: Graph, keep: bool = False) -> None
 
 
 def build_backward(ctx, gf: Graph, keep: bool = False) -> Graph:
-    """A new graph (gf's size, with grads) holding gf and the gradients of its parameters."""
+    """A new graph (gf's size, with grads) holding gf and the gradients of its parameters: graph_dup
+    then build_backward_expand (ggml_build_backward of late 2023)."""
     if not isinstance(gf, Graph):
         raise GraphError(f"build_backward: gf must be a Graph, got {type(gf).__name__}")
     gb = Graph(gf.size, True)

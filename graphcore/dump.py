@@ -6,10 +6,14 @@ graph); sources outside it appear as grey stubs in dot and as "external" tensors
 from __future__ import annotations
 
 import math
+import sys
 
 from . import tensor as TN
+from .files import write_bytes
 from . import types as T
 from .ops.registry import OPS, op_name, op_symbol
+from .alloc import graph_memory
+from .planner import graph_plan
 
 JSON_FORMAT = "graphcore.graph+json"
 JSON_VERSION = 1
@@ -39,19 +43,29 @@ def flag_names(t) -> list:
 
 
 # -- text -------------------------------------------------------------------------------------------------
+def _source_refs(g) -> dict:
+    """id(tensor) -> "n<index>" for nodes, "l<index>" for leafs of g."""
+    refs = {id(t): f"l{i}" for i, t in enumerate(g.leafs)}
+    refs.update({id(t): f"n{i}" for i, t in enumerate(g.nodes)})
+    return refs
+
+
 def graph_text(g, select=None) -> str:
-    """ggml_graph_print's table plus type, bytes, flags and name. Nodes: index, ne, op, ggml's
-    gradient mark (x parameter, g has a gradient), type, bytes, flags (P param, I input, O output,
-    V view of another tensor's bytes), name. With `select`, only those rows (indices unchanged)."""
+    """ggml_graph_print's table plus type, bytes, flags, sources and name, as a string. Nodes:
+    index, ne, op, ggml's gradient mark (x parameter, g has a gradient), type, bytes, flags
+    (P param, I input, O output, V view of another tensor's bytes), sources (n<i> a node, l<i> a
+    leaf, ? a tensor outside the graph), name. With `select`, only those rows (indices unchanged)."""
     nodes = [(i, n) for i, n in enumerate(g.nodes) if _selected(select, n)]
     leafs = [(i, n) for i, n in enumerate(g.leafs) if _selected(select, n)]
+    refs = _source_refs(g)
     shown = lambda k, total: "" if k == total else f" (showing {k})"  # noqa: E731
     lines = ["=== GRAPH ===", f"n_nodes = {g.n_nodes}{shown(len(nodes), g.n_nodes)}"]
     for i, n in nodes:
         mark = "x" if n.flags & TN.FLAG_PARAM else ("g" if n.grad is not None else " ")
+        srcs = ",".join(refs.get(id(s), "?") for s in n.src if s is not None)
         lines.append(f" - {i:3d}: [ {n.ne[0]:5d}, {n.ne[1]:5d}, {n.ne[2]:5d}, {n.ne[3]:5d}] "
                      f"{op_name(n.op):>16s} {mark} {T.type_name(n.type):>4s} {TN.nbytes(n):10d} B  "
-                     f"{flag_letters(n)}  {_printable(n.name)}")
+                     f"{flag_letters(n)}  {srcs or '-':<11s} {_printable(n.name)}")
     lines.append(f"n_leafs = {g.n_leafs}{shown(len(leafs), g.n_leafs)}")
     for i, n in leafs:
         lines.append(f" - {i:3d}: [ {n.ne[0]:5d}, {n.ne[1]:5d}, {n.ne[2]:5d}, {n.ne[3]:5d}] "
@@ -59,6 +73,12 @@ def graph_text(g, select=None) -> str:
                      f"{flag_letters(n)}  {_printable(n.name)}")
     lines.append("=" * 40)
     return "\n".join(lines) + "\n"
+
+
+def graph_print(g, file=None) -> None:
+    """ggml_graph_print: print graph_text(g) (ggml's table plus type, bytes, flags, sources and
+    name) to `file` (default standard output)."""
+    (file if file is not None else sys.stdout).write(graph_text(g))
 
 
 # -- dot --------------------------------------------------------------------------------------------------
@@ -159,9 +179,9 @@ def graph_dot(gb, gf=None, select=None, title: str | None = None) -> str:
 
 
 def graph_dump_dot(gb, gf=None, path: str = "graph.dot") -> None:
-    """ggml_graph_dump_dot: write gb as Graphviz dot to path (gf marks the forward part)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(graph_dot(gb, gf))
+    """ggml_graph_dump_dot: write gb as Graphviz dot to path (gf marks the forward part), the way
+    graphcore.files.write_bytes writes files."""
+    write_bytes(path, graph_dot(gb, gf).encode("utf-8"))
 
 
 # -- json -------------------------------------------------------------------------------------------------
@@ -297,8 +317,6 @@ def graph_stats(g, n_threads: int = 1) -> dict:
     (tensors with FLAG_PARAM and their elements), the graph allocator's buffer for the computed
     tensors against the live peak and the no-reuse sum (alloc.graph_memory), and graph_plan's plan
     for n_threads: each node's n_tasks and work bytes, and the work buffer's size."""
-    from .alloc import graph_memory
-    from .planner import graph_plan
     by_op = {}
     for n in g.nodes:
         e = by_op.setdefault(op_name(n.op), {"op": op_name(n.op), "nodes": 0, "bytes": 0, "views": 0})

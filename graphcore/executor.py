@@ -3,31 +3,51 @@
 Nodes with one task run on thread 0 alone and need no barrier; the others wait at the next
 barrier (spinning briefly, then yielding the core). A barrier is placed before a multi-task
 node only when a single-task node ran since the last one, and after each phase of a
-multi-task node. Failures recorded by a kernel stop every thread at the next barrier.
+multi-task node.
+
+Failures: a kernel that fails records it in its node record; the thread then stamps the sync
+array's abort slot with the generation of the barrier it will reach next. After every barrier
+each thread asks "was a failure stamped before this barrier completed?", so all threads leave at
+the same barrier whatever the timing (a fast thread failing in the next node stamps a later
+generation, which a slow thread leaving the previous barrier ignores).
+
+Debugging (`callback`, `check_finite`, `CPlan.abort_callback`) steps through the graph one node
+at a time from Python; without them the compiled loop runs the whole graph in one call.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 from numba import njit
 
 from . import kernel as K
+from . import tensor as TN
+from . import types as T
 from .blas import set_thread_local_blas_threads
-from .errors import ComputeError, GraphError
+from .errors import GraphError, NonFiniteError
 from .native import atomic_add, atomic_load, atomic_store, call_kernel, sched_yield
-from .ops.registry import OPS
+from .graph import Graph
 from .planner import CPlan, graph_plan, lowered
 
 GGML_STATUS_SUCCESS = 0
 STATUS_SUCCESS = 0
+STATUS_ABORTED = 1     # ggml's GGML_STATUS_ABORTED: a callback asked to stop
 
-_COUNT, _GEN, _ABORT = 0, 8, 16     # slots of the sync array, a cache line apart
+# GRAPHCORE_CHECK_FINITE=1 turns on check_finite for every compute (read once, at import)
+CHECK_FINITE = os.environ.get("GRAPHCORE_CHECK_FINITE", "").strip().lower() not in ("", "0", "false", "no")
+
+_COUNT, _GEN, _ABORT, _NODE = 0, 8, 16, 24     # slots of the sync array, a cache line apart
+_CANCEL = 17           # set from Python when a thread never entered (or left) the loop: all leave
+CANCELLED = -2
+SYNC_LEN = 32
 _SPINS_BEFORE_YIELD = 2000
 
 
 @njit(inline="always", cache=True)
-def _barrier(sync, nth):
+def _wait(sync, nth):
+    """The barrier: wait until all nth threads arrive."""
     gen = atomic_load(sync, _GEN)
     if atomic_add(sync, _COUNT, 1) == nth - 1:
         atomic_store(sync, _COUNT, 0)
@@ -37,16 +57,47 @@ def _barrier(sync, nth):
         while atomic_load(sync, _GEN) == gen:
             spins += 1
             if spins > _SPINS_BEFORE_YIELD:
+                if atomic_load(sync, _CANCEL) != 0:     # a thread that will never come: leave
+                    break
                 sched_yield()
 
 
+@njit(inline="always", cache=True)
+def _barrier(sync, nth):
+    """The barrier; returns the generation it completed (the value _GEN had on arrival)."""
+    gen = atomic_load(sync, _GEN)
+    _wait(sync, nth)
+    return gen
+
+
+@njit(inline="always", cache=True)
+def _record_failure(sync, i):
+    # the generation stamped is that of the barrier this thread reaches next (it cannot complete
+    # without this thread), so only threads leaving that barrier or a later one see the failure
+    atomic_store(sync, _NODE, i + 1)
+    atomic_store(sync, _ABORT, atomic_load(sync, _GEN) + 1)
+
+
+@njit(inline="always", cache=True)
+def _failed_before(sync, gen):
+    """The failed node's index if a failure was stamped before barrier `gen` completed, CANCELLED
+    if the compute was cancelled, else -1."""
+    if atomic_load(sync, _CANCEL) != 0:
+        return CANCELLED
+    a = atomic_load(sync, _ABORT)
+    if a != 0 and a - 1 <= gen:
+        return atomic_load(sync, _NODE) - 1
+    return -1
+
+
 @njit(nogil=True, cache=True)
-def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize):
-    """Walk every node on thread `ith` of `nth`. Returns the index of a failed node, or -1."""
+def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi):
+    """Walk nodes lo..hi-1 on thread `ith` of `nth`. Returns the index of a failed node, or -1;
+    every thread returns the same value."""
     base = recs.ctypes.data
     stride = recs.shape[1] * 8
     pending = False          # a single-task node ran since the last barrier
-    for i in range(fns.shape[0]):
+    for i in range(lo, hi):
         fn = fns[i]
         if fn == 0:
             continue
@@ -57,30 +108,32 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize):
                 for ph in range(n_phases[i]):
                     call_kernel(fn, rec, 0, 1, ph, wdata, wsize)
                 if recs[i, K.R_ERR] != 0:
-                    atomic_store(sync, _ABORT, i + 1)
-                    if nth > 1:
-                        _barrier(sync, nth)   # release the others waiting at their next barrier
-                    return i
+                    if nth == 1:
+                        return i
+                    _record_failure(sync, i)
+                    # the others wait at their next barrier; meet them there and leave together
+                    return _failed_before(sync, _barrier(sync, nth))
             pending = True
             continue
         if pending:
-            _barrier(sync, nth)
-            if atomic_load(sync, _ABORT) != 0:
-                return atomic_load(sync, _ABORT) - 1
+            failed = _failed_before(sync, _barrier(sync, nth))
+            if failed != -1:
+                return failed
             pending = False
         for ph in range(n_phases[i]):
             if ith < nt:
                 call_kernel(fn, rec, ith, nt, ph, wdata, wsize)
                 if recs[i, K.R_ERR] != 0:
-                    atomic_store(sync, _ABORT, i + 1)
-            _barrier(sync, nth)
-            if atomic_load(sync, _ABORT) != 0:
-                return atomic_load(sync, _ABORT) - 1
+                    _record_failure(sync, i)
+            failed = _failed_before(sync, _barrier(sync, nth))
+            if failed != -1:
+                return failed
     if nth > 1:
-        _barrier(sync, nth)
-        if atomic_load(sync, _ABORT) != 0:
-            return atomic_load(sync, _ABORT) - 1
+        return _failed_before(sync, _barrier(sync, nth))
     return -1
+
+
+_local = threading.local()     # .inside: this thread runs a compute (a pool worker, or a caller mid-compute)
 
 
 class _Pool:
@@ -90,21 +143,26 @@ class _Pool:
         self.lock = threading.Lock()
         self.workers = []
         self.done = threading.Semaphore(0)
-        self.job = None
+        self.job = self.cancel = None
         self.errors = []
 
     def _loop(self, start: threading.Semaphore, ith: int):
         set_thread_local_blas_threads(1)
+        _local.inside = True
         while True:
             start.acquire()
             try:
                 self.job(ith)
-            except BaseException as e:  # surfaced in the caller
+            except BaseException as e:  # surfaced in the caller; the others must not wait for us
                 self.errors.append(e)
+                self.cancel()
             finally:
                 self.done.release()
 
-    def run(self, n_threads: int, job):
+    def run(self, n_threads: int, job, cancel):
+        """job(ith) on threads 0..n_threads-1 (0: the caller). When one raises (say a
+        KeyboardInterrupt before it reached the compiled loop), cancel() releases the others from
+        their barriers; the first exception is raised once all are back."""
         with self.lock:
             while len(self.workers) < n_threads - 1:
                 sem = threading.Semaphore(0)
@@ -112,11 +170,14 @@ class _Pool:
                                       name=f"graphcore-worker-{len(self.workers) + 1}", daemon=True)
                 th.start()
                 self.workers.append(sem)
-            self.job, self.errors = job, []
+            self.job, self.cancel, self.errors = job, cancel, []
             for sem in self.workers[:n_threads - 1]:
                 sem.release()
             try:
                 job(0)
+            except BaseException:
+                cancel()
+                raise
             finally:
                 for _ in range(n_threads - 1):
                     self.done.acquire()
@@ -128,16 +189,22 @@ class _Pool:
 _pool = _Pool()
 
 
+def _sync_array():
+    """32 int64 starting on a cache line: the executor's slots 0, 8, 16, 24 each get a line of their own."""
+    raw = np.zeros(32 + 64 // 8, dtype=np.int64)
+    skip = (-raw.__array_interface__["data"][0]) % 64 // 8
+    return raw[skip:skip + 32]
+
+
 def _check_plan(g, cplan: CPlan):
-    from .graph import Graph
     if not isinstance(g, Graph):
         raise GraphError(f"graph_compute: expected a Graph, got {type(g).__name__}")
     if not isinstance(cplan, CPlan):
         raise GraphError(f"graph_compute: expected a CPlan from graph_plan, got {type(cplan).__name__}")
-    if cplan.graph is not g or cplan.version != g.version or cplan.n_nodes != g.n_nodes:
+    if cplan._graph is not g or cplan._version != g._version or cplan._n_nodes != len(g._nodes):
         raise GraphError("graph_compute: the graph changed since it was planned (or the plan is for "
                          "another graph); call graph_plan again")
-    if cplan.work_size > 0:
+    if cplan._work_size > 0:
         wd = cplan.work_data
         if wd is None:
             raise GraphError(f"graph_compute: the plan needs a work buffer of {cplan.work_size} bytes; "
@@ -149,52 +216,164 @@ def _check_plan(g, cplan: CPlan):
                              f"{cplan.work_size}")
 
 
-def graph_compute(g, cplan: CPlan) -> int:
-    """Run every node of g on cplan.n_threads threads. Returns STATUS_SUCCESS or raises.
+def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = None) -> int:
+    """ggml_graph_compute: run every node of g on cplan.n_threads threads. Returns STATUS_SUCCESS,
+    or STATUS_ABORTED when `callback` or cplan.abort_callback asked to stop; raises ComputeError
+    when a kernel fails (every thread stops at the same node; the graph can be computed again).
 
-    Called thousands of times per training run, so the Python around the compiled loop is kept
-    to a few checks: records stay clean (kernels write an error slot only on failure, and a
-    failure cleans up before raising), the sync array lives with the plan."""
+    callback(node_index, tensor), called after each node, may inspect the node's values; returning
+    True stops the compute (ggml's eval callback). check_finite (default: the environment variable
+    GRAPHCORE_CHECK_FINITE) raises NonFiniteError at the first node whose result holds a NaN or an
+    inf. Both step through the graph node by node (slower); without them the compiled loop runs the
+    whole graph in one call, which training loops rely on.
+
+    Thread safety: computes of one graph are serialized (a lock per graph); computes of different
+    graphs may run at the same time from different Python threads, as long as they do not write
+    the same tensors or share a work_data buffer you set yourself. A compute started from inside a
+    custom function of a running compute runs on one thread, and raises GraphError if its graph is
+    the one being computed."""
     _check_plan(g, cplan)
-    if g.n_nodes == 0:
+    n = len(g._nodes)
+    if n == 0:
         return STATUS_SUCCESS
-    recs, fns, n_tasks, n_phases, contexts, most_tasks = lowered(cplan)
+    if check_finite is None:
+        check_finite = CHECK_FINITE
+    recs, fns, n_tasks, n_phases, contexts, most_tasks, recs_addr = lowered(cplan)
     for ctx in contexts:
         if ctx.freed:
             raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
-    nth = min(cplan.n_threads, most_tasks)   # no waking threads that would only wait
-    sync = cplan.sync
+    inside = getattr(_local, "inside", False)
+    lock = g._compute_lock
+    if not lock.acquire(blocking=False):
+        if inside:     # waiting here could wait for ourselves
+            raise GraphError("graph_compute: the graph is already being computed (a compute started from a "
+                             "custom function cannot compute the graph it belongs to, nor wait for another "
+                             "thread's compute)")
+        lock.acquire()
+    nth = 1 if inside else min(cplan._n_threads, most_tasks)   # no waking threads that would only wait
     wd = cplan.work_data
     wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
+    K.RUNNING[recs_addr] = g._nodes            # Python custom functions find their tensors here
     old = set_thread_local_blas_threads(1)
+    _local.inside = True
     try:
-        if nth == 1:
-            failed = run_nodes(recs, fns, n_tasks, n_phases, 0, 1, sync, wdata, wsize)
+        sync = g._sync
+        if sync is None:
+            sync = g._sync = _sync_array()
+        args = (recs, fns, n_tasks, n_phases, sync, wdata, wsize)
+        if callback is None and cplan.abort_callback is None and not check_finite:
+            _run(args, nth, 0, n, g)
+            status = STATUS_SUCCESS
         else:
-            result = [-1] * nth
-
-            def job(ith):
-                result[ith] = run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize)
-            _pool.run(nth, job)
-            failed = max(result)
+            status = _step(g, cplan, args, nth, callback, check_finite)
+        if status == STATUS_SUCCESS and g.computed_version != g.version:
+            TN.mark_computed(g.nodes)        # once per graph version: reading a node never computed
+            g.computed_version = g.version   # warns (gc.NotComputedWarning)
+        return status
     finally:
+        _local.inside = inside
         if old > 0:
             set_thread_local_blas_threads(old)
+        K.RUNNING.pop(recs_addr, None)
+        lock.release()
+
+
+def _run(args, nth, lo, hi, g):
+    """Nodes lo..hi-1 on nth threads; raises the ComputeError of a failed node."""
+    if nth == 1:
+        failed = run_nodes(*args[:4], 0, 1, *args[4:], lo, hi)
+    else:
+        result = [-1] * nth
+
+        def job(ith):
+            result[ith] = run_nodes(*args[:4], ith, nth, *args[4:], lo, hi)
+        sync = args[4]
+        try:
+            _pool.run(nth, job, lambda: sync.__setitem__(_CANCEL, 1))
+        except BaseException:
+            sync[:] = 0             # every thread is back: a clean slate for the next compute
+            args[0][:, K.R_ERR] = 0
+            raise
+        failed = result[0]
     if failed >= 0:
+        recs, sync = args[0], args[4]
         node = g.nodes[failed]
         code, arg = int(recs[failed, K.R_ERR]), int(recs[failed, K.R_ERRARG])
         recs[:, K.R_ERR] = 0
-        sync[:] = 0
-        raise K.compute_error(node, failed, code, arg)
+        sync[_ABORT] = sync[_NODE] = 0
+        err = K.compute_error(node, failed, code, arg)
+        cause = err.__cause__
+        if cause is not None and not isinstance(cause, Exception):
+            raise cause          # KeyboardInterrupt, SystemExit in a Python custom function
+        raise err
+
+
+def _step(g, cplan, args, nth, callback, check_finite) -> int:
+    """The debugging path: one node at a time (on as many threads as that node has tasks), then
+    the finite check, the callback and the abort callback."""
+    n_tasks = args[2]
+    abort = cplan.abort_callback
+    for i, node in enumerate(g.nodes):
+        _run(args, min(nth, int(n_tasks[i])), i, i + 1, g)
+        TN.mark_computed((node,))
+        if check_finite:
+            check_node_finite(i, node)
+        if callback is not None and callback(i, node):
+            return STATUS_ABORTED
+        if abort is not None and (abort() if cplan.abort_callback_data is None
+                                  else abort(cplan.abort_callback_data)):
+            return STATUS_ABORTED
     return STATUS_SUCCESS
 
 
-def graph_compute_with_ctx(ctx, g, n_threads: int | None = None) -> int:
-    """Plan and compute, with the work buffer kept by the context (reused between calls)."""
+def _first_bad(t):
+    """(ggml index [i0, i1, i2, i3], value) of t's first NaN or inf in memory order, or None."""
+    if t.type not in (T.TYPE_F32, T.TYPE_F16) or not t.has_data:
+        return None
+    a = t.numpy4d()
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return None
+    i3, i2, i1, i0 = (int(x) for x in np.argwhere(bad)[0])
+    return [i0, i1, i2, i3], float(a[i3, i2, i1, i0])
+
+
+def check_node_finite(i, node):
+    """Raise NonFiniteError if graph node i's result holds a NaN or an inf."""
+    from .ops.registry import op_name
+    from .tensor import describe
+    bad = _first_bad(node)
+    if bad is None:
+        return
+    where, value = bad
+    srcs = []
+    for j, s in enumerate(node.src):
+        if s is not None:
+            sb = _first_bad(s)
+            state = "finite" if sb is None else f"already non-finite ({sb[1]} at {sb[0]})"
+            srcs.append(f"src[{j}] {describe(s)} ({op_name(s.op)}): {state}")
+    raise NonFiniteError(f"check_finite: node {i} {describe(node)} ({op_name(node.op)}) produced {value} at "
+                         f"[i0, i1, i2, i3] = {where}; sources: " + ("; ".join(srcs) or "none"),
+                         node_index=i, node=node, index=where)
+
+
+def graph_compute_with_ctx(ctx, g, n_threads: int | None = None, callback=None,
+                           check_finite: bool | None = None) -> int:
+    """Plan and compute, with a work buffer kept by the context between calls (computes running at
+    the same time from several Python threads each take their own)."""
     cplan = graph_plan(g, n_threads)
-    if cplan.work_size > 0:
-        wb = ctx.work_buffer
-        if wb is None or wb.nbytes < cplan.work_size:
-            ctx.work_buffer = wb = np.empty(cplan.work_size, dtype=np.uint8)
-        cplan.work_data = wb
-    return graph_compute(g, cplan)
+    if cplan.work_size <= 0:
+        return graph_compute(g, cplan, callback, check_finite)
+    spare = ctx.work_buffers
+    try:
+        wb = spare.pop()                   # atomic under the GIL: no two computes get the same buffer
+    except IndexError:
+        wb = None
+    if wb is None or wb.nbytes < cplan.work_size:
+        wb = np.empty(cplan.work_size, dtype=np.uint8)
+    cplan.work_data = wb
+    try:
+        return graph_compute(g, cplan, callback, check_finite)
+    finally:
+        if not ctx.freed and len(spare) < 2:
+            spare.append(wb)

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 
 import numpy as np
@@ -74,6 +73,7 @@ from . import tensor as TN
 from . import types as T
 from .context import MEM_ALIGN, Context, init
 from .errors import GraphError, GraphFileError, OutOfMemoryError
+from .files import write_bytes
 from .graph import Graph
 from .ops.registry import BY_NAME, OP_NONE, OPS
 
@@ -231,8 +231,10 @@ def _encode(graphs) -> bytes:
 def graph_export(g, path, gf=None) -> None:
     """Write graph g (and, when given, gf, the forward graph g was built from, so pictures can
     tell forward nodes from backward ones) to `path` in graphcore's graph file format (see the
-    module's documentation). Leafs' bytes are written as they are now. The file is written
-    whole or not at all. Raises gc.GraphError for a graph holding map_custom nodes."""
+    module's documentation). Leafs' bytes are written as they are now. A regular file is written
+    whole or not at all, keeping its mode; a symlink's target, a FIFO or a device is written to
+    (graphcore.files.write_bytes). Raises gc.GraphError for a graph holding map_custom nodes, an
+    OSError naming `path` when the file cannot be written."""
     _check_graph("g", g)
     graphs = [g]
     if gf is not None:
@@ -240,17 +242,7 @@ def graph_export(g, path, gf=None) -> None:
         graphs.append(gf)
     data = _encode(graphs)
     _parse(data, "<graph_export's output>")       # never write a file graph_import would refuse
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".graphcore-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, data)
 
 
 # =====================================================================================================
@@ -462,21 +454,20 @@ def _parse_inner(data: bytes):
             raise _Fail(f"truncated: {n} bytes, too short to be a graphcore graph file")
         raise _Fail(f"not a graphcore graph file (it starts with {bytes(data[:8])!r}; "
                     f"graph files start with {MAGIC!r})")
-    if n < 12:
+    # the header's own size and the file size it gives come first: a garbage or cut file must be
+    # reported as such, not as "written by a newer graphcore"
+    if n < _HEADER.size:
         raise _Fail(f"truncated: {n} bytes, the header alone has {_HEADER.size}")
-    (version,) = _U32.unpack_from(data, 8)
+    _, version, size, n_tensors, n_graphs, reserved = _HEADER.unpack_from(data, 0)
+    if n < size:
+        raise _Fail(f"truncated: the header says the file has {size} bytes, it has {n}")
+    if n > size:
+        raise _Fail(f"corrupt: {n - size} bytes after the end the header gives ({size} bytes)")
     if version > VERSION:
         raise _Fail(f"format version {version} was written by a newer graphcore; this one reads "
                     f"version {VERSION} (upgrade graphcore to read it)")
     if version != VERSION:
         raise _Fail(f"unknown format version {version} (this graphcore reads version {VERSION})")
-    if n < _HEADER.size:
-        raise _Fail(f"truncated: {n} bytes, the header alone has {_HEADER.size}")
-    _, _, size, n_tensors, n_graphs, reserved = _HEADER.unpack_from(data, 0)
-    if n < size:
-        raise _Fail(f"truncated: the header says the file has {size} bytes, it has {n}")
-    if n > size:
-        raise _Fail(f"corrupt: {n - size} bytes after the end the header gives ({size} bytes)")
     if size < _HEADER.size + _CRC.size:
         raise _Fail(f"corrupt: the header gives an impossible file size {size}")
     (stored,) = _CRC.unpack_from(data, size - _CRC.size)

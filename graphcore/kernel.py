@@ -27,6 +27,9 @@ P_BASE = 80
 ERR_INDEX = 1       # an index tensor holds a value out of range; arg = the value
 ERR_CUSTOM = 2      # a map_custom function failed; arg = its id (ops/custom.py)
 ERRORS = {ERR_INDEX: "index out of range", ERR_CUSTOM: "custom function failed"}
+# computes running now: address of their node records -> the graph's nodes (Python custom
+# functions build their arrays from the tensors, which keep the memory alive; see ops/custom.py)
+RUNNING = {}
 # per-op detail for these messages: op code -> fn(node, code, arg) -> (message, cause or None), or
 # None to keep the generic message
 ERROR_DETAIL = {}

@@ -7,7 +7,8 @@ arithmetic; dot products accumulate in float64.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Callable, Optional
 
 import numpy as np
@@ -18,37 +19,73 @@ from . import types as T
 from .errors import GraphError
 from .native import f32_1d
 
-OPT_ADAM, OPT_LBFGS = 0, 1
+class OptType(IntEnum):
+    """ggml_opt_type: which optimizer opt_default_params sets up."""
+    ADAM = 0
+    LBFGS = 1
 
-LINESEARCH_BACKTRACKING_ARMIJO = 0
-LINESEARCH_BACKTRACKING_WOLFE = 1
-LINESEARCH_BACKTRACKING_STRONG_WOLFE = 2
+    def __repr__(self):
+        return f"OPT_{self.name}"
+
+
+class LineSearch(IntEnum):
+    """ggml_linesearch: the L-BFGS line search's stopping condition."""
+    BACKTRACKING_ARMIJO = 0
+    BACKTRACKING_WOLFE = 1
+    BACKTRACKING_STRONG_WOLFE = 2
+
+    def __repr__(self):
+        return f"LINESEARCH_{self.name}"
+
+
+class OptResult(IntEnum):
+    """ggml_opt_result: what opt / opt_resume return. Prints as its name (OPT_OK, ...), compares
+    equal to ggml's integer codes."""
+    OK = 0
+    DID_NOT_CONVERGE = 1
+    NO_CONTEXT = 2
+    INVALID_WOLFE = 3
+    FAIL = 4
+    CANCEL = 5
+    LINESEARCH_FAIL = -128
+    LINESEARCH_MINIMUM_STEP = -127
+    LINESEARCH_MAXIMUM_STEP = -126
+    LINESEARCH_MAXIMUM_ITERATIONS = -125
+    LINESEARCH_INVALID_PARAMETERS = -124
+
+    def __repr__(self):
+        return self.name if self.name.startswith("LINESEARCH_") else f"OPT_{self.name}"
+
+    __str__ = __repr__
+
+
+OPT_ADAM, OPT_LBFGS = OptType.ADAM, OptType.LBFGS
+
+LINESEARCH_BACKTRACKING_ARMIJO = LineSearch.BACKTRACKING_ARMIJO
+LINESEARCH_BACKTRACKING_WOLFE = LineSearch.BACKTRACKING_WOLFE
+LINESEARCH_BACKTRACKING_STRONG_WOLFE = LineSearch.BACKTRACKING_STRONG_WOLFE
 LINESEARCH_DEFAULT = LINESEARCH_BACKTRACKING_WOLFE
 
-OPT_OK = 0
-OPT_DID_NOT_CONVERGE = 1
-OPT_NO_CONTEXT = 2
-OPT_INVALID_WOLFE = 3
-OPT_FAIL = 4
-OPT_CANCEL = 5
-LINESEARCH_FAIL = -128
-LINESEARCH_MINIMUM_STEP = -127
-LINESEARCH_MAXIMUM_STEP = -126
-LINESEARCH_MAXIMUM_ITERATIONS = -125
-LINESEARCH_INVALID_PARAMETERS = -124
+OPT_OK = OptResult.OK
+OPT_DID_NOT_CONVERGE = OptResult.DID_NOT_CONVERGE
+OPT_NO_CONTEXT = OptResult.NO_CONTEXT
+OPT_INVALID_WOLFE = OptResult.INVALID_WOLFE
+OPT_FAIL = OptResult.FAIL
+OPT_CANCEL = OptResult.CANCEL
+LINESEARCH_FAIL = OptResult.LINESEARCH_FAIL
+LINESEARCH_MINIMUM_STEP = OptResult.LINESEARCH_MINIMUM_STEP
+LINESEARCH_MAXIMUM_STEP = OptResult.LINESEARCH_MAXIMUM_STEP
+LINESEARCH_MAXIMUM_ITERATIONS = OptResult.LINESEARCH_MAXIMUM_ITERATIONS
+LINESEARCH_INVALID_PARAMETERS = OptResult.LINESEARCH_INVALID_PARAMETERS
 
-RESULT_NAMES = {OPT_OK: "OK", OPT_DID_NOT_CONVERGE: "DID_NOT_CONVERGE", OPT_NO_CONTEXT: "NO_CONTEXT",
-                OPT_INVALID_WOLFE: "INVALID_WOLFE", OPT_FAIL: "FAIL", OPT_CANCEL: "CANCEL",
-                LINESEARCH_FAIL: "LINESEARCH_FAIL", LINESEARCH_MINIMUM_STEP: "LINESEARCH_MINIMUM_STEP",
-                LINESEARCH_MAXIMUM_STEP: "LINESEARCH_MAXIMUM_STEP",
-                LINESEARCH_MAXIMUM_ITERATIONS: "LINESEARCH_MAXIMUM_ITERATIONS",
-                LINESEARCH_INVALID_PARAMETERS: "LINESEARCH_INVALID_PARAMETERS"}
+RESULT_NAMES = {r.value: r.name for r in OptResult}
 
 _F = np.float32
 
 
 @dataclass
 class AdamParams:
+    """ggml_opt_params.adam: Adam (AdamW with decay > 0) settings; `OptParams.adam`."""
     n_iter: int = 10000
     sched: float = 1.0          # learning-rate schedule factor (a callback may change it)
     decay: float = 0.0          # weight decay (AdamW) for tensors with >= decay_min_ndim dims
@@ -64,6 +101,7 @@ class AdamParams:
 
 @dataclass
 class LBFGSParams:
+    """ggml_opt_params.lbfgs: L-BFGS settings (history m, line search); `OptParams.lbfgs`."""
     m: int = 6
     n_iter: int = 100
     max_linesearch: int = 20
@@ -77,7 +115,8 @@ class LBFGSParams:
 
 @dataclass
 class OptParams:
-    """ggml_opt_params."""
+    """ggml_opt_params: the optimizer (type OPT_ADAM or OPT_LBFGS), its stopping rules and settings.
+    Start from opt_default_params(type)."""
     type: int = OPT_ADAM
     graph_size: int = 2048
     n_threads: int = 1
@@ -247,6 +286,12 @@ class _Problem:
             if not (TN.is_contiguous(p) and TN.is_contiguous(p.grad) and p.grad.type == T.TYPE_F32):
                 raise GraphError(f"opt: parameter {TN.describe(p)} and its gradient "
                                  f"{TN.describe(p.grad)} must be contiguous F32 tensors")
+            for t, what in ((p, "parameter"), (p.grad, "gradient of parameter")):
+                # the optimizer moves values by address: a tensor without memory must stop here
+                t.ctx.check_alive(f"opt: {what} {TN.describe(p)}")
+                if not t.has_data:
+                    raise GraphError(f"opt: {what} {TN.describe(p)} has no data (its context is no_alloc "
+                                     f"and it was never allocated)")
         self.offs = np.array([0] + [TN.nelements(p) for p in self.ps], dtype=np.int64).cumsum()
         self.nx = int(self.offs[-1])
         self.f, self.gb = f, gb
@@ -418,6 +463,11 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
             return OPT_INVALID_WOLFE
     if lb.m <= 0:
         raise GraphError(f"opt: lbfgs.m must be positive, got {lb.m}")
+    if lb.linesearch not in (LINESEARCH_BACKTRACKING_ARMIJO, LINESEARCH_BACKTRACKING_WOLFE,
+                             LINESEARCH_BACKTRACKING_STRONG_WOLFE):
+        raise GraphError(f"opt: lbfgs.linesearch must be LINESEARCH_BACKTRACKING_ARMIJO "
+                         f"({LINESEARCH_BACKTRACKING_ARMIJO}), _WOLFE ({LINESEARCH_BACKTRACKING_WOLFE}) or "
+                         f"_STRONG_WOLFE ({LINESEARCH_BACKTRACKING_STRONG_WOLFE}), got {lb.linesearch!r}")
     if (opt.params.type != params.type or opt.nx != prob.nx or opt.params.past != params.past
             or opt.params.lbfgs.m != lb.m):
         it = opt.iter
@@ -451,8 +501,15 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
     while True:
         xp[:] = x
         gp[:] = g
-        ls, fx, opt.step, cancelled = _linesearch_backtracking(params, x, fx, g, d, opt.step, xp, prob, opt,
-                                                              callback)
+        try:
+            ls, fx, opt.step, cancelled = _linesearch_backtracking(params, x, fx, g, d, opt.step, xp, prob, opt,
+                                                                  callback)
+        except BaseException:
+            # a callback (or a compute) raised mid line search: leave the parameters where they were
+            x[:] = xp
+            g[:] = gp
+            prob.set_params(x)
+            raise
         if cancelled:
             return OPT_CANCEL
         if ls < 0:
@@ -520,12 +577,12 @@ def opt_resume_g(ctx, opt: OptContext, f, gf, gb, callback: Optional[Callable] =
         result = _adam(opt, opt.params, prob, cb)
     else:
         result = _lbfgs(opt, opt.params, prob, cb)
-    from .graph import graph_print
+    from .dump import graph_print
     if opt.params.print_forward_graph:
-        print(graph_print(gf), end="")
+        graph_print(gf)
     if opt.params.print_backward_graph:
-        print(graph_print(gb), end="")
-    return result
+        graph_print(gb)
+    return OptResult(result)
 
 
 def opt_resume(ctx, opt: OptContext, f) -> int:

@@ -8,43 +8,77 @@ import numpy as np
 from . import kernel as K
 from . import tensor as TN
 from .errors import GraphError
+from .graph import Graph
 from .ops.registry import OPS
 from .blas import sgemm_address
 
 CACHE_LINE = 64
+MAX_THREADS = 512   # ggml's GGML_MAX_N_THREADS
 
 
 def default_n_threads() -> int:
+    """Threads graph_plan uses when given none: the number of CPUs (os.cpu_count()), at least 1
+    (ggml's GGML_DEFAULT_N_THREADS is a fixed 4)."""
     return max(1, os.cpu_count() or 1)
 
 
 class CPlan:
     """ggml_cplan: `n_threads`, `work_size`, per-node `n_tasks`, and `work_data` (set by the caller
-    to a buffer of at least work_size bytes before graph_compute, as in ggml)."""
+    to a buffer of at least work_size bytes before graph_compute, as in ggml). `abort_callback`
+    (a callable; given `abort_callback_data` when that is not None) is called after each node and
+    stops the compute when it returns True (graph_compute then returns STATUS_ABORTED).
+
+    What the plan decided is read-only; `n_tasks` may be edited before the first compute (the
+    executor checks the edit then: 1..n_threads tasks per node, within work_size) and is frozen
+    from then on."""
 
     def __init__(self, graph, n_threads, n_tasks, work_size):
-        self.graph = graph
-        self.n_threads = n_threads
-        self.n_tasks = n_tasks
-        self.work_size = work_size
+        self._graph = graph
+        self._n_threads = n_threads
+        self._n_tasks = n_tasks
+        self._work_size = work_size
         self.work_data = None
         self.abort_callback = None
-        self.version = graph.version
-        self.n_nodes = graph.n_nodes
-        self.lowered = None       # (recs, fns, n_tasks, n_phases, contexts, most tasks), on first compute
-        self.lowered_moves = -1   # tensor.data_moves() when lowered (the allocator may move tensors)
-        self.sync = np.zeros(24, dtype=np.int64)   # the executor's barrier and abort flag
+        self.abort_callback_data = None
+        self._version = graph.version
+        self._n_nodes = graph.n_nodes
+        # (recs, fns, n_tasks, n_phases, contexts, most tasks, recs' address), on first compute
+        self._lowered = None
+        self._lowered_moves = -1   # tensor.data_moves() when lowered (the allocator may move tensors)
+
+    graph = TN.read_only("_graph", "the graph this plan is for")
+    n_threads = TN.read_only("_n_threads", "threads the compute may use")
+    n_tasks = TN.read_only("_n_tasks", "tasks (threads) per node, numpy int64")
+    work_size = TN.read_only("_work_size", "bytes of work buffer the compute needs")
+    version = TN.read_only("_version", "the graph's version when planned")
+    n_nodes = TN.read_only("_n_nodes", "the graph's node count when planned")
 
     def __repr__(self):
         return f"<graphcore.CPlan {self.n_nodes} nodes, {self.n_threads} threads, work_size={self.work_size}>"
 
 
+def _threads(n_threads) -> int:
+    """n_threads as a positive int (None or <= 0: one per core, as ggml's default)."""
+    if n_threads is None:
+        return default_n_threads()
+    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)):
+        raise GraphError(f"graph_plan: n_threads must be an int (or None for one per core), got "
+                         f"{type(n_threads).__name__} {n_threads!r}")
+    n = int(n_threads)
+    if n > MAX_THREADS:
+        raise GraphError(f"graph_plan: n_threads = {n} is more than the {MAX_THREADS} supported")
+    return n if n > 0 else default_n_threads()
+
+
 def graph_plan(g, n_threads: int | None = None) -> CPlan:
-    from .graph import Graph
+    """Plan g's compute on n_threads threads (ggml_graph_plan): a CPlan with n_tasks per node and the
+    work_size in bytes of the work buffer to set as cplan.work_data before graph_compute.
+
+    n_threads None or <= 0 means default_n_threads(). GraphError when g is not a Graph. A plan is
+    for the graph as it is: graph_compute refuses it once g has changed."""
     if not isinstance(g, Graph):
         raise GraphError(f"graph_plan: expected a Graph, got {type(g).__name__}")
-    if n_threads is None or n_threads <= 0:
-        n_threads = default_n_threads()
+    n_threads = _threads(n_threads)
     n_tasks = np.ones(g.n_nodes, dtype=np.int64)
     work = 0
     for i, node in enumerate(g.nodes):
@@ -74,11 +108,13 @@ def lower(plan: CPlan):
     g = plan.graph
     n = g.n_nodes
     key = (g.version, TN.data_moves())
-    cached = g.lowered_cache
+    plan.n_tasks.flags.writeable = False       # frozen from the first compute on: later edits raise
+    cached = g._lowered_cache
     if cached is not None and cached[0] == key and np.array_equal(cached[1][2][:n], plan.n_tasks):
-        plan.lowered = cached[1]
-        plan.lowered_moves = key[1]
-        return plan.lowered
+        plan._lowered = cached[1]              # same tasks as a lowering already checked
+        plan._lowered_moves = key[1]
+        return plan._lowered
+    _check_tasks(plan)
     recs = np.zeros((max(n, 1), K.REC_LEN), dtype=np.int64)
     fns = np.zeros(max(n, 1), dtype=np.int64)
     phases = np.ones(max(n, 1), dtype=np.int64)
@@ -100,15 +136,28 @@ def lower(plan: CPlan):
         r[K.R_BLAS] = blas
     contexts = {id(t.ctx): t.ctx for node in g.nodes for t in (node, *node.src) if t is not None}
     n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
-    plan.lowered = (recs, fns, n_tasks, phases, list(contexts.values()), int(n_tasks.max()))
-    g.lowered_cache = (key, plan.lowered)
-    plan.lowered_moves = key[1]
-    return plan.lowered
+    plan._lowered = (recs, fns, n_tasks, phases, list(contexts.values()), int(n_tasks.max()), recs.ctypes.data)
+    g._lowered_cache = (key, plan._lowered)
+    plan._lowered_moves = key[1]
+    return plan._lowered
 
 
 def lowered(plan: CPlan):
     """The plan's flat arrays, lowered again when the allocator moved tensors since (their addresses
     are in the records)."""
-    if plan.lowered is not None and plan.lowered_moves == TN.data_moves():
-        return plan.lowered
+    if plan._lowered is not None and plan._lowered_moves == TN.data_moves():
+        return plan._lowered
     return lower(plan)
+
+
+def _check_tasks(plan):
+    """Edits of plan.n_tasks (allowed before the first compute) must stay within the plan."""
+    nt = plan.n_tasks
+    if nt.shape != (plan.n_nodes,) or (plan.n_nodes and (nt.min() < 1 or nt.max() > plan.n_threads)):
+        raise GraphError(f"graph_compute: cplan.n_tasks must hold {plan.n_nodes} values in 1..{plan.n_threads} "
+                         f"(n_threads), got {nt.tolist()[:16]}")
+    for i, node in enumerate(plan.graph.nodes):
+        need = int(OPS[node.op].work_size(node, int(nt[i])))
+        if need > plan.work_size:
+            raise GraphError(f"graph_compute: node {i} ({OPS[node.op].name}) on {int(nt[i])} tasks needs "
+                             f"{need} bytes of work buffer, the plan has work_size={plan.work_size}")

@@ -36,6 +36,7 @@ def traits(type_: int) -> TypeTraits:
 
 
 def type_name(type_: int) -> str:
+    """The type's short name: "f32", "f16" or "i32" (ggml_type_name); GraphError for an unknown type."""
     return traits(type_).name
 
 
@@ -45,6 +46,7 @@ def type_size(type_: int) -> int:
 
 
 def blck_size(type_: int) -> int:
+    """Elements per block of `type_` (ggml_blck_size): 1 for F32, F16 and I32."""
     return traits(type_).blck_size
 
 
@@ -57,9 +59,11 @@ def type_from_dtype(dtype) -> int:
 
 
 def fp32_to_fp16(x) -> np.ndarray:
-    """IEEE half, round-to-nearest-even, as uint16 bits (numpy's conversion is exactly that)."""
+    """float32 values (scalar or array) to IEEE half, round-to-nearest-even, as uint16 bits
+    (ggml_fp32_to_fp16; numpy's conversion is exactly that)."""
     return np.asarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
 
 
 def fp16_to_fp32(bits) -> np.ndarray:
+    """IEEE half values given as uint16 bits (scalar or array) to float32, exactly (ggml_fp16_to_fp32)."""
     return np.asarray(bits, dtype=np.uint16).view(np.float16).astype(np.float32)

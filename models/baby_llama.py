@@ -27,6 +27,9 @@ from typing import List, Optional
 import numpy as np
 
 import graphcore as gc
+from graphcore.cli_support import (CliError, Progress, add_common_arguments, check_output_file, check_output_folder,
+                                   setup_logging)
+from graphcore.files import drop_stdout
 
 # llama.cpp's LLAMA_DEFAULT_RMS_EPS is not defined for this example, so 5e-6 (baby-llama.cpp)
 RMS_NORM_EPS = 5e-6
@@ -665,7 +668,7 @@ def print_matrix(probs, file=None) -> None:
 # =============================================================================================
 # the program
 # =============================================================================================
-def _parser():
+def parser():
     p = argparse.ArgumentParser(
         prog="baby-llama",
         description="llama.cpp's baby-llama over graphcore: train a tiny llama on sine-wave tokens "
@@ -685,7 +688,9 @@ def _parser():
     p.add_argument("--dump-graphs", metavar="DIR",
                    help="write the forward, backward and generation graphs to DIR: text, Graphviz dot and "
                         "graph files (.gcg, for graphcore-dump and gc.graph_import)")
-    p.add_argument("--plot-loss", metavar="FILE.png", help="draw the errors before and after each batch")
+    p.add_argument("--plot-loss", metavar="FILE.png",
+                   help="draw the errors before and after each batch (needs matplotlib: pip install "
+                        "'graphcore-engine[plot]'); any format matplotlib writes (.png, .svg, .pdf)")
     g = p.add_argument_group("model sizes")
     g.add_argument("--n-vocab", type=int, default=8)
     g.add_argument("--n-ctx", type=int, default=8)
@@ -694,25 +699,28 @@ def _parser():
     g.add_argument("--n-layer", type=int, default=1)
     g.add_argument("--n-mult", type=int, default=2)
     g.add_argument("--n-batch", type=int, default=8)
+    add_common_arguments(p)
     return p
 
 
-def _check_args(p, a):
+def check_args(a) -> str | None:
+    """What is wrong with the options `a` (a parsed namespace of this program's options), or None."""
     for name in ("examples", "n_gen"):
         if getattr(a, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0")
+            return f"--{name.replace('_', '-')} must be >= 0"
     for name in ("threads", "lbfgs_iters", "adam_iters", "n_lora", "n_vocab", "n_ctx", "n_embd", "n_head",
                  "n_layer", "n_mult", "n_batch"):
         if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+            return f"--{name.replace('_', '-')} must be >= 1"
     if a.n_vocab < 2:
-        p.error("--n-vocab must be >= 2")
+        return "--n-vocab must be >= 2"
     if a.n_ctx < 2:
-        p.error("--n-ctx must be >= 2")
+        return "--n-ctx must be >= 2"
     if a.n_embd % a.n_head:
-        p.error(f"--n-embd ({a.n_embd}) must be a multiple of --n-head ({a.n_head})")
+        return f"--n-embd ({a.n_embd}) must be a multiple of --n-head ({a.n_head})"
     if (a.n_embd // a.n_head) % 2:
-        p.error("n_embd / n_head must be even (rope rotates pairs)")
+        return f"n_embd / n_head ({a.n_embd} / {a.n_head}) must be even (rope rotates pairs)"
+    return None
 
 
 class _Evaluator:
@@ -749,12 +757,12 @@ def _opt_params(args):
 def _dump(dirname, name, g, gf=None):
     os.makedirs(dirname, exist_ok=True)
     with open(os.path.join(dirname, name + ".txt"), "w") as f:
-        f.write(gc.graph_print(g))
+        gc.graph_print(g, file=f)
     gc.graph_dump_dot(g, gf, os.path.join(dirname, name + ".dot"))
     gc.graph_export(g, os.path.join(dirname, name + ".gcg"), gf)     # graphcore-dump reads it back
 
 
-def _compute_size(hp, n_batch, kv_self, nodes_per_layer):
+def compute_size(hp, n_batch, kv_self, nodes_per_layer):
     """Arena bytes for a graph's tensors: a bound on the largest tensor times a bound on their
     number (the forward, the gradients and the backward nodes), plus slack. The arena is
     zero-filled lazily by the OS, so unused bytes cost no memory. (The original takes 1 GiB.)"""
@@ -786,7 +794,7 @@ def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square
     hp = model.hparams
     lora = isinstance(model, LlamaModelLora)
     n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
-    ctx0 = gc.init(_compute_size(hp, n_batch, kv_self, nodes_per_layer=200), no_alloc=allocator)
+    ctx0 = gc.init(compute_size(hp, n_batch, kv_self, nodes_per_layer=200), no_alloc=allocator)
     tokens_input = gc.set_name(gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch), "tokens_input")
     targets = gc.set_name(gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch), "targets")
     gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
@@ -815,16 +823,6 @@ def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square
                           galloc)
 
 
-def _progress_bar(done: int, total: int, error: float, n_evals: int, seconds: float, result: str) -> None:
-    """One line on stderr, redrawn in place: batches done, the last error, evaluations per second."""
-    width = 30
-    fill = width * done // max(total, 1)
-    rate = n_evals / seconds if seconds > 0 else 0.0
-    sys.stderr.write(f"\r[{'#' * fill}{'-' * (width - fill)}] {done}/{total}  error {error:9.2f}  "
-                     f"{rate:7.0f} evals/s  {result:<16s}")
-    sys.stderr.flush()
-
-
 def train(model, kv_self, args, out=sys.stdout, history=None):
     """The original's training loop, with the graphs built once.
 
@@ -850,6 +848,7 @@ def train(model, kv_self, args, out=sys.stdout, history=None):
 
     n_evals = 0
     t_start = time.perf_counter()
+    progress = Progress(args.examples, "batches ") if args.progress else None
     for ex in range(args.examples):
         get_example_targets_batch(ctx0, 64 * ex + 0, tokens_input, targets)
         tokens.numpy()[:] = tokens_input.numpy().reshape(-1)
@@ -874,12 +873,10 @@ def train(model, kv_self, args, out=sys.stdout, history=None):
             sample_softmax_batch(ctx0, logits, after_opt_probs, after_opt_best_samples)
             out.write("best samples after optimization:\n")
             print_tokens(after_opt_best_samples, n_vocab, file=out)
-        if args.progress:
-            _progress_bar(ex + 1, args.examples, error_after_opt, n_evals, time.perf_counter() - t_start,
-                          _result_name(result))
+        if progress is not None:
+            rate = n_evals / max(time.perf_counter() - t_start, 1e-9)
+            progress.update(ex + 1, f"error {error_after_opt:9.2f}  {rate:7.0f} evals/s  {_result_name(result)}")
         out.flush()
-    if args.progress and args.examples:
-        sys.stderr.write("\n")
     return dict(n_evals=n_evals, seconds=time.perf_counter() - t_start, ctx0_used=gc.used_mem(ctx0))
 
 
@@ -903,7 +900,7 @@ def generate(model, kv_self, args, out=sys.stdout):
         print_token(int(tok[i]), n_vocab, file=out)
     out.write("---\n")
 
-    ctx0 = gc.init(_compute_size(hp, 1, kv_self, nodes_per_layer=60), no_alloc=True)
+    ctx0 = gc.init(compute_size(hp, 1, kv_self, nodes_per_layer=60), no_alloc=True)
     gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
     fwd = forward_lora if lora else forward
     logits = fwd(model, kv_self, ctx0, gf, tokens_input, sample_ctx, 0)
@@ -972,50 +969,71 @@ def new_model(args, out=None):
     return model, kv_self
 
 
-def plot_loss(path, history):
-    """A small PNG chart of the errors before (grey) and after (blue) each batch, written with
-    zlib only (no plotting library needed)."""
-    import struct
-    import zlib
-    W, H, pad = 800, 400, 20
-    img = np.full((H, W, 3), 255, np.uint8)
-    h = np.asarray(history, np.float64)
-    if len(h):
-        hi = max(float(np.nanmax(h)), 1e-9)
-        n = len(h)
-
-        def xy(i, v):
-            x = pad + (W - 2 * pad) * (i / max(n - 1, 1))
-            y = H - pad - (H - 2 * pad) * (v / hi)
-            return x, y
-
-        img[H - pad, pad:W - pad] = 0
-        img[pad:H - pad, pad] = 0
-        for col, color in ((0, (160, 160, 160)), (1, (30, 80, 200))):
-            pts = [xy(i, h[i, col]) for i in range(n)]
-            if n == 1:
-                pts = pts * 2
-            for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
-                m = int(max(abs(x1 - x0), abs(y1 - y0), 1)) * 2
-                xs = np.clip(np.round(np.linspace(x0, x1, m + 1)).astype(int), 0, W - 1)
-                ys = np.clip(np.round(np.linspace(y0, y1, m + 1)).astype(int), 0, H - 1)
-                img[ys, xs] = color
-    raw = b"".join(b"\x00" + img[y].tobytes() for y in range(H))
-
-    def chunk(tag, data):
-        c = struct.pack(">I", len(data)) + tag + data
-        return c + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    with open(path, "wb") as f:
-        f.write(png)
+def plot_loss(path, history, title="baby-llama training"):
+    """The errors before and after each batch's optimisation, drawn with matplotlib (an optional
+    extra) with axes, labels and a legend, to any file format matplotlib writes."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CliError("--plot-loss needs matplotlib: pip install 'graphcore-engine[plot]' (or pip install "
+                       "matplotlib)") from None
+    h = np.asarray(history, np.float64).reshape(-1, 2)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    batches = np.arange(1, len(h) + 1)
+    ax.plot(batches, h[:, 0], color="0.6", lw=1, label="error before the batch's optimisation")
+    ax.plot(batches, h[:, 1], color="tab:blue", lw=1.5, label="error after")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("error (loss)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--plot-loss {path}: {e}") from None
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> int:
-    p = _parser()
+    p = parser()
     args = p.parse_args(argv)
-    _check_args(p, args)
+    problem = check_args(args)
+    if problem:
+        p.error(problem)
+    setup_logging(args.verbose)
+    try:
+        # outputs are checked before training, not after it
+        if args.plot_loss:
+            check_output_file(args.plot_loss, "--plot-loss")
+            import importlib.util
+            if importlib.util.find_spec("matplotlib") is None:
+                raise CliError("--plot-loss needs matplotlib: pip install 'graphcore-engine[plot]' (or pip "
+                               "install matplotlib)")
+        if args.dump_graphs:
+            check_output_folder(args.dump_graphs, "--dump-graphs")
+        return _run(args)
+    except CliError as e:
+        print(f"baby-llama: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:         # the reader of our output went away (| head): not an error
+        drop_stdout()
+        return 0
+    except MemoryError as e:
+        print(f"baby-llama: not enough memory for these model sizes ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.filename is None:      # not a named file: standard output failed (a full disk)
+            drop_stdout()
+            e = f"cannot write to standard output: {e.strerror or e}"
+        print(f"baby-llama: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     out = sys.stdout
     t0 = time.perf_counter()
 

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         a, b, c, loss = build(ctx, np.random.default_rng(args.seed))
         gf = gc.new_graph(ctx)
         gc.build_forward_expand(gf, loss)
-        print(gc.graph_print(gf), end="")
+        gc.graph_print(gf)
         plan = gc.graph_plan(gf, args.threads)
         print(f"plan: {args.threads} threads, n_tasks per node {plan.n_tasks.tolist()}, work_size {plan.work_size} B")
         if plan.work_size:

@@ -68,7 +68,7 @@ def test_params_are_nodes_and_gradients_are_made_for_what_depends_on_them():
     # ggml's rules, node for node: sum -> repeat, sqr -> mul, scale, sub -> neg, mul_mat -> out_prod
     assert ops(gb)[gf.n_nodes:] == ["REPEAT", "MUL", "SCALE", "NEG", "OUT_PROD"]
     assert w.grad is gb.nodes[-1]
-    text = gc.graph_print(gb)
+    text = gc.graph_text(gb)
     assert "OUT_PROD" in text
 
 
@@ -293,7 +293,7 @@ def test_every_op_decides_its_gradient():
     assert undecided <= {"CROSS_ENTROPY_LOSS_BACK", "MAP_CUSTOM1", "MAP_CUSTOM2", "MAP_CUSTOM3",
                          "FLASH_ATTN_BACK"}, undecided
     for op in gc.OPS:
-        assert op.backward is None or op.backward is gc.NOT_DIFFERENTIABLE or callable(op.backward), op.name
+        assert op.backward in (None, gc.NOT_DIFFERENTIABLE, gc.ZERO_GRADIENT) or callable(op.backward), op.name
 
 
 def test_non_differentiable_ops_pass_no_gradient():
@@ -307,13 +307,31 @@ def test_non_differentiable_ops_pass_no_gradient():
     gc.build_forward_expand(gf, f)
     gc.build_forward_expand(gf, idx)
     gb = gc.build_backward(ctx, gf, True)
-    assert idx.grad is None and s.grad is None
+    assert idx.grad is None and s.grad is not None      # step takes a gradient but passes zeros on
     gc.graph_reset(gb)
     gc.set_f32(f.grad, 1.0)
     gc.graph_compute_with_ctx(ctx, gb, 1)
     assert np.allclose(a.grad.numpy(), (a.numpy() > 0).astype(np.float32))
-    for op in ("SGN", "STEP", "ARGMAX"):
-        assert gc.BY_NAME[op].backward is gc.NOT_DIFFERENTIABLE
+    assert gc.BY_NAME["ARGMAX"].backward is gc.NOT_DIFFERENTIABLE
+    for op in ("SGN", "STEP"):
+        assert gc.BY_NAME[op].backward is gc.ZERO_GRADIENT
+
+
+def test_piecewise_constant_ops_give_a_zero_gradient():
+    """A loss made only of sgn/step still has f.grad (ggml, PyTorch and JAX give zeros)."""
+    ctx = gc.init(1 << 20)
+    a = rand(ctx, 4, 3)
+    gc.set_param(ctx, a)
+    f = gc.sum(ctx, gc.add(ctx, gc.sgn(ctx, a), gc.step(ctx, a)))
+    gf = gc.new_graph_custom(ctx, 64, True)
+    gc.build_forward_expand(gf, f)
+    gb = gc.build_backward(ctx, gf, True)
+    assert f.grad is not None and a.grad is not None
+    a.grad.numpy()[...] = 7.0
+    gc.graph_reset(gb)
+    gc.set_f32(f.grad, 1.0)
+    gc.graph_compute_with_ctx(ctx, gb, 1)
+    assert np.array_equal(a.grad.numpy(), np.zeros((3, 4), np.float32))
 
 
 def test_in_place_ops():

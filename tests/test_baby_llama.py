@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import graphcore as gc
 import models.baby_llama as bl
+from graphcore.cli_support import Progress
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 needs_autodiff = pytest.mark.skipif(not hasattr(gc, "build_backward_expand") or not hasattr(gc, "set_param"),
                                     reason="graphcore.autodiff (set_param, build_backward_expand) not available")
@@ -271,7 +277,7 @@ def test_all_parameters_get_gradients(loss):
 
 @needs_autodiff
 def test_a_few_examples_lower_the_error():
-    args = bl._parser().parse_args(["--examples", "4"])
+    args = bl.parser().parse_args(["--examples", "4"])
     model, kv = make_model()
     history = []
     stats = bl.train(model, kv, args, io.StringIO(), history)
@@ -283,7 +289,7 @@ def test_a_few_examples_lower_the_error():
 
 @needs_autodiff
 def test_lora_training_lowers_the_error():
-    args = bl._parser().parse_args(["--examples", "2", "--lora", "--n-lora", "4"])
+    args = bl.parser().parse_args(["--examples", "2", "--lora", "--n-lora", "4"])
     model, kv = make_model(lora=True, n_lora=4)
     history = []
     bl.train(model, kv, args, io.StringIO(), history)
@@ -293,7 +299,7 @@ def test_lora_training_lowers_the_error():
 
 @needs_autodiff
 def test_adam_lowers_the_error():
-    args = bl._parser().parse_args(["--examples", "1", "--optimizer", "adam", "--adam-iters", "20"])
+    args = bl.parser().parse_args(["--examples", "1", "--optimizer", "adam", "--adam-iters", "20"])
     model, kv = make_model()
     history = []
     bl.train(model, kv, args, io.StringIO(), history)
@@ -301,7 +307,7 @@ def test_adam_lowers_the_error():
 
 
 def test_generation_is_deterministic():
-    args = bl._parser().parse_args(["--n-gen", "12"])
+    args = bl.parser().parse_args(["--n-gen", "12"])
     runs = []
     for threads in (1, 2):
         args.threads = threads
@@ -331,3 +337,36 @@ def test_command_output_format(capsys, tmp_path):
     assert all(re.fullmatch(r"( -?\d+\.\d\d){32}", r) for r in rows)
     assert lines[46:] == ["done"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _run_cli(*argv, timeout=600):
+    return subprocess.run([sys.executable, "-m", "models.baby_llama", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_command_checks_outputs_before_training(tmp_path):
+    """A bad --plot-loss or --dump-graphs path fails at once with one line, not after training."""
+    r = _run_cli("--plot-loss", str(tmp_path / "nonexistent" / "x.png"), timeout=120)
+    assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert "Example 1" not in r.stdout
+    (tmp_path / "afile").write_text("x")
+    r = _run_cli("--dump-graphs", str(tmp_path / "afile"), timeout=120)
+    assert r.returncode == 1 and "is not a folder" in r.stderr and "Example 1" not in r.stdout
+    r = _run_cli("--version", timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("baby-llama (graphcore ")
+
+
+def test_progress_is_plain_lines_off_a_terminal(capsys):
+    assert bl.main(["--examples", "3", "--n-gen", "2", "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "batches 3/3" in err
+
+
+def test_progress_redraws_on_a_terminal():
+    stream = io.StringIO()
+    stream.isatty = lambda: True
+    p = Progress(4, "batches ", stream=stream)
+    for i in range(1, 5):
+        p.update(i, "x")
+    text = stream.getvalue()
+    assert text.startswith("\rbatches [") and text.endswith("4/4  x\x1b[K\n")

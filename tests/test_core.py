@@ -165,7 +165,7 @@ def test_graph_visit_order_leafs_and_nodes():
     gc.build_forward_expand(g, c)             # nothing is added twice
     assert g.n_nodes == n0
     assert gc.graph_get_tensor(g, "a") is a and gc.graph_get_tensor(g, "zz") is None
-    text = gc.graph_print(g)
+    text = gc.graph_text(g)
     assert "n_nodes = 3" in text and "MUL" in text and "f32" in text
     d = gc.graph_dup(ctx, g)
     assert d.nodes == g.nodes and d.leafs == g.leafs and d is not g
@@ -279,3 +279,22 @@ def test_concurrent_computes_from_python_threads():
 def test_empty_graph_computes():
     ctx = gc.init(1024)
     assert gc.graph_compute_with_ctx(ctx, gc.new_graph(ctx), 2) == gc.STATUS_SUCCESS
+
+
+def test_tensor_repr_shows_values_once_computed_and_reading_early_warns():
+    ctx = gc.init(1 << 20)
+    a = gc.set_name(gc.from_numpy(ctx, np.arange(6, dtype=np.float32).reshape(2, 3)), "a")
+    y = gc.scale(ctx, a, 2.0)
+    assert "values=[[0., 1., 2.]," in repr(a) and "ne=[3, 2]" in repr(a)
+    assert "not computed" in repr(y)
+    with pytest.warns(gc.NotComputedWarning, match="has not been computed"):
+        y.numpy()
+    gc.graph_compute_with_ctx(ctx, gc.build_forward(y), 1)
+    assert "10." in repr(y)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert y.numpy()[1, 2] == 10.0
+        gc.view_1d(ctx, y, 3, 0).numpy()                  # a view of a computed node reads it quietly
+    gc.free(ctx)
+    assert "context freed" in repr(a)

@@ -57,11 +57,11 @@ def layouts():
 GOLDEN_FORWARD = """\
 === GRAPH ===
 n_nodes = 5
- -   0: [     4,     3,     1,     1]             NONE x  f32         48 B  P---  w
- -   1: [     3,     5,     1,     1]          MUL_MAT g  f32         60 B  ----  node_1
- -   2: [     3,     5,     1,     1]              SUB g  f32         60 B  ----  node_2
- -   3: [     3,     5,     1,     1]              SQR g  f32         60 B  ----  node_3
- -   4: [     1,     1,     1,     1]              SUM g  f32          4 B  --O-  f
+ -   0: [     4,     3,     1,     1]             NONE x  f32         48 B  P---  -           w
+ -   1: [     3,     5,     1,     1]          MUL_MAT g  f32         60 B  ----  n0,l1       node_1
+ -   2: [     3,     5,     1,     1]              SUB g  f32         60 B  ----  l0,n1       node_2
+ -   3: [     3,     5,     1,     1]              SQR g  f32         60 B  ----  n2          node_3
+ -   4: [     1,     1,     1,     1]              SUM g  f32          4 B  --O-  n3          f
 n_leafs = 2
  -   0: [     3,     5,     1,     1]     NONE    f32         60 B  ----  c
  -   1: [     4,     5,     1,     1]     NONE    f32         80 B  -I--  x
@@ -71,16 +71,16 @@ n_leafs = 2
 GOLDEN_BACKWARD = """\
 === GRAPH ===
 n_nodes = 10
- -   0: [     4,     3,     1,     1]             NONE x  f32         48 B  P---  w
- -   1: [     3,     5,     1,     1]          MUL_MAT g  f32         60 B  ----  node_1
- -   2: [     3,     5,     1,     1]              SUB g  f32         60 B  ----  node_2
- -   3: [     3,     5,     1,     1]              SQR g  f32         60 B  ----  node_3
- -   4: [     1,     1,     1,     1]              SUM g  f32          4 B  --O-  f
- -   5: [     3,     5,     1,     1]           REPEAT    f32         60 B  ----  node_5
- -   6: [     3,     5,     1,     1]              MUL    f32         60 B  ----  node_6
- -   7: [     3,     5,     1,     1]            SCALE    f32         60 B  ----  node_7
- -   8: [     3,     5,     1,     1]              NEG    f32         60 B  ----  node_8
- -   9: [     4,     3,     1,     1]         OUT_PROD    f32         48 B  ----  node_9
+ -   0: [     4,     3,     1,     1]             NONE x  f32         48 B  P---  -           w
+ -   1: [     3,     5,     1,     1]          MUL_MAT g  f32         60 B  ----  n0,l1       node_1
+ -   2: [     3,     5,     1,     1]              SUB g  f32         60 B  ----  l0,n1       node_2
+ -   3: [     3,     5,     1,     1]              SQR g  f32         60 B  ----  n2          node_3
+ -   4: [     1,     1,     1,     1]              SUM g  f32          4 B  --O-  n3          f
+ -   5: [     3,     5,     1,     1]           REPEAT    f32         60 B  ----  l2          node_5
+ -   6: [     3,     5,     1,     1]              MUL    f32         60 B  ----  n2,n5       node_6
+ -   7: [     3,     5,     1,     1]            SCALE    f32         60 B  ----  n6          node_7
+ -   8: [     3,     5,     1,     1]              NEG    f32         60 B  ----  n7          node_8
+ -   9: [     4,     3,     1,     1]         OUT_PROD    f32         48 B  ----  l1,n8       node_9
 n_leafs = 3
  -   0: [     3,     5,     1,     1]     NONE    f32         60 B  ----  c
  -   1: [     4,     5,     1,     1]     NONE    f32         80 B  -I--  x
@@ -91,16 +91,16 @@ n_leafs = 3
 GOLDEN_LAYOUTS = """\
 === GRAPH ===
 n_nodes = 10
- -   0: [     2,     3,     1,     1]        TRANSPOSE    f32         24 B  ---V  a "quoted" {x|y} <z> \\\\ (transposed)
- -   1: [     2,     3,     1,     1]             CONT    f32         24 B  ----  node_1
- -   2: [     2,     2,     1,     1]         GET_ROWS    f32         16 B  ----  node_2
- -   3: [     2,     2,     1,     1]              DUP    f32         16 B  ----  node_3
- -   4: [     2,     2,     1,     1]              NEG    f32         16 B  ---V  node_4
- -   5: [     2,     1,     1,     1]             VIEW    f16          4 B  ---V  h16 (view)
- -   6: [     2,     1,     1,     1]             CONT    f16          4 B  ----  node_6
- -   7: [     2,     1,     1,     1]          RESHAPE    f32          8 B  ---V  s · ünïcode (reshaped)
- -   8: [     2,     1,     1,     1]              ADD    f32          8 B  ----  node_8
- -   9: [     1,     1,     1,     1]          MUL_MAT    f32          4 B  ----  node_9
+ -   0: [     2,     3,     1,     1]        TRANSPOSE    f32         24 B  ---V  l0          a "quoted" {x|y} <z> \\\\ (transposed)
+ -   1: [     2,     3,     1,     1]             CONT    f32         24 B  ----  n0          node_1
+ -   2: [     2,     2,     1,     1]         GET_ROWS    f32         16 B  ----  n1,l1       node_2
+ -   3: [     2,     2,     1,     1]              DUP    f32         16 B  ----  n2          node_3
+ -   4: [     2,     2,     1,     1]              NEG    f32         16 B  ---V  n3          node_4
+ -   5: [     2,     1,     1,     1]             VIEW    f16          4 B  ---V  l2          h16 (view)
+ -   6: [     2,     1,     1,     1]             CONT    f16          4 B  ----  n5          node_6
+ -   7: [     2,     1,     1,     1]          RESHAPE    f32          8 B  ---V  l3          s · ünïcode (reshaped)
+ -   8: [     2,     1,     1,     1]              ADD    f32          8 B  ----  n7,l4       node_8
+ -   9: [     1,     1,     1,     1]          MUL_MAT    f32          4 B  ----  n6,n8       node_9
 n_leafs = 5
  -   0: [     3,     2,     1,     1]     NONE    f32         24 B  ----  a "quoted" {x|y} <z> \\\\
  -   1: [     2,     1,     1,     1]     NONE    i32          8 B  ----  idx\\nline
@@ -153,16 +153,22 @@ digraph G {
 
 def test_golden_text():
     gf, gb = small()
-    assert gc.graph_print(gf) == GOLDEN_FORWARD
-    assert gc.graph_print(gb) == GOLDEN_BACKWARD
-    assert gc.graph_print(layouts()) == GOLDEN_LAYOUTS
+    assert gc.graph_text(gf) == GOLDEN_FORWARD
+    assert gc.graph_text(gb) == GOLDEN_BACKWARD
+    assert gc.graph_text(layouts()) == GOLDEN_LAYOUTS
 
 
 def test_graph_print_writes_to_a_file(tmp_path):
     gf, _ = small()
     with open(tmp_path / "g.txt", "w") as f:
-        assert gc.graph_print(gf, file=f) == GOLDEN_FORWARD
+        assert gc.graph_print(gf, file=f) is None
     assert (tmp_path / "g.txt").read_text() == GOLDEN_FORWARD
+
+
+def test_graph_print_prints_to_stdout(capsys):
+    gf, _ = small()
+    gc.graph_print(gf)
+    assert capsys.readouterr().out == GOLDEN_FORWARD
 
 
 def test_golden_dot_of_a_backward_graph():
@@ -208,7 +214,8 @@ def test_graphviz_accepts_the_dot():
 
 @needs_dot
 def test_graphviz_accepts_baby_llama_backward_in_pieces():
-    from tools.graph_dump import baby_llama_graph, parser
+    from tools.graph_dump import parser
+    from tools.graph_sources import baby_llama_graph
     g, gf = baby_llama_graph("backward", parser().parse_args(["--model", "baby-llama"]))
     for k in range(0, g.n_nodes, 50):
         sel = {id(n) for n in g.nodes[k:k + 50]} | {id(n) for n in g.leafs}
@@ -302,7 +309,8 @@ def test_json_follows_its_schema_and_round_trips():
 
 # -- stats ------------------------------------------------------------------------------------------------
 def test_stats_count_everything_and_show_the_plan():
-    from tools.graph_dump import baby_llama_graph, parser
+    from tools.graph_dump import parser
+    from tools.graph_sources import baby_llama_graph
     g, gf = baby_llama_graph("backward", parser().parse_args(["--model", "baby-llama"]))
     s = gc.dump.graph_stats(g, 2)
     assert sum(e["nodes"] for e in s["by_op"]) == g.n_nodes
@@ -439,3 +447,59 @@ def test_cli_errors(tmp_path, saved):
     assert r.returncode == 2
     r = cli(str(saved), "--stats", "--format", "dot", check=False)
     assert r.returncode == 1 and b"--stats prints text or json" in r.stderr
+
+
+def test_cli_as_a_user_runs_it(tmp_path, saved):
+    """--version; bad sizes and paths caught before any work with one clear line; a binary format
+    refused on a terminal; a reader that closes the pipe; files get the user's umask."""
+    r = cli("--version")
+    assert r.stdout.decode().startswith("graphcore-dump (graphcore ") and gc.__version__ in r.stdout.decode()
+    r = cli("--model", "baby-llama", "--n-head", "5", check=False)
+    assert r.returncode == 1 and b"must be a multiple of --n-head (5)" in r.stderr and b"usage" not in r.stderr
+    r = cli(str(saved), "-o", str(tmp_path / "no" / "such" / "x.json"), "--format", "json", check=False)
+    assert r.returncode == 1 and b"does not exist" in r.stderr and b"Traceback" not in r.stderr
+    r = cli(str(saved), "-o", str(tmp_path), check=False)
+    assert r.returncode == 1 and b"is a folder" in r.stderr
+    (tmp_path / "raising.py").write_text("def build():\n    raise RuntimeError('boom')\n")
+    r = cli("--from", "raising:build", cwd=tmp_path, check=False)
+    assert r.returncode == 1 and b"the function raised RuntimeError: boom" in r.stderr and b"Traceback" not in r.stderr
+    # -o honours the umask (and replaces an existing file keeping its mode)
+    out = tmp_path / "g.json"
+    cli(str(saved), "--format", "json", "-o", str(out))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    os.chmod(out, 0o640)
+    cli(str(saved), "--format", "json", "-o", str(out))
+    assert out.stat().st_mode & 0o777 == 0o640 and json.loads(out.read_text())["n_nodes"] == 10
+    # a pipe whose reader goes away: no traceback
+    r = subprocess.run(f"{sys.executable} -m tools.graph_dump {saved} --format json | head -c 1", shell=True,
+                       cwd=ROOT, capture_output=True, timeout=300)
+    assert r.stdout == b"{" and b"Traceback" not in r.stderr and b"Error" not in r.stderr
+
+
+def test_cli_refuses_binary_on_a_terminal(saved):
+    import pty
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "tools.graph_dump", str(saved), "--format", "png"], cwd=ROOT,
+                           stdout=slave, stderr=subprocess.PIPE, timeout=300)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 1 and b"binary" in r.stderr and b"-o FILE" in r.stderr
+
+
+def test_cli_profile_text_and_json(saved):
+    out = cli(str(saved), "--profile", "--copies", "2", "--repeat", "1", "--by-op").stdout.decode()
+    assert "10 nodes, 1 thread(s)" in out and "OUT_PROD" in out and "GFLOP/s" in out
+    prof = json.loads(cli(str(saved), "--profile", "--format", "json", "--copies", "1", "--repeat", "1",
+                          "--threads", "2").stdout)
+    assert prof["format"] == "graphcore.profile+json" and prof["n_threads"] == 2
+    ops = {n["op"] for n in prof["nodes"]}
+    assert {"MUL_MAT", "OUT_PROD", "SUM"} <= ops
+    mm = next(n for n in prof["nodes"] if n["op"] == "MUL_MAT")
+    assert mm["flops"] == 2 * 4 * 3 * 5 and mm["gflops"] > 0          # [4,3] x [4,5]: 15 outputs of 4 products
+    assert abs(sum(n["share"] for n in prof["nodes"]) - 1) < 1e-9
+    r = cli(str(saved), "--profile", "--format", "dot", check=False)
+    assert r.returncode == 1 and b"--profile prints text or json" in r.stderr

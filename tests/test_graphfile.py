@@ -221,7 +221,8 @@ def test_import_into_a_context_and_rollback(tmp_path):
 # -- baby-llama's graphs --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["forward", "backward", "generation"])
 def test_baby_llama_round_trip(tmp_path, which):
-    from tools.graph_dump import baby_llama_graph, parser
+    from tools.graph_dump import parser
+    from tools.graph_sources import baby_llama_graph
     args = parser().parse_args(["--model", "baby-llama", "--n-layer", "2", "--n-embd", "16", "--n-head", "4"])
     g, gf = baby_llama_graph(which, args)
     p = tmp_path / f"{which}.gcg"
@@ -405,6 +406,8 @@ def test_versions(tmp_path, small_file):
     assert "version 2" in msg and "version 1" in msg
     refused(tmp_path, encode(recs, gs, version=0)[0], "unknown format version 0")
     refused(tmp_path, encode(recs, gs, version=0xFFFFFFFF)[0], "newer")
+    # a short garbage file after the magic is truncated, not "newer" (the size is checked first)
+    refused(tmp_path, b"GCGRAPH\x00garbage!", "truncated: 16 bytes")
 
 
 def test_checksum_and_trailing_bytes(tmp_path, small_file):

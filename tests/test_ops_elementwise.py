@@ -229,7 +229,7 @@ def test_threads_same_bits(name, build, layout):
     for n in (1, 2, 4):
         nt = gc.graph_plan(g, n).n_tasks[node]
         assert nt == n, f"{name}: planner gave {nt} tasks for {n} threads; the test needs a split"
-        out.numpy()[...] = np.nan
+        out.numpy4d()[...] = np.nan
         compute_guarded(ctx, out, n, graph=g, what=f"{name} x{n}")
         results.append(out.numpy().copy())
     assert_same_bits(results[1], results[0], f"{name} 2 vs 1 threads")
@@ -317,7 +317,7 @@ def test_scale_add1_errors():
 from graphcore.testing import assert_graph_close, family_ops, graphs  # noqa: E402
 
 
-_GRAPH_OPS = [op for m in ["elementwise"] for op in family_ops(m)]
+_GRAPH_OPS = [op for m in ["elementwise", "unary"] for op in family_ops(m)]
 
 
 @given(drawn=graphs(ops=_GRAPH_OPS, max_nodes=5))

@@ -288,7 +288,7 @@ def test_threads_same_bits(name):
     for n in (1, 2, 4):
         nt = gc.graph_plan(g, n).n_tasks[node]
         assert nt == n, f"{name}: planner gave {nt} tasks for {n} threads; the test needs a split"
-        out.numpy()[...] = np.nan
+        out.numpy4d()[...] = np.nan
         compute_guarded(ctx, out, n, graph=g, what=f"{name} x{n}")
         results.append(out.numpy().copy())
     assert_same_bits(results[1], results[0], f"{name} 2 vs 1 threads")

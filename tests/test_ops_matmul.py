@@ -174,7 +174,7 @@ def test_threads_same_bits(case):
     results = []
     for n in (1, 2, 4):
         assert gc.graph_plan(g, n).n_tasks[node] == n, f"{case}: no split at {n} threads"
-        out.numpy()[...] = np.nan
+        out.numpy4d()[...] = np.nan
         compute_guarded(ctx, out, n, graph=g, what=f"{case} x{n}")
         results.append(out.numpy4d().copy())
     assert_same_bits(results[1], results[0], f"{case} 2 vs 1 threads")

@@ -116,7 +116,7 @@ def test_threads_same_bits(name, layout):
     results = []
     for n in (1, 2, 4):
         assert gc.graph_plan(g, n).n_tasks[node] == n, f"{name}: no split at {n} threads"
-        out.numpy()[...] = 0
+        out.numpy4d()[...] = 0
         compute_guarded(ctx, [o for o in g.nodes if o.op in (gc.OP_CONT,)] + [out], n, graph=g)
         results.append(out.numpy().copy())
     assert_same_bits(results[1], results[0], f"{name} 2 vs 1 threads")

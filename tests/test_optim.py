@@ -200,3 +200,16 @@ def test_non_descent_direction_fails_the_line_search():
     opt = gc.opt_init(ctx, gc.OptContext(), params, 0)
     assert gc.opt_resume_g(ctx, opt, f, gf, gb) == gc.LINESEARCH_FAIL
     assert float(x.numpy()[0]) == pytest.approx(2.2, rel=1e-6)     # the accepted step, 1/||d|| = 1
+
+
+def test_result_codes_print_as_their_names_and_equal_ggmls_numbers():
+    assert repr(gc.OPT_DID_NOT_CONVERGE) == "OPT_DID_NOT_CONVERGE" and str(gc.OPT_OK) == "OPT_OK"
+    assert repr(gc.OPT_LBFGS) == "OPT_LBFGS" and gc.OPT_LBFGS == 1 == gc.OPT_DID_NOT_CONVERGE
+    assert repr(gc.LINESEARCH_FAIL) == "LINESEARCH_FAIL" and gc.LINESEARCH_FAIL == -128
+    ctx = gc.init(1 << 20)
+    x = gc.set_param(ctx, gc.from_numpy(ctx, np.array([3.0, -2.0], np.float32)))
+    f = gc.sum(ctx, gc.sqr(ctx, x))
+    params = gc.opt_default_params(gc.OPT_ADAM)
+    params.adam.n_iter = 3
+    res = gc.opt(ctx, params, f)
+    assert isinstance(res, gc.optim.OptResult) and repr(res).startswith("OPT_")

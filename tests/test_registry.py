@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import graphcore as gc
-from graphcore.ops import elementwise, layout, matmul, reduce
+from graphcore.ops import elementwise, layout, matmul, reduce, unary
 from graphcore.ops.registry import OpDef
 
 VIEW_OPS = {"NONE", "RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE"}
@@ -73,7 +73,7 @@ def test_op_name_out_of_range():
 # -- every builder of the core families: bad input is a GraphError naming the op ---------------------------
 def _builders():
     out = []
-    for mod in (elementwise, layout, reduce, matmul):
+    for mod in (elementwise, unary, layout, reduce, matmul):
         for name, f in vars(mod).items():
             if name.startswith("_") or not inspect.isfunction(f) or f.__module__ != mod.__name__:
                 continue

@@ -197,7 +197,6 @@ ORIGINAL_EVALS = 5068
 def _run_baby_llama(extra_env=None, threads=1):
     import re
     import subprocess
-    import tempfile
     env = dict(os.environ, **(extra_env or {}))
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "models.baby_llama", "--progress", "--threads", str(threads)],

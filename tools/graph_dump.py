@@ -14,115 +14,25 @@ that returns a Graph, a (graph, forward_graph) pair, or a tensor (its forward gr
 
 Formats: text (the default), dot, svg and png (rendered by Graphviz's dot program), json (see
 graphcore.dump.GRAPH_JSON_SCHEMA). Filters: --op, --around/--depth, --max-nodes. --stats prints
-nodes and bytes by op, parameters and the plan for --threads (text, or json with --format json).
-Also `python -m tools.graph_dump`.
+nodes and bytes by op, parameters and the plan for --threads (text, or json with --format json);
+--profile times every node and op (tools/profile_graph.py). Also `python -m tools.graph_dump`.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
+import logging
 import shutil
 import subprocess
 import sys
 from collections import deque
 
+from graphcore.cli_support import (CliError, add_common_arguments, check_output_file, setup_logging, write_output,
+                                   write_stdout)
+from tools import graph_sources, profile_graph
+
 FORMATS = ("text", "dot", "svg", "png", "json")
-MODEL_GRAPHS = ("forward", "backward", "generation")
-
-
-class CliError(Exception):
-    """A problem to report in one line (exit status 1)."""
-
-
-# -- sources -----------------------------------------------------------------------------------------------
-def baby_llama_graph(which: str, args):
-    """(graph, forward graph or None) of baby-llama, built as models/baby_llama.py builds it:
-    training's forward graph with its loss, its backward graph (the loss's gradient seeded with 1,
-    a batch of tokens and targets in place), or the generation graph."""
-    import graphcore as gc
-    from models import baby_llama as bl
-    argv = ["--n-vocab", str(args.n_vocab), "--n-ctx", str(args.n_ctx), "--n-embd", str(args.n_embd),
-            "--n-head", str(args.n_head), "--n-layer", str(args.n_layer), "--n-mult", str(args.n_mult),
-            "--n-batch", str(args.n_batch), "--n-lora", str(args.n_lora), "--loss", args.loss,
-            "--seed", str(args.seed)] + (["--lora"] if args.lora else [])
-    p = bl._parser()
-    margs = p.parse_args(argv)
-    try:
-        bl._check_args(p, margs)
-    except SystemExit:
-        raise CliError("invalid model sizes (see the message above)") from None
-    model, kv = bl.new_model(margs)
-    hp = model.hparams
-    if which == "generation":
-        n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
-        sample_ctx = n_tokens - n_tokens // 8
-        tokens_input = gc.new_tensor_1d(model.ctx, gc.TYPE_I32, n_tokens)
-        targets = gc.new_tensor_2d(model.ctx, gc.TYPE_F32, n_vocab, n_tokens)
-        bl.get_example_targets(137, tokens_input, targets)
-        ctx0 = gc.init(bl._compute_size(hp, 1, kv, nodes_per_layer=60))
-        gf = gc.new_graph_custom(ctx0, bl.LLAMA_TRAIN_MAX_NODES, True)
-        fwd = bl.forward_lora if margs.lora else bl.forward
-        logits = fwd(model, kv, ctx0, gf, tokens_input, sample_ctx, 0)
-        gc.build_forward_expand(gf, logits)
-        return gf, None
-    # every node keeps its bytes (no allocator): a dumped or exported graph shows all its values
-    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss, allocator=False)
-    bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
-    tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
-    if which == "forward":
-        return tg.gf, None
-    gc.graph_reset(tg.gb)
-    gc.set_f32(tg.error.grad, 1.0)
-    return tg.gb, tg.gf
-
-
-def graph_from_function(spec: str):
-    """(graph, forward graph or None) from `package.module:function`."""
-    import graphcore as gc
-    mod_name, sep, fn_name = spec.partition(":")
-    if not sep or not mod_name or not fn_name:
-        raise CliError(f"--from wants package.module:function, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise CliError(f"--from {spec}: cannot import {mod_name}: {e}") from None
-    fn = mod
-    for part in fn_name.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise CliError(f"--from {spec}: {mod_name} has no attribute {fn_name!r}")
-    if not callable(fn):
-        raise CliError(f"--from {spec}: {fn_name} is not callable")
-    out = fn()
-    gf = None
-    if isinstance(out, tuple) and len(out) == 2:
-        out, gf = out
-    if isinstance(out, gc.Tensor):
-        out = gc.build_forward(out)
-    if not isinstance(out, gc.Graph) or (gf is not None and not isinstance(gf, gc.Graph)):
-        raise CliError(f"--from {spec}: the function must return a Graph, a (graph, forward graph) pair or "
-                       f"a tensor; it returned {type(out).__name__}")
-    return out, gf
-
-
-def load(args):
-    import graphcore as gc
-    given = [x for x in (args.file, args.model, args.from_) if x]
-    if len(given) != 1:
-        raise CliError("give one source: a graph file, --model baby-llama, or --from package.module:function")
-    if args.file:
-        try:
-            return gc.graph_import(args.file, with_forward=True)
-        except OSError as e:
-            raise CliError(f"cannot read {args.file}: {e.strerror or e}") from None
-        except gc.GraphError as e:
-            raise CliError(str(e)) from None
-    if args.model:
-        return baby_llama_graph(args.graph, args)
-    return graph_from_function(args.from_)
+BINARY_FORMATS = ("png",)
+log = logging.getLogger("graphcore.dump")
 
 
 # -- filters -----------------------------------------------------------------------------------------------
@@ -216,6 +126,7 @@ def render(dot_text: str, fmt: str) -> bytes:
         raise CliError(f"--format {fmt} needs Graphviz's `dot` program, which is not installed (not on PATH); "
                        f"install Graphviz (apt-get install graphviz, brew install graphviz), or write "
                        f"--format dot and render it elsewhere")
+    log.info("rendering %s with %s (%d bytes of dot; large graphs take a while)", fmt, prog, len(dot_text))
     try:
         r = subprocess.run([prog, f"-T{fmt}"], input=dot_text.encode("utf-8"), capture_output=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -228,6 +139,10 @@ def render(dot_text: str, fmt: str) -> bytes:
 
 def produce(g, gf, args) -> bytes:
     from graphcore import dump
+    if args.profile:
+        if args.format not in ("text", "json"):
+            raise CliError("--profile prints text or json (--format text|json)")
+        return profile_graph.run_profile(g, args)
     if args.stats:
         if args.format not in ("text", "json"):
             raise CliError("--stats prints text or json (--format text|json)")
@@ -250,17 +165,11 @@ def produce(g, gf, args) -> bytes:
 def parser():
     p = argparse.ArgumentParser(
         prog="graphcore-dump",
-        description="Print, draw, filter, measure and save graphcore graphs.",
+        description="Print, draw, filter, measure, profile and save graphcore graphs.",
         epilog="Examples: graphcore-dump g.gcg; graphcore-dump --model baby-llama --graph backward --format svg "
-               "-o b.svg; graphcore-dump g.gcg --format dot --op MUL_MAT; graphcore-dump g.gcg --stats --threads 2")
-    src = p.add_argument_group("source (one)")
-    src.add_argument("file", nargs="?", help="a graph file written by gc.graph_export or --save")
-    src.add_argument("--model", choices=("baby-llama",), help="build a model's graph in-process")
-    src.add_argument("--graph", choices=MODEL_GRAPHS, default="forward",
-                     help="which graph of the model (default forward)")
-    src.add_argument("--from", dest="from_", metavar="MODULE:FUNCTION",
-                     help="call package.module:function(), which returns a Graph, (graph, forward graph) "
-                          "or a tensor")
+               "-o b.svg; graphcore-dump g.gcg --format dot --op MUL_MAT; graphcore-dump g.gcg --stats --threads 2; "
+               "graphcore-dump g.gcg --profile --by-op")
+    graph_sources.add_source_arguments(p)
     out = p.add_argument_group("output")
     out.add_argument("--format", "-f", choices=FORMATS, help="default text")
     out.add_argument("--output", "-o", metavar="PATH", help="write here instead of standard output")
@@ -268,68 +177,63 @@ def parser():
                                                         "(gc.graph_import reads it)")
     out.add_argument("--stats", action="store_true",
                      help="nodes and bytes by op, parameters, and the plan for --threads")
-    out.add_argument("--threads", type=int, default=1, help="threads of the plan --stats shows (default 1)")
+    out.add_argument("--profile", action="store_true",
+                     help="time every node and op (text or json; see the profile options)")
+    out.add_argument("--threads", type=int, default=1, help="threads of the plan --stats shows and --profile "
+                                                            "uses (default 1)")
     flt = p.add_argument_group("filters (text, dot, svg, png, json)")
     flt.add_argument("--op", action="append", metavar="NAME[,NAME]", help="only nodes of these ops")
     flt.add_argument("--around", metavar="NODE", help="only tensors near NODE: a node index, leaf:INDEX, or a name")
     flt.add_argument("--depth", type=int, default=2, help="how many source edges from --around (default 2)")
     flt.add_argument("--max-nodes", type=int, metavar="N", help="at most N nodes (the first ones)")
-    m = p.add_argument_group("model sizes (--model baby-llama)")
-    m.add_argument("--n-vocab", type=int, default=8)
-    m.add_argument("--n-ctx", type=int, default=8)
-    m.add_argument("--n-embd", type=int, default=32)
-    m.add_argument("--n-head", type=int, default=8)
-    m.add_argument("--n-layer", type=int, default=1)
-    m.add_argument("--n-mult", type=int, default=2)
-    m.add_argument("--n-batch", type=int, default=8)
-    m.add_argument("--lora", action="store_true", help="the LoRA model")
-    m.add_argument("--n-lora", type=int, default=8)
-    m.add_argument("--loss", choices=("square", "cross-entropy"), default="square")
-    m.add_argument("--seed", type=int, default=1337)
+    profile_graph.add_profile_arguments(p)
+    add_common_arguments(p)
     return p
 
 
 def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.threads < 1:
-        p.error("--threads must be >= 1")
-    if args.depth < 0:
-        p.error("--depth must be >= 0")
-    if args.max_nodes is not None and args.max_nodes < 0:
-        p.error("--max-nodes must be >= 0")
-    if args.graph != "forward" and not args.model:
-        p.error("--graph goes with --model")
+    setup_logging(args.verbose)
     try:
-        import graphcore as gc
-        g, gf = load(args)
+        if args.threads < 1:
+            raise CliError("--threads must be >= 1")
+        if args.depth < 0:
+            raise CliError("--depth must be >= 0")
+        if args.max_nodes is not None and args.max_nodes < 0:
+            raise CliError("--max-nodes must be >= 0")
+        profile_graph.check_profile_arguments(args)
+        graph_sources.check_source(args)
+        if args.stats and args.profile:
+            raise CliError("--stats and --profile: give one")
         wants_output = args.format is not None
         args.format = args.format or "text"
+        for path, option in ((args.output, "--output"), (args.save, "--save")):
+            if path:
+                check_output_file(path, option)
+        if not args.output and args.format in BINARY_FORMATS and sys.stdout.isatty():
+            raise CliError(f"--format {args.format} is binary: give -o FILE (or redirect the output)")
+        import graphcore as gc
+        g, gf = graph_sources.load(args)
         if args.save:
             try:
                 gc.graph_export(g, args.save, gf)
             except (gc.GraphError, OSError) as e:
                 raise CliError(f"--save {args.save}: {e}") from None
-            if not (args.output or args.stats or wants_output):
+            if not (args.output or args.stats or args.profile or wants_output):
                 print(f"saved {g.n_nodes} nodes and {g.n_leafs} leafs to {args.save}", file=sys.stderr)
                 return 0
         data = produce(g, gf, args)
+        if args.output:
+            write_output(args.output, data)
+        else:
+            write_stdout(data, args.format if args.format in BINARY_FORMATS else None)
     except CliError as e:
         print(f"graphcore-dump: {e}", file=sys.stderr)
         return 1
-    if args.output:
-        try:
-            with open(args.output, "wb") as f:
-                f.write(data)
-        except OSError as e:
-            print(f"graphcore-dump: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
-            return 1
-    else:
-        try:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            pass
+    except MemoryError as e:
+        print(f"graphcore-dump: not enough memory for this graph ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,55 +1,88 @@
-"""Per-node profile of baby-llama's training graphs (forward + backward), one node at a time.
+"""Per-node and per-op profile of any graph: time, share, GFLOP/s or GB/s.
 
-    python -m tools.profile_graph                      # 1 thread, table of every node by time
-    python -m tools.profile_graph --threads 2 --by-op  # totals per op too
-    python -m tools.profile_graph --graph forward --top 20
+    python -m tools.profile_graph                                  # baby-llama's backward graph
+    python -m tools.profile_graph graph.gcg --threads 2 --by-op --top 20
+    python -m tools.profile_graph --from mypkg.models:build --format json -o profile.json
+    graphcore-dump graph.gcg --profile                             # the same, from graphcore-dump
 
-The graphs are models/baby_llama.py's training graphs (build_training_graphs: forward_batch, the
-loss, build_backward_expand with keep) with the first batch's data, computed once so every tensor
-holds realistic values. Each node is then timed alone: a graph whose node list is that one node
-repeated --copies times is planned for --threads and computed --repeat times; the median (or, with
+Sources as graphcore-dump's: a graph file, --model baby-llama --graph forward|backward|generation,
+or --from package.module:function. The whole graph is computed once (so every tensor holds real
+values) and timed; then each node is timed alone: a graph whose node list is that node repeated
+--copies times is planned for --threads and computed --repeat times, and the median (or, with
 --stat min, the least disturbed) time divided by the copies is the node's time (the executor's
-per-node cost, ~0.05 us, is included; graph_compute's Python overhead is amortised over the
-copies). Nodes that are views of their own source (in-place results, whose repeats would
-compound) run one copy per compute, and their time has graph_compute's measured overhead
-subtracted. A node timed alone finds its data in cache: the whole graph takes somewhat longer
-than the sum of its nodes.
+per-node cost is included; graph_compute's Python overhead is amortised over the copies). A node
+that writes into its own source (an in-place result, whose repeats would compound) runs one copy
+per compute, with graph_compute's measured overhead subtracted. A node timed alone finds its
+data in cache, so the whole graph takes somewhat longer than the sum of its nodes.
 
-Also printed: the whole forward and backward graphs' times, and the sum of the nodes'.
+GFLOP/s is given for matrix products (2 multiply-adds per output element and inner index), GB/s
+(bytes of the sources read plus the result written, over the time) for every node.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import statistics
 import sys
 import time
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from dataclasses import dataclass, field
 
 import numpy as np
 
 import graphcore as gc
-from graphcore import tensor as TN
+from graphcore.cli_support import (CliError, add_common_arguments, check_output_file, setup_logging, write_output,
+                                   write_stdout)
 from graphcore.graph import Graph
 from graphcore.ops.registry import OPS
+from tools import graph_sources
 
 
-def build_training_graphs(args):
-    """(gf, gb, loss) for baby-llama's training step: the model as the program's main() makes it,
-    the graphs from models.baby_llama.build_training_graphs (as train() builds them), the first
-    batch's tokens and targets in place."""
-    from models import baby_llama as bl
-    margs = bl._parser().parse_args([
-        "--n-batch", str(args.n_batch), "--n-embd", str(args.n_embd), "--n-head", str(args.n_head),
-        "--n-layer", str(args.n_layer), "--n-ctx", str(args.n_ctx), "--n-vocab", str(args.n_vocab),
-        "--loss", args.loss, "--threads", str(args.threads)] + (["--lora"] if args.lora else []))
-    model, kv = bl.new_model(margs)
-    # allocator=False: a node timed alone must find its sources' values, not bytes reused since
-    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss, allocator=False)
-    bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
-    tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
-    return tg.gf, tg.gb, tg.error
+@dataclass
+class NodeTime:
+    index: int
+    name: str
+    op: str
+    n_tasks: int
+    seconds: float
+    flops: int
+    bytes: int
+    ne: list
+    srcs: list
+
+
+@dataclass
+class Profile:
+    n_threads: int
+    n_nodes: int
+    graph_seconds: float        # the whole graph, computed as it is
+    overhead_seconds: float     # graph_compute's own cost (one tiny node)
+    nodes: list = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return sum(r.seconds for r in self.nodes)
+
+    def by_op(self) -> list:
+        """[(op, nodes, seconds, flops, bytes)], slowest first."""
+        acc = {}
+        for r in self.nodes:
+            n, s, f, b = acc.get(r.op, (0, 0.0, 0, 0))
+            acc[r.op] = (n + 1, s + r.seconds, f + r.flops, b + r.bytes)
+        return sorted(((op, *v) for op, v in acc.items()), key=lambda x: -x[2])
+
+
+def flops_of(node) -> int:
+    """Multiply-adds x 2 of matrix products (0 for other ops)."""
+    name = OPS[node.op].name
+    if name == "MUL_MAT":                       # dst [M, N, ...] = src0 [K, M, ...] . src1 [K, N, ...]
+        return 2 * int(node.src[0].ne[0]) * gc.nelements(node)
+    if name == "OUT_PROD":                      # dst [M, N] = sum over K of src0 [M, K] x src1 [N, K]
+        return 2 * int(node.src[0].ne[1]) * gc.nelements(node)
+    return 0
+
+
+def bytes_of(node) -> int:
+    return gc.nbytes(node) + sum(gc.nbytes(s) for s in node.src if s is not None)
 
 
 def _planned(g, n_threads):
@@ -83,101 +116,140 @@ def _writes_own_source(node):
     if node.view_src is None:
         return False
     owner = node.view_src
-    for s in node.src:
-        if s is not None and (s is owner or s.view_src is owner):
-            return True
-    return False
+    return any(s is not None and (s is owner or s.view_src is owner) for s in node.src)
 
 
-def _describe(node):
-    ne = "x".join(str(int(x)) for x in node.ne[:max(1, gc.n_dims(node))])
-    srcs = ",".join("x".join(str(int(x)) for x in s.ne[:max(1, gc.n_dims(s))]) for s in node.src if s is not None)
-    return ne, srcs
+def _shape(t) -> list:
+    return [int(x) for x in t.ne[:max(1, gc.n_dims(t))]]
 
 
-def profile(g, args, overhead, stat=statistics.median):
-    """[(seconds per node, index, node, n_tasks)] for every computed node of g."""
-    full = _planned(g, args.threads)
-    rows = []
-    for i, node in enumerate(g.nodes):
-        op = OPS[node.op]
-        if op.kernel is None:
-            continue
-        gc.graph_compute(g, full)            # fresh values for every node's inputs
-        single = _writes_own_source(node)
-        copies = 1 if single else args.copies
-        rg = _repeated(node, copies)
-        plan = _planned(rg, args.threads)
-        t = timed(lambda: gc.graph_compute(rg, plan), args.repeat, stat)
-        per = (t - overhead) / copies if single else t / copies
-        rows.append((per, i, node, int(plan.n_tasks[0])))
-    gc.graph_compute(g, full)
-    return rows
-
-
-def compute_overhead(args, stat=statistics.median):
+def compute_overhead(n_threads, repeat, stat=statistics.median):
     """graph_compute's own cost (checks, lowering reuse, thread start): one tiny SCALE node."""
     ctx = gc.init(1 << 20)
     x = gc.new_tensor_1d(ctx, gc.TYPE_F32, 1)
-    t = gc.scale(ctx, x, 1.0)
-    tg = gc.build_forward(t)
-    plan = _planned(tg, args.threads)
-    return timed(lambda: gc.graph_compute(tg, plan), max(args.repeat, 200), stat)
+    tg = gc.build_forward(gc.scale(ctx, x, 1.0))
+    plan = _planned(tg, n_threads)
+    return timed(lambda: gc.graph_compute(tg, plan), max(repeat, 200), stat)
+
+
+def profile_graph(g, n_threads: int = 1, copies: int = 200, repeat: int = 21, stat=statistics.median) -> Profile:
+    """Time g whole and each of its computing nodes alone (see the module's docs)."""
+    full = _planned(g, n_threads)
+    whole = timed(lambda: gc.graph_compute(g, full), max(repeat, 11), stat)
+    overhead = compute_overhead(n_threads, repeat, stat)
+    prof = Profile(n_threads, g.n_nodes, whole, overhead)
+    for i, node in enumerate(g.nodes):
+        if OPS[node.op].kernel is None:
+            continue
+        gc.graph_compute(g, full)            # fresh values for every node's inputs
+        single = _writes_own_source(node)
+        n = 1 if single else copies
+        rg = _repeated(node, n)
+        plan = _planned(rg, n_threads)
+        t = timed(lambda: gc.graph_compute(rg, plan), repeat, stat)
+        per = max(t - overhead, 0.0) if single else t / n
+        prof.nodes.append(NodeTime(i, node.name, OPS[node.op].name, int(plan.n_tasks[0]), per, flops_of(node),
+                                   bytes_of(node), _shape(node), [_shape(s) for s in node.src if s is not None]))
+    gc.graph_compute(g, full)
+    return prof
+
+
+def _rates(seconds, flops, nbytes) -> tuple:
+    if seconds <= 0:
+        return None, None
+    return (flops / seconds / 1e9 if flops else None), nbytes / seconds / 1e9
+
+
+def profile_text(prof: Profile, top: int = 0, by_op: bool = True) -> str:
+    total = prof.total or 1e-30
+    lines = [f"{prof.n_nodes} nodes, {prof.n_threads} thread(s): the whole graph {prof.graph_seconds * 1e6:.1f} us, "
+             f"the sum of the nodes timed alone {prof.total * 1e6:.1f} us; graph_compute overhead "
+             f"{prof.overhead_seconds * 1e6:.1f} us", "",
+             f"{'us':>9} {'%':>5}  {'node':>4} {'op':<16} {'tasks':>5} {'GFLOP/s':>8} {'GB/s':>7}  "
+             f"{'shape':<16} {'sources':<30} name"]
+    rows = sorted(prof.nodes, key=lambda r: -r.seconds)
+    for r in rows[:top] if top else rows:
+        gf, gb = _rates(r.seconds, r.flops, r.bytes)
+        shape = "x".join(map(str, r.ne))
+        srcs = ",".join("x".join(map(str, s)) for s in r.srcs)
+        lines.append(f"{r.seconds * 1e6:9.2f} {100 * r.seconds / total:5.1f}  {r.index:4d} {r.op:<16} {r.n_tasks:5d} "
+                     f"{(f'{gf:8.1f}' if gf else '       -')} {(f'{gb:7.2f}' if gb else '      -')}  "
+                     f"{shape:<16} {srcs:<30} {r.name}")
+    if by_op:
+        lines += ["", f"{'op':<16} {'nodes':>5} {'us':>10} {'%':>5} {'GFLOP/s':>8} {'GB/s':>7}"]
+        for op, n, s, f, b in prof.by_op():
+            gf, gb = _rates(s, f, b)
+            lines.append(f"{op:<16} {n:5d} {s * 1e6:10.2f} {100 * s / total:5.1f} "
+                         f"{(f'{gf:8.1f}' if gf else '       -')} {(f'{gb:7.2f}' if gb else '      -')}")
+    return "\n".join(lines) + "\n"
+
+
+def profile_json(prof: Profile) -> str:
+    total = prof.total or 1e-30
+
+    def rates(s, f, b):
+        gf, gb = _rates(s, f, b)
+        return {"gflops": gf, "gbytes_per_s": gb}
+    out = {"format": "graphcore.profile+json", "version": 1, "n_threads": prof.n_threads, "n_nodes": prof.n_nodes,
+           "graph_us": prof.graph_seconds * 1e6, "sum_of_nodes_us": prof.total * 1e6,
+           "overhead_us": prof.overhead_seconds * 1e6,
+           "nodes": [{"index": r.index, "name": r.name, "op": r.op, "n_tasks": r.n_tasks, "us": r.seconds * 1e6,
+                      "share": r.seconds / total, "flops": r.flops, "bytes": r.bytes, "ne": r.ne, "srcs": r.srcs,
+                      **rates(r.seconds, r.flops, r.bytes)} for r in prof.nodes],
+           "ops": [{"op": op, "nodes": n, "us": s * 1e6, "share": s / total, **rates(s, f, b)}
+                   for op, n, s, f, b in prof.by_op()]}
+    return json.dumps(out, indent=1) + "\n"
+
+
+def add_profile_arguments(p) -> None:
+    g = p.add_argument_group("profile")
+    g.add_argument("--copies", type=int, default=200, help="copies of a node per timed compute (default 200)")
+    g.add_argument("--repeat", type=int, default=21, help="timed computes per node (default 21)")
+    g.add_argument("--stat", choices=("median", "min"), default="median",
+                   help="statistic of the timed computes (default median; min is steadier on a busy machine)")
+    g.add_argument("--top", type=int, default=0, help="print only the N slowest nodes (default: all)")
+    g.add_argument("--by-op", action="store_true", help="also print totals per op (text; json always has them)")
+
+
+def check_profile_arguments(args) -> None:
+    if args.copies < 1 or args.repeat < 1 or args.top < 0:
+        raise CliError("--copies and --repeat must be >= 1, --top >= 0")
+
+
+def run_profile(g, args) -> bytes:
+    stat = min if args.stat == "min" else statistics.median
+    prof = profile_graph(g, args.threads, args.copies, args.repeat, stat)
+    if args.format == "json":
+        return profile_json(prof).encode()
+    return profile_text(prof, args.top, args.by_op).encode()
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="profile_graph", description=__doc__.split("\n\n")[0])
+    graph_sources.add_source_arguments(p)
     p.add_argument("--threads", type=int, default=1, help="threads for every graph (default 1)")
-    p.add_argument("--graph", choices=("forward", "backward"), default="backward",
-                   help="which graph's nodes to time (backward, the default, holds the forward's too)")
-    p.add_argument("--copies", type=int, default=200, help="copies of a node per timed compute (default 200)")
-    p.add_argument("--repeat", type=int, default=21, help="timed computes per node (default 21)")
-    p.add_argument("--stat", choices=("median", "min"), default="median",
-                   help="statistic of the timed computes (default median; min is steadier on a busy machine)")
-    p.add_argument("--top", type=int, default=0, help="print only the N slowest nodes (default: all)")
-    p.add_argument("--by-op", action="store_true", help="also print totals per op")
-    p.add_argument("--loss", choices=("square", "cross-entropy"), default="square")
-    p.add_argument("--lora", action="store_true")
-    for name, default in (("n-batch", 8), ("n-embd", 32), ("n-head", 8), ("n-layer", 1), ("n-ctx", 8),
-                          ("n-vocab", 8)):
-        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--format", "-f", choices=("text", "json"), default="text")
+    p.add_argument("--output", "-o", metavar="PATH", help="write here instead of standard output")
+    add_profile_arguments(p)
+    add_common_arguments(p)
     args = p.parse_args(argv)
-    if args.threads < 1 or args.copies < 1 or args.repeat < 1:
-        p.error("--threads, --copies and --repeat must be >= 1")
-
-    stat = min if args.stat == "min" else statistics.median
-    gf, gb, loss = build_training_graphs(args)
-    TN.set_f32(loss.grad, 1.0)
-    pf, pb = _planned(gf, args.threads), _planned(gb, args.threads)
-    t_gf = timed(lambda: gc.graph_compute(gf, pf), max(args.repeat, 101), stat)
-    t_gb = timed(lambda: gc.graph_compute(gb, pb), max(args.repeat, 101), stat)
-    overhead = compute_overhead(args, stat)
-    g = gf if args.graph == "forward" else gb
-    rows = profile(g, args, overhead, stat)
-    total = sum(r[0] for r in rows)
-
-    print(f"baby-llama training graphs, {args.threads} thread(s): forward {gf.n_nodes} nodes "
-          f"{t_gf * 1e6:.1f} us, backward {gb.n_nodes} nodes {t_gb * 1e6:.1f} us ({args.stat}s); "
-          f"graph_compute overhead {overhead * 1e6:.1f} us")
-    print(f"{args.graph} graph: sum of the nodes timed alone {total * 1e6:.1f} us")
-    print()
-    print(f"{'us':>8} {'%':>5}  {'node':>4} {'op':<14} {'tasks':>5}  {'shape':<14} {'sources':<28} name")
-    shown = sorted(rows, key=lambda r: -r[0])
-    if args.top:
-        shown = shown[:args.top]
-    for per, i, node, nt in shown:
-        ne, srcs = _describe(node)
-        print(f"{per * 1e6:8.2f} {100 * per / total:5.1f}  {i:4d} {OPS[node.op].name:<14} {nt:5d}  "
-              f"{ne:<14} {srcs:<28} {node.name}")
-    if args.by_op:
-        by = {}
-        for per, _, node, _ in rows:
-            n, s = by.get(OPS[node.op].name, (0, 0.0))
-            by[OPS[node.op].name] = (n + 1, s + per)
-        print()
-        print(f"{'op':<14} {'nodes':>5} {'us':>9} {'%':>5}")
-        for name, (n, s) in sorted(by.items(), key=lambda kv: -kv[1][1]):
-            print(f"{name:<14} {n:5d} {s * 1e6:9.2f} {100 * s / total:5.1f}")
+    setup_logging(args.verbose)
+    try:
+        if args.threads < 1:
+            raise CliError("--threads must be >= 1")
+        check_profile_arguments(args)
+        graph_sources.check_source(args, default_model_graph="backward")
+        if args.output:
+            check_output_file(args.output, "--output")
+        g, _ = graph_sources.load(args)
+        data = run_profile(g, args)
+        if args.output:
+            write_output(args.output, data)
+        else:
+            write_stdout(data)
+    except CliError as e:
+        print(f"profile_graph: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

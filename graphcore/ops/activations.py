@@ -1,4 +1,4 @@
-"""More activations and a backward op: tanh elu gelu_quick leaky_relu clamp silu_back.
+"""More activations: tanh elu gelu_quick leaky_relu clamp.
 
 Computed in float64 and rounded once to float32 (ggml uses float32 math and, for some, fp16
 lookup tables); any strides, the same bits for any thread count.
@@ -9,30 +9,14 @@ import math
 
 import numpy as np
 
-from ..errors import GraphError
 from ..kernel import exp_f64, inline, param_f32
 from .args import boolean, real
-from .common import (binary_loop, check_f32, check_same_shape, elementwise_node, shapes, tasks_by_segments,
-                     unary_loop)
-from .refs import f64, sample_binary, sample_unary
-from .registry import reference_of, register, sample_of
+from .common import check_f32, elementwise_node, inplace_of, tasks_by_segments, unary_builders, unary_loop
+from .elementwise import add, mul, scale, sub
+from .refs import f64, sample_unary
 from .registry import param_f32 as param_f32_of
-from .registry import rebuild_by, rebuild_of
-
-
-def _unary_builders(op, name):
-    def build(ctx, a):
-        check_f32(name, a)
-        return elementwise_node(ctx, op, a, [a])
-
-    def build_inplace(ctx, a):
-        check_f32(name + "_inplace", a)
-        return elementwise_node(ctx, op, a, [a], inplace=True)
-
-    build.__name__, build_inplace.__name__ = name, name + "_inplace"
-    build.__doc__ = f"{name}(a), elementwise."
-    build_inplace.__doc__ = f"{name}(a) written over a; returns a view of a."
-    return build, build_inplace
+from .registry import rebuild_by, rebuild_of, reference_of, register, sample_of
+from .unary import neg, relu, silu_back, sqr, step
 
 
 # -- tanh ---------------------------------------------------------------------------------------------------
@@ -47,7 +31,6 @@ def _tanh_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _tanh_backward(ctx, t, g, d):
     if d.needs(0):      # (1 - tanh^2) g, from the result (which survives tanh_inplace)
-        from .elementwise import mul, sqr, sub
         d.add(0, sub(ctx, g, mul(ctx, g, sqr(ctx, t))))
 
 
@@ -65,7 +48,7 @@ def _tanh_sample(d):
     return sample_unary(d, tanh, tanh_inplace)
 
 
-tanh, tanh_inplace = _unary_builders(TANH, "tanh")
+tanh, tanh_inplace = unary_builders(TANH, "tanh", "tanh(x)")
 rebuild_of(TANH)(rebuild_by(tanh, tanh_inplace))
 
 
@@ -83,7 +66,6 @@ def _elu_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _elu_backward(ctx, t, g, d):
     if d.needs(0):      # 1 for x > 0, exp(x) = y + 1 otherwise: g * (1 + y - relu(y)), from the result
-        from .elementwise import add, mul, relu, sub
         d.add(0, add(ctx, g, mul(ctx, g, sub(ctx, t, relu(ctx, t)))))
 
 
@@ -101,7 +83,7 @@ def _elu_sample(d):
     return sample_unary(d, elu, elu_inplace)
 
 
-elu, elu_inplace = _unary_builders(ELU, "elu")
+elu, elu_inplace = unary_builders(ELU, "elu", "x for x > 0, exp(x) - 1 otherwise")
 rebuild_of(ELU)(rebuild_by(elu, elu_inplace))
 
 
@@ -123,7 +105,6 @@ def _gelu_quick_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _gelu_quick_backward(ctx, t, g, d):
     if d.needs(0):      # x sigmoid(k x) = silu(k x) / k, so its derivative is silu'(k x)
-        from .elementwise import scale
         d.add(0, silu_back(ctx, scale(ctx, t.src[0], -GELU_QUICK_COEF), g))
 
 
@@ -142,7 +123,7 @@ def _gelu_quick_sample(d):
     return sample_unary(d, gelu_quick, gelu_quick_inplace)
 
 
-gelu_quick, gelu_quick_inplace = _unary_builders(GELU_QUICK, "gelu_quick")
+gelu_quick, gelu_quick_inplace = unary_builders(GELU_QUICK, "gelu_quick", "x / (1 + exp(-1.702 x))")
 rebuild_of(GELU_QUICK)(rebuild_by(gelu_quick, gelu_quick_inplace))
 
 
@@ -160,7 +141,6 @@ def _leaky_relu_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _leaky_relu_backward(ctx, t, g, d):
     if d.needs(0):      # 1 for x > 0, slope otherwise: slope g + (1 - slope) step(x) g
-        from .elementwise import add, mul, scale, step
         slope = param_f32_of(t, 0)
         pos = mul(ctx, step(ctx, t.src[0]), g)
         d.add(0, pos if slope == 0.0 else add(ctx, scale(ctx, g, slope), scale(ctx, pos, 1.0 - slope)))
@@ -183,7 +163,10 @@ def _leaky_relu_sample(d):
 
 
 def leaky_relu(ctx, a, negative_slope: float, inplace: bool = False):
-    """ggml_leaky_relu: x for x > 0, negative_slope * x for x < 0 (ggml's signature, inplace flag last)."""
+    """Elementwise x for x > 0, negative_slope * x otherwise (ggml_leaky_relu): F32 a -> same shape.
+
+    ggml's signature: the inplace flag comes last (True: the result is a view of a, written over
+    it). negative_slope must be a finite number."""
     op = "leaky_relu"
     check_f32(op, a)
     s = real(op, "negative_slope", negative_slope)
@@ -211,7 +194,6 @@ def _clamp_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _clamp_backward(ctx, t, g, d):
     if d.needs(0):      # g where the value was kept (y == x), 0 where it was clamped
-        from .elementwise import add, mul, neg, step, sub
         moved = sub(ctx, t, t.src[0])
         clamped = add(ctx, step(ctx, moved), step(ctx, neg(ctx, moved)))
         d.add(0, sub(ctx, g, mul(ctx, g, clamped)))
@@ -251,6 +233,7 @@ def clamp(ctx, a, min: float, max: float):
     return _clamp(ctx, a, min, max, False, "clamp")
 
 
+@inplace_of(clamp, ggml="as ggml_clamp, which is always in place")
 def clamp_inplace(ctx, a, min: float, max: float):
     return _clamp(ctx, a, min, max, True, "clamp_inplace")
 
@@ -258,52 +241,3 @@ def clamp_inplace(ctx, a, min: float, max: float):
 @rebuild_of(CLAMP)
 def _clamp_rebuild(ctx, srcs, rec):
     return (clamp_inplace if rec.inplace else clamp)(ctx, *srcs, rec.f32(0), rec.f32(1))
-
-
-# -- silu_back: gradient of silu at x (src0) for the output gradient dy (src1) ----------------------------------
-@inline
-def _silu_back_f(x, dy):
-    v = np.float64(x)
-    if v > 40.0 or v < -745.0:  # s is 1 or 0 there: the derivative is 1 or 0 (also at +-inf: not inf * 0)
-        return np.float32(np.float64(dy) * (1.0 if v > 0.0 else 0.0))
-    s = 1.0 / (1.0 + exp_f64(-v))        # exp_f64: vectorises, unlike math.exp
-    return np.float32(np.float64(dy) * s * (1.0 + v * (1.0 - s)))
-
-
-def _silu_back_kernel(rec, ith, nth, phase, wdata, wsize):
-    binary_loop(rec, ith, nth, _silu_back_f)
-
-
-def _silu_back_backward(ctx, t, g, d):
-    if d.needs(0):
-        raise GraphError(f"silu_back: no rule for the gradient with respect to x (silu's second derivative), "
-                         f"needed for {shapes(t.src[0])}")
-    if d.needs(1):      # linear in dy
-        d.add(1, silu_back(ctx, t.src[0], g))
-
-
-SILU_BACK = register("SILU_BACK", "silu_back(x)", _silu_back_kernel, n_tasks=tasks_by_segments, inplace=True,
-                     backward=_silu_back_backward)
-
-
-@reference_of(SILU_BACK)
-def _silu_back_reference(node, srcs):
-    # d/dx x s(x) = s (1 + x (1 - s)), s the logistic function
-    x, dy = f64(srcs[0]), f64(srcs[1])
-    s = 1.0 / (1.0 + np.exp(-x))
-    return dy * np.where(np.isinf(x), np.where(x > 0, 1.0, 0.0), s * (1.0 + x * (1.0 - s)))   # limits at +-inf
-
-
-@sample_of(SILU_BACK)
-def _silu_back_sample(d):
-    return sample_binary(d, silu_back, same_shape=True)
-
-
-def silu_back(ctx, a, b):
-    """ggml_silu_back: b * silu'(a), where a is silu's input and b the gradient of its output."""
-    check_f32("silu_back", a, b)
-    check_same_shape("silu_back", a, b)
-    return elementwise_node(ctx, SILU_BACK, a, [a, b])
-
-
-rebuild_of(SILU_BACK)(rebuild_by(silu_back))

@@ -12,7 +12,7 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from .common import shapes
+from .common import region_overlaps, shapes  # noqa: F401 (region_overlaps: used from here too)
 
 INT32_MAX = 2**31 - 1
 
@@ -55,16 +55,3 @@ def check_types(op: str, t, allowed, what: str = "src0", others=()):
     if t.type not in allowed:
         names = " or ".join(T.type_name(x).upper() for x in allowed)
         raise GraphError(f"{op}: {what} must be {names}, got {shapes(t, *others)}")
-
-
-def region_overlaps(ne, strides, es) -> bool:
-    """Whether a strided region (ne[i] elements at byte stride strides[i], elements es bytes wide)
-    might map two different indices to the same bytes. Dims of size 1 never count. Sufficient
-    test: sorted by stride, each stride must step over everything the smaller ones span."""
-    dims = sorted((s, n) for n, s in zip(ne, strides) if n > 1)
-    span = es
-    for s, n in dims:
-        if s < span:
-            return True
-        span = s * (n - 1) + span
-    return False

@@ -17,11 +17,13 @@ from ..kernel import (R_NSRC, exp_f64, f32_at, inline, is_dense, param_f32, para
                       t_addr, t_nb, t_ne, view_f32, view_i32)
 from ..native import STACK_N, f64_1d, stack_f64
 from .args import boolean, check_types, integer, real
-from .common import check_f32, check_same_shape, inplace_view, next_row, shapes
+from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, shapes
+from .elementwise import mul, scale, sub
 from .refs import f64, tile
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import TILES, param_f32 as param_f32_of, param_i32 as param_i32_of
 from .registry import rebuild_by, rebuild_of
+from .reduce import sum_rows
 
 
 def _node(ctx, op, a, srcs, params, inplace):
@@ -105,19 +107,23 @@ def _diag_mask(ctx, op, a, n_past, inplace, name):
 
 
 def diag_mask_inf(ctx, a, n_past: int):
-    """Each row i1 of each matrix: elements i0 > n_past + i1 set to -inf (causal attention mask)."""
+    """The causal attention mask (ggml_diag_mask_inf): a copy of F32 a [ne0, ne1, ne2, ne3] whose
+    elements i0 > n_past + i1 are -inf. n_past is an int >= 0."""
     return _diag_mask(ctx, DIAG_MASK_INF, a, n_past, False, "diag_mask_inf")
 
 
+@inplace_of(diag_mask_inf)
 def diag_mask_inf_inplace(ctx, a, n_past: int):
     return _diag_mask(ctx, DIAG_MASK_INF, a, n_past, True, "diag_mask_inf_inplace")
 
 
 def diag_mask_zero(ctx, a, n_past: int):
-    """Each row i1 of each matrix: elements i0 > n_past + i1 set to 0."""
+    """A copy of F32 a [ne0, ne1, ne2, ne3] whose elements i0 > n_past + i1 are 0 (ggml_diag_mask_zero).
+    n_past is an int >= 0."""
     return _diag_mask(ctx, DIAG_MASK_ZERO, a, n_past, False, "diag_mask_zero")
 
 
+@inplace_of(diag_mask_zero)
 def diag_mask_zero_inplace(ctx, a, n_past: int):
     return _diag_mask(ctx, DIAG_MASK_ZERO, a, n_past, True, "diag_mask_zero_inplace")
 
@@ -312,7 +318,6 @@ def _soft_max_backward(ctx, t, g, d):
     if d.needs(0):
         s = param_f32_of(t, 0)
         if s != 1.0:
-            from .elementwise import scale
             d.add(0, scale(ctx, dz, s))
         else:
             d.add(0, dz)
@@ -387,10 +392,13 @@ def _soft_max(ctx, a, mask, pos, scale, max_bias, inplace, op):
 
 
 def soft_max(ctx, a):
-    """Softmax of each row (along ne0). A row that is -inf everywhere gives zeros."""
+    """Softmax of each row, along ne0 (ggml_soft_max): F32 a [ne0, ne1, ne2, ne3] -> same shape.
+
+    A row that is -inf everywhere gives zeros (not NaN)."""
     return _soft_max(ctx, a, None, None, 1.0, 0.0, False, "soft_max")
 
 
+@inplace_of(soft_max)
 def soft_max_inplace(ctx, a):
     return _soft_max(ctx, a, None, None, 1.0, 0.0, True, "soft_max_inplace")
 
@@ -398,7 +406,10 @@ def soft_max_inplace(ctx, a):
 def soft_max_ext(ctx, a, mask, pos, scale: float, max_bias: float):
     """ggml_soft_max_ext: softmax(a * scale + mask + slope_h * pos) per row; mask (optional) is a
     matrix tiled over the rows, pos (optional, needed when max_bias > 0) a vector of positions,
-    slope_h ALiBi's slope of head h = the row's ne2 index."""
+    slope_h ALiBi's slope of head h = the row's ne2 index. F32 a [ne0, ne1, ne2, ne3] -> same shape.
+
+    GraphError when mask is not [ne0, n] with n dividing ne1, pos not [ne0], or max_bias > 0
+    without pos."""
     return _soft_max(ctx, a, mask, pos, scale, max_bias, False, "soft_max_ext")
 
 
@@ -444,8 +455,6 @@ def _soft_max_back_kernel(rec, ith, nth, phase, wdata, wsize):
 def _soft_max_back_backward(ctx, t, g, d):
     # dx = y * (dy - <y, dy>) per row. Its Jacobian in dy is symmetric: d(dy) = soft_max_back(g, y);
     # in y: d(y) = g * (dy - <y, dy>) - dy * <g, y>
-    from .elementwise import mul, sub
-    from .reduce import sum_rows
     dy, y = t.src
     if d.needs(0):
         d.add(0, soft_max_back(ctx, g, y))
@@ -478,10 +487,12 @@ def _soft_max_back(ctx, a, b, inplace, op):
 
 
 def soft_max_back(ctx, a, b):
-    """ggml_soft_max_back(a = dy, b = y): y * (dy - dot(y, dy)) per row, the gradient of softmax."""
+    """ggml_soft_max_back(a = dy, b = y): y * (dy - dot(y, dy)) per row, the gradient of softmax.
+    F32 a and b of the same shape -> that shape."""
     return _soft_max_back(ctx, a, b, False, "soft_max_back")
 
 
+@inplace_of(soft_max_back)
 def soft_max_back_inplace(ctx, a, b):
     return _soft_max_back(ctx, a, b, True, "soft_max_back_inplace")
 
@@ -775,12 +786,17 @@ def _rope_impl(ctx, op_code, op, a, b, n_dims, mode, n_ctx, n_orig_ctx=0, freq_b
 
 
 def rope(ctx, a, b, n_dims: int, mode: int, n_ctx: int):
-    """Rotary position embedding of the first n_dims elements of each row; b holds one I32
-    position per a.ne2. mode 0 rotates adjacent pairs, mode 2 (NeoX) pairs (k, k + n_dims/2);
-    elements from n_dims on are copied."""
+    """Rotary position embedding of the first n_dims elements of each row (ggml_rope): F32 a
+    [ne0, ne1, ne2, ne3] -> same shape; b is an I32 vector [ne2] of positions.
+
+    mode 0 rotates adjacent pairs, mode 2 (NeoX) pairs (k, k + n_dims/2); elements from n_dims
+    on are copied (ggml at this commit rotates them too in mode 0). n_dims is even, 2..ne0;
+    other modes are a GraphError. n_ctx (int >= 0) is recorded but unused (ggml reads it in the
+    ChatGLM mode 4 only)."""
     return _rope_impl(ctx, ROPE, "rope", a, b, n_dims, mode, n_ctx)
 
 
+@inplace_of(rope)
 def rope_inplace(ctx, a, b, n_dims: int, mode: int, n_ctx: int):
     return _rope_impl(ctx, ROPE, "rope_inplace", a, b, n_dims, mode, n_ctx, inplace=True)
 
@@ -789,11 +805,13 @@ def rope_custom(ctx, a, b, n_dims: int, mode: int, n_ctx: int, n_orig_ctx: int =
                 freq_scale: float = 1.0, ext_factor: float = 0.0, attn_factor: float = 1.0,
                 beta_fast: float = 0.0, beta_slow: float = 0.0):
     """rope with theta_k = freq_scale * pos * freq_base^(-2k/n_dims), and YaRN (ext_factor,
-    n_orig_ctx, beta_fast, beta_slow) and magnitude scaling (attn_factor) as ggml defines them."""
+    n_orig_ctx, beta_fast, beta_slow) and magnitude scaling (attn_factor) as ggml defines them
+    (ggml_rope_custom). Shapes and rules as rope; freq_base and freq_scale must be > 0."""
     return _rope_impl(ctx, ROPE, "rope_custom", a, b, n_dims, mode, n_ctx, n_orig_ctx, freq_base, freq_scale,
                       ext_factor, attn_factor, beta_fast, beta_slow)
 
 
+@inplace_of(rope_custom)
 def rope_custom_inplace(ctx, a, b, n_dims: int, mode: int, n_ctx: int, n_orig_ctx: int = 0,
                         freq_base: float = 10000.0, freq_scale: float = 1.0, ext_factor: float = 0.0,
                         attn_factor: float = 1.0, beta_fast: float = 0.0, beta_slow: float = 0.0):
@@ -802,7 +820,8 @@ def rope_custom_inplace(ctx, a, b, n_dims: int, mode: int, n_ctx: int, n_orig_ct
 
 
 def rope_xpos_inplace(ctx, a, b, n_dims: int, base: float, down: bool):
-    """rope mode 0 with xPos scaling zeta = ((2k + 0.4 ne0) / (1.4 ne0))^(pos / base) (inverted when down)."""
+    """rope mode 0 with xPos scaling zeta = ((2k + 0.4 ne0) / (1.4 ne0))^(pos / base) (inverted when down),
+    in place (ggml_rope_xpos_inplace): the result is a view of a. Shapes and rules as rope."""
     return _rope_impl(ctx, ROPE, "rope_xpos_inplace", a, b, n_dims, 0, 0, xpos_base=base, xpos_down=down,
                       inplace=True)
 

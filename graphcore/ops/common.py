@@ -1,14 +1,16 @@
 """Shared pieces of op builders and kernels: argument checks and the elementwise loops."""
 from __future__ import annotations
 
-import numpy as np
+import inspect
+import sys
+
 
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
 from ..kernel import (f32_at, inline, is_dense, record, row_addr, rows_contiguous, split, split_aligned,
                       t_addr, t_ne, view_f32)
-from .registry import MIN_ELEMENTS_PER_TASK, new_node
+from .registry import MIN_ELEMENTS_PER_TASK, new_node, op_name
 
 
 def shapes(*ts) -> str:
@@ -27,8 +29,56 @@ def check_same_shape(op: str, a, b):
         raise GraphError(f"{op}: shapes differ: {shapes(a, b)}")
 
 
-def inplace_view(ctx, op: int, a, srcs, params=None):
-    """The result of an _inplace op: a view of a (same ne and nb) computed by op."""
+def region_overlaps(ne, strides, es) -> bool:
+    """Whether a strided region (ne[i] elements at byte stride strides[i], elements es bytes wide)
+    might map two different indices to the same bytes. Dims of size 1 never count. Sufficient
+    test: sorted by stride, each stride must step over everything the smaller ones span."""
+    dims = sorted((s, n) for n, s in zip(ne, strides) if n > 1)
+    span = es
+    for s, n in dims:
+        if s < span:
+            return True
+        span = s * (n - 1) + span
+    return False
+
+
+def byte_range(t):
+    """(the tensor owning t's bytes, first byte, one past the last) for overlap checks."""
+    owner = t.view_src if t.view_src is not None else t
+    start = t.view_offs if t.view_src is not None else 0
+    return owner, start, start + TN.nbytes(t)
+
+
+def refuse_overlap(op: str, written, srcs, what: str):
+    """Refuse (GraphError) a node that writes the bytes `written` (owner, first, end) while reading a
+    source among `srcs` that shares some of them: the result would depend on the order in which
+    elements are written, so on the thread count. One rule for in-place ops, cpy, set and acc."""
+    owner, lo, hi = written
+    for j, s in srcs:
+        so, slo, shi = byte_range(s)
+        if so is owner and slo < hi and lo < shi:
+            raise GraphError(f"{op}: src{j} {TN.describe(s)} (bytes {slo}..{shi}) shares bytes with {what} "
+                             f"(bytes {lo}..{hi} of the same buffer), which the op writes while reading it; "
+                             f"use the out-of-place form or a copy")
+
+
+def same_view(s, a) -> bool:
+    """s and a are the same elements of the same bytes."""
+    return byte_range(s) == byte_range(a) and list(s.nb) == list(a.nb) and s.type == a.type
+
+
+def inplace_view(ctx, op: int, a, srcs, params=None, checked=False):
+    """The result of an _inplace op: a view of a (same ne and nb) computed by op. A source that
+    partly overlaps a (anything but a itself, element for element) is refused, and so is an a whose
+    elements overlap each other; `checked`: the builder compared the sources with the region it
+    writes itself (set, acc)."""
+    name = f"{op_name(op).lower()}_inplace"
+    if region_overlaps(a.ne, a.nb, T.type_size(a.type)):
+        raise GraphError(f"{name}: the destination {TN.describe(a)} nb={list(a.nb)} has elements sharing bytes "
+                         f"(a view with overlapping strides cannot be written in place)")
+    if not checked:
+        refuse_overlap(name, byte_range(a), [(j, s) for j, s in enumerate(srcs)
+                                             if s is not None and not same_view(s, a)], "src0 (written in place)")
     return new_node(ctx, op, a.type, a.ne, srcs, params, view_of=a, name="inplace", nb=a.nb)
 
 
@@ -36,6 +86,46 @@ def elementwise_node(ctx, op: int, a, srcs, params=None, inplace=False):
     if inplace:
         return inplace_view(ctx, op, a, srcs, params)
     return new_node(ctx, op, a.type, a.ne, srcs, params)
+
+
+# -- docstrings of generated builders and _inplace forms ------------------------------------------------
+def inplace_doc(name: str, base_doc: str | None = None, ggml: str | None = None) -> str:
+    """The docstring of op `name`'s _inplace form (base_doc: the out-of-place builder's docstring;
+    ggml: the ggml function, when not ggml_<name>_inplace)."""
+    first = inspect.cleandoc(base_doc or "").split("\n\n")[0]     # the summary paragraph
+    return (f"`{name}` computed in place ({ggml or f'ggml_{name}_inplace'}): the result is a view of a\n"
+            f"(same ne and nb) whose compute writes over a's data. Arguments, shapes and checks as `{name}`"
+            + (f":\n\n{first}" if first else "."))
+
+
+def inplace_of(base, ggml: str | None = None):
+    """Decorator giving an op's _inplace form its docstring from the out-of-place builder `base`."""
+    def deco(fn):
+        fn.__doc__ = inplace_doc(base.__name__, base.__doc__, ggml)
+        return fn
+    return deco
+
+
+def unary_builders(op: int, name: str, formula: str, note: str = ""):
+    """The builders `name(ctx, a)` and `name_inplace(ctx, a)` of a unary F32 op computing `formula`
+    of each element x, with their names and docstrings (note: a sentence added to the docstring)."""
+    def build(ctx, a):
+        check_f32(name, a)
+        return elementwise_node(ctx, op, a, [a])
+
+    def build_inplace(ctx, a):
+        check_f32(name + "_inplace", a)
+        return elementwise_node(ctx, op, a, [a], inplace=True)
+
+    module = sys._getframe(1).f_globals["__name__"]    # the op's module, as collections.namedtuple does
+    for f, fname in ((build, name), (build_inplace, name + "_inplace")):
+        f.__name__ = f.__qualname__ = fname
+        f.__module__ = module
+    build.__doc__ = (f"Elementwise {formula} (ggml_{name}): F32 a [ne0, ne1, ne2, ne3] -> F32, same shape.\n\n"
+                     f"{note + chr(10) if note else ''}Any strides (views, permuted tensors); GraphError for "
+                     f"a non-F32 a.")
+    build_inplace.__doc__ = inplace_doc(name, build.__doc__)
+    return build, build_inplace
 
 
 SEG = 4096   # elementwise work is cut into row segments of this many elements (see tasks_by_segments)

@@ -37,13 +37,13 @@ from .. import kernel as K
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import ERR_CUSTOM, P_BASE, SLOT0, SLOT_LEN, R_ERR, R_ERRARG, fail, record, view_f32, view_i32, view_u16
+from ..kernel import ERR_CUSTOM, P_BASE, R_ERR, R_ERRARG, fail, record, view_f32, view_i32, view_u16
 from ..native import call_kernel
 from .args import boolean, integer
-from .common import inplace_view
+from .common import inplace_of, inplace_view
 from .refs import shape4
-from .registry import KERNEL_SIG, new_node, reference_of, register, sample_of
-from .registry import rebuild_by, rebuild_of
+from .registry import KERNEL_SIG, new_node, reference_of, register, sample_of, set_op_params
+from .registry import rebuild_of
 
 N_TASKS_MAX = -1     # ggml's GGML_N_TASKS_MAX: one task per thread of the plan
 
@@ -208,19 +208,15 @@ def _jit_wrapper(op, fun, types_, userdata, ident):
 
 
 _CB_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_int64] * 6))
-_NP = {T.TYPE_F32: np.float32, T.TYPE_F16: np.float16, T.TYPE_I32: np.int32}
 
 
-def _array_at(slots, s):
-    """Slot s of a node record as a numpy array over the tensor's memory ([i3, i2, i1, i0])."""
-    b = SLOT0 + SLOT_LEN * s
-    type_, addr = int(slots[b]), int(slots[b + 1])
-    ne = [int(x) for x in slots[b + 2:b + 6]]
-    nb = [int(x) for x in slots[b + 6:b + 10]]
-    dt = np.dtype(_NP[type_])
-    span = dt.itemsize + sum((ne[i] - 1) * nb[i] for i in range(4))
-    buf = (ctypes.c_char * span).from_address(addr)
-    return np.ndarray(shape=tuple(ne[::-1]), dtype=dt, buffer=buf, strides=tuple(nb[::-1]))
+def _arrays_of(rec, r, n):
+    """The node's dst and sources as numpy arrays ([i3, i2, i1, i0]) made from the tensors
+    themselves, so an array kept past the compute keeps the arena alive (never released memory)."""
+    i = int(r[K.R_NODE])
+    nodes = K.RUNNING[rec - i * K.REC_LEN * 8]       # the running compute's graph (executor)
+    node = nodes[i]
+    return [t.numpy4d() for t in (node, *node.src[:n - 1])]
 
 
 def _python_wrapper(fun, n, userdata, ident):
@@ -230,9 +226,8 @@ def _python_wrapper(fun, n, userdata, ident):
     def trampoline(rec, ith, nth, phase, wdata, wsize):
         r = np.ctypeslib.as_array((ctypes.c_int64 * K.REC_LEN).from_address(rec))
         try:
-            arrays = [_array_at(r, s) for s in range(n)]
-            fun(*arrays, ith, nth, *args_extra)
-        except BaseException as e:  # noqa: BLE001 - reported through the executor
+            fun(*_arrays_of(rec, r, n), ith, nth, *args_extra)
+        except BaseException as e:  # noqa: BLE001 - reported through the executor (KeyboardInterrupt re-raised)
             _failures[ident] = e
             r[R_ERRARG] = ident
             r[R_ERR] = ERR_CUSTOM
@@ -315,9 +310,7 @@ def _map_custom(ctx, op_code, op, srcs, fun, n_tasks, userdata, inplace, allow_p
         t = inplace_view(ctx, op_code, a, srcs)
     else:
         t = new_node(ctx, op_code, a.type, a.ne, srcs)
-    t.op_params[0:2] = np.array([w.address], dtype=np.int64).view(np.int32)
-    t.op_params[2] = n_tasks
-    t.op_params[3] = w.ident
+    set_op_params(t, [*np.array([w.address], dtype=np.int64).view(np.int32), n_tasks, w.ident])
     return t
 
 
@@ -326,6 +319,7 @@ def map_custom1(ctx, a, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *, allow
     return _map_custom(ctx, MAP_CUSTOM1, "map_custom1", [a], fun, n_tasks, userdata, False, allow_python)
 
 
+@inplace_of(map_custom1)
 def map_custom1_inplace(ctx, a, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *, allow_python: bool = False):
     return _map_custom(ctx, MAP_CUSTOM1, "map_custom1_inplace", [a], fun, n_tasks, userdata, True, allow_python)
 
@@ -335,6 +329,7 @@ def map_custom2(ctx, a, b, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *, al
     return _map_custom(ctx, MAP_CUSTOM2, "map_custom2", [a, b], fun, n_tasks, userdata, False, allow_python)
 
 
+@inplace_of(map_custom2)
 def map_custom2_inplace(ctx, a, b, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *,
                         allow_python: bool = False):
     return _map_custom(ctx, MAP_CUSTOM2, "map_custom2_inplace", [a, b], fun, n_tasks, userdata, True,
@@ -346,6 +341,7 @@ def map_custom3(ctx, a, b, c, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *,
     return _map_custom(ctx, MAP_CUSTOM3, "map_custom3", [a, b, c], fun, n_tasks, userdata, False, allow_python)
 
 
+@inplace_of(map_custom3)
 def map_custom3_inplace(ctx, a, b, c, fun, n_tasks: int = N_TASKS_MAX, userdata=None, *,
                         allow_python: bool = False):
     return _map_custom(ctx, MAP_CUSTOM3, "map_custom3_inplace", [a, b, c], fun, n_tasks, userdata, True,

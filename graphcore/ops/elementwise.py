@@ -1,4 +1,7 @@
-"""Elementwise ops: add sub mul div add1 scale and the unary functions.
+"""Elementwise arithmetic: add sub mul div (src1 tiled over src0) and scale.
+
+The unary functions are in unary.py, add1 (a scalar broadcast, whose gradient is a sum) in
+reduce.py; these ops' backward rules need nothing but each other, so this module sits lowest.
 
 Each op: builder (shape/type rule), scalar function, kernel, backward rule, registry record.
 A backward rule `rule(ctx, t, g, d)` builds the gradients of t's sources from g, t's gradient,
@@ -6,16 +9,15 @@ and adds them through d (see graphcore/autodiff.py); `reduce=TILES` undoes src1'
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from .. import tensor as TN
 from ..errors import GraphError
-from ..kernel import exp_f64, inline, param_f32, record, split, view_f32
-from .common import binary_loop, check_f32, elementwise_node, shapes, tasks_by_segments, unary_loop
-from .refs import f64, sample_binary, sample_unary, tile
-from .registry import NOT_DIFFERENTIABLE, TILES, reference_of, register, sample_of
+from ..kernel import inline, param_f32
+from .common import (binary_loop, check_f32, elementwise_node, inplace_of, shapes, tasks_by_segments, unary_loop)
+from .refs import f64, sample_binary, tile
+from .registry import TILES, reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
 from .registry import rebuild_by, rebuild_of
 
@@ -59,10 +61,14 @@ def _add_sample(d):
 
 
 def add(ctx, a, b):
-    """a + b, b broadcast (tiled) over a."""
+    """Elementwise a + b, b tiled over a (ggml_add).
+
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, ADD, "add", a, b, False)
 
 
+@inplace_of(add)
 def add_inplace(ctx, a, b):
     return _binary(ctx, ADD, "add_inplace", a, b, True)
 
@@ -100,9 +106,14 @@ def _sub_sample(d):
 
 
 def sub(ctx, a, b):
+    """Elementwise a - b, b tiled over a (ggml_sub).
+
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, SUB, "sub", a, b, False)
 
 
+@inplace_of(sub)
 def sub_inplace(ctx, a, b):
     return _binary(ctx, SUB, "sub_inplace", a, b, True)
 
@@ -141,9 +152,14 @@ def _mul_sample(d):
 
 
 def mul(ctx, a, b):
+    """Elementwise a * b, b tiled over a (ggml_mul).
+
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise."""
     return _binary(ctx, MUL, "mul", a, b, False)
 
 
+@inplace_of(mul)
 def mul_inplace(ctx, a, b):
     return _binary(ctx, MUL, "mul_inplace", a, b, True)
 
@@ -182,61 +198,19 @@ def _div_sample(d):
 
 
 def div(ctx, a, b):
+    """Elementwise a / b, b tiled over a (ggml_div).
+
+    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
+    shape; any strides. GraphError otherwise. x/0 gives inf or NaN, as in IEEE."""
     return _binary(ctx, DIV, "div", a, b, False)
 
 
+@inplace_of(div)
 def div_inplace(ctx, a, b):
     return _binary(ctx, DIV, "div_inplace", a, b, True)
 
 
 rebuild_of(DIV)(rebuild_by(div, div_inplace))
-
-
-# -- add1: a + b[0] for a scalar b ---------------------------------------------------------------------
-def _add1_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    b = view_f32(r, 2)
-    unary_loop(rec, ith, nth, _add_f, b[0, 0, 0, 0])
-
-
-def _add1_backward(ctx, t, g, d):
-    if d.needs(0):
-        d.add(0, g)
-    if d.needs(1):      # b was added to every element: the sum of g (ggml takes the mean, a known bug)
-        from .reduce import sum as sum_
-        d.add(1, sum_(ctx, g))
-
-
-ADD1 = register("ADD1", "x+1", _add1_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_add1_backward)
-
-
-@reference_of(ADD1)
-def _add1_reference(node, srcs):
-    return f64(srcs[0]) + f64(srcs[1]).reshape(-1)[0]
-
-
-@sample_of(ADD1)
-def _add1_sample(d):
-    a, b = d.f32(), d.f32([1])
-    return add1_inplace(d.ctx, a, b) if d.inplace(a, b) else add1(d.ctx, a, b)
-
-
-def _add1(ctx, a, b, inplace, name):
-    check_f32(name, a, b)
-    if not TN.is_scalar(b):
-        raise GraphError(f"{name}: src1 must be a scalar (one element), got {shapes(a, b)}")
-    return elementwise_node(ctx, ADD1, a, [a, b], inplace=inplace)
-
-
-def add1(ctx, a, b):
-    return _add1(ctx, a, b, False, "add1")
-
-
-def add1_inplace(ctx, a, b):
-    return _add1(ctx, a, b, True, "add1_inplace")
-
-
-rebuild_of(ADD1)(rebuild_by(add1, add1_inplace))
 
 
 # -- scale: a * s for a float s (ggml_scale at this commit takes a float) --------------------------------
@@ -273,9 +247,13 @@ def _scale(ctx, a, s, inplace, name):
 
 
 def scale(ctx, a, s: float):
+    """Elementwise a * s for a Python float s (ggml_scale): F32 a [ne0, ne1, ne2, ne3] -> same shape.
+
+    s is a number, as ggml_scale takes since January 2024 (not a tensor): GraphError otherwise."""
     return _scale(ctx, a, s, False, "scale")
 
 
+@inplace_of(scale)
 def scale_inplace(ctx, a, s: float):
     return _scale(ctx, a, s, True, "scale_inplace")
 
@@ -285,395 +263,3 @@ def _scale_rebuild(ctx, srcs, rec):
     return (scale_inplace if rec.inplace else scale)(ctx, *srcs, rec.f32(0))
 
 
-# -- unary functions ---------------------------------------------------------------------------------
-def _unary_builders(op, name):
-    def build(ctx, a):
-        check_f32(name, a)
-        return elementwise_node(ctx, op, a, [a])
-
-    def build_inplace(ctx, a):
-        check_f32(name + "_inplace", a)
-        return elementwise_node(ctx, op, a, [a], inplace=True)
-
-    build.__name__, build_inplace.__name__ = name, name + "_inplace"
-    build.__doc__ = f"{name}(a), elementwise."
-    return build, build_inplace
-
-
-@inline
-def _sqr_f(x, p):
-    return x * x
-
-
-def _sqr_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _sqr_f, 0.0)
-
-
-def _sqr_backward(ctx, t, g, d):
-    if d.needs(0):      # 2 x g
-        d.add(0, scale(ctx, mul(ctx, t.src[0], g), 2.0))
-
-
-SQR = register("SQR", "x^2", _sqr_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqr_backward)
-
-
-@reference_of(SQR)
-def _sqr_reference(node, srcs):
-    x = f64(srcs[0])
-    return x * x
-
-
-@sample_of(SQR)
-def _sqr_sample(d):
-    return sample_unary(d, sqr, sqr_inplace)
-
-
-sqr, sqr_inplace = _unary_builders(SQR, "sqr")
-rebuild_of(SQR)(rebuild_by(sqr, sqr_inplace))
-
-
-@inline
-def _sqrt_f(x, p):
-    return np.sqrt(x)
-
-
-def _sqrt_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _sqrt_f, 0.0)
-
-
-def _sqrt_backward(ctx, t, g, d):
-    if d.needs(0):      # g / (2 sqrt(x))
-        d.add(0, scale(ctx, div(ctx, g, t), 0.5))
-
-
-SQRT = register("SQRT", "√x", _sqrt_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqrt_backward)
-
-
-@reference_of(SQRT)
-def _sqrt_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.sqrt(x)
-
-
-@sample_of(SQRT)
-def _sqrt_sample(d):
-    return sample_unary(d, sqrt, sqrt_inplace, domain="positive")
-
-
-sqrt, sqrt_inplace = _unary_builders(SQRT, "sqrt")
-rebuild_of(SQRT)(rebuild_by(sqrt, sqrt_inplace))
-
-
-@inline
-def _log_f(x, p):
-    return np.log(x)
-
-
-def _log_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _log_f, 0.0)
-
-
-def _log_backward(ctx, t, g, d):
-    if d.needs(0):
-        d.add(0, div(ctx, g, t.src[0]))
-
-
-LOG = register("LOG", "log(x)", _log_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_log_backward)
-
-
-@reference_of(LOG)
-def _log_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.log(x)
-
-
-@sample_of(LOG)
-def _log_sample(d):
-    return sample_unary(d, log, log_inplace, domain="positive")
-
-
-log, log_inplace = _unary_builders(LOG, "log")
-rebuild_of(LOG)(rebuild_by(log, log_inplace))
-
-
-@inline
-def _neg_f(x, p):
-    return -x
-
-
-def _neg_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _neg_f, 0.0)
-
-
-def _neg_backward(ctx, t, g, d):
-    if d.needs(0):
-        d.sub(0, g)
-
-
-NEG = register("NEG", "-x", _neg_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_neg_backward)
-
-
-@reference_of(NEG)
-def _neg_reference(node, srcs):
-    x = f64(srcs[0])
-    return -x
-
-
-@sample_of(NEG)
-def _neg_sample(d):
-    return sample_unary(d, neg, neg_inplace)
-
-
-neg, neg_inplace = _unary_builders(NEG, "neg")
-rebuild_of(NEG)(rebuild_by(neg, neg_inplace))
-
-
-@inline
-def _abs_f(x, p):
-    return abs(x)
-
-
-def _abs_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _abs_f, 0.0)
-
-
-def _abs_backward(ctx, t, g, d):
-    if d.needs(0):      # sgn(x) g (0 at x = 0)
-        d.add(0, mul(ctx, sgn(ctx, t.src[0]), g))
-
-
-ABS = register("ABS", "abs(x)", _abs_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_abs_backward)
-
-
-@reference_of(ABS)
-def _abs_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.abs(x)
-
-
-@sample_of(ABS)
-def _abs_sample(d):
-    return sample_unary(d, abs_, abs_inplace)
-
-
-abs_, abs_inplace = _unary_builders(ABS, "abs")
-rebuild_of(ABS)(rebuild_by(abs_, abs_inplace))
-
-
-@inline
-def _sgn_f(x, p):
-    return np.float32(1.0) if x > 0 else (np.float32(-1.0) if x < 0 else np.float32(0.0))
-
-
-def _sgn_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _sgn_f, 0.0)
-
-
-# piecewise constant: the derivative is 0 wherever it exists, so no gradient flows through sgn
-SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True, backward=NOT_DIFFERENTIABLE)
-
-
-@reference_of(SGN)
-def _sgn_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0))
-
-
-@sample_of(SGN)
-def _sgn_sample(d):
-    return sample_unary(d, sgn, sgn_inplace)
-
-
-sgn, sgn_inplace = _unary_builders(SGN, "sgn")
-rebuild_of(SGN)(rebuild_by(sgn, sgn_inplace))
-
-
-@inline
-def _step_f(x, p):
-    return np.float32(1.0) if x > 0 else np.float32(0.0)
-
-
-def _step_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _step_f, 0.0)
-
-
-# piecewise constant, as sgn
-STEP = register("STEP", "step(x)", _step_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=NOT_DIFFERENTIABLE)
-
-
-@reference_of(STEP)
-def _step_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.where(x > 0, 1.0, 0.0)
-
-
-@sample_of(STEP)
-def _step_sample(d):
-    return sample_unary(d, step, step_inplace)
-
-
-step, step_inplace = _unary_builders(STEP, "step")
-rebuild_of(STEP)(rebuild_by(step, step_inplace))
-
-
-@inline
-def _relu_f(x, p):
-    return x if x > 0 else np.float32(0.0)
-
-
-def _relu_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _relu_f, 0.0)
-
-
-def _relu_backward(ctx, t, g, d):
-    if d.needs(0):      # step(x) g; step(relu(x)) == step(x), and t survives relu_inplace
-        d.add(0, mul(ctx, step(ctx, t), g))
-
-
-RELU = register("RELU", "relu(x)", _relu_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=_relu_backward)
-
-
-@reference_of(RELU)
-def _relu_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.where(x > 0, x, 0.0)
-
-
-@sample_of(RELU)
-def _relu_sample(d):
-    return sample_unary(d, relu, relu_inplace)
-
-
-relu, relu_inplace = _unary_builders(RELU, "relu")
-rebuild_of(RELU)(rebuild_by(relu, relu_inplace))
-
-GELU_COEF_A = 0.044715
-SQRT_2_OVER_PI = 0.79788456080286535587989211986876
-
-
-@inline
-def _gelu_f(x, p):
-    # ggml's tanh form, computed in float64 instead of through an fp16 lookup table
-    v = np.float64(x)
-    if v < -30.0:           # the limit is 0 (the formula would give -inf * 0 = NaN at -inf)
-        return np.float32(-0.0)
-    return np.float32(0.5 * v * (1.0 + math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))))
-
-
-def _gelu_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _gelu_f, 0.0)
-
-
-def _gelu_backward(ctx, t, g, d):
-    if d.needs(0):
-        d.add(0, gelu_back(ctx, t.src[0], g))
-
-
-GELU = register("GELU", "gelu(x)", _gelu_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=_gelu_backward)
-
-
-@reference_of(GELU)
-def _gelu_reference(node, srcs):
-    x = f64(srcs[0])         # the limit at -inf is 0
-    return np.where(x == -np.inf, -0.0, 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x))))
-
-
-@sample_of(GELU)
-def _gelu_sample(d):
-    return sample_unary(d, gelu, gelu_inplace)
-
-
-gelu, gelu_inplace = _unary_builders(GELU, "gelu")
-rebuild_of(GELU)(rebuild_by(gelu, gelu_inplace))
-
-
-@inline
-def _silu_f(x, p):
-    v = np.float64(x)
-    # exp_f64: math.exp's result without its libm call, so the loop vectorises
-    return np.float32(-0.0) if v < -745.0 else np.float32(v / (1.0 + exp_f64(-v)))  # limit 0 at -inf
-
-
-def _silu_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _silu_f, 0.0)
-
-
-def _silu_backward(ctx, t, g, d):
-    if d.needs(0):
-        from .activations import silu_back
-        d.add(0, silu_back(ctx, t.src[0], g))
-
-
-SILU = register("SILU", "silu(x)", _silu_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=_silu_backward)
-
-
-@reference_of(SILU)
-def _silu_reference(node, srcs):
-    x = f64(srcs[0])         # the limit at -inf is 0
-    return np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(-x)))
-
-
-@sample_of(SILU)
-def _silu_sample(d):
-    return sample_unary(d, silu, silu_inplace)
-
-
-silu, silu_inplace = _unary_builders(SILU, "silu")
-rebuild_of(SILU)(rebuild_by(silu, silu_inplace))
-
-
-# -- gelu_back: the gradient of gelu at x (src0) for the output gradient dy (src1) --------------------------
-@inline
-def _gelu_back_f(x, dy):
-    v = np.float64(x)
-    if v > 30.0 or v < -30.0:   # tanh is +-1 there: the derivative is 1 or 0 (also at +-inf: not inf * 0)
-        return np.float32(np.float64(dy) * (1.0 if v > 0.0 else 0.0))
-    th = math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))
-    dgelu = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * v * v)
-    return np.float32(np.float64(dy) * dgelu)
-
-
-def _gelu_back_kernel(rec, ith, nth, phase, wdata, wsize):
-    binary_loop(rec, ith, nth, _gelu_back_f)
-
-
-def _gelu_back_backward(ctx, t, g, d):
-    if d.needs(0):
-        raise GraphError(f"gelu_back: no rule for the gradient with respect to x (gelu's second derivative), "
-                         f"needed for {shapes(t.src[0])}")
-    if d.needs(1):      # linear in dy
-        d.add(1, gelu_back(ctx, t.src[0], g))
-
-
-GELU_BACK = register("GELU_BACK", "gelu_back(x)", _gelu_back_kernel, n_tasks=tasks_by_segments,
-                     backward=_gelu_back_backward)
-
-
-@reference_of(GELU_BACK)
-def _gelu_back_reference(node, srcs):
-    # d/dx 0.5 x (1 + tanh(u)), u = c x (1 + a x^2)
-    x, dy = f64(srcs[0]), f64(srcs[1])
-    th = np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x))
-    du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * x * x)
-    dgelu = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
-    return dy * np.where(np.isinf(x), np.where(x > 0, 1.0, 0.0), dgelu)      # the limits at +-inf
-
-
-@sample_of(GELU_BACK)
-def _gelu_back_sample(d):
-    return sample_binary(d, gelu_back, same_shape=True)
-
-
-def gelu_back(ctx, a, b):
-    """b * gelu'(a): the gradient of gelu (tanh form) at a, given b, the gradient of its output."""
-    check_f32("gelu_back", a, b)
-    if not TN.are_same_shape(a, b):
-        raise GraphError(f"gelu_back: shapes differ: {shapes(a, b)}")
-    return elementwise_node(ctx, GELU_BACK, a, [a, b])
-
-
-rebuild_of(GELU_BACK)(rebuild_by(gelu_back))

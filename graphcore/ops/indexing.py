@@ -17,10 +17,12 @@ from ..kernel import (ERR_INDEX, f32_at, fail, fp16_to_fp32, inline, is_dense, p
                       rows_contiguous, split, split_aligned, t_addr, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_4d, i32_1d, i32_4d, u16_1d, u16_4d
 from .args import check_types, integer, region_overlaps
-from .common import check_f32, inplace_view, next_row, shapes
+from .common import byte_range, check_f32, inplace_of, inplace_view, next_row, refuse_overlap, shapes
+from .layout import cont, reshape_4d, view_4d
 from .refs import f64
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import rebuild_by, rebuild_of
+from .unary import neg
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
@@ -249,7 +251,6 @@ def _diag_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _diag_backward(ctx, t, g, d):
     if d.needs(0):      # the diagonal of g: elements (i, i), nb0 + nb1 bytes apart
-        from .layout import cont, reshape_4d, view_4d
         ne0, ne2, ne3 = t.ne[0], t.ne[2], t.ne[3]
         dg = view_4d(ctx, g, 1, ne0, ne2, ne3, g.nb[0] + g.nb[1], g.nb[2], g.nb[3], 0)
         d.add(0, reshape_4d(ctx, cont(ctx, dg), ne0, 1, ne2, ne3))
@@ -270,7 +271,8 @@ def _diag_sample(d):
 
 
 def diag(ctx, a):
-    """A diagonal matrix per (i2, i3) from the row vector a [ne0, 1, ne2, ne3]."""
+    """A diagonal matrix per (i2, i3) from the row vector a (ggml_diag): F32 [ne0, 1, ne2, ne3] ->
+    [ne0, ne0, ne2, ne3]. GraphError when ne1 != 1."""
     check_f32("diag", a)
     if a.ne[1] != 1:
         raise GraphError(f"diag: src0 must be a row vector per batch (ne1 == 1): {shapes(a)}")
@@ -381,7 +383,6 @@ def _acc_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _region_of_grad(ctx, t, g):
     """(g contiguous, its view over the region t's src1 went to, the region's F32 strides and offset)."""
-    from .layout import cont, view_4d
     es = T.type_size(t.src[0].type)
     nb1, nb2, nb3, offset = (int(t.op_params[i]) // es * 4 for i in range(4))     # F32 gradient bytes
     if not TN.is_contiguous(g):
@@ -391,19 +392,16 @@ def _region_of_grad(ctx, t, g):
 
 def _set_backward(ctx, t, g, d):
     # src0 gets g outside the region (the region was overwritten), src1 gets g's region
-    from .layout import cont, reshape_4d
     if not (d.needs(0) or d.needs(1)):
         return
     g, gv, region = _region_of_grad(ctx, t, g)
     if d.needs(0):
-        from .elementwise import neg
         d.add(0, acc(ctx, g, neg(ctx, gv), *region))
     if d.needs(1):
         d.add(1, reshape_4d(ctx, cont(ctx, gv), *t.src[1].ne))
 
 
 def _acc_backward(ctx, t, g, d):
-    from .layout import cont, reshape_4d
     if d.needs(0):
         d.add(0, g)
     if d.needs(1):
@@ -476,13 +474,6 @@ def _acc_sample(d):
     return (acc_inplace if d.inplace(a, b) else acc)(d.ctx, a, b, nb1, nb2, nb3, off)
 
 
-def _owner_range(t):
-    """(the tensor owning t's bytes, first byte, one past the last) for overlap checks."""
-    owner = t.view_src if t.view_src is not None else t
-    start = t.view_offs if t.view_src is not None else 0
-    return owner, start, start + TN.nbytes(t)
-
-
 def _set_impl(ctx, op_code, op, a, b, nb1, nb2, nb3, offset, inplace, types):
     check_types(op, a, types, "src0 (destination)", (b,))
     TN.check_tensor(op, b)
@@ -508,15 +499,11 @@ def _set_impl(ctx, op_code, op, a, b, nb1, nb2, nb3, offset, inplace, types):
     if region_overlaps(b.ne, strides, es):
         raise GraphError(f"{op}: {where} overlaps itself (two elements of src1 would go to the same place): "
                          f"{shapes(a, b)}")
-    if inplace and a.has_data and b.has_data:
-        oa, sa, _ = _owner_range(a)
-        ob, sb, eb = _owner_range(b)
-        if oa is ob and sb < sa + end and sa + offset < eb:
-            raise GraphError(f"{op}: src1 shares bytes with the {where} of src0, which is written in place: "
-                             f"{shapes(a, b)}")
     params = [nb1, nb2, nb3, offset, 1 if inplace else 0]
     if inplace:
-        return inplace_view(ctx, op_code, a, [a, b], params)
+        oa, sa, _ = byte_range(a)
+        refuse_overlap(op, (oa, sa + offset, sa + end), [(1, b)], f"the {where} of src0 (written in place)")
+        return inplace_view(ctx, op_code, a, [a, b], params, checked=True)
     return new_node(ctx, op_code, a.type, a.ne, [a, b], params)
 
 
@@ -529,37 +516,42 @@ def set(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
     return _set_impl(ctx, SET, "set", a, b, nb1, nb2, nb3, offset, False, _SET_TYPES)
 
 
+@inplace_of(set)
 def set_inplace(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
     return _set_impl(ctx, SET, "set_inplace", a, b, nb1, nb2, nb3, offset, True, _SET_TYPES)
 
 
 def set_1d(ctx, a, b, offset: int):
-    """set with a's own strides: b's elements from byte offset on."""
+    """set with a's own strides nb1, nb2, nb3 (ggml_set_1d): b's elements written from byte offset on."""
     TN.check_tensor("set_1d", a)
     return _set_impl(ctx, SET, "set_1d", a, b, a.nb[1], a.nb[2], a.nb[3], offset, False, _SET_TYPES)
 
 
+@inplace_of(set_1d)
 def set_1d_inplace(ctx, a, b, offset: int):
     TN.check_tensor("set_1d_inplace", a)
     return _set_impl(ctx, SET, "set_1d_inplace", a, b, a.nb[1], a.nb[2], a.nb[3], offset, True, _SET_TYPES)
 
 
 def set_2d(ctx, a, b, nb1: int, offset: int):
-    """set with rows nb1 bytes apart (dims 2 and 3 use a's strides)."""
+    """set with rows nb1 bytes apart, dims 2 and 3 at a's strides (ggml_set_2d)."""
     TN.check_tensor("set_2d", a)
     return _set_impl(ctx, SET, "set_2d", a, b, nb1, a.nb[2], a.nb[3], offset, False, _SET_TYPES)
 
 
+@inplace_of(set_2d)
 def set_2d_inplace(ctx, a, b, nb1: int, offset: int):
     TN.check_tensor("set_2d_inplace", a)
     return _set_impl(ctx, SET, "set_2d_inplace", a, b, nb1, a.nb[2], a.nb[3], offset, True, _SET_TYPES)
 
 
 def acc(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
-    """ggml_acc: a copy of a with b added to the region given by byte strides and offset (as set)."""
+    """ggml_acc: a copy of a with b added to the region given by byte strides and offset (as set).
+    F32 only; other rules as set."""
     return _set_impl(ctx, ACC, "acc", a, b, nb1, nb2, nb3, offset, False, (_F32,))
 
 
+@inplace_of(acc)
 def acc_inplace(ctx, a, b, nb1: int, nb2: int, nb3: int, offset: int):
     return _set_impl(ctx, ACC, "acc_inplace", a, b, nb1, nb2, nb3, offset, True, (_F32,))
 

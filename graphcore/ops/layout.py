@@ -9,12 +9,12 @@ from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
 from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, row_addr, split, split_aligned,
-                      t_addr, t_nb, t_ne, t_type, view_f32, view_i32, view_u16)
+                      t_addr, t_nb, t_ne, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
-from .common import next_row, shapes
+from .common import byte_range, inplace_of, inplace_view, next_row, refuse_overlap, same_view, shapes
 from .refs import convert, shape4
-from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
-from .registry import rebuild_by, rebuild_of
+from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of
+from .registry import i64_params, param_i64, rebuild_by, rebuild_of
 
 _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
@@ -264,14 +264,16 @@ def _cont_sample(d):
 
 
 def dup(ctx, a):
-    """A contiguous copy of a."""
+    """A contiguous copy of a (ggml_dup): a [ne0, ne1, ne2, ne3], any strides -> same type and shape.
+
+    F32, F16 or I32; GraphError for other types."""
     _check_copy("dup", a)
     return new_node(ctx, DUP, a.type, a.ne, [a])
 
 
+@inplace_of(dup)
 def dup_inplace(ctx, a):
     _check_copy("dup_inplace", a)
-    from .common import inplace_view
     return inplace_view(ctx, DUP, a, [a])
 
 
@@ -279,11 +281,16 @@ rebuild_of(DUP)(rebuild_by(dup, dup_inplace))
 
 
 def cpy(ctx, a, b):
-    """Copy a's elements (row-major order) into b, converting types; returns a view of b."""
+    """Copy a's elements into b in row-major order, converting types (ggml_cpy); returns a view of b.
+
+    a and b (F32, F16 or I32, any strides) may differ in shape but must hold as many elements:
+    GraphError otherwise. b's data is overwritten when the graph is computed; b takes no gradient."""
     TN.check_tensor("cpy", a, b)
     _check_copy("cpy", a, b)
     if TN.nelements(a) != TN.nelements(b):
         raise GraphError(f"cpy: element counts differ ({TN.nelements(a)} vs {TN.nelements(b)}): {shapes(a, b)}")
+    if not same_view(a, b):       # a copy of a tensor onto itself is harmless
+        refuse_overlap("cpy", byte_range(b), [(0, a)], "src1 (the destination)")
     t = new_node(ctx, CPY, b.type, b.ne, [a, b], view_of=b, nb=b.nb)
     if b.name:
         t.name = f"{b.name} (copy of {a.name})"[:TN.MAX_NAME - 1]
@@ -294,12 +301,15 @@ rebuild_of(CPY)(rebuild_by(cpy))
 
 
 def cont(ctx, a):
-    """A contiguous copy of a (same shape)."""
+    """A contiguous copy of a, same type and shape (ggml_cont); any strides, F32, F16 or I32."""
     _check_copy("cont", a)
     return new_node(ctx, CONT, a.type, a.ne, [a])
 
 
 def cont_4d(ctx, a, ne0, ne1, ne2, ne3):
+    """A contiguous copy of a's elements (row-major order) with shape [ne0, ne1, ne2, ne3] (ggml_cont_4d).
+
+    The sizes are positive ints whose product is nelements(a): GraphError otherwise."""
     _check_copy("cont_4d", a)
     _check_ints("cont_4d", (ne0, ne1, ne2, ne3), a)
     if min(ne0, ne1, ne2, ne3) <= 0 or ne0 * ne1 * ne2 * ne3 != TN.nelements(a):
@@ -308,14 +318,17 @@ def cont_4d(ctx, a, ne0, ne1, ne2, ne3):
 
 
 def cont_1d(ctx, a, ne0):
+    """cont_4d with shape [ne0, 1, 1, 1] (ggml_cont_1d)."""
     return cont_4d(ctx, a, ne0, 1, 1, 1)
 
 
 def cont_2d(ctx, a, ne0, ne1):
+    """cont_4d with shape [ne0, ne1, 1, 1] (ggml_cont_2d)."""
     return cont_4d(ctx, a, ne0, ne1, 1, 1)
 
 
 def cont_3d(ctx, a, ne0, ne1, ne2):
+    """cont_4d with shape [ne0, ne1, ne2, 1] (ggml_cont_3d)."""
     return cont_4d(ctx, a, ne0, ne1, ne2, 1)
 
 
@@ -363,24 +376,33 @@ def _reshape(ctx, a, ne, op):
 
 
 def reshape(ctx, a, b):
-    """a with b's shape."""
+    """a's data seen with b's shape, no copy (ggml_reshape); only b.ne is used.
+
+    a must be contiguous (cont it first) and hold as many elements as b: GraphError otherwise."""
     TN.check_tensor("reshape", b)
     return _reshape(ctx, a, list(b.ne), "reshape")
 
 
 def reshape_1d(ctx, a, ne0):
+    """a's data seen as a 1-D tensor [ne0], no copy (ggml_reshape_1d); rules as reshape_4d."""
     return _reshape(ctx, a, [ne0], "reshape_1d")
 
 
 def reshape_2d(ctx, a, ne0, ne1):
+    """a's data seen as a 2-D tensor [ne0, ne1], no copy (ggml_reshape_2d); rules as reshape_4d."""
     return _reshape(ctx, a, [ne0, ne1], "reshape_2d")
 
 
 def reshape_3d(ctx, a, ne0, ne1, ne2):
+    """a's data seen as a 3-D tensor [ne0, ne1, ne2], no copy (ggml_reshape_3d); rules as reshape_4d."""
     return _reshape(ctx, a, [ne0, ne1, ne2], "reshape_3d")
 
 
 def reshape_4d(ctx, a, ne0, ne1, ne2, ne3):
+    """a's data seen with shape [ne0, ne1, ne2, ne3], no copy (ggml_reshape_4d).
+
+    a must be contiguous (cont it first); the sizes are positive ints whose product is
+    nelements(a): GraphError otherwise."""
     return _reshape(ctx, a, [ne0, ne1, ne2, ne3], "reshape_4d")
 
 
@@ -399,7 +421,7 @@ def _view_backward(ctx, t, g, d):
     if not TN.is_contiguous(a):
         raise GraphError(f"view: no gradient through a view of a non-contiguous tensor (cont it first): "
                          f"{shapes(a)}")
-    es, offset = T.type_size(a.type), int(t.op_params[0])
+    es, offset = T.type_size(a.type), param_i64(t, 0)
     nbs = [t.nb[1], t.nb[2], t.nb[3], offset]
     if any(x % es for x in nbs):
         raise GraphError(f"view: strides {t.nb} / offset {offset} are not whole elements of {shapes(a)}")
@@ -428,7 +450,7 @@ def _view_reference(node, srcs):
     src_addr = _element_addresses(a.ne, a.nb).reshape(-1)
     order = np.argsort(src_addr, kind="stable")
     srt = src_addr[order]
-    want = (int(node.op_params[0]) + _element_addresses(node.ne, node.nb)).reshape(-1)
+    want = (param_i64(node, 0) + _element_addresses(node.ne, node.nb)).reshape(-1)
     pos = np.minimum(np.searchsorted(srt, want), srt.size - 1)
     if not np.array_equal(srt[pos], want):
         return None
@@ -473,28 +495,39 @@ def _view(ctx, a, ne, nbs, offset, op):
     if offset + span > TN.nbytes(a):
         raise GraphError(f"{op}: view of ne={list(ne)} nb={nb} at offset {offset} spans {span} bytes, "
                          f"beyond the {TN.nbytes(a)} bytes of {shapes(a)}")
-    return new_node(ctx, VIEW, a.type, ne4, [a], [offset], view_of=a, view_offs=offset, name="view", nb=nb)
+    return new_node(ctx, VIEW, a.type, ne4, [a], i64_params(offset), view_of=a, view_offs=offset, name="view", nb=nb)
 
 
 def view_1d(ctx, a, ne0, offset):
+    """ne0 elements of a's data from byte `offset` on, no copy (ggml_view_1d); rules as view_4d."""
     return _view(ctx, a, [ne0], [], offset, "view_1d")
 
 
 def view_2d(ctx, a, ne0, ne1, nb1, offset):
+    """A [ne0, ne1] view of a's data: rows nb1 bytes apart from byte `offset` on (ggml_view_2d); rules as
+    view_4d."""
     return _view(ctx, a, [ne0, ne1], [nb1], offset, "view_2d")
 
 
 def view_3d(ctx, a, ne0, ne1, ne2, nb1, nb2, offset):
+    """A [ne0, ne1, ne2] view of a's data with byte strides nb1, nb2 from byte `offset` on
+    (ggml_view_3d); rules as view_4d."""
     return _view(ctx, a, [ne0, ne1, ne2], [nb1, nb2], offset, "view_3d")
 
 
 def view_4d(ctx, a, ne0, ne1, ne2, ne3, nb1, nb2, nb3, offset):
+    """A [ne0, ne1, ne2, ne3] view of a's data with byte strides nb1, nb2, nb3 (nb0 is the element
+    size), starting `offset` bytes after a's first element; no copy (ggml_view_4d).
+
+    Sizes and strides are positive ints, offset >= 0, and the view must lie within a's bytes:
+    GraphError otherwise. Views may overlap themselves; the gradient flows back only through
+    views of contiguous tensors."""
     return _view(ctx, a, [ne0, ne1, ne2, ne3], [nb1, nb2, nb3], offset, "view_4d")
 
 
 @rebuild_of(VIEW)
 def _view_rebuild(ctx, srcs, rec):
-    return view_4d(ctx, *srcs, *rec.ne, *rec.nb[1:], rec.i32(0))
+    return view_4d(ctx, *srcs, *rec.ne, *rec.nb[1:], param_i64(rec, 0))
 
 
 # -- permute / transpose: the same bytes with axes reordered ------------------------------------------------
@@ -541,7 +574,10 @@ def _transpose_sample(d):
 
 
 def permute(ctx, a, axis0, axis1, axis2, axis3):
-    """ggml_permute: source dim i becomes result dim axis_i."""
+    """a's dims reordered, no copy (ggml_permute): source dim i becomes result dim axis_i, so
+    result.ne[axis_i] = a.ne[i] (and nb likewise).
+
+    The axes are a permutation of 0..3: GraphError otherwise."""
     TN.check_tensor("permute", a)
     axes = [axis0, axis1, axis2, axis3]
     _check_ints("permute", axes, a)
@@ -559,7 +595,7 @@ def _permute_rebuild(ctx, srcs, rec):
 
 
 def transpose(ctx, a):
-    """Swap dims 0 and 1."""
+    """a with dims 0 and 1 swapped, no copy (ggml_transpose): [ne0, ne1, ne2, ne3] -> [ne1, ne0, ne2, ne3]."""
     TN.check_tensor("transpose", a)
     ne = [a.ne[1], a.ne[0], a.ne[2], a.ne[3]]
     return new_node(ctx, TRANSPOSE, a.type, ne, [a], view_of=a, name="transposed",

@@ -22,9 +22,13 @@ from ..errors import GraphError
 from ..kernel import inline, record, split, view_f32
 from ..native import f64_1d
 from .common import check_f32, check_same_shape, shapes
+from .attention import soft_max
+from .elementwise import mul, scale
 from .refs import f64
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
+from .reduce import add1
+from .unary import log
 
 CE_EPS = 1e-9
 
@@ -88,8 +92,6 @@ def _cross_entropy_loss_backward(ctx, t, g, d):
     if d.needs(0):
         d.add(0, cross_entropy_loss_back(ctx, a, b, g))
     if d.needs(1):      # the targets: -g/nr * log(q), q = (1 - eps) softmax(a) + eps
-        from .attention import soft_max
-        from .elementwise import add1, log, mul, scale
         q = add1(ctx, scale(ctx, soft_max(ctx, a), 1.0 - CE_EPS), TN.new_f32(ctx, CE_EPS))
         d.add(1, scale(ctx, mul(ctx, log(ctx, q), g), -1.0 / TN.nrows(a)))
 

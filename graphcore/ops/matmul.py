@@ -11,10 +11,11 @@ from numba import njit
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
+from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb
 from ..native import (f32_2d_strided, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, gemm_tile_c8x4, gemm_tile_g4x1,
                       gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, sgemm, u16_2d_strided)
 from .common import shapes
+from .layout import cont, transpose
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
@@ -179,7 +180,6 @@ def _mm_work(node, n_tasks):
 
 def _mul_mat_backward(ctx, t, g, d):
     # t[m, n] = sum_k a[k, m] b[k, n]; a's batch i2 // (ne12/ne02) serves t's batch i2 (blocks)
-    from .layout import cont, transpose
     a, b = t.src
     if d.needs(0):      # da[k, m] = sum_n b[k, n] g[m, n], summed over each block of batches
         d.add(0, out_prod(ctx, b, g), reduce=BLOCKS)
@@ -243,7 +243,6 @@ def _out_prod_kernel(rec, ith, nth, phase, wdata, wsize):
 
 def _out_prod_backward(ctx, t, g, d):
     # t[i0, i1] = sum_k a[i0, k] b[i1, k]; a's batches broadcast by blocks, as in mul_mat
-    from .layout import cont, transpose
     a, b = t.src
     if d.needs(0):      # da[i0, k] = sum_i1 g[i0, i1] b[i1, k], summed over each block of batches
         d.add(0, out_prod(ctx, g, transpose(ctx, b)), reduce=BLOCKS)
@@ -274,7 +273,9 @@ def _out_prod_sample(d):
 
 
 def out_prod(ctx, a, b):
-    """ggml_out_prod: a [ne00, K, ne02, ne03], b [ne10, K, ne12, ne13] -> [ne00, ne10, ne12, ne13]."""
+    """ggml_out_prod: a [ne00, K, ne02, ne03], b [ne10, K, ne12, ne13] -> [ne00, ne10, ne12, ne13],
+    dst[i0, i1] = sum_k a[i0, k] * b[i1, k] (ne order); F32; a is broadcast over dims 2 and 3 by
+    blocks, as in mul_mat. GraphError when the K differ or ne12, ne13 are not multiples of a's."""
     TN.check_tensor("out_prod", a, b)
     if a.type != T.TYPE_F32 or b.type != T.TYPE_F32:
         raise GraphError(f"out_prod: expects F32 tensors, got {shapes(a, b)}")

@@ -11,11 +11,13 @@ from ..errors import GraphError
 from ..kernel import f32_at, is_dense, param_f32, record, row_addr, rows_contiguous, split, t_addr, view_f32
 from ..native import STACK_N, stack_f64
 from .args import real
-from .common import check_f32, check_same_shape, inplace_view, next_row, shapes
+from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, shapes
+from .elementwise import sub
+from .reduce import mean
 from .refs import f64
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import param_f32 as param_f32_of
-from .registry import rebuild_by, rebuild_of
+from .registry import rebuild_of
 
 
 ACROSS = 64     # rows up to this long, when dense, are summed across a group of rows (vectorises)
@@ -51,8 +53,6 @@ def _norm_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 def _center(ctx, x):
-    from .elementwise import sub
-    from .reduce import mean
     return sub(ctx, x, mean(ctx, x))
 
 
@@ -90,10 +90,13 @@ def _row_norm(ctx, code, a, eps, inplace, op):
 
 
 def norm(ctx, a, eps: float):
-    """Each row normalised to mean 0 and variance 1: (x - mean) / sqrt(var + eps)."""
+    """Each row normalised to mean 0 and variance 1: (x - mean) / sqrt(var + eps) (ggml_norm).
+
+    F32 a [ne0, ne1, ne2, ne3] -> same shape; eps is a float > 0."""
     return _row_norm(ctx, NORM, a, eps, False, "norm")
 
 
+@inplace_of(norm)
 def norm_inplace(ctx, a, eps: float):
     return _row_norm(ctx, NORM, a, eps, True, "norm_inplace")
 
@@ -168,10 +171,13 @@ def _rms_norm_sample(d):
 
 
 def rms_norm(ctx, a, eps: float):
-    """Each row divided by its root mean square: x / sqrt(mean(x^2) + eps)."""
+    """Each row divided by its root mean square: x / sqrt(mean(x^2) + eps) (ggml_rms_norm).
+
+    F32 a [ne0, ne1, ne2, ne3] -> same shape; eps is a float > 0."""
     return _row_norm(ctx, RMS_NORM, a, eps, False, "rms_norm")
 
 
+@inplace_of(rms_norm)
 def rms_norm_inplace(ctx, a, eps: float):
     return _row_norm(ctx, RMS_NORM, a, eps, True, "rms_norm_inplace")
 

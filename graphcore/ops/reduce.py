@@ -12,9 +12,10 @@ from .. import types as T
 from ..errors import GraphError
 from ..kernel import f32_at, inline, record, row_addr, rows_contiguous, split, view_f32, view_i32
 from ..native import f64_1d as _f64
-from .common import check_f32, next_row, shapes
+from .common import check_f32, elementwise_node, inplace_of, next_row, shapes, tasks_by_segments, unary_loop
+from .elementwise import scale
 from .refs import f64, shape4, tile
-from .registry import NOT_DIFFERENTIABLE, TILES, new_node, register, tasks_by_rows, MIN_ELEMENTS_PER_TASK
+from .registry import NOT_DIFFERENTIABLE, TILES, new_node, register, MIN_ELEMENTS_PER_TASK
 from .registry import reference_of, sample_of
 from .registry import rebuild_by, rebuild_of
 
@@ -71,7 +72,7 @@ def _sum_sample(d):
 
 
 def sum(ctx, a):
-    """The sum of all elements, as a [1] tensor."""
+    """The sum of all elements of F32 a, as an F32 [1] tensor (ggml_sum); accumulated in float64."""
     check_f32("sum", a)
     return new_node(ctx, SUM, T.TYPE_F32, [1], [a])
 
@@ -114,12 +115,7 @@ def _sum_rows_backward(ctx, t, g, d):
 def _mean_backward(ctx, t, g, d):
     if d.needs(0):      # g / ne0 spread over the row
         a = t.src[0]
-        d.add(0, repeat(ctx, _scale(ctx, g, 1.0 / a.ne[0]), a))
-
-
-def _scale(ctx, a, s):
-    from .elementwise import scale
-    return scale(ctx, a, s)
+        d.add(0, repeat(ctx, scale(ctx, g, 1.0 / a.ne[0]), a))
 
 
 SUM_ROWS = register("SUM_ROWS", "Σx_k", _sum_rows_kernel, n_tasks=_rows_of_src, backward=_sum_rows_backward)
@@ -147,7 +143,7 @@ def _mean_sample(d):
 
 
 def sum_rows(ctx, a):
-    """Row sums: [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
+    """Row sums (ggml_sum_rows): F32 [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
     check_f32("sum_rows", a)
     return new_node(ctx, SUM_ROWS, T.TYPE_F32, [1, *a.ne[1:]], [a])
 
@@ -156,7 +152,7 @@ rebuild_of(SUM_ROWS)(rebuild_by(sum_rows))
 
 
 def mean(ctx, a):
-    """Row means (ggml_mean): [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
+    """Row means (ggml_mean): F32 [ne0, ne1, ne2, ne3] -> [1, ne1, ne2, ne3]."""
     check_f32("mean", a)
     return new_node(ctx, MEAN, T.TYPE_F32, [1, *a.ne[1:]], [a])
 
@@ -202,7 +198,8 @@ def _argmax_sample(d):
 
 
 def argmax(ctx, a):
-    """For each row of a matrix [ne0, ne1], the index of its largest element, as I32 [ne1]."""
+    """For each row of an F32 matrix [ne0, ne1], the index of its largest element (the first;
+    NaN never wins) as I32 [ne1] (ggml_argmax). GraphError when ne2 or ne3 > 1."""
     check_f32("argmax", a)
     if a.ne[2] != 1 or a.ne[3] != 1:
         raise GraphError(f"argmax: src0 must be a matrix (ne2 == ne3 == 1), got {shapes(a)}")
@@ -269,7 +266,8 @@ def _repeat_sample(d):
 
 
 def repeat(ctx, a, b):
-    """a tiled to b's shape (each b.ne[i] a multiple of a.ne[i])."""
+    """F32 a tiled to b's shape (ggml_repeat); only b.ne is used. Each b.ne[i] must be a multiple of
+    a.ne[i] (ggml_can_repeat): GraphError otherwise."""
     check_f32("repeat", a)
     TN.check_tensor("repeat", b)
     if not TN.can_repeat(a, b):
@@ -367,3 +365,60 @@ def repeat_back(ctx, a, b):
 @rebuild_of(REPEAT_BACK)
 def _repeat_back_rebuild(ctx, srcs, rec):
     return repeat_back(ctx, *srcs, rec.like())
+
+
+# -- add1: a + b[0] for a scalar b (here because its gradient for b is a sum) ----------------------------
+@inline
+def _add1_f(x, b):
+    return x + b
+
+
+def _add1_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    b = view_f32(r, 2)
+    unary_loop(rec, ith, nth, _add1_f, b[0, 0, 0, 0])
+
+
+def _add1_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, g)
+    if d.needs(1):      # b was added to every element: the sum of g (ggml takes the mean, a known bug)
+        d.add(1, sum(ctx, g))
+
+
+ADD1 = register("ADD1", "x+1", _add1_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_add1_backward)
+
+
+@reference_of(ADD1)
+def _add1_reference(node, srcs):
+    return f64(srcs[0]) + f64(srcs[1]).reshape(-1)[0]
+
+
+@sample_of(ADD1)
+def _add1_sample(d):
+    a, b = d.f32(), d.f32([1])
+    return add1_inplace(d.ctx, a, b) if d.inplace(a, b) else add1(d.ctx, a, b)
+
+
+def _add1(ctx, a, b, inplace, name):
+    check_f32(name, a, b)
+    if not TN.is_scalar(b):
+        raise GraphError(f"{name}: src1 must be a scalar (one element), got {shapes(a, b)}")
+    return elementwise_node(ctx, ADD1, a, [a, b], inplace=inplace)
+
+
+def add1(ctx, a, b):
+    """a + b[0] for a one-element b (ggml_add1): F32 a [ne0, ne1, ne2, ne3], F32 b of one element -> a's
+    shape.
+
+    GraphError when b has more than one element. The gradient of b is the sum of the output
+    gradient (ggml takes its mean)."""
+    return _add1(ctx, a, b, False, "add1")
+
+
+@inplace_of(add1)
+def add1_inplace(ctx, a, b):
+    return _add1(ctx, a, b, True, "add1_inplace")
+
+
+rebuild_of(ADD1)(rebuild_by(add1, add1_inplace))

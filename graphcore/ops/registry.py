@@ -5,7 +5,9 @@ sits in one place; dispatch tables, docs and dot symbols are derived from OPS.
 """
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -23,7 +25,10 @@ KERNEL_SIG = types.void(types.int64, types.int64, types.int64, types.int64, type
 MIN_ELEMENTS_PER_TASK = 16384
 MIN_FLOPS_PER_TASK = 1 << 17
 
-NOT_DIFFERENTIABLE = "not differentiable"
+NOT_DIFFERENTIABLE = "not differentiable"   # no gradient at all (integer results: argmax; leafs)
+# piecewise constant (sgn, step): the node takes a gradient like any other, but passes zeros to its
+# sources, as in ggml, PyTorch and JAX, so a loss made of such ops still has f.grad
+ZERO_GRADIENT = "zero gradient"
 # how a backward rule's gradient for a broadcast source is summed back to the source's shape
 # (graphcore.autodiff.Grads): TILES for ggml's tiling (i % ne: add, mul, repeat), BLOCKS for
 # mul_mat's blocks (i // (ne12/ne02))
@@ -33,19 +38,21 @@ BLOCKS = "blocks"
 
 @dataclass
 class OpDef:
+    """One op's record in the registry (OPS[code], BY_NAME[name]): its ggml name and symbol, kernel,
+    planner rules, backward rule, numpy reference, sampler and graph-file rebuild."""
     name: str                                   # ggml's name, e.g. "ADD"
     symbol: str                                 # ggml's dot symbol, e.g. "x+y"
     code: int
     kernel: Optional[Callable]                  # python source of the numba kernel; None = no compute (views)
     n_tasks: Callable                           # (node, n_threads) -> tasks
     work_size: Callable                         # (node, n_tasks) -> bytes of shared work buffer
-    backward: object                            # rule building gradient nodes, NOT_DIFFERENTIABLE, or None (to come)
+    backward: object                            # rule building gradient nodes, NOT_DIFFERENTIABLE, ZERO_GRADIENT, or None
     inplace: bool                               # the kernel may run with dst aliasing src0
     n_phases: object = 1                         # int, or (node) -> int
     # numpy reference (node, srcs) -> array, for graphcore.testing (attached with @reference_of)
     reference: Optional[Callable] = field(default=None, repr=False)
     reference_nmse: float = 1e-7                 # tolerance of the kernel against the reference
-    # draws a random node of this op for graphcore.testing.strategies.graphs (@sample_of)
+    # draws a random node of this op for graphcore.testing.graphs (@sample_of)
     sample: Optional[Callable] = field(default=None, repr=False)
     # rebuilds a node of this op from a graph file through the op's builder (@rebuild_of; see graphcore.graphfile)
     rebuild: Optional[Callable] = field(default=None, repr=False)
@@ -66,15 +73,22 @@ class OpDef:
             with _compile_lock:
                 address = self._addresses.get(fn)
                 if address is None:
+                    t0 = time.perf_counter()
                     compiled = cfunc(KERNEL_SIG, cache=True, error_model="numpy")(fn)
                     _keep_alive.append(compiled)
                     address = self._addresses[fn] = compiled.address
+                    dt = time.perf_counter() - t0
+                    # a cache miss takes about a second; a load from numba's disk cache milliseconds
+                    _log.log(logging.INFO if dt > 0.25 else logging.DEBUG,
+                             "kernel %s (%s): %s in %.2f s", self.name, fn.__name__,
+                             "compiled (cached on disk for the next run)" if dt > 0.25 else "loaded", dt)
         return address
 
 
 OPS: list[OpDef] = []
 BY_NAME: dict[str, OpDef] = {}
 _compile_lock = threading.Lock()
+_log = logging.getLogger("graphcore.kernels")
 _keep_alive = []
 
 
@@ -101,6 +115,7 @@ def register(name, symbol, kernel=None, n_tasks=tasks_by_rows, work_size=no_work
                work_size, backward, inplace, n_phases, variant=variant)
     OPS.append(op)
     BY_NAME[name] = op
+    TN.OP_NAMES.append(name)
     return op.code
 
 
@@ -124,7 +139,7 @@ def reference_of(*codes, nmse: float | None = None):
 
 def sample_of(*codes):
     """Decorator: `fn(d) -> Tensor` draws the inputs the ops `codes` accept and builds one node, using
-    the drawing helper `d` that graphcore.testing.strategies.graphs passes (d.f32(...), d.int(...), ...).
+    the drawing helper `d` that graphcore.testing.graphs passes (d.f32(...), d.int(...), ...).
     It may raise GraphError to reject a draw."""
     def deco(fn):
         for c in codes:
@@ -159,10 +174,12 @@ def rebuild_by(build, build_inplace=None):
 
 
 def op_name(code: int) -> str:
-    return OPS[code].name if 0 <= code < len(OPS) else f"<op {code}>"
+    """The op's name, e.g. "MUL_MAT" for OP_MUL_MAT (ggml_op_name); "<op N>" for an unknown code."""
+    return TN.op_name_of(code)
 
 
 def op_symbol(code: int) -> str:
+    """The op's symbol in graph pictures, e.g. "x*y" for OP_MUL (ggml_op_symbol); "?" for an unknown code."""
     return OPS[code].symbol if 0 <= code < len(OPS) else "?"
 
 
@@ -172,10 +189,11 @@ def new_node(ctx, op: int, type_: int, ne, srcs, params=None, view_of=None, view
     """A tensor computed by `op` from `srcs`. With `view_of`, the result shares that tensor's data
     (in-place ops and view ops); `params` go to op_params (ints, or floats stored as their bits)."""
     t = TN.new_tensor_impl(ctx, type_, ne, view_of, view_offs, op=OPS[op].name.lower(), nb=nb)
-    t.op = op
-    t.src = list(srcs)
+    t._op = op
+    t._src = TN.ReadOnlyList(srcs)
     if params is not None:
         set_op_params(t, params)
+    _freeze_params(t)      # kernels trust them (addresses, sizes): set_op_params only
     if view_of is not None:
         t.name = f"{view_of.name} ({name or 'view'})"[:TN.MAX_NAME - 1] if view_of.name else ""
     return t
@@ -185,11 +203,23 @@ def set_op_params(t, params):
     """Store params (ints or floats; floats as float32 bits) in the op_params slots."""
     if len(params) > TN.MAX_OP_PARAMS:
         raise GraphError(f"{op_name(t.op)}: too many op params ({len(params)})")
+    w = np.array(t.op_params)        # op_params are read-only once built: replace them whole
     for i, p in enumerate(params):
         if isinstance(p, (float, np.floating)):
-            t.op_params[i] = np.array([p], dtype=np.float32).view(np.int32)[0]
+            w[i] = np.array([p], dtype=np.float32).view(np.int32)[0]
         else:
-            t.op_params[i] = int(p)
+            if not -2**31 <= int(p) < 2**31:
+                raise GraphError(f"{op_name(t.op)}: op param {i} = {int(p)} does not fit in int32")
+            w[i] = int(p)
+    frozen = not t.op_params.flags.writeable
+    t._op_params = w
+    if frozen:
+        _freeze_params(t)
+
+
+def _freeze_params(t):
+    # over immutable bytes: not even flags.writeable = True can reopen them
+    t._op_params = np.frombuffer(t.op_params.tobytes(), dtype=np.int32)
 
 
 def param_f32(t, i) -> float:
@@ -198,6 +228,16 @@ def param_f32(t, i) -> float:
 
 def param_i32(t, i) -> int:
     return int(t.op_params[i])
+
+
+def i64_params(v: int) -> list:
+    """An int64 as the two int32 op_params slots ggml would memcpy it into (byte offsets past 2 GiB)."""
+    return [int(x) for x in np.array([v], dtype=np.int64).view(np.int32)]
+
+
+def param_i64(t, i) -> int:
+    """The int64 stored by i64_params in slots i, i+1 of t.op_params (t: a tensor or a file record)."""
+    return int(np.asarray(t.op_params[i:i + 2], dtype=np.int32).view(np.int64)[0])
 
 
 @reference_of(OP_NONE)

@@ -13,23 +13,22 @@ A property-based testing kit for your own graphs, and the one graphcore's op tes
   against finite differences;
 - compare: nmse, assert_close_nmse, sentinel contexts and stray-write checks.
 
-Several modules are filled in by different work streams; each adds its own import line below.
+Importing it registers the hypothesis profiles the kit needs (graphcore.testing.profiles: no
+deadline, since first computes JIT-compile) and loads one unless you already chose a profile.
 """
 from .compare import (SENTINEL, assert_close_nmse, assert_same_bits, check_untouched, compute_guarded,  # noqa: F401
                       element_byte_offsets, nmse, sentinel_context)
-try:  # the strategies need hypothesis (a test dependency); the comparisons do not
-    from .strategies import (CONTIGUOUS, LAYOUT_KINDS, Layout, broadcastable_pairs, layouts,  # noqa: F401
-                             logical_4d, make_tensor, matmul_pairs, ne4, random_values, seeds, shapes)
-except ModuleNotFoundError as _e:  # pragma: no cover
-    if _e.name != "hypothesis":
-        raise
-from .gradcheck import GradCheckResult, check_gradients  # noqa: F401,E402
-from . import reference  # noqa: F401,E402
-from .reference import evaluate  # noqa: F401,E402
-from .graphcheck import (GradientReport, GraphCheck, GraphMismatch, assert_gradients_close,  # noqa: F401,E402
+from .gradcheck import GradCheckResult, check_gradients  # noqa: F401
+from . import reference  # noqa: F401
+from .reference import evaluate  # noqa: F401
+from .graphcheck import (GradientReport, GraphCheck, GraphMismatch, assert_gradients_close,  # noqa: F401
                          assert_graph_close, small_tasks)
-try:
-    from .strategies import DrawnGraph, NodeDraw, family_ops, graphs, tensors, types  # noqa: F401
+try:  # the strategies need hypothesis (the test extra); the comparisons above do not
+    from .profiles import PROFILES, load_profile  # noqa: F401
+    from .strategies import (CONTIGUOUS, LAYOUT_KINDS, Layout, broadcastable_pairs, layouts,  # noqa: F401
+                             logical_4d, make_tensor, matmul_pairs, ne4, random_values, seeds, shapes, tensors,
+                             types)
+    from .graphgen import BACKWARD_EXCLUDED, DOMAINS, DrawnGraph, NodeDraw, family_ops, graphs  # noqa: F401
 except ModuleNotFoundError as _e:  # pragma: no cover
     if _e.name != "hypothesis":
         raise

@@ -37,7 +37,7 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..graph import Graph, build_forward_expand, graph_view, new_graph_custom
-from ..ops.registry import NOT_DIFFERENTIABLE, OP_NONE, OPS
+from ..ops.registry import NOT_DIFFERENTIABLE, OP_NONE, OPS, ZERO_GRADIENT
 from ..planner import graph_plan
 from .compare import element_byte_offsets, nmse
 from .reference import Interpreter, is_view_op, reference_value
@@ -211,8 +211,14 @@ def _compute(g, n_threads, split_small):
 
 
 def _as_graph(g):
+    """A Graph from a Graph, a DrawnGraph (its forward graph), a tensor or a list of tensors."""
     if isinstance(g, Graph):
         return g
+    if isinstance(getattr(g, "graph", None), Graph):      # a DrawnGraph from graphs()
+        if g.backward_graph is None:
+            return g.graph
+        g.seed_loss()                                     # the backward graph holds the forward's nodes
+        return g.backward_graph
     roots = [g] if isinstance(g, TN.Tensor) else list(g)
     out = new_graph_custom(roots[0].ctx, 1 << 16, False)
     for r in roots:
@@ -223,7 +229,7 @@ def _as_graph(g):
 def assert_graph_close(g, n_threads=(1, 2, 4), *, nmse_tol: dict | None = None, split_small: bool = True,
                        same_bits: bool = True, check_writes: bool = True, end_to_end: bool = False,
                        end_to_end_nmse: float = 1e-5) -> GraphCheck:
-    """Compute g (a Graph, a tensor, or a list of tensors) with the executor and check every node
+    """Compute g (a Graph, a DrawnGraph, a tensor, or a list of tensors) with the executor and check every node
     against its op's numpy reference; see the module's docs. `nmse_tol` overrides per-op
     tolerances ({"MUL_MAT": 1e-5}); `same_bits`: every thread count gives the same bytes;
     `check_writes`: no node writes outside its own elements. Raises GraphMismatch (an
@@ -343,7 +349,7 @@ class GradientReport:
     details: list = field(default_factory=list)
 
 
-def assert_gradients_close(loss, params, backward_graph=None, *, eps: float = 1e-4, rtol: float | None = None,
+def assert_gradients_close(loss, params=None, backward_graph=None, *, eps: float = 1e-4, rtol: float | None = None,
                            atol: float | None = None, n_directions: int = 3, per_param: int = 3,
                            seed: int = 0) -> GradientReport:
     """Check a backward graph's gradients of `loss` with respect to `params` against central
@@ -368,7 +374,17 @@ def assert_gradients_close(loss, params, backward_graph=None, *, eps: float = 1e
     elements within eps would otherwise swamp the difference. Passes when |analytic - numeric| <=
     atol * max(S, 0.1) + rtol * |numeric| (+ the float64 rounding noise of a large loss over the
     step), S the largest derivative seen. Raises AssertionError naming the worst comparison;
-    returns a GradientReport."""
+    returns a GradientReport.
+
+    `loss` may also be a DrawnGraph of graphs(backward=True): its loss, params and backward graph
+    (seeded here) are used."""
+    if getattr(loss, "backward_graph", None) is not None and not isinstance(loss, TN.Tensor):
+        drawn = loss
+        drawn.seed_loss()
+        loss, params = drawn.loss, drawn.params if params is None else params
+        backward_graph = drawn.backward_graph if backward_graph is None else backward_graph
+    if params is None:
+        raise TypeError("assert_gradients_close: give the parameters (or a DrawnGraph drawn with backward=True)")
     params = [params] if isinstance(params, TN.Tensor) else list(params)
     interp = Interpreter([loss], "float64")
     x0 = {id(p): p.numpy4d().astype(np.float64) for p in params}
@@ -387,7 +403,7 @@ def assert_gradients_close(loss, params, backward_graph=None, *, eps: float = 1e
     rng = np.random.default_rng(seed)
 
     at_x0 = interp.run()
-    frozen = {n: at_x0[n] for n in interp.nodes if OPS[n.op].backward is NOT_DIFFERENTIABLE}
+    frozen = {n: at_x0[n] for n in interp.nodes if OPS[n.op].backward in (NOT_DIFFERENTIABLE, ZERO_GRADIENT)}
 
     def f(step, direction):
         vals = dict(frozen)

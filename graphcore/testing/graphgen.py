@@ -10,9 +10,9 @@ graph, so the result is a DAG with shared subexpressions, not a chain) or as new
 random layout (contiguous, permuted, transposed, or a strided view into a padded tensor) and
 random values.
 
-    @given(gc.testing.strategies.graphs(ops=["ADD", "MUL_MAT", "SOFT_MAX"], max_nodes=6))
+    @given(gc.testing.graphs(ops=["ADD", "MUL_MAT", "SOFT_MAX"], max_nodes=6))
     def test_mine(drawn):
-        gc.testing.assert_graph_close(drawn.graph)
+        gc.testing.assert_graph_close(drawn)
 
 With backward=True, some F32 leaves are parameters, a random scalar loss is built over the
 graph's F32 outputs, and drawn.backward_graph is its backward graph (in-place forms are not
@@ -27,7 +27,14 @@ from hypothesis import assume, strategies as st
 
 from .. import tensor as TN
 from .. import types as T
+from ..autodiff import build_backward, graph_reset, set_param
+from ..dump import graph_text
 from ..errors import GraphError, OutOfMemoryError
+from ..graph import build_forward_expand, new_graph_custom
+from ..ops.elementwise import add, mul
+from ..ops.losses import cross_entropy_loss
+from ..ops.reduce import mean, sum as sum_
+from ..ops.unary import sqr
 from ..ops.args import region_overlaps
 from ..ops.registry import BY_NAME, OP_NONE, OPS
 from .compare import sentinel_context
@@ -210,7 +217,6 @@ class NodeDraw:
         self.leaves.append(owner)
         self._domain[id(t)] = domain
         if param:
-            from ..autodiff import set_param
             set_param(self.ctx, owner)
             owner.name = f"p{len(self.params)}"
             self.params.append(owner)
@@ -272,18 +278,16 @@ class DrawnGraph:
 
     def seed_loss(self):
         """graph_reset the backward graph and set the loss's gradient to 1."""
-        from ..autodiff import graph_reset
         graph_reset(self.backward_graph)
         if self.loss.grad is not None:          # None: no parameter reaches the loss
             TN.set_f32(self.loss.grad, 1.0)
 
     def __repr__(self):
-        from ..graph import graph_print
         head = f"DrawnGraph({len(self.nodes)} drawn nodes, {self.graph.n_nodes} graph nodes, {len(self.leaves)} leaves"
         if self.loss is not None:
             head += f", {len(self.params)} params, loss '{self.loss.name}', backward graph of " \
                     f"{self.backward_graph.n_nodes} nodes"
-        return head + ")\n" + graph_print(self.graph)
+        return head + ")\n" + graph_text(self.graph)
 
 
 def family_ops(module) -> list:
@@ -371,14 +375,12 @@ def graphs(draw, ops=None, max_nodes: int = 6, min_nodes: int = 1, backward: boo
         nodes.append(t)
         d.pool.append(t)
     assume(nodes)
-    from ..graph import build_forward_expand, new_graph_custom
     outputs = _outputs(nodes)
     g = new_graph_custom(ctx, 4096, False)
     if not backward:
         for t in outputs:
             build_forward_expand(g, t)
         return DrawnGraph(ctx, g, outputs, nodes, d.leaves)
-    from ..autodiff import build_backward
     try:
         loss = _loss(d, outputs, nodes)
         for t in outputs:
@@ -393,9 +395,6 @@ def graphs(draw, ops=None, max_nodes: int = 6, min_nodes: int = 1, backward: boo
 def _loss(d, outputs, nodes):
     """A random scalar loss over the F32 outputs (sum, weighted sum, sum of squares, row means,
     cross entropy), summed when there are several."""
-    from ..ops.elementwise import add, mul, sqr
-    from ..ops.losses import cross_entropy_loss
-    from ..ops.reduce import mean, sum as sum_
     gc_nelements = TN.nelements
     ys = [t for t in outputs if t.type == F32] or [t for t in d.pool if t.type == F32][-1:]
     assume(ys)

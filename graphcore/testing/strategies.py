@@ -27,8 +27,7 @@ from .. import types as T
 from ..ops.layout import permute, transpose, view_4d
 
 __all__ = ["Layout", "CONTIGUOUS", "LAYOUT_KINDS", "shapes", "layouts", "seeds", "random_values",
-           "make_tensor", "logical_4d", "broadcastable_pairs", "matmul_pairs", "ne4", "types", "tensors",
-           "graphs", "NodeDraw", "DrawnGraph"]
+           "make_tensor", "logical_4d", "broadcastable_pairs", "matmul_pairs", "ne4", "types", "tensors"]
 
 LAYOUT_KINDS = ("contiguous", "permuted", "transposed", "strided")
 
@@ -200,6 +199,3 @@ def tensors(draw, ctx, type=None, shape=None, layout=None, low=-1.0, high=1.0):
     values = random_values(ne, draw(seeds()), low, high, dtype=np.float64 if dtype.kind == "f" else np.int32)
     return make_tensor(ctx, ne, lay, values.astype(dtype), type=type_)
 
-
-# random graphs of registered ops (graphs, NodeDraw, DrawnGraph) live in graphgen.py
-from .graphgen import BACKWARD_EXCLUDED, DOMAINS, DrawnGraph, NodeDraw, family_ops, graphs  # noqa: E402,F401

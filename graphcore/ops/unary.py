@@ -1,0 +1,455 @@
+"""Unary elementwise functions: sqr sqrt log neg abs sgn step relu gelu silu, and the backward
+ops gelu_back and silu_back beside the functions they differentiate.
+
+Each op: builder (unary_builders gives f and f_inplace), scalar function, kernel, backward rule,
+registry record, numpy reference and sampler. Computed in float64 and rounded once to float32;
+any strides, the same bits for any thread count.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import tensor as TN
+from ..errors import GraphError
+from ..kernel import exp_f64, inline
+from .common import (binary_loop, check_f32, check_same_shape, elementwise_node, shapes, tasks_by_segments,
+                     unary_builders, unary_loop)
+from .elementwise import div, mul, scale
+from .refs import f64, sample_binary, sample_unary
+from .registry import ZERO_GRADIENT, reference_of, register, sample_of
+from .registry import rebuild_by, rebuild_of
+
+
+# -- unary functions ---------------------------------------------------------------------------------
+@inline
+def _sqr_f(x, p):
+    return x * x
+
+
+def _sqr_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _sqr_f, 0.0)
+
+
+def _sqr_backward(ctx, t, g, d):
+    if d.needs(0):      # 2 x g
+        d.add(0, scale(ctx, mul(ctx, t.src[0], g), 2.0))
+
+
+SQR = register("SQR", "x^2", _sqr_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqr_backward)
+
+
+@reference_of(SQR)
+def _sqr_reference(node, srcs):
+    x = f64(srcs[0])
+    return x * x
+
+
+@sample_of(SQR)
+def _sqr_sample(d):
+    return sample_unary(d, sqr, sqr_inplace)
+
+
+sqr, sqr_inplace = unary_builders(SQR, "sqr", "x*x")
+rebuild_of(SQR)(rebuild_by(sqr, sqr_inplace))
+
+
+@inline
+def _sqrt_f(x, p):
+    return np.sqrt(x)
+
+
+def _sqrt_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _sqrt_f, 0.0)
+
+
+def _sqrt_backward(ctx, t, g, d):
+    if d.needs(0):      # g / (2 sqrt(x))
+        d.add(0, scale(ctx, div(ctx, g, t), 0.5))
+
+
+SQRT = register("SQRT", "√x", _sqrt_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqrt_backward)
+
+
+@reference_of(SQRT)
+def _sqrt_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.sqrt(x)
+
+
+@sample_of(SQRT)
+def _sqrt_sample(d):
+    return sample_unary(d, sqrt, sqrt_inplace, domain="positive")
+
+
+sqrt, sqrt_inplace = unary_builders(SQRT, "sqrt", "sqrt(x)", "NaN for x < 0.")
+rebuild_of(SQRT)(rebuild_by(sqrt, sqrt_inplace))
+
+
+@inline
+def _log_f(x, p):
+    return np.log(x)
+
+
+def _log_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _log_f, 0.0)
+
+
+def _log_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, div(ctx, g, t.src[0]))
+
+
+LOG = register("LOG", "log(x)", _log_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_log_backward)
+
+
+@reference_of(LOG)
+def _log_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.log(x)
+
+
+@sample_of(LOG)
+def _log_sample(d):
+    return sample_unary(d, log, log_inplace, domain="positive")
+
+
+log, log_inplace = unary_builders(LOG, "log", "log(x)", "-inf at 0, NaN for x < 0.")
+rebuild_of(LOG)(rebuild_by(log, log_inplace))
+
+
+@inline
+def _neg_f(x, p):
+    return -x
+
+
+def _neg_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _neg_f, 0.0)
+
+
+def _neg_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.sub(0, g)
+
+
+NEG = register("NEG", "-x", _neg_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_neg_backward)
+
+
+@reference_of(NEG)
+def _neg_reference(node, srcs):
+    x = f64(srcs[0])
+    return -x
+
+
+@sample_of(NEG)
+def _neg_sample(d):
+    return sample_unary(d, neg, neg_inplace)
+
+
+neg, neg_inplace = unary_builders(NEG, "neg", "-x")
+rebuild_of(NEG)(rebuild_by(neg, neg_inplace))
+
+
+@inline
+def _abs_f(x, p):
+    return abs(x)
+
+
+def _abs_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _abs_f, 0.0)
+
+
+def _abs_backward(ctx, t, g, d):
+    if d.needs(0):      # sgn(x) g (0 at x = 0)
+        d.add(0, mul(ctx, sgn(ctx, t.src[0]), g))
+
+
+ABS = register("ABS", "abs(x)", _abs_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_abs_backward)
+
+
+@reference_of(ABS)
+def _abs_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.abs(x)
+
+
+@sample_of(ABS)
+def _abs_sample(d):
+    return sample_unary(d, abs_, abs_inplace)
+
+
+abs_, abs_inplace = unary_builders(ABS, "abs", "|x|")
+rebuild_of(ABS)(rebuild_by(abs_, abs_inplace))
+
+
+@inline
+def _sgn_f(x, p):
+    return np.float32(1.0) if x > 0 else (np.float32(-1.0) if x < 0 else np.float32(0.0))
+
+
+def _sgn_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _sgn_f, 0.0)
+
+
+# piecewise constant: the derivative is 0 wherever it exists (ggml, PyTorch and JAX give 0)
+SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True, backward=ZERO_GRADIENT)
+
+
+@reference_of(SGN)
+def _sgn_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0))
+
+
+@sample_of(SGN)
+def _sgn_sample(d):
+    return sample_unary(d, sgn, sgn_inplace)
+
+
+sgn, sgn_inplace = unary_builders(SGN, "sgn", "sign(x): 1, -1 or 0",
+                                  "Its gradient is zero (as in ggml, PyTorch and JAX).")
+rebuild_of(SGN)(rebuild_by(sgn, sgn_inplace))
+
+
+@inline
+def _step_f(x, p):
+    return np.float32(1.0) if x > 0 else np.float32(0.0)
+
+
+def _step_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _step_f, 0.0)
+
+
+# piecewise constant, as sgn
+STEP = register("STEP", "step(x)", _step_kernel, n_tasks=tasks_by_segments, inplace=True,
+                backward=ZERO_GRADIENT)
+
+
+@reference_of(STEP)
+def _step_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.where(x > 0, 1.0, 0.0)
+
+
+@sample_of(STEP)
+def _step_sample(d):
+    return sample_unary(d, step, step_inplace)
+
+
+step, step_inplace = unary_builders(STEP, "step", "1 where x > 0, else 0",
+                                    "Its gradient is zero (as in ggml, PyTorch and JAX).")
+rebuild_of(STEP)(rebuild_by(step, step_inplace))
+
+
+@inline
+def _relu_f(x, p):
+    return x if x > 0 else np.float32(0.0)
+
+
+def _relu_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _relu_f, 0.0)
+
+
+def _relu_backward(ctx, t, g, d):
+    if d.needs(0):      # step(x) g; step(relu(x)) == step(x), and t survives relu_inplace
+        d.add(0, mul(ctx, step(ctx, t), g))
+
+
+RELU = register("RELU", "relu(x)", _relu_kernel, n_tasks=tasks_by_segments, inplace=True,
+                backward=_relu_backward)
+
+
+@reference_of(RELU)
+def _relu_reference(node, srcs):
+    x = f64(srcs[0])
+    return np.where(x > 0, x, 0.0)
+
+
+@sample_of(RELU)
+def _relu_sample(d):
+    return sample_unary(d, relu, relu_inplace)
+
+
+relu, relu_inplace = unary_builders(RELU, "relu", "max(x, 0)")
+rebuild_of(RELU)(rebuild_by(relu, relu_inplace))
+
+GELU_COEF_A = 0.044715
+SQRT_2_OVER_PI = 0.79788456080286535587989211986876
+
+
+@inline
+def _gelu_f(x, p):
+    # ggml's tanh form, computed in float64 instead of through an fp16 lookup table
+    v = np.float64(x)
+    if v < -30.0:           # the limit is 0 (the formula would give -inf * 0 = NaN at -inf)
+        return np.float32(-0.0)
+    return np.float32(0.5 * v * (1.0 + math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))))
+
+
+def _gelu_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _gelu_f, 0.0)
+
+
+def _gelu_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, gelu_back(ctx, t.src[0], g))
+
+
+GELU = register("GELU", "gelu(x)", _gelu_kernel, n_tasks=tasks_by_segments, inplace=True,
+                backward=_gelu_backward)
+
+
+@reference_of(GELU)
+def _gelu_reference(node, srcs):
+    x = f64(srcs[0])         # the limit at -inf is 0
+    return np.where(x == -np.inf, -0.0, 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x))))
+
+
+@sample_of(GELU)
+def _gelu_sample(d):
+    return sample_unary(d, gelu, gelu_inplace)
+
+
+gelu, gelu_inplace = unary_builders(GELU, "gelu", "gelu(x)",
+                                    "gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ggml's tanh form, "
+                                    "in float64 (ggml reads an fp16 table).")
+rebuild_of(GELU)(rebuild_by(gelu, gelu_inplace))
+
+
+@inline
+def _silu_f(x, p):
+    v = np.float64(x)
+    # exp_f64: math.exp's result without its libm call, so the loop vectorises
+    return np.float32(-0.0) if v < -745.0 else np.float32(v / (1.0 + exp_f64(-v)))  # limit 0 at -inf
+
+
+def _silu_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, _silu_f, 0.0)
+
+
+def _silu_backward(ctx, t, g, d):
+    if d.needs(0):
+        d.add(0, silu_back(ctx, t.src[0], g))
+
+
+SILU = register("SILU", "silu(x)", _silu_kernel, n_tasks=tasks_by_segments, inplace=True,
+                backward=_silu_backward)
+
+
+@reference_of(SILU)
+def _silu_reference(node, srcs):
+    x = f64(srcs[0])         # the limit at -inf is 0
+    return np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(-x)))
+
+
+@sample_of(SILU)
+def _silu_sample(d):
+    return sample_unary(d, silu, silu_inplace)
+
+
+silu, silu_inplace = unary_builders(SILU, "silu", "x / (1 + exp(-x))")
+rebuild_of(SILU)(rebuild_by(silu, silu_inplace))
+
+
+# -- gelu_back: the gradient of gelu at x (src0) for the output gradient dy (src1) --------------------------
+@inline
+def _gelu_back_f(x, dy):
+    v = np.float64(x)
+    if v > 30.0 or v < -30.0:   # tanh is +-1 there: the derivative is 1 or 0 (also at +-inf: not inf * 0)
+        return np.float32(np.float64(dy) * (1.0 if v > 0.0 else 0.0))
+    th = math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))
+    dgelu = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * v * v)
+    return np.float32(np.float64(dy) * dgelu)
+
+
+def _gelu_back_kernel(rec, ith, nth, phase, wdata, wsize):
+    binary_loop(rec, ith, nth, _gelu_back_f)
+
+
+def _gelu_back_backward(ctx, t, g, d):
+    if d.needs(0):
+        raise GraphError(f"gelu_back: no rule for the gradient with respect to x (gelu's second derivative), "
+                         f"needed for {shapes(t.src[0])}")
+    if d.needs(1):      # linear in dy
+        d.add(1, gelu_back(ctx, t.src[0], g))
+
+
+GELU_BACK = register("GELU_BACK", "gelu_back(x)", _gelu_back_kernel, n_tasks=tasks_by_segments,
+                     backward=_gelu_back_backward)
+
+
+@reference_of(GELU_BACK)
+def _gelu_back_reference(node, srcs):
+    # d/dx 0.5 x (1 + tanh(u)), u = c x (1 + a x^2)
+    x, dy = f64(srcs[0]), f64(srcs[1])
+    th = np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x))
+    du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * x * x)
+    dgelu = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
+    return dy * np.where(np.isinf(x), np.where(x > 0, 1.0, 0.0), dgelu)      # the limits at +-inf
+
+
+@sample_of(GELU_BACK)
+def _gelu_back_sample(d):
+    return sample_binary(d, gelu_back, same_shape=True)
+
+
+def gelu_back(ctx, a, b):
+    """b * gelu'(a): the gradient of gelu (tanh form) at a, given b, the gradient of its output.
+    F32 a and b of the same shape -> that shape. ggml has no such op (its gelu has no backward)."""
+    check_f32("gelu_back", a, b)
+    if not TN.are_same_shape(a, b):
+        raise GraphError(f"gelu_back: shapes differ: {shapes(a, b)}")
+    return elementwise_node(ctx, GELU_BACK, a, [a, b])
+
+
+rebuild_of(GELU_BACK)(rebuild_by(gelu_back))
+
+
+# -- silu_back: gradient of silu at x (src0) for the output gradient dy (src1) ----------------------------------
+@inline
+def _silu_back_f(x, dy):
+    v = np.float64(x)
+    if v > 40.0 or v < -745.0:  # s is 1 or 0 there: the derivative is 1 or 0 (also at +-inf: not inf * 0)
+        return np.float32(np.float64(dy) * (1.0 if v > 0.0 else 0.0))
+    s = 1.0 / (1.0 + exp_f64(-v))        # exp_f64: vectorises, unlike math.exp
+    return np.float32(np.float64(dy) * s * (1.0 + v * (1.0 - s)))
+
+
+def _silu_back_kernel(rec, ith, nth, phase, wdata, wsize):
+    binary_loop(rec, ith, nth, _silu_back_f)
+
+
+def _silu_back_backward(ctx, t, g, d):
+    if d.needs(0):
+        raise GraphError(f"silu_back: no rule for the gradient with respect to x (silu's second derivative), "
+                         f"needed for {shapes(t.src[0])}")
+    if d.needs(1):      # linear in dy
+        d.add(1, silu_back(ctx, t.src[0], g))
+
+
+SILU_BACK = register("SILU_BACK", "silu_back(x)", _silu_back_kernel, n_tasks=tasks_by_segments, inplace=True,
+                     backward=_silu_back_backward)
+
+
+@reference_of(SILU_BACK)
+def _silu_back_reference(node, srcs):
+    # d/dx x s(x) = s (1 + x (1 - s)), s the logistic function
+    x, dy = f64(srcs[0]), f64(srcs[1])
+    s = 1.0 / (1.0 + np.exp(-x))
+    return dy * np.where(np.isinf(x), np.where(x > 0, 1.0, 0.0), s * (1.0 + x * (1.0 - s)))   # limits at +-inf
+
+
+@sample_of(SILU_BACK)
+def _silu_back_sample(d):
+    return sample_binary(d, silu_back, same_shape=True)
+
+
+def silu_back(ctx, a, b):
+    """ggml_silu_back: b * silu'(a), where a is silu's input and b the gradient of its output."""
+    check_f32("silu_back", a, b)
+    check_same_shape("silu_back", a, b)
+    return elementwise_node(ctx, SILU_BACK, a, [a, b])
+
+
+rebuild_of(SILU_BACK)(rebuild_by(silu_back))
