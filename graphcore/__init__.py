@@ -56,8 +56,10 @@ from .ops.activations import (clamp, clamp_inplace, elu, elu_inplace, gelu_quick
 from .ops.losses import cross_entropy_loss, cross_entropy_loss_back
 from .ops.custom import (N_TASKS_MAX, map_custom1, map_custom1_inplace, map_custom2, map_custom2_inplace,
                          map_custom3, map_custom3_inplace)
+from .ops.flash_attn import flash_attn, flash_attn_back
 
-from .autodiff import build_backward, build_backward_expand, graph_reset, set_param
+from .autodiff import (build_backward, build_backward_expand, build_backward_gradient_checkpointing, graph_reset,
+                       set_param)
 
 # ggml_op constants: OP_NONE, OP_ADD, ... derived from the registry
 globals().update({f"OP_{op.name}": op.code for op in OPS})
@@ -99,7 +101,7 @@ __all__ = [
     "rope_custom", "rope_custom_inplace", "rope_xpos_inplace", "rope_back",
     "get_rows", "get_rows_back", "diag", "set_inplace", "set_1d", "set_1d_inplace", "set_2d", "set_2d_inplace",
     "acc", "acc_inplace",
-    "cross_entropy_loss", "cross_entropy_loss_back",
+    "cross_entropy_loss", "cross_entropy_loss_back", "flash_attn", "flash_attn_back",
     "N_TASKS_MAX", "map_custom1", "map_custom1_inplace", "map_custom2", "map_custom2_inplace", "map_custom3",
     "map_custom3_inplace",
     # the op registry
@@ -110,7 +112,10 @@ __all__ = [
     "CPlan", "default_n_threads", "graph_plan", "STATUS_SUCCESS", "STATUS_ABORTED", "graph_compute",
     "graph_compute_with_ctx",
     # gradients and optimisers
-    "build_backward", "build_backward_expand", "graph_reset", "set_param",
+    "build_backward", "build_backward_expand", "build_backward_gradient_checkpointing", "graph_reset", "set_param",
+    # memory planning
+    "Gallocr", "alloc_ctx_tensors", "gallocr_alloc_graph", "gallocr_free", "gallocr_get_buffer_size", "gallocr_new",
+    "gallocr_reserve",
     "LINESEARCH_BACKTRACKING_ARMIJO", "LINESEARCH_BACKTRACKING_STRONG_WOLFE", "LINESEARCH_BACKTRACKING_WOLFE",
     "LINESEARCH_DEFAULT", "LINESEARCH_FAIL", "LINESEARCH_INVALID_PARAMETERS", "LINESEARCH_MAXIMUM_ITERATIONS",
     "LINESEARCH_MAXIMUM_STEP", "LINESEARCH_MINIMUM_STEP", "OPT_ADAM", "OPT_CANCEL", "OPT_DID_NOT_CONVERGE",
@@ -130,3 +135,7 @@ def __getattr__(name):
         import importlib
         return importlib.import_module(".testing", __name__)
     raise AttributeError(f"module 'graphcore' has no attribute {name!r}")
+
+
+from .alloc import (Gallocr, alloc_ctx_tensors, gallocr_alloc_graph, gallocr_free, gallocr_get_buffer_size,  # noqa: E402
+                    gallocr_new, gallocr_reserve)

@@ -26,14 +26,15 @@ from . import tensor as TN
 from . import types as T
 from .errors import GraphError
 from .graph import Graph, build_forward_expand, graph_cpy
-from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES, ZERO_GRADIENT
+from .ops.registry import BLOCKS, NOT_DIFFERENTIABLE, OP_NONE, OPS, TILES, ZERO_GRADIENT, new_node
 from .ops.elementwise import add, scale, sub
 from .ops.indexing import acc
 from .ops.layout import cont, permute, reshape_4d
 from .ops.reduce import add1, repeat, repeat_back, sum_rows
 from .ops.unary import neg
 
-__all__ = ["set_param", "build_backward_expand", "build_backward", "graph_reset", "Grads", "TILES", "BLOCKS"]
+__all__ = ["set_param", "build_backward_expand", "build_backward", "build_backward_gradient_checkpointing",
+           "graph_reset", "Grads", "TILES", "BLOCKS"]
 
 _FLOAT_TYPES = (T.TYPE_F32, T.TYPE_F16)
 
@@ -312,3 +313,65 @@ def graph_reset(g: Graph) -> None:
     for gr in g.grads:
         if gr is not None and gr.has_data:
             TN.set_zero(gr)
+
+
+# -- gradient checkpointing (ggml_build_backward_gradient_checkpointing) ----------------------------------
+def build_backward_gradient_checkpointing(ctx, gf: Graph, gb: Graph, gb_tmp: Graph, checkpoints) -> None:
+    """The backward graph of gf in gb, with the forward recomputed from `checkpoints` where the
+    gradients need it: gb holds gf, then the gradient nodes built in gb_tmp, whose sources among
+    gf's nodes are replaced by clones recomputed from the nearest checkpoints (or parameters, or
+    leafs). Under the graph allocator the forward tensors between checkpoints then die after the
+    forward pass and come back one stretch at a time, so the peak is lower; the gradients are the
+    plain backward's, bit for bit. A view is cloned as a view of its source's clone (ggml keeps
+    the forward tensor alive instead)."""
+    for name, g in (("gf", gf), ("gb", gb), ("gb_tmp", gb_tmp)):
+        if not isinstance(g, Graph):
+            raise GraphError(f"build_backward_gradient_checkpointing: {name} must be a Graph, got {type(g).__name__}")
+    checkpoints = list(checkpoints or [])
+    for c in checkpoints:
+        TN.check_tensor("build_backward_gradient_checkpointing", c)
+    graph_cpy(gf, gb_tmp)
+    build_backward_expand(ctx, gf, gb_tmp, True)
+    if not checkpoints:
+        graph_cpy(gb_tmp, gb)
+        return
+    repl = {id(c): c for c in checkpoints}
+
+    def recomputed(t):
+        """t is a forward node computed from something: its uses in the gradients get a clone."""
+        return (t is not None and not t.flags & TN.FLAG_PARAM and id(t) in gf.visited
+                and any(s is not None for s in t.src))
+
+    def resolve(t):
+        if not recomputed(t):
+            return t
+        stack = [t]
+        while stack:            # post-order without recursion (deep graphs)
+            n = stack[-1]
+            if id(n) in repl:
+                stack.pop()
+                continue
+            todo = [s for s in (*n.src, n.view_src) if recomputed(s) and id(s) not in repl]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            repl[id(n)] = _clone(ctx, n, lambda s: repl.get(id(s), s) if s is not None else None)
+        return repl[id(t)]
+
+    graph_cpy(gf, gb)
+    for node in gb_tmp.nodes[gf.n_nodes:]:
+        TN.set_src(node, [resolve(s) for s in node.src])
+        build_forward_expand(gb, node)
+    gb_tmp._changed()
+
+
+def _clone(ctx, n, get):
+    """ggml_recompute_graph_node's clone of n: same op, params, type, shape and strides, sources
+    mapped by `get` (a view views its mapped source's bytes)."""
+    vs = get(n.view_src)
+    c = new_node(ctx, n.op, n.type, n.ne, [get(s) for s in n.src], [int(x) for x in n.op_params], view_of=vs,
+                 view_offs=n.view_offs if vs is not None else 0, nb=n.nb)
+    c.grad, c.flags = n.grad, n.flags
+    c.name = f"{n.name} (clone)"[:TN.MAX_NAME - 1]
+    return c

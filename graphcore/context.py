@@ -36,6 +36,7 @@ class Context:
         self.n_objects = 0        # tensors created (ggml counts objects too)
         self.freed = False
         self.work_buffers = []    # graph_compute_with_ctx keeps its work buffers here, outside the arena
+        self.no_data = []         # tensors created without data, in order (alloc_ctx_tensors gives them bytes)
 
     def alloc(self, nbytes: int) -> int:
         """Reserve `nbytes` at an aligned offset; returns the offset."""
@@ -76,6 +77,7 @@ def free(ctx: Context) -> None:
     ctx.freed = True
     ctx.arena = None
     ctx.work_buffers = []
+    ctx.no_data = []
 
 
 def used_mem(ctx: Context) -> int:

@@ -12,6 +12,7 @@ from . import tensor as TN
 from .files import write_bytes
 from . import types as T
 from .ops.registry import OPS, op_name, op_symbol
+from .alloc import graph_memory
 from .planner import graph_plan
 
 JSON_FORMAT = "graphcore.graph+json"
@@ -313,8 +314,9 @@ GRAPH_JSON_SCHEMA = {
 # -- statistics and the plan ---------------------------------------------------------------------------------
 def graph_stats(g, n_threads: int = 1) -> dict:
     """Nodes and bytes by op (bytes a node owns: 0 for views of other tensors), leafs, parameters
-    (tensors with FLAG_PARAM and their elements), and graph_plan's plan for n_threads: each node's
-    n_tasks and work bytes, and the work buffer's size."""
+    (tensors with FLAG_PARAM and their elements), the graph allocator's buffer for the computed
+    tensors against the live peak and the no-reuse sum (alloc.graph_memory), and graph_plan's plan
+    for n_threads: each node's n_tasks and work bytes, and the work buffer's size."""
     by_op = {}
     for n in g.nodes:
         e = by_op.setdefault(op_name(n.op), {"op": op_name(n.op), "nodes": 0, "bytes": 0, "views": 0})
@@ -334,6 +336,7 @@ def graph_stats(g, n_threads: int = 1) -> dict:
     return {"n_nodes": g.n_nodes, "n_leafs": g.n_leafs,
             "by_op": sorted(by_op.values(), key=lambda e: (-e["bytes"], e["op"])),
             "node_bytes": sum(e["bytes"] for e in by_op.values()), "leaf_bytes": leaf_bytes,
+            "memory": graph_memory(g),
             "params": {"tensors": len(params), "elements": sum(TN.nelements(t) for t in params),
                        "bytes": sum(TN.nbytes(t) for t in params)},
             "plan": {"n_threads": plan.n_threads, "work_size": int(plan.work_size),
@@ -342,8 +345,11 @@ def graph_stats(g, n_threads: int = 1) -> dict:
 
 def stats_text(s: dict) -> str:
     lines = [f"{s['n_nodes']} nodes, {s['n_leafs']} leafs; nodes own {s['node_bytes']} B, "
-             f"leafs {s['leaf_bytes']} B", "",
-             f"{'op':<24s} {'nodes':>6s} {'views':>6s} {'bytes':>12s}"]
+             f"leafs {s['leaf_bytes']} B"]
+    m = s["memory"]
+    lines += [f"graph allocator: buffer {m['buffer']} B for the computed tensors; live peak {m['live_peak']} B, "
+              f"no reuse {m['no_reuse']} B ({m['buffer'] / max(m['no_reuse'], 1):.2f}x)", "",
+              f"{'op':<24s} {'nodes':>6s} {'views':>6s} {'bytes':>12s}"]
     for e in s["by_op"]:
         lines.append(f"{e['op']:<24s} {e['nodes']:6d} {e['views']:6d} {e['bytes']:12d}")
     p = s["params"]

@@ -30,7 +30,7 @@ from .errors import ComputeError, GraphError, NonFiniteError
 from .native import atomic_add, atomic_load, atomic_store, call_kernel, sched_yield
 from .graph import Graph
 from .ops.registry import OPS, op_name
-from .planner import CPlan, graph_plan, lower
+from .planner import CPlan, graph_plan, lowered
 
 GGML_STATUS_SUCCESS = 0
 STATUS_SUCCESS = 0
@@ -239,7 +239,7 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
         return STATUS_SUCCESS
     if check_finite is None:
         check_finite = CHECK_FINITE
-    recs, fns, n_tasks, n_phases, contexts, most_tasks, recs_addr = cplan._lowered or lower(cplan)
+    recs, fns, n_tasks, n_phases, contexts, most_tasks, recs_addr = lowered(cplan)
     for ctx in contexts:
         if ctx.freed:
             raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")

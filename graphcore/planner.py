@@ -44,6 +44,7 @@ class CPlan:
         self._n_nodes = graph.n_nodes
         # (recs, fns, n_tasks, n_phases, contexts, most tasks, recs' address), on first compute
         self._lowered = None
+        self._lowered_moves = -1   # tensor.data_moves() when lowered (the allocator may move tensors)
 
     graph = TN.read_only("_graph", "the graph this plan is for")
     n_threads = TN.read_only("_n_threads", "threads the compute may use")
@@ -92,8 +93,9 @@ def graph_plan(g, n_threads: int | None = None) -> CPlan:
 
 def _slot(node, what):
     if not node.has_data:
-        raise GraphError(f"graph_compute: {what} {TN.describe(node)} has no data "
-                         f"(its context is no_alloc and it was never allocated)")
+        raise GraphError(f"graph_compute: {what} {TN.describe(node)} has no data (its context is no_alloc): "
+                         f"give the graph's tensors bytes with gallocr_alloc_graph(galloc, graph), and "
+                         f"parameters and inputs with alloc_ctx_tensors(ctx)")
     if node.ctx.freed:
         raise GraphError(f"graph_compute: {what} {TN.describe(node)} belongs to a freed context")
     return [node.type, node.data, *node.ne, *node.nb]
@@ -105,10 +107,12 @@ def lower(plan: CPlan):
     graph: re-planning an unchanged graph (an optimizer call per training example) costs no lowering."""
     g = plan.graph
     n = g.n_nodes
+    key = (g.version, TN.data_moves())
     plan.n_tasks.flags.writeable = False       # frozen from the first compute on: later edits raise
     cached = g._lowered_cache
-    if cached is not None and cached[0] == g.version and np.array_equal(cached[1][2][:n], plan.n_tasks):
+    if cached is not None and cached[0] == key and np.array_equal(cached[1][2][:n], plan.n_tasks):
         plan._lowered = cached[1]              # same tasks as a lowering already checked
+        plan._lowered_moves = key[1]
         return plan._lowered
     _check_tasks(plan)
     recs = np.zeros((max(n, 1), K.REC_LEN), dtype=np.int64)
@@ -133,8 +137,17 @@ def lower(plan: CPlan):
     contexts = {id(t.ctx): t.ctx for node in g.nodes for t in (node, *node.src) if t is not None}
     n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
     plan._lowered = (recs, fns, n_tasks, phases, list(contexts.values()), int(n_tasks.max()), recs.ctypes.data)
-    g._lowered_cache = (g.version, plan._lowered)
+    g._lowered_cache = (key, plan._lowered)
+    plan._lowered_moves = key[1]
     return plan._lowered
+
+
+def lowered(plan: CPlan):
+    """The plan's flat arrays, lowered again when the allocator moved tensors since (their addresses
+    are in the records)."""
+    if plan._lowered is not None and plan._lowered_moves == TN.data_moves():
+        return plan._lowered
+    return lower(plan)
 
 
 def _check_tasks(plan):

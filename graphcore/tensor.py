@@ -229,7 +229,38 @@ def new_tensor_impl(ctx: Context, type_: int, ne, view_src: Tensor | None = None
     else:
         buf, offs = ctx.arena, ctx.alloc(nbytes)
     ctx.n_objects += 1
-    return Tensor(ctx, type_, ne, nb, buf, offs, view_src, view_offs)
+    t = Tensor(ctx, type_, ne, nb, buf, offs, view_src, view_offs)
+    if offs < 0:
+        ctx.no_data.append(t)
+    return t
+
+
+# -- placing data later (graphcore.alloc) -------------------------------------------------------------
+_moves = [0]    # bumped whenever a tensor that had data gets other bytes: lowered graphs are then stale
+
+
+def place(t: Tensor, buf, offs: int) -> None:
+    """Give t bytes at `offs` of the uint8 array `buf` (None, -1: no data); views of t follow with
+    refresh_view. Used by the graph allocator; tensors created with data are never placed."""
+    if t.has_data and (t._buf is not buf or t._offs != offs):
+        _moves[0] += 1
+    t._buf, t._offs = buf, int(offs)
+
+
+def refresh_view(t: Tensor) -> None:
+    """A view's data follows its source's (placed or moved by the allocator)."""
+    s = t.view_src
+    place(t, s._buf, s._offs + t.view_offs if s.has_data else -1)
+
+
+def set_src(t: Tensor, srcs) -> None:
+    """Rewire t's sources (gradient checkpointing points backward nodes at recomputed tensors)."""
+    t._src = ReadOnlyList(srcs)
+
+
+def data_moves() -> int:
+    """How many times tensors that had data were given other bytes (planner: cached lowerings are stale)."""
+    return _moves[0]
 
 
 def _span(type_, ne, nb):

@@ -270,13 +270,15 @@ def test_an_op_without_a_rule_raises_only_when_a_gradient_must_pass(monkeypatch)
         gc.build_backward(ctx, gf, True)
 
 
-# ops whose rule tests/test_gradients_core.py and tests/test_gradients_nn.py check by finite differences
+# ops whose rule tests/test_gradients_core.py, tests/test_gradients_nn.py (and tests/test_flash_attn.py)
+# check by finite differences
 GRADIENT_TESTED = {
     "ADD", "SUB", "MUL", "DIV", "ADD1", "SCALE", "SQR", "SQRT", "LOG", "NEG", "ABS", "RELU", "GELU", "SILU",
     "GELU_BACK", "DUP", "CPY", "CONT", "RESHAPE", "VIEW", "PERMUTE", "TRANSPOSE", "SUM", "SUM_ROWS", "MEAN",
     "REPEAT", "REPEAT_BACK", "MUL_MAT", "OUT_PROD", "NORM", "RMS_NORM", "RMS_NORM_BACK", "DIAG_MASK_INF",
     "DIAG_MASK_ZERO", "SOFT_MAX", "SOFT_MAX_BACK", "ROPE", "ROPE_BACK", "GET_ROWS", "GET_ROWS_BACK", "DIAG",
     "SET", "ACC", "TANH", "ELU", "GELU_QUICK", "LEAKY_RELU", "CLAMP", "SILU_BACK", "CROSS_ENTROPY_LOSS",
+    "FLASH_ATTN",
 }
 
 
@@ -288,7 +290,8 @@ def test_every_rule_has_a_gradient_test():
 def test_every_op_decides_its_gradient():
     """Each op has a backward rule or is marked NOT_DIFFERENTIABLE; only these have none yet."""
     undecided = {op.name for op in gc.OPS if op.backward is None}
-    assert undecided <= {"CROSS_ENTROPY_LOSS_BACK", "MAP_CUSTOM1", "MAP_CUSTOM2", "MAP_CUSTOM3"}, undecided
+    assert undecided <= {"CROSS_ENTROPY_LOSS_BACK", "MAP_CUSTOM1", "MAP_CUSTOM2", "MAP_CUSTOM3",
+                         "FLASH_ATTN_BACK"}, undecided
     for op in gc.OPS:
         assert op.backward in (None, gc.NOT_DIFFERENTIABLE, gc.ZERO_GRADIENT) or callable(op.backward), op.name
 

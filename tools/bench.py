@@ -3,6 +3,7 @@
     python -m tools.bench                 # the engine benchmarks: executor matmul scaling ops
     python -m tools.bench executor matmul scaling ops
     python -m tools.bench baby-llama [--ggml-bin PATH] [--threads N]
+    python -m tools.bench alloc           # memory planning: the graph allocator
 
 Medians of repeated runs are printed (the machine is shared and noisy).
 """
@@ -114,6 +115,16 @@ def bench_matmul(args):
         row(str(n), *vals)
 
 
+def add_mul_chain(ctx, a, b, n=20):
+    """The graph of n x (t = (t + b) * b) from t = a, and its result."""
+    t = a
+    for _ in range(n):
+        t = gc.mul(ctx, gc.add(ctx, t, b), b)
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, t)
+    return g, t
+
+
 def bench_scaling(args):
     """(c) thread scaling on a large elementwise graph (40 nodes of 1M floats)."""
     print("\n(c) scaling: 20 x (add, mul) on 2^20 floats (4 MB per node)")
@@ -122,12 +133,7 @@ def bench_scaling(args):
     An = rng.random(n, dtype=np.float32)
     Bn = rng.random(n, dtype=np.float32)
     ctx = gc.init(48 * n * 4)
-    a, b = gc.from_numpy(ctx, An), gc.from_numpy(ctx, Bn)
-    t = a
-    for _ in range(20):
-        t = gc.mul(ctx, gc.add(ctx, t, b), b)
-    g = gc.new_graph(ctx)
-    gc.build_forward_expand(g, t)
+    g, t = add_mul_chain(ctx, gc.from_numpy(ctx, An), gc.from_numpy(ctx, Bn))
 
     def numpy_chain():
         v = An
@@ -263,8 +269,107 @@ def bench_llama_torch(args):
         row(str(nt), *cols)
 
 
+def paired_medians(fns, repeat=15, warmup=2):
+    """Median time of each function, their runs interleaved (a shared machine's load hits all alike)."""
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    ts = [[] for _ in fns]
+    for _ in range(repeat):
+        for f, t in zip(fns, ts):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in ts]
+
+
+def _training_graphs(cfg, **kw):
+    import models.baby_llama as bl
+    model, kv = bl.new_model(cfg)
+    tg = bl.build_training_graphs(model, kv, cfg.n_batch, **kw)
+    bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
+    tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
+    return tg
+
+
+def _evaluation(tg, n_threads):
+    """One forward+backward evaluation of a training graph, as the optimizer runs it."""
+    run = planned(tg.gb, n_threads)
+    seed = tg.error.grad.numpy4d().reshape(-1)
+
+    def step():
+        seed[0] = 1.0
+        run()
+    return step
+
+
+def bench_alloc(args):
+    """(f) memory planning: the graph allocator's buffer against the lower bound and the no-reuse sum,
+    a long elementwise chain in reused bytes, and baby-llama's evaluation with and without it."""
+    from types import SimpleNamespace
+    from graphcore.alloc import graph_live_peak, graph_nbytes_no_reuse
+    base = dict(n_vocab=8, n_mult=2, n_head=8, lora=False, seed=1337, n_batch=8)
+    models = [("baby-llama (32/1 layer/ctx 8/batch 8)", SimpleNamespace(n_ctx=8, n_embd=32, n_layer=1, **base)),
+              ("larger (256/4 layers/ctx 64/batch 8)", SimpleNamespace(n_ctx=64, n_embd=256, n_layer=4, **base))]
+    print("\n(f) memory planning: backward graphs' compute buffer, MB (lower bound: the largest live set "
+          "over the execution order)")
+    row("graph", "nodes", "no reuse", "lower bound", "buffer", "buf / bound", "buf / no reuse")
+    for label, cfg in models:
+        for ckpt in (False, True):
+            tg = _training_graphs(cfg, checkpointing=ckpt)
+            size = gc.gallocr_get_buffer_size(tg.galloc)
+            peak, nr = graph_live_peak(tg.gb, tg.galloc), graph_nbytes_no_reuse(tg.gb, tg.galloc)
+            row(label + (", checkpointing" if ckpt else ""), tg.gb.n_nodes, f"{nr / 1e6:.2f}", f"{peak / 1e6:.2f}",
+                f"{size / 1e6:.2f}", f"{size / peak:.3f}x", f"{size / nr:.3f}x")
+
+    print("\n    20 x (add, mul) on 2^20 floats, 1 thread, ms")
+    n = 1 << 20
+    rng = np.random.default_rng(0)
+    An, Bn = rng.random(n, dtype=np.float32), rng.random(n, dtype=np.float32)
+    graphs = {}
+    for alloc in (False, True):
+        ctx = gc.init(48 * n * 4 if not alloc else 1 << 20, no_alloc=alloc)
+        c = gc.init(3 * n * 4)
+        g, t = add_mul_chain(ctx, gc.from_numpy(c, An), gc.from_numpy(c, Bn))
+        if alloc:
+            galloc = gc.gallocr_new()
+            gc.gallocr_alloc_graph(galloc, g)
+        graphs[alloc] = (g, t, ctx, c)
+    out = np.empty_like(An)
+
+    def numpy_reused():
+        np.add(An, Bn, out=out)
+        np.multiply(out, Bn, out=out)
+        for _ in range(19):
+            np.add(out, Bn, out=out)
+            np.multiply(out, Bn, out=out)
+
+    def numpy_fresh():
+        v = An
+        for _ in range(20):
+            v = (v + Bn) * Bn
+    t_reuse, t_fresh, t_arena, t_alloc = paired_medians(
+        [numpy_reused, numpy_fresh, planned(graphs[False][0], 1), planned(graphs[True][0], 1)], repeat=31)
+    numpy_reused()
+    assert np.array_equal(graphs[True][1].numpy(), out) and np.array_equal(graphs[False][1].numpy(), out)
+    row("", "ms", "vs numpy (reused)", "buffer MB")
+    row("numpy, out= buffers reused", f"{t_reuse * 1e3:.2f}", "1.00x", f"{n * 4 / 1e6:.1f}")
+    row("numpy, new arrays", f"{t_fresh * 1e3:.2f}", f"{t_reuse / t_fresh:.2f}x", "")
+    row("graphcore, one arena (no reuse)", f"{t_arena * 1e3:.2f}", f"{t_reuse / t_arena:.2f}x",
+        f"{40 * n * 4 / 1e6:.1f}")
+    row("graphcore, graph allocator", f"{t_alloc * 1e3:.2f}", f"{t_reuse / t_alloc:.2f}x",
+        f"{gc.gallocr_get_buffer_size(galloc) / 1e6:.1f}")
+
+    print("\n    baby-llama, one forward+backward evaluation (what L-BFGS repeats 5,000 times), 1 thread, us")
+    row("", "us", "vs arena")
+    t_arena, t_alloc = paired_medians([_evaluation(_training_graphs(models[0][1], allocator=False), 1),
+                                       _evaluation(_training_graphs(models[0][1]), 1)], repeat=2000)
+    row("arena (every tensor its own bytes)", f"{t_arena * 1e6:.1f}", "1.00x")
+    row("graph allocator", f"{t_alloc * 1e6:.1f}", f"{t_arena / t_alloc:.2f}x")
+
+
 BENCHES = {"executor": bench_executor, "matmul": bench_matmul, "scaling": bench_scaling, "ops": bench_ops,
-           "baby-llama": bench_baby_llama}
+           "baby-llama": bench_baby_llama, "alloc": bench_alloc}
 ENGINE = ["executor", "matmul", "scaling", "ops"]
 
 

@@ -56,7 +56,9 @@ def baby_llama_graph(which: str, args):
         logits = fwd(model, kv, ctx0, gf, tokens_input, sample_ctx, 0)
         gc.build_forward_expand(gf, logits)
         return gf, None
-    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss)
+    # allocator=False: every node keeps its bytes, so a dump shows all values and a node timed
+    # alone (tools.profile_graph) finds its sources' values, not bytes reused since
+    tg = bl.build_training_graphs(model, kv, margs.n_batch, margs.loss, allocator=False)
     bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
     tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
     if which == "forward":

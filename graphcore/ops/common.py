@@ -153,6 +153,10 @@ def unary_loop(rec, ith, nth, f, p):
     if is_dense(r, 0, 4) and is_dense(r, 1, 4):     # one flat, 0-based loop: vectorises
         lo, hi = split_aligned(ne0 * ne1 * ne2 * ne3, ith, nth)
         dr = f32_at(t_addr(r, 0) + 4 * lo, hi - lo)
+        if t_addr(r, 0) == t_addr(r, 1):    # in place (the allocator's reuse): one array, so LLVM's
+            for i in range(hi - lo):        # overlap check cannot send the loop down its scalar path
+                dr[i] = f(dr[i], p)
+            return
         ar = f32_at(t_addr(r, 1) + 4 * lo, hi - lo)
         for i in range(hi - lo):
             dr[i] = f(ar[i], p)
@@ -191,8 +195,12 @@ def binary_loop(rec, ith, nth, f):
             and is_dense(r, 0, 4) and is_dense(r, 1, 4) and is_dense(r, 2, 4)):
         lo, hi = split_aligned(ne0 * ne1 * ne2 * ne3, ith, nth)
         dr = f32_at(t_addr(r, 0) + 4 * lo, hi - lo)
-        ar = f32_at(t_addr(r, 1) + 4 * lo, hi - lo)
         br = f32_at(t_addr(r, 2) + 4 * lo, hi - lo)
+        if t_addr(r, 0) == t_addr(r, 1):    # in place: see unary_loop
+            for i in range(hi - lo):
+                dr[i] = f(dr[i], br[i])
+            return
+        ar = f32_at(t_addr(r, 1) + 4 * lo, hi - lo)
         for i in range(hi - lo):
             dr[i] = f(ar[i], br[i])
         return

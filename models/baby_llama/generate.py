@@ -31,11 +31,15 @@ def generate(model, kv_self, args, out=sys.stdout):
         print_token(int(tok[i]), n_vocab, file=out)
     out.write("---\n")
 
-    ctx0 = gc.init(compute_size(hp, 1, kv_self, nodes_per_layer=60))
+    ctx0 = gc.init(compute_size(hp, 1, kv_self, nodes_per_layer=60), no_alloc=True)
     gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
     fwd = forward_lora if lora else forward
     logits = fwd(model, kv_self, ctx0, gf, tokens_input, sample_ctx, 0)
     gc.build_forward_expand(gf, logits)
+    gc.set_output(logits)
+    galloc = gc.gallocr_new()           # the graph's tensors in one reused buffer (ggml-alloc)
+    gc.gallocr_alloc_graph(galloc, gf)
+    gc.set_no_alloc(ctx0, False)
     tokens = gc.graph_get_tensor(gf, "tokens")
     if args.dump_graphs:
         dump_graphs(args.dump_graphs, "generation", gf)

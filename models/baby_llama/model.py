@@ -239,8 +239,10 @@ def _lm_head(ctx, model, x):
 def _input_tensors(ctx0, tokens_input, n, n_tokens, n_past):
     """The graph's own copy of the first n tokens ("tokens") and the rope positions ("KQ_pos")."""
     tokens = gc.set_name(gc.new_tensor_1d(ctx0, gc.TYPE_I32, n), "tokens")
-    tokens.numpy()[:] = np.asarray(tokens_input.numpy()).reshape(-1)[:n]
     kq_pos = gc.set_name(gc.new_tensor_1d(ctx0, gc.TYPE_I32, n_tokens), "KQ_pos")
+    if not kq_pos.has_data:     # a no_alloc ctx0 (the training graphs): the inputs get bytes of their own
+        gc.alloc_ctx_tensors(ctx0)
+    tokens.numpy()[:] = np.asarray(tokens_input.numpy()).reshape(-1)[:n]
     kq_pos.numpy()[:] = n_past + np.arange(n_tokens, dtype=np.int32)
     return tokens, kq_pos
 

@@ -92,14 +92,19 @@ class TrainingGraphs:
     tokens_input: object    # I32 [n_ctx, n_batch]: write a batch's tokens here ...
     targets: object         # F32 [n_vocab, n_ctx, n_batch]: ... and its targets here
     tokens: object          # the graph's flat view of tokens_input's values
+    galloc: object = None   # the graph allocator holding gb's tensors (gf's are among them)
 
 
-def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square") -> TrainingGraphs:
-    """The batched forward graph with its loss, and the backward graph (ggml_opt's gf and gb)."""
+def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square", checkpointing: bool = False,
+                          allocator: bool = True) -> TrainingGraphs:
+    """The batched forward graph with its loss, and the backward graph (ggml_opt's gf and gb). Their
+    tensors are placed by the graph allocator (allocator=False: each in the arena, as before); with
+    checkpointing the backward recomputes the forward from train-text-from-scratch's checkpoints
+    (the inputs, the embeddings, each layer's output, the logits)."""
     hp = model.hparams
     lora = isinstance(model, LlamaModelLora)
     n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
-    ctx0 = gc.init(compute_size(hp, n_batch, kv_self, nodes_per_layer=200))
+    ctx0 = gc.init(compute_size(hp, n_batch, kv_self, nodes_per_layer=200), no_alloc=allocator)
     tokens_input = gc.set_name(gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch), "tokens_input")
     targets = gc.set_name(gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch), "targets")
     gf = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
@@ -108,9 +113,24 @@ def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square
     loss = cross_entropy_loss if loss_name == "cross-entropy" else square_error_loss
     e = gc.set_name(loss(ctx0, targets, logits), "error")
     gc.build_forward_expand(gf, e)
-    gb = gc.graph_dup(ctx0, gf)
-    gc.build_backward_expand(ctx0, gf, gb, True)
-    return TrainingGraphs(ctx0, gf, gb, e, logits, tokens_input, targets, gc.graph_get_tensor(gf, "tokens"))
+    if checkpointing:
+        names = ["tokens", "inp_embd"] + [f"layers.{il}.out" for il in range(hp.n_layer)]
+        checkpoints = [tokens_input, targets] + [gc.graph_get_tensor(gf, n) for n in names] + [logits, e]
+        gb = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
+        gb_tmp = gc.new_graph_custom(ctx0, LLAMA_TRAIN_MAX_NODES, True)
+        gc.build_backward_gradient_checkpointing(ctx0, gf, gb, gb_tmp, [t for t in checkpoints if t is not None])
+    else:
+        gb = gc.graph_dup(ctx0, gf)
+        gc.build_backward_expand(ctx0, gf, gb, True)
+    galloc = None
+    if allocator:   # the graphs' tensors share one buffer (ggml-alloc); what is read after a compute stays put
+        for t in [e, logits] + [n.grad for n in gf.nodes if n.flags & gc.FLAG_PARAM]:
+            gc.set_output(t)
+        galloc = gc.gallocr_new()
+        gc.gallocr_alloc_graph(galloc, gb)
+        gc.set_no_alloc(ctx0, False)    # tensors made later (samples, probabilities) get arena bytes
+    return TrainingGraphs(ctx0, gf, gb, e, logits, tokens_input, targets, gc.graph_get_tensor(gf, "tokens"),
+                          galloc)
 
 
 def train(model, kv_self, args, out=sys.stdout, history=None):
