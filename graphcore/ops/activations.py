@@ -11,11 +11,11 @@ import numpy as np
 
 from ..kernel import exp_f64, inline, param_f32
 from .args import boolean, real
-from .common import check_f32, elementwise_node, inplace_of, tasks_by_segments, unary_builders, unary_loop
+from .common import check_f32, define_unary, elementwise_node, inplace_of, tasks_by_segments, unary_loop
 from .elementwise import add, mul, scale, sub
-from .refs import f64, sample_unary
+from .refs import f64
 from .registry import param_f32 as param_f32_of
-from .registry import rebuild_by, rebuild_of, reference_of, register, sample_of
+from .registry import rebuild_of, reference_of, register, sample_of
 from .unary import neg, relu, silu_back, sqr, step
 
 
@@ -34,22 +34,9 @@ def _tanh_backward(ctx, t, g, d):
         d.add(0, sub(ctx, g, mul(ctx, g, sqr(ctx, t))))
 
 
-TANH = register("TANH", "tanh(x)", _tanh_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_tanh_backward)
-
-
-@reference_of(TANH)
-def _tanh_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.tanh(x)
-
-
-@sample_of(TANH)
-def _tanh_sample(d):
-    return sample_unary(d, tanh, tanh_inplace)
-
-
-tanh, tanh_inplace = unary_builders(TANH, "tanh", "tanh(x)")
-rebuild_of(TANH)(rebuild_by(tanh, tanh_inplace))
+TANH, tanh, tanh_inplace = define_unary(
+    "TANH", "tanh(x)", _tanh_kernel, _tanh_backward, formula="tanh(x)",
+    reference=lambda x: np.tanh(x))
 
 
 # -- elu: x for x > 0, exp(x) - 1 otherwise --------------------------------------------------------------------
@@ -69,22 +56,9 @@ def _elu_backward(ctx, t, g, d):
         d.add(0, add(ctx, g, mul(ctx, g, sub(ctx, t, relu(ctx, t)))))
 
 
-ELU = register("ELU", "elu(x)", _elu_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_elu_backward)
-
-
-@reference_of(ELU)
-def _elu_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
-
-
-@sample_of(ELU)
-def _elu_sample(d):
-    return sample_unary(d, elu, elu_inplace)
-
-
-elu, elu_inplace = unary_builders(ELU, "elu", "x for x > 0, exp(x) - 1 otherwise")
-rebuild_of(ELU)(rebuild_by(elu, elu_inplace))
+ELU, elu, elu_inplace = define_unary(
+    "ELU", "elu(x)", _elu_kernel, _elu_backward, formula="x for x > 0, exp(x) - 1 otherwise",
+    reference=lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))))
 
 
 # -- gelu_quick: x * sigmoid(1.702 x) --------------------------------------------------------------------------
@@ -108,23 +82,9 @@ def _gelu_quick_backward(ctx, t, g, d):
         d.add(0, silu_back(ctx, scale(ctx, t.src[0], -GELU_QUICK_COEF), g))
 
 
-GELU_QUICK = register("GELU_QUICK", "gelu_quick(x)", _gelu_quick_kernel, n_tasks=tasks_by_segments, inplace=True,
-                      backward=_gelu_quick_backward)
-
-
-@reference_of(GELU_QUICK)
-def _gelu_quick_reference(node, srcs):
-    x = f64(srcs[0])         # the limit at -inf is 0, as for gelu and silu
-    return np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(GELU_QUICK_COEF * x)))
-
-
-@sample_of(GELU_QUICK)
-def _gelu_quick_sample(d):
-    return sample_unary(d, gelu_quick, gelu_quick_inplace)
-
-
-gelu_quick, gelu_quick_inplace = unary_builders(GELU_QUICK, "gelu_quick", "x / (1 + exp(-1.702 x))")
-rebuild_of(GELU_QUICK)(rebuild_by(gelu_quick, gelu_quick_inplace))
+GELU_QUICK, gelu_quick, gelu_quick_inplace = define_unary(     # the limit at -inf is 0, as for gelu and silu
+    "GELU_QUICK", "gelu_quick(x)", _gelu_quick_kernel, _gelu_quick_backward, formula="x / (1 + exp(-1.702 x))",
+    reference=lambda x: np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(GELU_QUICK_COEF * x))))
 
 
 # -- leaky_relu: max(x, 0) + slope * min(x, 0); op_params[0] = slope (float) ------------------------------------

@@ -10,7 +10,9 @@ from .. import types as T
 from ..errors import GraphError
 from ..kernel import (f32_at, inline, is_dense, record, row_addr, rows_contiguous, split, split_aligned,
                       t_addr, t_ne, view_f32)
-from .registry import MIN_ELEMENTS_PER_TASK, new_node, op_name
+from .refs import f64, sample_unary
+from .registry import (MIN_ELEMENTS_PER_TASK, new_node, op_name, rebuild_by, rebuild_of, reference_of, register,
+                       sample_of)
 
 
 def shapes(*ts) -> str:
@@ -106,7 +108,7 @@ def inplace_of(base, ggml: str | None = None):
     return deco
 
 
-def unary_builders(op: int, name: str, formula: str, note: str = ""):
+def unary_builders(op: int, name: str, formula: str, note: str = "", module: str | None = None):
     """The builders `name(ctx, a)` and `name_inplace(ctx, a)` of a unary F32 op computing `formula`
     of each element x, with their names and docstrings (note: a sentence added to the docstring)."""
     def build(ctx, a):
@@ -117,7 +119,7 @@ def unary_builders(op: int, name: str, formula: str, note: str = ""):
         check_f32(name + "_inplace", a)
         return elementwise_node(ctx, op, a, [a], inplace=True)
 
-    module = sys._getframe(1).f_globals["__name__"]    # the op's module, as collections.namedtuple does
+    module = module or sys._getframe(1).f_globals["__name__"]    # the op's module, as namedtuple does
     for f, fname in ((build, name), (build_inplace, name + "_inplace")):
         f.__name__ = f.__qualname__ = fname
         f.__module__ = module
@@ -236,3 +238,23 @@ def tasks_by_segments(node, n_threads):
     """Planner rule of the elementwise loops: one task per MIN_ELEMENTS_PER_TASK elements."""
     units = TN.nrows(node) * -(-node.ne[0] // SEG)
     return max(1, min(n_threads, units, TN.nelements(node) // MIN_ELEMENTS_PER_TASK))
+
+
+def define_unary(name: str, symbol: str, kernel, backward, *, formula: str, reference, note: str = "",
+                 domain: str = "any"):
+    """One unary F32 op, declared once: registers `kernel` (its work cut into row segments, may run
+    in place) with its `backward` rule, attaches the numpy `reference` (a function of the float64
+    input array) and a sampler for the testing kit, and returns (op code, builder, in-place
+    builder) named after the op, documented with `formula` and `note`, rebuildable from graph
+    files. `domain` is where the sampler draws inputs ("positive" for sqrt and log)."""
+    code = register(name, symbol, kernel, n_tasks=tasks_by_segments, inplace=True, backward=backward)
+    module = sys._getframe(1).f_globals["__name__"]
+    build, build_inplace = unary_builders(code, name.lower(), formula, note, module=module)
+    reference_of(code)(lambda node, srcs: reference(f64(srcs[0])))
+
+    def sample(d):
+        return sample_unary(d, build, build_inplace, domain=domain)
+    sample.__module__ = module           # family_ops() finds an op's family by its sampler's module
+    sample_of(code)(sample)
+    rebuild_of(code)(rebuild_by(build, build_inplace))
+    return code, build, build_inplace

@@ -1,9 +1,9 @@
 """Unary elementwise functions: sqr sqrt log neg abs sgn step relu gelu silu, and the backward
 ops gelu_back and silu_back beside the functions they differentiate.
 
-Each op: builder (unary_builders gives f and f_inplace), scalar function, kernel, backward rule,
-registry record, numpy reference and sampler. Computed in float64 and rounded once to float32;
-any strides, the same bits for any thread count.
+Each op: its scalar function and kernel, its backward rule, then one define_unary declaration
+(registry record, builders f and f_inplace, numpy reference, sampler, graph-file rebuild).
+Computed in float64 and rounded once to float32; any strides, the same bits for any thread count.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import numpy as np
 from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import exp_f64, inline
-from .common import (binary_loop, check_f32, check_same_shape, elementwise_node, shapes, tasks_by_segments,
-                     unary_builders, unary_loop)
+from .common import (binary_loop, check_f32, check_same_shape, define_unary, elementwise_node, shapes,
+                     tasks_by_segments, unary_loop)
 from .elementwise import div, mul, scale
-from .refs import f64, sample_binary, sample_unary
+from .refs import f64, sample_binary
 from .registry import ZERO_GRADIENT, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
 
@@ -37,22 +37,9 @@ def _sqr_backward(ctx, t, g, d):
         d.add(0, scale(ctx, mul(ctx, t.src[0], g), 2.0))
 
 
-SQR = register("SQR", "x^2", _sqr_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqr_backward)
-
-
-@reference_of(SQR)
-def _sqr_reference(node, srcs):
-    x = f64(srcs[0])
-    return x * x
-
-
-@sample_of(SQR)
-def _sqr_sample(d):
-    return sample_unary(d, sqr, sqr_inplace)
-
-
-sqr, sqr_inplace = unary_builders(SQR, "sqr", "x*x")
-rebuild_of(SQR)(rebuild_by(sqr, sqr_inplace))
+SQR, sqr, sqr_inplace = define_unary(
+    "SQR", "x^2", _sqr_kernel, _sqr_backward, formula="x*x",
+    reference=lambda x: x * x)
 
 
 @inline
@@ -69,22 +56,10 @@ def _sqrt_backward(ctx, t, g, d):
         d.add(0, scale(ctx, div(ctx, g, t), 0.5))
 
 
-SQRT = register("SQRT", "√x", _sqrt_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sqrt_backward)
-
-
-@reference_of(SQRT)
-def _sqrt_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.sqrt(x)
-
-
-@sample_of(SQRT)
-def _sqrt_sample(d):
-    return sample_unary(d, sqrt, sqrt_inplace, domain="positive")
-
-
-sqrt, sqrt_inplace = unary_builders(SQRT, "sqrt", "sqrt(x)", "NaN for x < 0.")
-rebuild_of(SQRT)(rebuild_by(sqrt, sqrt_inplace))
+SQRT, sqrt, sqrt_inplace = define_unary(
+    "SQRT", "√x", _sqrt_kernel, _sqrt_backward, formula="sqrt(x)", domain="positive",
+    reference=lambda x: np.sqrt(x),
+    note="NaN for x < 0.")
 
 
 @inline
@@ -101,22 +76,10 @@ def _log_backward(ctx, t, g, d):
         d.add(0, div(ctx, g, t.src[0]))
 
 
-LOG = register("LOG", "log(x)", _log_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_log_backward)
-
-
-@reference_of(LOG)
-def _log_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.log(x)
-
-
-@sample_of(LOG)
-def _log_sample(d):
-    return sample_unary(d, log, log_inplace, domain="positive")
-
-
-log, log_inplace = unary_builders(LOG, "log", "log(x)", "-inf at 0, NaN for x < 0.")
-rebuild_of(LOG)(rebuild_by(log, log_inplace))
+LOG, log, log_inplace = define_unary(
+    "LOG", "log(x)", _log_kernel, _log_backward, formula="log(x)", domain="positive",
+    reference=lambda x: np.log(x),
+    note="-inf at 0, NaN for x < 0.")
 
 
 @inline
@@ -133,22 +96,9 @@ def _neg_backward(ctx, t, g, d):
         d.sub(0, g)
 
 
-NEG = register("NEG", "-x", _neg_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_neg_backward)
-
-
-@reference_of(NEG)
-def _neg_reference(node, srcs):
-    x = f64(srcs[0])
-    return -x
-
-
-@sample_of(NEG)
-def _neg_sample(d):
-    return sample_unary(d, neg, neg_inplace)
-
-
-neg, neg_inplace = unary_builders(NEG, "neg", "-x")
-rebuild_of(NEG)(rebuild_by(neg, neg_inplace))
+NEG, neg, neg_inplace = define_unary(
+    "NEG", "-x", _neg_kernel, _neg_backward, formula="-x",
+    reference=lambda x: -x)
 
 
 @inline
@@ -165,22 +115,9 @@ def _abs_backward(ctx, t, g, d):
         d.add(0, mul(ctx, sgn(ctx, t.src[0]), g))
 
 
-ABS = register("ABS", "abs(x)", _abs_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_abs_backward)
-
-
-@reference_of(ABS)
-def _abs_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.abs(x)
-
-
-@sample_of(ABS)
-def _abs_sample(d):
-    return sample_unary(d, abs_, abs_inplace)
-
-
-abs_, abs_inplace = unary_builders(ABS, "abs", "|x|")
-rebuild_of(ABS)(rebuild_by(abs_, abs_inplace))
+ABS, abs_, abs_inplace = define_unary(
+    "ABS", "abs(x)", _abs_kernel, _abs_backward, formula="|x|",
+    reference=lambda x: np.abs(x))
 
 
 @inline
@@ -193,23 +130,10 @@ def _sgn_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 # piecewise constant: the derivative is 0 wherever it exists (ggml, PyTorch and JAX give 0)
-SGN = register("SGN", "sgn(x)", _sgn_kernel, n_tasks=tasks_by_segments, inplace=True, backward=ZERO_GRADIENT)
-
-
-@reference_of(SGN)
-def _sgn_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0))
-
-
-@sample_of(SGN)
-def _sgn_sample(d):
-    return sample_unary(d, sgn, sgn_inplace)
-
-
-sgn, sgn_inplace = unary_builders(SGN, "sgn", "sign(x): 1, -1 or 0",
-                                  "Its gradient is zero (as in ggml, PyTorch and JAX).")
-rebuild_of(SGN)(rebuild_by(sgn, sgn_inplace))
+SGN, sgn, sgn_inplace = define_unary(
+    "SGN", "sgn(x)", _sgn_kernel, ZERO_GRADIENT, formula="sign(x): 1, -1 or 0",
+    reference=lambda x: np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0)),
+    note="Its gradient is zero (as in ggml, PyTorch and JAX).")
 
 
 @inline
@@ -222,24 +146,10 @@ def _step_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 # piecewise constant, as sgn
-STEP = register("STEP", "step(x)", _step_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=ZERO_GRADIENT)
-
-
-@reference_of(STEP)
-def _step_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.where(x > 0, 1.0, 0.0)
-
-
-@sample_of(STEP)
-def _step_sample(d):
-    return sample_unary(d, step, step_inplace)
-
-
-step, step_inplace = unary_builders(STEP, "step", "1 where x > 0, else 0",
-                                    "Its gradient is zero (as in ggml, PyTorch and JAX).")
-rebuild_of(STEP)(rebuild_by(step, step_inplace))
+STEP, step, step_inplace = define_unary(
+    "STEP", "step(x)", _step_kernel, ZERO_GRADIENT, formula="1 where x > 0, else 0",
+    reference=lambda x: np.where(x > 0, 1.0, 0.0),
+    note="Its gradient is zero (as in ggml, PyTorch and JAX).")
 
 
 @inline
@@ -256,23 +166,9 @@ def _relu_backward(ctx, t, g, d):
         d.add(0, mul(ctx, step(ctx, t), g))
 
 
-RELU = register("RELU", "relu(x)", _relu_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=_relu_backward)
-
-
-@reference_of(RELU)
-def _relu_reference(node, srcs):
-    x = f64(srcs[0])
-    return np.where(x > 0, x, 0.0)
-
-
-@sample_of(RELU)
-def _relu_sample(d):
-    return sample_unary(d, relu, relu_inplace)
-
-
-relu, relu_inplace = unary_builders(RELU, "relu", "max(x, 0)")
-rebuild_of(RELU)(rebuild_by(relu, relu_inplace))
+RELU, relu, relu_inplace = define_unary(
+    "RELU", "relu(x)", _relu_kernel, _relu_backward, formula="max(x, 0)",
+    reference=lambda x: np.where(x > 0, x, 0.0))
 
 GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.79788456080286535587989211986876
@@ -296,25 +192,12 @@ def _gelu_backward(ctx, t, g, d):
         d.add(0, gelu_back(ctx, t.src[0], g))
 
 
-GELU = register("GELU", "gelu(x)", _gelu_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=_gelu_backward)
-
-
-@reference_of(GELU)
-def _gelu_reference(node, srcs):
-    x = f64(srcs[0])         # the limit at -inf is 0
-    return np.where(x == -np.inf, -0.0, 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x))))
-
-
-@sample_of(GELU)
-def _gelu_sample(d):
-    return sample_unary(d, gelu, gelu_inplace)
-
-
-gelu, gelu_inplace = unary_builders(GELU, "gelu", "gelu(x)",
-                                    "gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ggml's tanh form, "
-                                    "in float64 (ggml reads an fp16 table).")
-rebuild_of(GELU)(rebuild_by(gelu, gelu_inplace))
+GELU, gelu, gelu_inplace = define_unary(     # the reference's limit at -inf is 0
+    "GELU", "gelu(x)", _gelu_kernel, _gelu_backward, formula="gelu(x)",
+    reference=lambda x: np.where(x == -np.inf, -0.0,
+                                 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)))),
+    note="gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ggml's tanh form, "
+         "in float64 (ggml reads an fp16 table).")
 
 
 @inline
@@ -333,23 +216,9 @@ def _silu_backward(ctx, t, g, d):
         d.add(0, silu_back(ctx, t.src[0], g))
 
 
-SILU = register("SILU", "silu(x)", _silu_kernel, n_tasks=tasks_by_segments, inplace=True,
-                backward=_silu_backward)
-
-
-@reference_of(SILU)
-def _silu_reference(node, srcs):
-    x = f64(srcs[0])         # the limit at -inf is 0
-    return np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(-x)))
-
-
-@sample_of(SILU)
-def _silu_sample(d):
-    return sample_unary(d, silu, silu_inplace)
-
-
-silu, silu_inplace = unary_builders(SILU, "silu", "x / (1 + exp(-x))")
-rebuild_of(SILU)(rebuild_by(silu, silu_inplace))
+SILU, silu, silu_inplace = define_unary(     # the reference's limit at -inf is 0
+    "SILU", "silu(x)", _silu_kernel, _silu_backward, formula="x / (1 + exp(-x))",
+    reference=lambda x: np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(-x))))
 
 
 # -- gelu_back: the gradient of gelu at x (src0) for the output gradient dy (src1) --------------------------
