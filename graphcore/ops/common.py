@@ -10,7 +10,7 @@ from .. import types as T
 from ..errors import GraphError
 from ..kernel import (f32_at, inline, is_dense, record, row_addr, rows_contiguous, split, split_aligned,
                       t_addr, t_ne, view_f32)
-from .refs import f64, sample_unary
+from .refs import f64, sample_binary, sample_unary, tile
 from .registry import (MIN_ELEMENTS_PER_TASK, new_node, op_name, rebuild_by, rebuild_of, reference_of, register,
                        sample_of)
 
@@ -255,6 +255,45 @@ def define_unary(name: str, symbol: str, kernel, backward, *, formula: str, refe
     def sample(d):
         return sample_unary(d, build, build_inplace, domain=domain)
     sample.__module__ = module           # family_ops() finds an op's family by its sampler's module
+    sample_of(code)(sample)
+    rebuild_of(code)(rebuild_by(build, build_inplace))
+    return code, build, build_inplace
+
+
+def define_binary(name: str, symbol: str, kernel, backward, *, symbol_op: str, reference, note: str = "",
+                  domain_b: str = "any"):
+    """One binary F32 op whose src1 is tiled over src0 (ggml's can_repeat), declared once: registers
+    `kernel` (row segments, may run in place) with its `backward` rule, attaches the numpy
+    `reference(a, b)` (float64, b already tiled to a's shape) and a sampler, and returns (op code,
+    builder, in-place builder) named and documented after the op, rebuildable from graph files.
+    `domain_b` is where the sampler draws src1 ("nonzero" for div)."""
+    code = register(name, symbol, kernel, n_tasks=tasks_by_segments, inplace=True, backward=backward)
+    module = sys._getframe(1).f_globals["__name__"]
+    lname = name.lower()
+
+    def builder(inplace):
+        label = lname + ("_inplace" if inplace else "")
+
+        def build(ctx, a, b):
+            check_f32(label, a, b)
+            if not TN.can_repeat(b, a):
+                raise GraphError(f"{label}: src1 cannot be broadcast to src0 (each src0 dim must be a multiple "
+                                 f"of src1's): {shapes(a, b)}")
+            return elementwise_node(ctx, code, a, [a, b], inplace=inplace)
+        build.__name__ = build.__qualname__ = label
+        build.__module__ = module
+        return build
+
+    build, build_inplace = builder(False), builder(True)
+    build.__doc__ = (f"Elementwise a {symbol_op} b, b tiled over a (ggml_{lname}).\n\n"
+                     f"F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) "
+                     f"-> a's shape; any strides. GraphError otherwise." + (f" {note}" if note else ""))
+    build_inplace.__doc__ = inplace_doc(lname, build.__doc__)
+    reference_of(code)(lambda node, srcs: reference(f64(srcs[0]), tile(f64(srcs[1]), srcs[0].shape)))
+
+    def sample(d):
+        return sample_binary(d, build, build_inplace, domain_b=domain_b)
+    sample.__module__ = module
     sample_of(code)(sample)
     rebuild_of(code)(rebuild_by(build, build_inplace))
     return code, build, build_inplace

@@ -15,22 +15,15 @@ import numpy as np
 from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import inline, param_f32
-from .common import (binary_loop, check_f32, elementwise_node, inplace_of, shapes, tasks_by_segments, unary_loop)
-from .refs import f64, sample_binary, tile
+from .common import (binary_loop, check_f32, define_binary, elementwise_node, inplace_of, tasks_by_segments,
+                     unary_loop)
+from .refs import f64
 from .registry import TILES, reference_of, register, sample_of
 from .registry import param_f32 as param_f32_of
-from .registry import rebuild_by, rebuild_of
+from .registry import rebuild_of
 
 
 # -- binary ops: src1 is tiled over src0 when ggml's can_repeat(b, a) holds --------------------------
-def _binary(ctx, op, name, a, b, inplace):
-    check_f32(name, a, b)
-    if not TN.can_repeat(b, a):
-        raise GraphError(f"{name}: src1 cannot be broadcast to src0 (each src0 dim must be a multiple "
-                         f"of src1's): {shapes(a, b)}")
-    return elementwise_node(ctx, op, a, [a, b], inplace=inplace)
-
-
 @inline
 def _add_f(x, y):
     return x + y
@@ -47,33 +40,8 @@ def _add_backward(ctx, t, g, d):
         d.add(1, g, reduce=TILES)
 
 
-ADD = register("ADD", "x+y", _add_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_add_backward)
-
-
-@reference_of(ADD)
-def _add_reference(node, srcs):
-    return f64(srcs[0]) + tile(f64(srcs[1]), srcs[0].shape)
-
-
-@sample_of(ADD)
-def _add_sample(d):
-    return sample_binary(d, add, add_inplace)
-
-
-def add(ctx, a, b):
-    """Elementwise a + b, b tiled over a (ggml_add).
-
-    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
-    shape; any strides. GraphError otherwise."""
-    return _binary(ctx, ADD, "add", a, b, False)
-
-
-@inplace_of(add)
-def add_inplace(ctx, a, b):
-    return _binary(ctx, ADD, "add_inplace", a, b, True)
-
-
-rebuild_of(ADD)(rebuild_by(add, add_inplace))
+ADD, add, add_inplace = define_binary("ADD", "x+y", _add_kernel, _add_backward, symbol_op="+",
+                                       reference=lambda a, b: a + b)
 
 
 @inline
@@ -92,33 +60,8 @@ def _sub_backward(ctx, t, g, d):
         d.sub(1, g, reduce=TILES)
 
 
-SUB = register("SUB", "x-y", _sub_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_sub_backward)
-
-
-@reference_of(SUB)
-def _sub_reference(node, srcs):
-    return f64(srcs[0]) - tile(f64(srcs[1]), srcs[0].shape)
-
-
-@sample_of(SUB)
-def _sub_sample(d):
-    return sample_binary(d, sub, sub_inplace)
-
-
-def sub(ctx, a, b):
-    """Elementwise a - b, b tiled over a (ggml_sub).
-
-    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
-    shape; any strides. GraphError otherwise."""
-    return _binary(ctx, SUB, "sub", a, b, False)
-
-
-@inplace_of(sub)
-def sub_inplace(ctx, a, b):
-    return _binary(ctx, SUB, "sub_inplace", a, b, True)
-
-
-rebuild_of(SUB)(rebuild_by(sub, sub_inplace))
+SUB, sub, sub_inplace = define_binary("SUB", "x-y", _sub_kernel, _sub_backward, symbol_op="-",
+                                       reference=lambda a, b: a - b)
 
 
 @inline
@@ -138,33 +81,8 @@ def _mul_backward(ctx, t, g, d):
         d.add(1, mul(ctx, a, g), reduce=TILES)
 
 
-MUL = register("MUL", "x*y", _mul_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_mul_backward)
-
-
-@reference_of(MUL)
-def _mul_reference(node, srcs):
-    return f64(srcs[0]) * tile(f64(srcs[1]), srcs[0].shape)
-
-
-@sample_of(MUL)
-def _mul_sample(d):
-    return sample_binary(d, mul, mul_inplace)
-
-
-def mul(ctx, a, b):
-    """Elementwise a * b, b tiled over a (ggml_mul).
-
-    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
-    shape; any strides. GraphError otherwise."""
-    return _binary(ctx, MUL, "mul", a, b, False)
-
-
-@inplace_of(mul)
-def mul_inplace(ctx, a, b):
-    return _binary(ctx, MUL, "mul_inplace", a, b, True)
-
-
-rebuild_of(MUL)(rebuild_by(mul, mul_inplace))
+MUL, mul, mul_inplace = define_binary("MUL", "x*y", _mul_kernel, _mul_backward, symbol_op="*",
+                                       reference=lambda a, b: a * b)
 
 
 @inline
@@ -184,33 +102,9 @@ def _div_backward(ctx, t, g, d):
         d.sub(1, mul(ctx, g, div(ctx, t, b)), reduce=TILES)
 
 
-DIV = register("DIV", "x/y", _div_kernel, n_tasks=tasks_by_segments, inplace=True, backward=_div_backward)
-
-
-@reference_of(DIV)
-def _div_reference(node, srcs):
-    return f64(srcs[0]) / tile(f64(srcs[1]), srcs[0].shape)
-
-
-@sample_of(DIV)
-def _div_sample(d):
-    return sample_binary(d, div, div_inplace, domain_b="nonzero")
-
-
-def div(ctx, a, b):
-    """Elementwise a / b, b tiled over a (ggml_div).
-
-    F32 a [ne0, ne1, ne2, ne3] and F32 b whose every ne[i] divides a's (ggml_can_repeat(b, a)) -> a's
-    shape; any strides. GraphError otherwise. x/0 gives inf or NaN, as in IEEE."""
-    return _binary(ctx, DIV, "div", a, b, False)
-
-
-@inplace_of(div)
-def div_inplace(ctx, a, b):
-    return _binary(ctx, DIV, "div_inplace", a, b, True)
-
-
-rebuild_of(DIV)(rebuild_by(div, div_inplace))
+DIV, div, div_inplace = define_binary("DIV", "x/y", _div_kernel, _div_backward, symbol_op="/",
+                                       reference=lambda a, b: a / b, domain_b="nonzero",
+                                       note="x/0 gives inf or NaN, as in IEEE.")
 
 
 # -- scale: a * s for a float s (ggml_scale at this commit takes a float) --------------------------------
