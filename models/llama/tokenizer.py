@@ -10,7 +10,6 @@ compare its ids with ids recorded from llama.cpp.
 """
 from __future__ import annotations
 
-import codecs
 import heapq
 
 # token types (llama_token_type)
@@ -208,8 +207,3 @@ class SPMTokenizer:
     def decode(self, ids):
         """Text of a sequence of ids (invalid UTF-8 replaced)."""
         return b"".join(self.piece_bytes(int(t)) for t in ids).decode("utf-8", errors="replace")
-
-    def streamer(self):
-        """A function id -> text, holding back incomplete UTF-8 sequences (for printing as tokens come)."""
-        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return lambda tid: dec.decode(self.piece_bytes(int(tid)))

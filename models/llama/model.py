@@ -1,0 +1,234 @@
+"""The llama architecture as llama.cpp 4480542 runs `general.architecture = llama` GGUF files, built as
+graphcore graphs: batched prompt evaluation into a KV cache, then one token at a time.
+
+The graph is llama.cpp's build_llama(): token embeddings by get_rows; per layer rms_norm * attn_norm,
+Q/K/V projections, rope mode 0 (adjacent pairs, llama.cpp's LLM_ARCH_LLAMA) with the file's frequency
+base and scale, K and V copied into the cache (V transposed, as llama.cpp stores it), softmax of
+K·Q scaled by 1/sqrt(head_dim) under a causal mask, V·softmax, the output projection and the residual;
+then rms_norm * ffn_norm and the SiLU-gated feed-forward (down(silu(gate x) * up x)) and the residual;
+finally rms_norm * output_norm and the output projection to logits. Grouped-query attention
+(head_count_kv < head_count) shares each K/V head between head_count/head_count_kv query heads, as
+mul_mat's block broadcast does. The KV cache is F16 by default, like llama.cpp's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import graphcore as gc
+from graphcore.gguf_io import GGUFError, GGUFFile, gguf_read
+
+from .tokenizer import SPMTokenizer
+
+ALIGN_SLACK = 64        # bytes of alignment padding budgeted per tensor of an evaluation graph
+
+
+@dataclass(frozen=True)
+class LlamaHParams:
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    n_rot: int
+    rms_eps: float
+    rope_freq_base: float
+    rope_freq_scale: float
+    rope_scaling: str           # "none", "linear" or "yarn"
+    n_orig_ctx: int
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    @property
+    def n_embd_gqa(self):
+        return self.head_dim * self.n_head_kv
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile):
+        arch = f.get("general.architecture", required=True, kind=str)
+        if arch != "llama":
+            raise GGUFError(f"{f.path}: general.architecture is '{arch}'; only 'llama' is supported")
+
+        def key(name, default=None, kind=int):
+            return f.get(f"llama.{name}", default, required=default is None, kind=kind)
+        n_embd, n_head = key("embedding_length"), key("attention.head_count")
+        if n_head <= 0 or n_embd <= 0 or n_embd % n_head:
+            raise GGUFError(f"{f.path}: llama.embedding_length {n_embd} is not a positive multiple of "
+                            f"llama.attention.head_count {n_head}")
+        n_head_kv = key("attention.head_count_kv", n_head)
+        if n_head_kv <= 0 or n_head % n_head_kv:
+            raise GGUFError(f"{f.path}: llama.attention.head_count {n_head} is not a multiple of "
+                            f"llama.attention.head_count_kv {n_head_kv}")
+        n_rot = key("rope.dimension_count", n_embd // n_head)
+        if n_rot != n_embd // n_head:      # llama.cpp refuses these too (invalid n_rot)
+            raise GGUFError(f"{f.path}: llama.rope.dimension_count {n_rot} must equal the head size "
+                            f"{n_embd // n_head}")
+        scaling = key("rope.scaling.type", "linear", kind=str)
+        if scaling not in ("none", "linear", "yarn"):
+            raise GGUFError(f"{f.path}: llama.rope.scaling.type '{scaling}' is not supported "
+                            "(none, linear, yarn)")
+        factor = f.get("llama.rope.scaling.factor", None, kind=float)
+        if factor is None:
+            factor = f.get("llama.rope.scale_linear", 0.0, kind=float)
+        tokens = f.get("tokenizer.ggml.tokens", required=True, kind=list)
+        n_ctx_train = key("context_length")
+        return cls(n_vocab=len(tokens), n_ctx_train=n_ctx_train, n_embd=n_embd, n_layer=key("block_count"),
+                   n_ff=key("feed_forward_length"), n_head=n_head, n_head_kv=n_head_kv, n_rot=n_rot,
+                   rms_eps=key("attention.layer_norm_rms_epsilon", kind=float),
+                   rope_freq_base=key("rope.freq_base", 10000.0, kind=float),
+                   rope_freq_scale=1.0 if factor == 0.0 else 1.0 / factor, rope_scaling=scaling,
+                   n_orig_ctx=key("rope.scaling.original_context_length", n_ctx_train))
+
+
+class LlamaModel:
+    """Weights (zero-copy tensors of the mapped file), hyper-parameters and tokenizer of a llama GGUF."""
+
+    def __init__(self, path):
+        self.file = f = gguf_read(path)
+        self.path = f.path
+        self.hparams = hp = LlamaHParams.from_gguf(f)
+        self.tokenizer = SPMTokenizer.from_gguf(f)
+        E, V, F, G = hp.n_embd, hp.n_vocab, hp.n_ff, hp.n_embd_gqa
+        self.tok_embd = f.tensor("token_embd.weight", [E, V])
+        self.output_norm = f.tensor("output_norm.weight", [E])
+        self.output = (f.tensor("output.weight", [E, V]) if "output.weight" in f.tensors else self.tok_embd)
+        self.layers = []
+        for i in range(hp.n_layer):
+            def w(name, ne):
+                return f.tensor(f"blk.{i}.{name}.weight", ne)
+            self.layers.append(dict(
+                attn_norm=w("attn_norm", [E]), wq=w("attn_q", [E, E]), wk=w("attn_k", [E, G]),
+                wv=w("attn_v", [E, G]), wo=w("attn_output", [E, E]), ffn_norm=w("ffn_norm", [E]),
+                gate=w("ffn_gate", [E, F]), down=w("ffn_down", [F, E]), up=w("ffn_up", [E, F])))
+        for name in ("token_embd.weight", "output_norm.weight", "output.weight"):
+            t = f.tensors.get(name)
+            if t is not None and t.type == gc.TYPE_I32:
+                raise GGUFError(f"{self.path}: tensor '{name}' is I32; llama weights are F32 or F16")
+        for i, layer in enumerate(self.layers):
+            for name, t in layer.items():
+                if t.type == gc.TYPE_I32:
+                    raise GGUFError(f"{self.path}: tensor 'blk.{i}.{name}' is I32; llama weights are F32 or F16")
+
+    def n_params(self):
+        return sum(gc.nelements(t) for t in self.file.tensors.values())
+
+
+class LlamaSession:
+    """A KV cache of n_ctx positions and the evaluation of token batches against it (llama_context)."""
+
+    def __init__(self, model: LlamaModel, n_ctx: int = 512, n_threads: int | None = None,
+                 kv_type: int = gc.TYPE_F16, ggml_rounding: bool = True):
+        hp = model.hparams
+        if not isinstance(n_ctx, int) or n_ctx < 1:
+            raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
+        self.model, self.n_ctx, self.n_threads, self.kv_type = model, n_ctx, n_threads, kv_type
+        self.rounding = ggml_rounding
+        es = gc.type_size(kv_type)
+        self.cache_ctx = gc.init(2 * hp.n_layer * (n_ctx * hp.n_embd_gqa * es + 64) + 1024)
+        self.k = [gc.new_tensor_1d(self.cache_ctx, kv_type, n_ctx * hp.n_embd_gqa) for _ in range(hp.n_layer)]
+        self.v = [gc.new_tensor_1d(self.cache_ctx, kv_type, n_ctx * hp.n_embd_gqa) for _ in range(hp.n_layer)]
+        self.n_past = 0
+        self._buf = np.empty(0, np.uint8)
+
+    def clear(self):
+        """llama_kv_cache_clear: forget every position."""
+        self.n_past = 0
+
+    def _compute_bytes(self, n_tokens, n_kv, n_out):
+        hp = self.model.hparams
+        per_layer = 14 * hp.n_embd + 3 * hp.n_embd_gqa + 8 * hp.n_ff + 4 * n_kv * hp.n_head   # f32 and f16 copies
+        floats = n_tokens * (hp.n_layer * per_layer + 4 * hp.n_embd) + n_out * hp.n_vocab + n_kv * n_tokens
+        return 4 * floats + 4 * n_tokens + ALIGN_SLACK * (60 * hp.n_layer + 64) + 4096
+
+    def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
+        """Evaluate `tokens` at positions n_past.. n_past+len-1, storing their K/V in the cache; returns the
+        logits of every token ([n_tokens, n_vocab]) or of the last one ([n_vocab])."""
+        hp, m = self.model.hparams, self.model
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n_tokens = len(tokens)
+        if n_tokens == 0:
+            raise ValueError("eval: no tokens")
+        if self.n_past + n_tokens > self.n_ctx:
+            raise ValueError(f"eval: {self.n_past} cached + {n_tokens} new tokens exceed the context of "
+                             f"{self.n_ctx} positions")
+        bad = tokens[(tokens < 0) | (tokens >= hp.n_vocab)]
+        if len(bad):
+            raise ValueError(f"eval: token id {int(bad[0])} is outside the vocabulary [0, {hp.n_vocab})")
+        n_past, n_kv = self.n_past, self.n_past + n_tokens
+        n_out = n_tokens if all_logits else 1
+        size = self._compute_bytes(n_tokens, n_kv, n_out)
+        if self._buf.nbytes < size:
+            self._buf = np.empty(size, np.uint8)
+        ctx = gc.init(size, mem_buffer=self._buf)
+        try:
+            inp = gc.from_numpy(ctx, tokens.astype(np.int32))
+            pos = gc.from_numpy(ctx, np.arange(n_past, n_kv, dtype=np.int32))
+            mask = np.zeros((n_tokens, n_kv), np.float32)       # token i sees cache positions <= n_past + i
+            mask[np.triu_indices(n_tokens, n_past + 1, n_kv)] = -np.inf
+            kq_mask = gc.from_numpy(ctx, mask)
+            gf = gc.new_graph_custom(ctx, 64 + 60 * hp.n_layer, False)
+            logits = self._build(ctx, gf, inp, pos, kq_mask, n_tokens, n_past, n_out)
+            gc.build_forward_expand(gf, logits)
+            gc.graph_compute_with_ctx(ctx, gf, self.n_threads)
+            out = logits.numpy().copy()
+        finally:
+            gc.free(ctx)
+        self.n_past = n_kv
+        return out if all_logits else out.reshape(-1)
+
+    def _build(self, ctx, gf, inp, pos, kq_mask, n_tokens, n_past, n_out):
+        hp, m = self.model.hparams, self.model
+        E, D, H, Hkv, G = hp.n_embd, hp.head_dim, hp.n_head, hp.n_head_kv, hp.n_embd_gqa
+        n_kv = n_past + n_tokens
+        es = gc.type_size(self.kv_type)
+        yarn = hp.rope_scaling == "yarn"
+        rope_args = (hp.n_rot, 0, 0, hp.n_orig_ctx, hp.rope_freq_base, hp.rope_freq_scale,
+                     1.0 if yarn else 0.0, 1.0, 32.0 if yarn else 0.0, 1.0 if yarn else 0.0)
+        x = gc.get_rows(ctx, m.tok_embd, inp)                                # [E, n_tokens]
+        for il, L in enumerate(m.layers):
+            cur = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), L["attn_norm"])
+            q = gc.rope_custom(ctx, gc.reshape_3d(ctx, gc.mul_mat(ctx, L["wq"], cur), D, H, n_tokens), pos,
+                               *rope_args)
+            k = gc.rope_custom(ctx, gc.reshape_3d(ctx, gc.mul_mat(ctx, L["wk"], cur), D, Hkv, n_tokens), pos,
+                               *rope_args)
+            v = gc.mul_mat(ctx, L["wv"], cur)                                  # [G, n_tokens]
+            # store K (rows of G) and V transposed (rows of n_ctx per channel) into the cache
+            kc, vc = self.k[il], self.v[il]
+            gc.build_forward_expand(gf, gc.cpy(ctx, k, gc.view_1d(ctx, kc, n_tokens * G, n_past * G * es)))
+            gc.build_forward_expand(gf, gc.cpy(ctx, gc.transpose(ctx, v),
+                                               gc.view_2d(ctx, vc, n_tokens, G, self.n_ctx * es, n_past * es)))
+            kk = gc.view_3d(ctx, kc, D, n_kv, Hkv, G * es, D * es, 0)           # [D, n_kv, Hkv]
+            if self.rounding and self.kv_type == gc.TYPE_F16:
+                q = self._f16(ctx, q)
+            qq = gc.permute(ctx, q, 0, 2, 1, 3)                                   # [D, n_tokens, H]
+            kq = gc.mul_mat(ctx, kk, qq)                                          # [n_kv, n_tokens, H]
+            kq = gc.soft_max_ext(ctx, kq, kq_mask, None, 1.0 / float(np.sqrt(np.float32(D))), 0.0)
+            if self.rounding and self.kv_type == gc.TYPE_F16:
+                kq = self._f16(ctx, kq)
+            vv = gc.view_3d(ctx, vc, n_kv, D, Hkv, self.n_ctx * es, self.n_ctx * D * es, 0)   # [n_kv, D, Hkv]
+            kqv = gc.mul_mat(ctx, vv, kq)                                         # [D, n_tokens, H]
+            att = gc.cont_2d(ctx, gc.permute(ctx, kqv, 0, 2, 1, 3), E, n_tokens)
+            x = gc.add_inplace(ctx, gc.mul_mat(ctx, L["wo"], att), x)
+            cur = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), L["ffn_norm"])
+            g = gc.mul_mat(ctx, L["gate"], cur)
+            if self.rounding:
+                g = self._f16(ctx, gc.silu_inplace(ctx, self._f16(ctx, g)))
+            else:
+                g = gc.silu_inplace(ctx, g)
+            ff = gc.mul_inplace(ctx, g,
+                                gc.mul_mat(ctx, L["up"], cur))
+            x = gc.add_inplace(ctx, gc.mul_mat(ctx, L["down"], ff), x)
+        if n_out < n_tokens:        # only the last row's logits are wanted: skip the others' products
+            x = gc.view_2d(ctx, x, E, n_out, x.nb[1], (n_tokens - n_out) * x.nb[1])
+        x = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), m.output_norm)
+        return gc.mul_mat(ctx, m.output, x)                                   # [n_vocab, n_out]
+
+    @staticmethod
+    def _f16(ctx, t):
+        h = gc.cpy(ctx, t, gc.new_tensor(ctx, gc.TYPE_F16, t.ne))
+        return gc.cpy(ctx, h, gc.new_tensor(ctx, gc.TYPE_F32, t.ne))
