@@ -128,6 +128,7 @@ class LlamaSession:
             raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
         self.model, self.n_ctx, self.n_threads, self.kv_type = model, n_ctx, n_threads, kv_type
         self.rounding = ggml_rounding
+        self._rounded = {}          # per build: id(x) -> (x, x rounded to F16)
         es = gc.type_size(kv_type)
         self.cache_ctx = gc.init(2 * hp.n_layer * (n_ctx * hp.n_embd_gqa * es + 64) + 1024)
         self.k = [gc.new_tensor_1d(self.cache_ctx, kv_type, n_ctx * hp.n_embd_gqa) for _ in range(hp.n_layer)]
@@ -141,9 +142,9 @@ class LlamaSession:
 
     def _compute_bytes(self, n_tokens, n_kv, n_out):
         hp = self.model.hparams
-        per_layer = 14 * hp.n_embd + 3 * hp.n_embd_gqa + 8 * hp.n_ff + 4 * n_kv * hp.n_head   # f32 and f16 copies
-        floats = n_tokens * (hp.n_layer * per_layer + 4 * hp.n_embd) + n_out * hp.n_vocab + n_kv * n_tokens
-        return 4 * floats + 4 * n_tokens + ALIGN_SLACK * (60 * hp.n_layer + 64) + 4096
+        per_layer = 20 * hp.n_embd + 3 * hp.n_embd_gqa + 10 * hp.n_ff + 4 * n_kv * hp.n_head   # f32 and f16 copies
+        floats = n_tokens * (hp.n_layer * per_layer + 4 * hp.n_embd) + n_out * hp.n_vocab + n_kv * n_tokens + 2 * n_tokens * hp.n_embd
+        return 4 * floats + 4 * n_tokens + ALIGN_SLACK * (80 * hp.n_layer + 64) + 4096
 
     def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
         """Evaluate `tokens` at positions n_past.. n_past+len-1, storing their K/V in the cache; returns the
@@ -171,7 +172,7 @@ class LlamaSession:
             mask = np.zeros((n_tokens, n_kv), np.float32)       # token i sees cache positions <= n_past + i
             mask[np.triu_indices(n_tokens, n_past + 1, n_kv)] = -np.inf
             kq_mask = gc.from_numpy(ctx, mask)
-            gf = gc.new_graph_custom(ctx, 64 + 60 * hp.n_layer, False)
+            gf = gc.new_graph_custom(ctx, 64 + 80 * hp.n_layer, False)
             logits = self._build(ctx, gf, inp, pos, kq_mask, n_tokens, n_past, n_out)
             gc.build_forward_expand(gf, logits)
             gc.graph_compute_with_ctx(ctx, gf, self.n_threads)
@@ -183,6 +184,7 @@ class LlamaSession:
 
     def _build(self, ctx, gf, inp, pos, kq_mask, n_tokens, n_past, n_out):
         hp, m = self.model.hparams, self.model
+        self._rounded = {}
         E, D, H, Hkv, G = hp.n_embd, hp.head_dim, hp.n_head, hp.n_head_kv, hp.n_embd_gqa
         n_kv = n_past + n_tokens
         es = gc.type_size(self.kv_type)
@@ -192,11 +194,11 @@ class LlamaSession:
         x = gc.get_rows(ctx, m.tok_embd, inp)                                # [E, n_tokens]
         for il, L in enumerate(m.layers):
             cur = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), L["attn_norm"])
-            q = gc.rope_custom(ctx, gc.reshape_3d(ctx, gc.mul_mat(ctx, L["wq"], cur), D, H, n_tokens), pos,
+            q = gc.rope_custom(ctx, gc.reshape_3d(ctx, self._mm(ctx, L["wq"], cur), D, H, n_tokens), pos,
                                *rope_args)
-            k = gc.rope_custom(ctx, gc.reshape_3d(ctx, gc.mul_mat(ctx, L["wk"], cur), D, Hkv, n_tokens), pos,
+            k = gc.rope_custom(ctx, gc.reshape_3d(ctx, self._mm(ctx, L["wk"], cur), D, Hkv, n_tokens), pos,
                                *rope_args)
-            v = gc.mul_mat(ctx, L["wv"], cur)                                  # [G, n_tokens]
+            v = self._mm(ctx, L["wv"], cur)                                  # [G, n_tokens]
             # store K (rows of G) and V transposed (rows of n_ctx per channel) into the cache
             kc, vc = self.k[il], self.v[il]
             gc.build_forward_expand(gf, gc.cpy(ctx, k, gc.view_1d(ctx, kc, n_tokens * G, n_past * G * es)))
@@ -213,22 +215,31 @@ class LlamaSession:
             vv = gc.view_3d(ctx, vc, n_kv, D, Hkv, self.n_ctx * es, self.n_ctx * D * es, 0)   # [n_kv, D, Hkv]
             kqv = gc.mul_mat(ctx, vv, kq)                                         # [D, n_tokens, H]
             att = gc.cont_2d(ctx, gc.permute(ctx, kqv, 0, 2, 1, 3), E, n_tokens)
-            x = gc.add_inplace(ctx, gc.mul_mat(ctx, L["wo"], att), x)
+            x = gc.add_inplace(ctx, self._mm(ctx, L["wo"], att), x)
             cur = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), L["ffn_norm"])
-            g = gc.mul_mat(ctx, L["gate"], cur)
+            g = self._mm(ctx, L["gate"], cur)
             if self.rounding:
                 g = self._f16(ctx, gc.silu_inplace(ctx, self._f16(ctx, g)))
             else:
                 g = gc.silu_inplace(ctx, g)
             ff = gc.mul_inplace(ctx, g,
-                                gc.mul_mat(ctx, L["up"], cur))
-            x = gc.add_inplace(ctx, gc.mul_mat(ctx, L["down"], ff), x)
+                                self._mm(ctx, L["up"], cur))
+            x = gc.add_inplace(ctx, self._mm(ctx, L["down"], ff), x)
         if n_out < n_tokens:        # only the last row's logits are wanted: skip the others' products
             x = gc.view_2d(ctx, x, E, n_out, x.nb[1], (n_tokens - n_out) * x.nb[1])
         x = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), m.output_norm)
-        return gc.mul_mat(ctx, m.output, x)                                   # [n_vocab, n_out]
+        return self._mm(ctx, m.output, x)                                  # [n_vocab, n_out]
+
+    def _mm(self, ctx, w, x):
+        """w · x; with ggml_rounding an F16 weight meets x rounded to F16, as ggml's F16 dot products do."""
+        if self.rounding and w.type == gc.TYPE_F16:
+            if id(x) not in self._rounded:          # Q, K and V share one rounded input
+                self._rounded[id(x)] = (x, self._f16(ctx, x))
+            x = self._rounded[id(x)][1]
+        return gc.mul_mat(ctx, w, x)
 
     @staticmethod
     def _f16(ctx, t):
+        """t rounded to F16 and widened back (two copies)."""
         h = gc.cpy(ctx, t, gc.new_tensor(ctx, gc.TYPE_F16, t.ne))
         return gc.cpy(ctx, h, gc.new_tensor(ctx, gc.TYPE_F32, t.ne))
