@@ -117,8 +117,8 @@ def cmd_tokenize(a):
     f = gguf_read(a.model)
     tok = SPMTokenizer.from_gguf(f)
     ids = tok.encode(a.prompt, bos=not a.no_bos, special=a.special)
-    for i in ids:
-        _out(f"{i:6d} -> {tok.piece_bytes(i).decode('utf-8', errors='backslashreplace')!r}\n")
+    for i in ids:       # the vocabulary's piece (▁ for a space, <0xNN> for a byte, <s> for BOS)
+        _out(f"{i:6d} -> {tok.pieces[i].decode('utf-8', errors='backslashreplace')!r}\n")
 
 
 def _short(v):

@@ -63,6 +63,6 @@ def write_random_llama(path, vocab_path, seed=0, n_embd=64, n_layer=2, n_head=4,
                         b + "ffn_gate.weight": mat(n_embd, n_ff), b + "ffn_down.weight": mat(n_ff, n_embd),
                         b + "ffn_up.weight": mat(n_embd, n_ff)})
     tensors["output_norm.weight"] = norm(n_embd)
-    tensors["output.weight"] = mat(n_embd, n_vocab, 3.0)
+    tensors["output.weight"] = mat(n_embd, n_vocab, 1.0)
     gguf_write(path, meta, tensors)
     return path
