@@ -130,11 +130,15 @@ class LlamaSession:
         self.rounding = ggml_rounding
         self._rounded = {}          # per build: id(x) -> (x, x rounded to F16)
         es = gc.type_size(kv_type)
-        self.cache_ctx = gc.init(2 * hp.n_layer * (n_ctx * hp.n_embd_gqa * es + 64) + 1024)
-        self.k = [gc.new_tensor_1d(self.cache_ctx, kv_type, n_ctx * hp.n_embd_gqa) for _ in range(hp.n_layer)]
-        self.v = [gc.new_tensor_1d(self.cache_ctx, kv_type, n_ctx * hp.n_embd_gqa) for _ in range(hp.n_layer)]
+        # one row more than n_ctx: the decode graph writes the new token's K/V into the spare row `slot`
+        # (a fixed place, so the graph can be reused) and eval moves it to its position afterwards
+        self.rows = rows = n_ctx + 1
+        self.cache_ctx = gc.init(2 * hp.n_layer * (rows * hp.n_embd_gqa * es + 64) + 1024)
+        self.k = [gc.new_tensor_1d(self.cache_ctx, kv_type, rows * hp.n_embd_gqa) for _ in range(hp.n_layer)]
+        self.v = [gc.new_tensor_1d(self.cache_ctx, kv_type, rows * hp.n_embd_gqa) for _ in range(hp.n_layer)]
         self.n_past = 0
         self._buf = np.empty(0, np.uint8)
+        self._decode = None         # (bucket, ctx, graph, plan, token, pos, mask, logits) of the one-token graph
 
     def clear(self):
         """llama_kv_cache_clear: forget every position."""
@@ -160,6 +164,9 @@ class LlamaSession:
         bad = tokens[(tokens < 0) | (tokens >= hp.n_vocab)]
         if len(bad):
             raise ValueError(f"eval: token id {int(bad[0])} is outside the vocabulary [0, {hp.n_vocab})")
+        if n_tokens == 1:
+            out = self._eval_one(int(tokens[0]))
+            return out.reshape(1, -1) if all_logits else out
         n_past, n_kv = self.n_past, self.n_past + n_tokens
         n_out = n_tokens if all_logits else 1
         size = self._compute_bytes(n_tokens, n_kv, n_out)
@@ -173,7 +180,7 @@ class LlamaSession:
             mask[np.triu_indices(n_tokens, n_past + 1, n_kv)] = -np.inf
             kq_mask = gc.from_numpy(ctx, mask)
             gf = gc.new_graph_custom(ctx, 64 + 80 * hp.n_layer, False)
-            logits = self._build(ctx, gf, inp, pos, kq_mask, n_tokens, n_past, n_out)
+            logits = self._build(ctx, gf, inp, pos, kq_mask, n_tokens, n_past, n_kv, n_out)
             gc.build_forward_expand(gf, logits)
             gc.graph_compute_with_ctx(ctx, gf, self.n_threads)
             out = logits.numpy().copy()
@@ -182,11 +189,49 @@ class LlamaSession:
         self.n_past = n_kv
         return out if all_logits else out.reshape(-1)
 
-    def _build(self, ctx, gf, inp, pos, kq_mask, n_tokens, n_past, n_out):
+    def _eval_one(self, token):
+        """One token through the cached decode graph of its bucket (n_past + 1 rounded up to 32, as
+        llama.cpp pads n_kv): only the inputs change between calls, so there is no graph to build or plan."""
+        hp, p = self.model.hparams, self.n_past
+        bucket = min(self.n_ctx, -(-(p + 1) // 32) * 32)
+        if self._decode is None or self._decode[0] != bucket:
+            if self._decode is not None:
+                gc.free(self._decode[1])
+            ctx = gc.init(self._compute_bytes(1, bucket + 1, 1))
+            tok = gc.new_tensor_1d(ctx, gc.TYPE_I32, 1)
+            pos = gc.new_tensor_1d(ctx, gc.TYPE_I32, 1)
+            mask = gc.new_tensor_2d(ctx, gc.TYPE_F32, bucket + 1, 1)
+            gf = gc.new_graph_custom(ctx, 64 + 80 * hp.n_layer, False)
+            logits = self._build(ctx, gf, tok, pos, mask, 1, bucket, bucket + 1, 1)
+            gc.build_forward_expand(gf, logits)
+            plan = gc.graph_plan(gf, self.n_threads)
+            if plan.work_size:
+                plan.work_data = np.empty(plan.work_size, np.uint8)
+            self._decode = (bucket, ctx, gf, plan, tok, pos, mask, logits)
+        _, ctx, gf, plan, tok, pos, mask, logits = self._decode
+        tok.numpy()[0] = token
+        pos.numpy()[0] = p
+        m = mask.numpy().reshape(1, -1)
+        m[0, :p] = 0.0                  # the cached positions, then the unused rows, then the new token (slot)
+        m[0, p:bucket] = -np.inf
+        m[0, bucket] = 0.0
+        gc.graph_compute(gf, plan)
+        G = hp.n_embd_gqa
+        for kc, vc in zip(self.k, self.v):          # move the new K row and V column from the slot to p
+            k = kc.numpy()
+            k[p * G:(p + 1) * G] = k[bucket * G:(bucket + 1) * G]
+            v = vc.numpy().reshape(G, self.rows)
+            v[:, p] = v[:, bucket]
+        self.n_past = p + 1
+        return logits.numpy().reshape(-1).copy()
+
+    def _build(self, ctx, gf, inp, pos, kq_mask, n_tokens, write_at, n_kv, n_out):
+        """The llama graph for n_tokens tokens whose K/V go to cache rows write_at.., attending to cache
+        rows [0, n_kv) under kq_mask; returns the logits of the last n_out tokens."""
         hp, m = self.model.hparams, self.model
         self._rounded = {}
         E, D, H, Hkv, G = hp.n_embd, hp.head_dim, hp.n_head, hp.n_head_kv, hp.n_embd_gqa
-        n_kv = n_past + n_tokens
+        rows = self.rows
         es = gc.type_size(self.kv_type)
         yarn = hp.rope_scaling == "yarn"
         rope_args = (hp.n_rot, 0, 0, hp.n_orig_ctx, hp.rope_freq_base, hp.rope_freq_scale,
@@ -201,9 +246,9 @@ class LlamaSession:
             v = self._mm(ctx, L["wv"], cur)                                  # [G, n_tokens]
             # store K (rows of G) and V transposed (rows of n_ctx per channel) into the cache
             kc, vc = self.k[il], self.v[il]
-            gc.build_forward_expand(gf, gc.cpy(ctx, k, gc.view_1d(ctx, kc, n_tokens * G, n_past * G * es)))
+            gc.build_forward_expand(gf, gc.cpy(ctx, k, gc.view_1d(ctx, kc, n_tokens * G, write_at * G * es)))
             gc.build_forward_expand(gf, gc.cpy(ctx, gc.transpose(ctx, v),
-                                               gc.view_2d(ctx, vc, n_tokens, G, self.n_ctx * es, n_past * es)))
+                                               gc.view_2d(ctx, vc, n_tokens, G, rows * es, write_at * es)))
             kk = gc.view_3d(ctx, kc, D, n_kv, Hkv, G * es, D * es, 0)           # [D, n_kv, Hkv]
             if self.rounding and self.kv_type == gc.TYPE_F16:
                 q = self._f16(ctx, q)
@@ -212,7 +257,7 @@ class LlamaSession:
             kq = gc.soft_max_ext(ctx, kq, kq_mask, None, 1.0 / float(np.sqrt(np.float32(D))), 0.0)
             if self.rounding and self.kv_type == gc.TYPE_F16:
                 kq = self._f16(ctx, kq)
-            vv = gc.view_3d(ctx, vc, n_kv, D, Hkv, self.n_ctx * es, self.n_ctx * D * es, 0)   # [n_kv, D, Hkv]
+            vv = gc.view_3d(ctx, vc, n_kv, D, Hkv, rows * es, rows * D * es, 0)   # [n_kv, D, Hkv]
             kqv = gc.mul_mat(ctx, vv, kq)                                         # [D, n_tokens, H]
             att = gc.cont_2d(ctx, gc.permute(ctx, kqv, 0, 2, 1, 3), E, n_tokens)
             x = gc.add_inplace(ctx, self._mm(ctx, L["wo"], att), x)
