@@ -12,10 +12,11 @@ from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
 from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
-from ..native import (f32_1d, f32_2d_strided, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, gemm_tile_c8x4, gemm_tile_g4x1,
+from ..native import (f32_2d_strided, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, gemm_tile_c8x4, gemm_tile_g4x1,
                       gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, sgemm, u16_2d_strided)
 from .common import shapes
 from .refs import blocks, f64
+from ..native import f32_1d
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
 

@@ -15,7 +15,7 @@ cached as F16 values (held in an F32 cache, so reading them back costs no wideni
 are rounded to F16 before their products with the cache, and activations before products with F16
 weights (ggml's F16 dot products convert their F32 operand); SiLU sees F16-rounded inputs and gives
 F16-rounded outputs (ggml's lookup table). What remains different is ggml's softmax taking exp from an
-F16 table, and the order of float sums: perplexities agree to about 3e-5 relative (see the tests).
+F16 table, and the order of float sums: perplexities agree to about 1e-5 relative (see the tests).
 """
 from __future__ import annotations
 
