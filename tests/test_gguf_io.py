@@ -1,5 +1,4 @@
 """GGUF in and out: round trips, zero-copy tensors, and clear errors for bad files (in child processes)."""
-import os
 import subprocess
 import sys
 import textwrap

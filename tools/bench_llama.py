@@ -6,9 +6,10 @@ in the same run.
 
 Measured, for each thread count: perplexity evaluation (prompt processing: chunks of n_ctx tokens, all
 logits) and generation (one token at a time after a short prompt, greedy), in tokens per second; the
-median of --repeats runs. llama.cpp's figures are the ones it prints itself (llama_print_timings:
-"prompt eval time" of perplexity, "eval time" of main), so process start and model loading are left
-out on both sides. The model is a random llama written from a seed unless --model names one.
+median of --repeats runs, the two programs' runs alternated. llama.cpp's figures are the ones it
+prints itself (llama_print_timings: "prompt eval time" of perplexity, "eval time" of main), so process
+start and model loading are left out on both sides. The model is a random llama written from a seed
+unless --model names one.
 """
 from __future__ import annotations
 
@@ -111,15 +112,20 @@ def main(argv=None):
         for th in a.threads:
             for what in ("perplexity", "generation"):
                 if what == "perplexity":
-                    gc_runs = [graphcore_perplexity(model, tokens, a.n_ctx, th) for _ in range(a.repeats)]
+                    ours = (lambda: graphcore_perplexity(model, tokens, a.n_ctx, th))
                     ref = (lambda: llama_cpp_perplexity(a.llama_cpp, path, text_path, a.n_ctx, th, tmp))
                 else:
-                    gc_runs = [graphcore_generate(model, a.n_ctx, a.n_gen, th) for _ in range(a.repeats)]
+                    ours = (lambda: graphcore_generate(model, a.n_ctx, a.n_gen, th))
                     ref = (lambda: llama_cpp_generate(a.llama_cpp, path, a.n_ctx, a.n_gen, th, tmp))
-                g = statistics.median(gc_runs)
+                g_runs, r_runs = [], []
+                for _ in range(a.repeats):      # alternated, so a change in the machine's load hits both
+                    g_runs.append(ours())
+                    if a.llama_cpp:
+                        r_runs.append(ref())
+                g = statistics.median(g_runs)
                 line = f"{what:22s}{th:8d}{g:17.1f}"
                 if a.llama_cpp:
-                    r = statistics.median(ref() for _ in range(a.repeats))
+                    r = statistics.median(r_runs)
                     line += f"{r:17.1f}{g / r:8.2f}"
                 print(line, flush=True)
     return 0

@@ -126,7 +126,8 @@ class LlamaModel:
 
 
 class LlamaSession:
-    """A KV cache of n_ctx positions and the evaluation of token batches against it (llama_context)."""
+    """A KV cache of n_ctx positions and the evaluation of token batches against it (llama_context).
+    kv_type is the cache's storage type (F32 holding F16-rounded values with ggml_rounding, or F16)."""
 
     def __init__(self, model: LlamaModel, n_ctx: int = 512, n_threads: int | None = None,
                  kv_type: int = gc.TYPE_F32, ggml_rounding: bool = True):
@@ -152,15 +153,16 @@ class LlamaSession:
         self.n_past = 0
 
     def _compute_bytes(self, n_tokens, n_kv, n_out):
+        """Arena bytes for one evaluation graph (every intermediate, the F16 rounding copies included)."""
         hp = self.model.hparams
-        per_layer = 20 * hp.n_embd + 3 * hp.n_embd_gqa + 10 * hp.n_ff + 4 * n_kv * hp.n_head   # f32 and f16 copies
-        floats = n_tokens * (hp.n_layer * per_layer + 4 * hp.n_embd) + n_out * hp.n_vocab + n_kv * n_tokens + 2 * n_tokens * hp.n_embd
+        per_layer = 20 * hp.n_embd + 3 * hp.n_embd_gqa + 10 * hp.n_ff + 4 * n_kv * hp.n_head
+        floats = n_tokens * (hp.n_layer * per_layer + 6 * hp.n_embd) + n_out * hp.n_vocab + n_kv * n_tokens
         return 4 * floats + 4 * n_tokens + ALIGN_SLACK * (80 * hp.n_layer + 64) + 4096
 
     def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
         """Evaluate `tokens` at positions n_past.. n_past+len-1, storing their K/V in the cache; returns the
         logits of every token ([n_tokens, n_vocab]) or of the last one ([n_vocab])."""
-        hp, m = self.model.hparams, self.model
+        hp = self.model.hparams
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         n_tokens = len(tokens)
         if n_tokens == 0:
