@@ -29,6 +29,8 @@ from graphcore.gguf_io import GGUFError, GGUFFile, gguf_read
 from .tokenizer import SPMTokenizer
 
 ALIGN_SLACK = 64        # bytes of alignment padding budgeted per tensor of an evaluation graph
+DECODE_BUCKET = 128     # the one-token graph attends to a multiple of this many cache rows (the rest masked):
+                        # rebuilt every 128 tokens (tens of ms of Python), masked rows cost next to nothing
 
 
 @dataclass(frozen=True)
@@ -199,10 +201,11 @@ class LlamaSession:
         return out if all_logits else out.reshape(-1)
 
     def _eval_one(self, token):
-        """One token through the cached decode graph of its bucket (n_past + 1 rounded up to 32, as
-        llama.cpp pads n_kv): only the inputs change between calls, so there is no graph to build or plan."""
+        """One token through the cached decode graph of its bucket (n_past + 1 rounded up to DECODE_BUCKET;
+        llama.cpp pads n_kv to 32 the same way): only the inputs change between calls, so there is no graph
+        to build or plan."""
         hp, p = self.model.hparams, self.n_past
-        bucket = min(self.n_ctx, -(-(p + 1) // 32) * 32)
+        bucket = min(self.n_ctx, -(-(p + 1) // DECODE_BUCKET) * DECODE_BUCKET)
         if self._decode is None or self._decode[0] != bucket:
             if self._decode is not None:
                 gc.free(self._decode[1])
