@@ -38,10 +38,13 @@ def _type_name(code: int) -> str:
 
 class GGUFFile:
     """A read GGUF file: `metadata` (key -> str, int, float, bool or list), `tensors` (name -> Tensor,
-    in file order), `types` (key -> gguf.GGUFValueType of the value, arrays: their element type)."""
+    in file order), `types` (key -> gguf.GGUFValueType of the value, arrays: their element type),
+    `skipped` (name -> (type name, shape) of tensors of types graphcore cannot run, when read with
+    skip_unsupported=True)."""
 
-    def __init__(self, path, metadata, types, tensors, ctx):
+    def __init__(self, path, metadata, types, tensors, ctx, skipped=None):
         self.path, self.metadata, self.types, self.tensors, self.ctx = path, metadata, types, tensors, ctx
+        self.skipped = skipped or {}
 
     def get(self, key, default=None, *, required=False, kind=None):
         """A metadata value; `required` raises GGUFError naming the key when it is absent, `kind` (int,
@@ -100,8 +103,9 @@ def _str(part):
         return b
 
 
-def gguf_read(path) -> GGUFFile:
-    """Read a GGUF file: metadata and tensors, the tensors zero-copy views of a copy-on-write map."""
+def gguf_read(path, skip_unsupported: bool = False) -> GGUFFile:
+    """Read a GGUF file: metadata and tensors, the tensors zero-copy views of a copy-on-write map. A tensor
+    of a type graphcore cannot run raises GGUFError, or with skip_unsupported is listed in `skipped`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise GGUFError(f"{path}: no such file")
@@ -127,9 +131,12 @@ def gguf_read(path) -> GGUFFile:
         vtypes[name] = field.types[-1] if field.types else None
     arena = reader.data
     ctx = Context(arena.nbytes, mem_buffer=arena.reshape(-1).view(np.uint8), no_alloc=True)
-    tensors = {}
+    tensors, skipped = {}, {}
     for rt in reader.tensors:
         code = int(rt.tensor_type)
+        if code not in SUPPORTED and skip_unsupported:
+            skipped[rt.name] = (_type_name(code), [int(x) for x in rt.shape])
+            continue
         if code not in SUPPORTED:
             raise GGUFError(f"{path}: tensor '{rt.name}' has type {_type_name(code)}, which graphcore cannot "
                             f"run (supported: F32, F16, I32)")
@@ -151,7 +158,7 @@ def gguf_read(path) -> GGUFFile:
         t.name = rt.name
         ctx.n_objects += 1
         tensors[rt.name] = t
-    return GGUFFile(path, metadata, vtypes, tensors, ctx)
+    return GGUFFile(path, metadata, vtypes, tensors, ctx, skipped)
 
 
 def _infer(key, v):

@@ -100,6 +100,8 @@ def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     w.close()
     with pytest.raises(GGUFError, match=r"tensor 'blk.0.attn_q.weight' has type Q8_0.*supported: F32, F16, I32"):
         gguf_read(p)
+    f = gguf_read(p, skip_unsupported=True)           # for listing a file (graphcore-llama info)
+    assert f.tensors == {} and f.skipped == {"blk.0.attn_q.weight": ("Q8_0", [32, 2])}
 
 
 CHILD = textwrap.dedent("""

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+import numpy as np
 
 import graphcore as gc
 from graphcore.gguf_io import GGUFError, gguf_read
@@ -129,8 +130,9 @@ def _short(v):
 
 
 def cmd_info(a):
-    f = gguf_read(a.model)
-    _out(f"{f.path}: {os.path.getsize(f.path)} bytes, {len(f.metadata)} metadata keys, {len(f.tensors)} tensors\n")
+    f = gguf_read(a.model, skip_unsupported=True)
+    n_tensors = len(f.tensors) + len(f.skipped)
+    _out(f"{f.path}: {os.path.getsize(f.path)} bytes, {len(f.metadata)} metadata keys, {n_tensors} tensors\n")
     for k, v in f.metadata.items():
         _out(f"  {k:48s} {_short(v)}\n")
     total = 0
@@ -139,8 +141,11 @@ def cmd_info(a):
         nb = gc.nbytes(t)
         total += gc.nelements(t)
         _out(f"  {name:32s} {gc.type_name(t.type):5s} {str(t.ne[:max(1, gc.n_dims(t))]):24s} {nb}\n")
+    for name, (type_name, shape) in f.skipped.items():
+        total += int(np.prod(shape))
+        _out(f"  {name:32s} {type_name:5s} {str(shape):24s} (a type graphcore cannot run)\n")
     _out(f"  {total} parameters\n")
-    if f.metadata.get("general.architecture") == "llama":
+    if f.metadata.get("general.architecture") == "llama" and "tokenizer.ggml.tokens" in f.metadata:
         from .model import LlamaHParams
         _out(f"  {LlamaHParams.from_gguf(f)}\n")
 
