@@ -1,5 +1,5 @@
-"""ggml's k-quants (llama.cpp 4480542, QK_K = 256): Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and their vec_dot
-partner Q8_K, one row at a time, as in quants.py (read its notes on float32 arithmetic first).
+"""ggml's k-quants (llama.cpp 4480542, QK_K = 256): Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (their vec_dot
+partner Q8_K is in quants.py), one row at a time, as in quants.py (read its notes on float32 arithmetic first).
 
 Byte layouts of one 256-element super-block (ggml-quants.h):
     Q2_K  84: scales[16] (4-bit scale | 4-bit min), qs[64] (2 bits), d, dmin (f16)
@@ -7,7 +7,6 @@ Byte layouts of one 256-element super-block (ggml-quants.h):
     Q4_K 144: d, dmin (f16), scales[12] (8 6-bit scales and 8 6-bit mins), qs[128] (nibbles)
     Q5_K 176: d, dmin, scales[12], qh[32] (fifth bits), qs[128]
     Q6_K 210: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8), d (f16)
-    Q8_K 292: d (float32), qs[256] (int8), bsums[16] (int16 sums of 16 quants)
 The quantizers are the reference ones (quantize_row_*_reference, which llama.cpp's quantize uses
 without an importance matrix); the dots follow ggml's scalar vec_dot_*_q8_K with one float32 sum
 per super-block (the C keeps 8 lane sums; the integer parts are the same).
@@ -17,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .native import stack_f32, stack_i8, stack_u8
-from .quants import _F, fastdot, inline, nearest_int, qjit, rd_f16, rd_f32, wr_f16, wr_f32, i8
+from .quants import _F, _absmax, fastdot, i8, inline, nearest_int, qjit, rd_f16, rd_f32, wr_f16
 
 
 # -- helpers shared by the quantizers (ggml's make_*_quants) -------------------------------------------
@@ -83,16 +82,6 @@ def make_qkx2(n, nmax, x, xo, w, L, lo, Laux, rmin, rdelta, nstep, use_mad):
                 scale = this_scale
                 mn = this_min
     return scale, -mn
-
-
-@inline
-def _absmax(x, xo, n):
-    mx, amax = _F(0), _F(0)
-    for i in range(n):
-        ax = abs(x[xo + i])
-        if ax > amax:
-            amax, mx = ax, x[xo + i]
-    return mx, amax
 
 
 @inline
@@ -198,7 +187,7 @@ def _pack2(y, qo, L):
 @qjit
 def quantize_q2_k(x, y):
     L, Laux, w, sm = stack_u8(), stack_u8(), stack_f32(), stack_f32()     # sm: 16 scales, 16 mins
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 84):
         o, xo = 84 * i, 256 * i
         max_scale, max_min = _F(0), _F(0)
         for j in range(16):
@@ -237,7 +226,7 @@ def quantize_q2_k(x, y):
 
 @qjit
 def dequantize_q2_k(y, x):
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 84):
         o = 84 * i
         d, mn = rd_f16(y, o + 80), rd_f16(y, o + 82)
         for p0 in range(0, 256, 16):      # groups of 16 with one 4-bit scale and min each
@@ -290,7 +279,7 @@ def _q3_scale(y, so, j):
 @qjit
 def quantize_q3_k(x, y):
     L, sc = stack_i8(), stack_f32()
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 110):
         o, xo = 110 * i, 256 * i
         max_scale, amax = _F(0), _F(0)
         for j in range(16):
@@ -329,7 +318,7 @@ def quantize_q3_k(x, y):
 
 @qjit
 def dequantize_q3_k(y, x):
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 110):
         o = 110 * i
         d_all = rd_f16(y, o + 108)
         for g in range(16):
@@ -411,7 +400,7 @@ def _quantize_k45(x, xo, y, o, L, Laux, w, sm, nmax, rmin, nstep):
 @qjit
 def quantize_q4_k(x, y):
     L, Laux, w, sm = stack_u8(), stack_u8(), stack_f32(), stack_f32()
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 144):
         o = 144 * i
         _quantize_k45(x, 256 * i, y, o, L, Laux, w, sm, 15, _F(-1), 20)
         for j in range(0, 256, 64):
@@ -422,7 +411,7 @@ def quantize_q4_k(x, y):
 @qjit
 def quantize_q5_k(x, y):
     L, Laux, w, sm = stack_u8(), stack_u8(), stack_f32(), stack_f32()
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 176):
         o = 176 * i
         _quantize_k45(x, 256 * i, y, o, L, Laux, w, sm, 31, _F(-0.5), 15)
         for j in range(32):
@@ -457,13 +446,13 @@ def _dequantize_k45(y, o, qo, ho, x, xo):
 
 @qjit
 def dequantize_q4_k(y, x):
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 144):
         _dequantize_k45(y, 144 * i, 144 * i + 16, -1, x, 256 * i)
 
 
 @qjit
 def dequantize_q5_k(y, x):
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 176):
         _dequantize_k45(y, 176 * i, 176 * i + 48, 176 * i + 16, x, 256 * i)
 
 
@@ -520,7 +509,7 @@ def _q6_where(g):
 @qjit
 def quantize_q6_k(x, y):
     L, sc = stack_i8(), stack_f32()
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 210):
         o, xo = 210 * i, 256 * i
         max_scale, max_abs = _F(0), _F(0)
         for g in range(16):
@@ -556,7 +545,7 @@ def quantize_q6_k(x, y):
 
 @qjit
 def dequantize_q6_k(y, x):
-    for i in range(x.shape[0] // 256):
+    for i in range(y.shape[0] // 210):
         o = 210 * i
         d = rd_f16(y, o + 208)
         for g in range(16):
@@ -587,33 +576,3 @@ def dot_q6_k(xq, yq, nb):
             isum += np.int64(np.int8(xq[o + 192 + g])) * np.int64(_gdot_q6(xq, o + lo, ls, o + 128 + ho, hs, yq, p + 4 + 16 * g))
         sumf += np.float32(np.float32(rd_f16(xq, o + 208) * rd_f32(yq, p)) * _F(isum))
     return sumf
-
-
-# -- Q8_K: the k-quants' vec_dot partner ----------------------------------------------------------------
-@qjit
-def quantize_q8_k(x, y):
-    for i in range(x.shape[0] // 256):
-        o, xo = 292 * i, 256 * i
-        mx, amax = _absmax(x, xo, 256)
-        if amax == 0:       # the C leaves bsums as they were; zeros here, so the bytes are defined
-            for j in range(292):
-                y[o + j] = 0
-            continue
-        iscale = np.float32(_F(-127) / mx)
-        for j in range(256):
-            y[o + 4 + j] = np.uint8(i8(min(127, nearest_int(np.float32(iscale * x[xo + j])))) & 255)
-        for j in range(16):
-            s = 0
-            for ii in range(16):
-                s += np.int64(np.int8(y[o + 4 + 16 * j + ii]))
-            y[o + 260 + 2 * j] = np.uint8(s & 255)
-            y[o + 261 + 2 * j] = np.uint8((s >> 8) & 255)
-        wr_f32(y, o, np.float32(_F(1) / iscale))
-
-
-@qjit
-def dequantize_q8_k(y, x):
-    for i in range(x.shape[0] // 256):
-        d = rd_f32(y, 292 * i)
-        for j in range(256):
-            x[256 * i + j] = np.float32(d * _F(np.int8(y[292 * i + 4 + j])))

@@ -211,7 +211,7 @@ stack_f64 = _stack_array(types.float64, STACK_N)     # kernels' small float64 sc
 # the quantizers' scratch (one k-quant super-block of 256 levels, weights, scales)
 stack_u8 = _stack_array(types.uint8, 256)
 stack_i8 = _stack_array(types.int8, 256)
-stack_f32 = _stack_array(types.float32, 32)
+stack_f32 = _stack_array(types.float32, 256)
 
 
 def _splat(builder, val, vty):

@@ -101,7 +101,7 @@ def nearest_int(f):
 # -- Q4_0: d (f16), 16 bytes of nibbles; value = (q - 8) * d ------------------------------------------
 @qjit
 def quantize_q4_0(x, y):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 18):
         o, xo = 18 * i, 32 * i
         amax, mx = _F(0), _F(0)
         for j in range(32):
@@ -121,7 +121,7 @@ def quantize_q4_0(x, y):
 
 @qjit
 def dequantize_q4_0(y, x):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 18):
         o, xo = 18 * i, 32 * i
         d = rd_f16(y, o)
         for j in range(16):
@@ -164,7 +164,7 @@ def _min_max(x, xo):
 
 @qjit
 def quantize_q4_1(x, y):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 20):
         o, xo = 20 * i, 32 * i
         mn, mx = _min_max(x, xo)
         d = np.float32(np.float32(mx - mn) / _F(15))
@@ -181,7 +181,7 @@ def quantize_q4_1(x, y):
 
 @qjit
 def dequantize_q4_1(y, x):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 20):
         o, xo = 20 * i, 32 * i
         d, m = rd_f16(y, o), rd_f16(y, o + 2)
         for j in range(16):
@@ -218,7 +218,7 @@ def _wr_u32(y, o, v):
 
 @qjit
 def quantize_q5_0(x, y):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 22):
         o, xo = 22 * i, 32 * i
         amax, mx = _F(0), _F(0)
         for j in range(32):
@@ -245,7 +245,7 @@ def _fifth(qh, j):
 
 @qjit
 def dequantize_q5_0(y, x):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 22):
         o, xo = 22 * i, 32 * i
         d = rd_f16(y, o)
         qh = rd_u32(y, o + 2)
@@ -280,7 +280,7 @@ def dot_q5_0(xq, yq, nb):
 # -- Q5_1: d, m (f16), qh, nibbles; value = q * d + m -------------------------------------------------
 @qjit
 def quantize_q5_1(x, y):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 24):
         o, xo = 24 * i, 32 * i
         mn, mx = _min_max(x, xo)
         d = np.float32(np.float32(mx - mn) / _F(31))
@@ -299,7 +299,7 @@ def quantize_q5_1(x, y):
 
 @qjit
 def dequantize_q5_1(y, x):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 24):
         o, xo = 24 * i, 32 * i
         d, m = rd_f16(y, o), rd_f16(y, o + 2)
         qh = rd_u32(y, o + 4)
@@ -332,7 +332,7 @@ def _amax(x, xo, n):
 
 @qjit
 def quantize_q8_0(x, y):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 34):
         o, xo = 34 * i, 32 * i
         d = np.float32(_amax(x, xo, 32) / _F(127))
         idd = np.float32(_F(1) / d) if d != 0 else _F(0)
@@ -343,7 +343,7 @@ def quantize_q8_0(x, y):
 
 @qjit
 def dequantize_q8_0(y, x):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 34):
         o, xo = 34 * i, 32 * i
         d = rd_f16(y, o)
         for j in range(32):
@@ -370,7 +370,7 @@ def dot_q8_0(xq, yq, nb):
 
 @qjit
 def quantize_q8_1(x, y):
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 40):
         o, xo = 40 * i, 32 * i
         d = np.float32(_amax(x, xo, 32) / _F(127))
         idd = np.float32(_F(1) / d) if d != 0 else _F(0)
@@ -386,11 +386,52 @@ def quantize_q8_1(x, y):
 @qjit
 def dequantize_q8_1(y, x):
     # ggml has no dequantize_row_q8_1 (it is only a vec_dot partner); this reads q * d the same way
-    for i in range(x.shape[0] // 32):
+    for i in range(y.shape[0] // 40):
         o, xo = 40 * i, 32 * i
         d = rd_f32(y, o)
         for j in range(32):
             x[xo + j] = _F(np.int8(y[o + 8 + j])) * d
+
+
+# -- Q8_K: the k-quants' vec_dot partner ----------------------------------------------------------------
+@inline
+def _absmax(x, xo, n):
+    """The value of largest magnitude (the first one) and that magnitude."""
+    mx, amax = _F(0), _F(0)
+    for i in range(n):
+        ax = abs(x[xo + i])
+        if ax > amax:
+            amax, mx = ax, x[xo + i]
+    return mx, amax
+
+
+@qjit
+def quantize_q8_k(x, y):
+    for i in range(y.shape[0] // 292):
+        o, xo = 292 * i, 256 * i
+        mx, amax = _absmax(x, xo, 256)
+        if amax == 0:       # the C leaves bsums as they were; zeros here, so the bytes are defined
+            for j in range(292):
+                y[o + j] = 0
+            continue
+        iscale = np.float32(_F(-127) / mx)
+        for j in range(256):
+            y[o + 4 + j] = np.uint8(i8(min(127, nearest_int(np.float32(iscale * x[xo + j])))) & 255)
+        for j in range(16):
+            s = 0
+            for ii in range(16):
+                s += np.int64(np.int8(y[o + 4 + 16 * j + ii]))
+            y[o + 260 + 2 * j] = np.uint8(s & 255)
+            y[o + 261 + 2 * j] = np.uint8((s >> 8) & 255)
+        wr_f32(y, o, np.float32(_F(1) / iscale))
+
+
+@qjit
+def dequantize_q8_k(y, x):
+    for i in range(y.shape[0] // 292):
+        d = rd_f32(y, 292 * i)
+        for j in range(256):
+            x[256 * i + j] = np.float32(d * _F(np.int8(y[292 * i + 4 + j])))
 
 
 # -- rows of a whole array (the numpy-side API) ------------------------------------------------------
@@ -408,7 +449,7 @@ def _formats():
         T.TYPE_Q8_0: (quantize_q8_0, dequantize_q8_0), T.TYPE_Q8_1: (quantize_q8_1, dequantize_q8_1),
         T.TYPE_Q2_K: (K.quantize_q2_k, K.dequantize_q2_k), T.TYPE_Q3_K: (K.quantize_q3_k, K.dequantize_q3_k),
         T.TYPE_Q4_K: (K.quantize_q4_k, K.dequantize_q4_k), T.TYPE_Q5_K: (K.quantize_q5_k, K.dequantize_q5_k),
-        T.TYPE_Q6_K: (K.quantize_q6_k, K.dequantize_q6_k), T.TYPE_Q8_K: (K.quantize_q8_k, K.dequantize_q8_k),
+        T.TYPE_Q6_K: (K.quantize_q6_k, K.dequantize_q6_k), T.TYPE_Q8_K: (quantize_q8_k, dequantize_q8_k),
     }
 
 

@@ -26,20 +26,28 @@ _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
 
 # -- get_rows: dst[:, i10, i11, i12] = a[:, b[i10, i11, i12], i11, i12] ---------------------------------------
-def _get_rows_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
+@inline
+def check_indices(r):
+    """Every thread checks every index first, in order: the same error for any thread count, and
+    nothing read through a bad index. False (the error recorded) when one is out of range."""
     idx = view_i32(r, 2)
     n_rows = t_ne(r, 1, 1)
-    b2, b1, b0 = idx.shape[1], idx.shape[2], idx.shape[3]
-    # every thread checks every index first, in order: the same error for any thread count,
-    # and nothing read through a bad index
-    for j2 in range(b2):
-        for j1 in range(b1):
-            for j0 in range(b0):
+    for j2 in range(idx.shape[1]):
+        for j1 in range(idx.shape[2]):
+            for j0 in range(idx.shape[3]):
                 v = idx[0, j2, j1, j0]
                 if v < 0 or v >= n_rows:
                     fail(r, ERR_INDEX, v)
-                    return
+                    return False
+    return True
+
+
+def _get_rows_kernel(rec, ith, nth, phase, wdata, wsize):
+    r = record(rec)
+    if not check_indices(r):
+        return
+    idx = view_i32(r, 2)
+    b2, b1, b0 = idx.shape[1], idx.shape[2], idx.shape[3]
     st = t_type(r, 1)
     nr = b0 * b1 * b2
     lo, hi = split(nr, ith, nth)
@@ -90,7 +98,16 @@ def _get_rows_backward(ctx, t, g, d):
         d.add(0, get_rows_back(ctx, g, b, a))
 
 
-GET_ROWS = register("GET_ROWS", "get_rows(x)", _get_rows_kernel, n_tasks=tasks_by_rows, backward=_get_rows_backward)
+def _get_rows_variant(node):
+    """Quantized rows are dequantized by their type's kernel (ops/quantized.py)."""
+    if T.is_quantized(node.src[0].type):
+        from .quantized import FROM_QUANT
+        return FROM_QUANT[node.src[0].type]
+    return _get_rows_kernel
+
+
+GET_ROWS = register("GET_ROWS", "get_rows(x)", _get_rows_kernel, n_tasks=tasks_by_rows, backward=_get_rows_backward,
+                    variant=_get_rows_variant)
 
 
 @reference_of(GET_ROWS)
@@ -115,11 +132,11 @@ def _get_rows_sample(d):
 
 
 def get_rows(ctx, a, b):
-    """ggml_get_rows: rows of a picked by the I32 indices b. a [ne0, n_rows, ne2, ne3] (F32, F16 or
-    I32), b [n, ne2, ne3] -> [ne0, n, ne2, ne3]; batch (i2, i3) of b indexes batch (i2, i3) of a.
-    F16 rows come back as F32, I32 rows as I32."""
+    """ggml_get_rows: rows of a picked by the I32 indices b. a [ne0, n_rows, ne2, ne3] (F32, F16,
+    I32 or quantized), b [n, ne2, ne3] -> [ne0, n, ne2, ne3]; batch (i2, i3) of b indexes batch
+    (i2, i3) of a. F16 and quantized rows come back as F32 (dequantized), I32 rows as I32."""
     op = "get_rows"
-    check_types(op, a, (_F32, _F16, _I32), "src0", ())
+    check_types(op, a, (_F32, _F16, _I32) + T.QUANTIZED, "src0", ())
     check_types(op, b, (_I32,), "src1 (indices)", (a,))
     if b.ne[3] != 1 or a.ne[2] != b.ne[1] or a.ne[3] != b.ne[2]:
         raise GraphError(f"{op}: indices [n, ne2, ne3] must match src0's batch dims (b.ne1 == a.ne2, "

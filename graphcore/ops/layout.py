@@ -12,6 +12,7 @@ from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, reco
                       t_addr, t_nb, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
 from .common import next_row, shapes
+from . import quantized as QK
 from .refs import convert, shape4
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import rebuild_by, rebuild_of
@@ -181,7 +182,14 @@ _COPY_KERNELS = {(_F32, _F32): _copy_f32_f32, (_F32, _F16): _copy_f32_f16, (_F32
 
 
 def _copy_variant(node):
-    return _COPY_KERNELS[(node.src[0].type, node.type)]
+    a, t = node.src[0].type, node.type
+    if a == t and T.is_quantized(a):
+        return QK.copy_quant_same
+    if T.is_quantized(t):
+        return QK.TO_QUANT[t]          # F32 -> blocks: ggml's quantize_row_*_reference
+    if T.is_quantized(a):
+        return QK.FROM_QUANT[a]        # blocks -> F32: dequantize_row_*
+    return _COPY_KERNELS[(a, t)]
 
 
 def _tasks_by_src_rows(node, n_threads):
@@ -202,8 +210,12 @@ def _check_ints(op, vals, a):
 def _check_copy(op, a, b=None):
     TN.check_tensor(op, a, *( [b] if b is not None else []))
     for t in (a, b):
-        if t is not None and t.type not in _COPY_TYPES:
+        if t is not None and t.type not in _COPY_TYPES + T.QUANTIZED:
             raise GraphError(f"{op}: unsupported type: {shapes(a, b) if b is not None else shapes(a)}")
+    # quantized data converts only to and from F32 (block by block), or copies to its own type
+    if b is not None and a.type != b.type and (T.is_quantized(a.type) or T.is_quantized(b.type)) \
+            and _F32 not in (a.type, b.type):
+        raise GraphError(f"{op}: quantized tensors convert only to or from F32: {shapes(a, b)}")
 
 
 def _as_shape_of(ctx, g, a):

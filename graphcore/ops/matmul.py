@@ -14,6 +14,7 @@ from ..errors import GraphError
 from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
 from ..native import (f32_2d_strided, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, gemm_tile_c8x4, gemm_tile_g4x1,
                       gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, sgemm, u16_2d_strided)
+from . import quantized as QK
 from .common import shapes
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
@@ -164,6 +165,11 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 def _mm_tasks(node, n_threads):
+    if T.is_quantized(node.src[0].type):     # units of QK.MM_ROWS rows of src0 per batch
+        M, K = node.ne[0], node.src[0].ne[0]
+        units = -(-M // QK.MM_ROWS) * node.ne[2] * node.ne[3]
+        flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
+        return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
     M, N = node.ne[0], node.ne[1]
     _, _, count = chunking(M, N)
     units = count * node.ne[2] * node.ne[3]
@@ -173,14 +179,27 @@ def _mm_tasks(node, n_threads):
 
 
 def _mm_work(node, n_tasks):
-    a = node.src[0]
+    a, b = node.src
+    if T.is_quantized(a.type):      # src1's rows quantized to the vec_dot partner type
+        return T.row_size(QK.MUL_MAT[a.type][1], b.ne[0]) * TN.nrows(b)
     return 4 * TN.nelements(a) if a.type == T.TYPE_F16 else 0
+
+
+def _mm_variant(node):
+    a = node.src[0].type
+    if T.is_quantized(a):
+        return QK.MUL_MAT[a][0]
+    return _mul_mat_f16_kernel if a == T.TYPE_F16 else _mul_mat_kernel
 
 
 def _mul_mat_backward(ctx, t, g, d):
     # t[m, n] = sum_k a[k, m] b[k, n]; a's batch i2 // (ne12/ne02) serves t's batch i2 (blocks)
-    from .layout import cont, transpose
+    from .layout import cont, cpy, transpose
     a, b = t.src
+    if T.is_quantized(a.type):
+        if d.needs(0):
+            raise GraphError(f"mul_mat: no gradient for a quantized src0: {shapes(a, b)}")
+        a = cpy(ctx, a, TN.new_tensor_impl(ctx, T.TYPE_F32, a.ne, op="mul_mat backward"))   # dequantized
     if d.needs(0):      # da[k, m] = sum_n b[k, n] g[m, n], summed over each block of batches
         d.add(0, out_prod(ctx, b, g), reduce=BLOCKS)
     if d.needs(1):      # db[k, n] = sum_m a[k, m] g[m, n] (a broadcast by blocks, as forward)
@@ -191,12 +210,11 @@ def _mul_mat_backward(ctx, t, g, d):
 
 
 MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_size=_mm_work,
-                   n_phases=lambda node: 2 if node.src[0].type == T.TYPE_F16 else 1,
-                   variant=lambda node: _mul_mat_f16_kernel if node.src[0].type == T.TYPE_F16 else _mul_mat_kernel,
+                   n_phases=lambda node: 2 if node.src[0].type != T.TYPE_F32 else 1, variant=_mm_variant,
                    backward=_mul_mat_backward)
 
 
-@reference_of(MUL_MAT, nmse=1e-6)
+@reference_of(MUL_MAT, nmse=1e-6)      # (quantized src0: 5e-4, test-backend-ops' MUL_MAT bound; see quant_nmse)
 def _mul_mat_reference(node, srcs):
     # dst[n, m] = sum_k a[m, k] b[n, k]; a's batches broadcast by blocks
     a, b = f64(srcs[0]), f64(srcs[1])
@@ -217,11 +235,18 @@ def _mul_mat_sample(d):
 
 
 def mul_mat(ctx, a, b):
-    """ggml_mul_mat: a [K, M, ne02, ne03] (F32 or F16), b [K, N, ne12, ne13] F32 -> [M, N, ne12, ne13],
-    dst[n, m] = sum_k a[m, k] * b[n, k]; a is broadcast over dims 2 and 3 by blocks."""
+    """ggml_mul_mat: a [K, M, ne02, ne03] (F32, F16 or quantized), b [K, N, ne12, ne13] F32 ->
+    [M, N, ne12, ne13], dst[n, m] = sum_k a[m, k] * b[n, k]; a is broadcast over dims 2 and 3 by
+    blocks. A quantized a is multiplied as ggml does: b's rows quantized to the vec_dot partner type
+    (Q8_0, Q8_1 or Q8_K) in the work buffer, then integer dot products block by block."""
     TN.check_tensor("mul_mat", a, b)
-    if a.type not in (T.TYPE_F32, T.TYPE_F16) or b.type != T.TYPE_F32:
-        raise GraphError(f"mul_mat: src0 must be F32 or F16 and src1 F32, got {shapes(a, b)}")
+    if (a.type not in (T.TYPE_F32, T.TYPE_F16) and a.type not in QK.MUL_MAT) or b.type != T.TYPE_F32:
+        raise GraphError(f"mul_mat: src0 must be F32, F16 or one of "
+                         f"{', '.join(T.type_name(x).upper() for x in QK.MUL_MAT)} (no vec_dot for Q8_1 or "
+                         f"Q8_K as src0) and src1 F32, got {shapes(a, b)}")
+    if T.is_quantized(a.type) and (b.nb[0] != 4 or a.nb[0] != T.type_size(a.type)):
+        raise GraphError(f"mul_mat: a quantized src0 needs whole blocks along ne0 and src1's rows "
+                         f"contiguous (nb10 == 4; use cont): {shapes(a, b)}")
     if a.ne[0] != b.ne[0] or b.ne[2] % a.ne[2] or b.ne[3] % a.ne[3]:
         raise GraphError(f"mul_mat: rows must have the same length (ne00 == ne10) and src1's dims 2, 3 "
                          f"must be multiples of src0's: {shapes(a, b)}")
