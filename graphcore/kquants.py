@@ -235,7 +235,7 @@ def dequantize_q2_k(y, x):
             dl, ml = np.float32(d * _F(sc & 15)), np.float32(mn * _F(sc >> 4))
             for l in range(16):
                 q = (np.int64(y[o + 16 + 32 * n + 16 * half + l]) >> (2 * j)) & 3
-                x[256 * i + p0 + l] = np.float32(dl * _F(q)) - ml
+                x[256 * i + p0 + l] = np.float32(dl * _F(np.int32(q))) - ml
 
 
 @fastdot
@@ -328,7 +328,7 @@ def dequantize_q3_k(y, x):
             for l in range(16):
                 q = (np.int64(y[o + 32 + 32 * n + 16 * half + l]) >> (2 * j)) & 3
                 h = 0 if np.int64(y[o + 16 * half + l]) & m else 4
-                x[256 * i + 16 * g + l] = np.float32(dl * _F(q - h))
+                x[256 * i + 16 * g + l] = np.float32(dl * _F(np.int32(q - h)))
 
 
 @fastdot
@@ -441,7 +441,7 @@ def _dequantize_k45(y, o, qo, ho, x, xo):
             q = (np.int64(y[qo + 32 * (s // 2) + l]) >> shift) & 15
             if ho >= 0 and np.int64(y[ho + l]) & (1 << s):
                 q += 16
-            x[xo + 32 * s + l] = np.float32(d1 * _F(q)) - m1
+            x[xo + 32 * s + l] = np.float32(d1 * _F(np.int32(q))) - m1
 
 
 @qjit
@@ -553,7 +553,7 @@ def dequantize_q6_k(y, x):
             ds = np.float32(d * _F(np.int8(y[o + 192 + g])))
             for l in range(16):
                 q = (((np.int64(y[o + lo + l]) >> ls) & 15) | (((np.int64(y[o + 128 + ho + l]) >> hs) & 3) << 4)) - 32
-                x[256 * i + 16 * g + l] = np.float32(ds * _F(q))
+                x[256 * i + 16 * g + l] = np.float32(ds * _F(np.int32(q)))
 
 
 @fastdot

@@ -126,8 +126,8 @@ def dequantize_q4_0(y, x):
         d = rd_f16(y, o)
         for j in range(16):
             b = np.int64(y[o + 2 + j])
-            x[xo + j] = _F((b & 15) - 8) * d
-            x[xo + 16 + j] = _F((b >> 4) - 8) * d
+            x[xo + j] = _F(np.int32((b & 15) - 8)) * d
+            x[xo + 16 + j] = _F(np.int32((b >> 4) - 8)) * d
 
 
 @qjit
@@ -186,8 +186,8 @@ def dequantize_q4_1(y, x):
         d, m = rd_f16(y, o), rd_f16(y, o + 2)
         for j in range(16):
             b = np.int64(y[o + 4 + j])
-            x[xo + j] = np.float32(_F(b & 15) * d) + m
-            x[xo + 16 + j] = np.float32(_F(b >> 4) * d) + m
+            x[xo + j] = np.float32(_F(np.int32(b & 15)) * d) + m
+            x[xo + 16 + j] = np.float32(_F(np.int32(b >> 4)) * d) + m
 
 
 @qjit
@@ -252,8 +252,8 @@ def dequantize_q5_0(y, x):
         for j in range(16):
             h0, h1 = _fifth(qh, j)
             b = np.int64(y[o + 6 + j])
-            x[xo + j] = _F(((b & 15) | h0) - 16) * d
-            x[xo + 16 + j] = _F(((b >> 4) | h1) - 16) * d
+            x[xo + j] = _F(np.int32(((b & 15) | h0) - 16)) * d
+            x[xo + 16 + j] = _F(np.int32(((b >> 4) | h1) - 16)) * d
 
 
 @fastdot
@@ -306,8 +306,8 @@ def dequantize_q5_1(y, x):
         for j in range(16):
             h0, h1 = _fifth(qh, j)
             b = np.int64(y[o + 8 + j])
-            x[xo + j] = np.float32(_F((b & 15) | h0) * d) + m
-            x[xo + 16 + j] = np.float32(_F((b >> 4) | h1) * d) + m
+            x[xo + j] = np.float32(_F(np.int32((b & 15) | h0)) * d) + m
+            x[xo + 16 + j] = np.float32(_F(np.int32((b >> 4) | h1)) * d) + m
 
 
 @qjit
@@ -432,6 +432,13 @@ def dequantize_q8_k(y, x):
         d = rd_f32(y, 292 * i)
         for j in range(256):
             x[256 * i + j] = np.float32(d * _F(np.int8(y[292 * i + 4 + j])))
+
+
+# ggml's vec_dot_type: what mul_mat quantizes src1 to for each src0 type (Q8_1 and Q8_K have no vec_dot)
+VEC_DOT_TYPE = {T.TYPE_Q4_0: T.TYPE_Q8_0, T.TYPE_Q4_1: T.TYPE_Q8_1, T.TYPE_Q5_0: T.TYPE_Q8_0,
+                T.TYPE_Q5_1: T.TYPE_Q8_1, T.TYPE_Q8_0: T.TYPE_Q8_0, T.TYPE_Q2_K: T.TYPE_Q8_K,
+                T.TYPE_Q3_K: T.TYPE_Q8_K, T.TYPE_Q4_K: T.TYPE_Q8_K, T.TYPE_Q5_K: T.TYPE_Q8_K,
+                T.TYPE_Q6_K: T.TYPE_Q8_K}
 
 
 # -- rows of a whole array (the numpy-side API) ------------------------------------------------------

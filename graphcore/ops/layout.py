@@ -12,7 +12,6 @@ from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, reco
                       t_addr, t_nb, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
 from .common import next_row, shapes
-from . import quantized as QK
 from .refs import convert, shape4
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import rebuild_by, rebuild_of
@@ -182,6 +181,7 @@ _COPY_KERNELS = {(_F32, _F32): _copy_f32_f32, (_F32, _F16): _copy_f32_f16, (_F32
 
 
 def _copy_variant(node):
+    from . import quantized as QK     # (it imports matmul, which imports this module)
     a, t = node.src[0].type, node.type
     if a == t and T.is_quantized(a):
         return QK.copy_quant_same

@@ -9,12 +9,12 @@ import numpy as np
 from numba import njit
 
 from .. import tensor as TN
+from .. import quants as Q
 from .. import types as T
 from ..errors import GraphError
 from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb, t_type
 from ..native import (f32_2d_strided, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, gemm_tile_c8x4, gemm_tile_g4x1,
                       gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, sgemm, u16_2d_strided)
-from . import quantized as QK
 from .common import shapes
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
@@ -165,9 +165,10 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 def _mm_tasks(node, n_threads):
-    if T.is_quantized(node.src[0].type):     # units of QK.MM_ROWS rows of src0 per batch
+    if T.is_quantized(node.src[0].type):     # units of MM_ROWS rows of src0 per batch
+        from .quantized import MM_ROWS
         M, K = node.ne[0], node.src[0].ne[0]
-        units = -(-M // QK.MM_ROWS) * node.ne[2] * node.ne[3]
+        units = -(-M // MM_ROWS) * node.ne[2] * node.ne[3]
         flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
         return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
     M, N = node.ne[0], node.ne[1]
@@ -180,15 +181,17 @@ def _mm_tasks(node, n_threads):
 
 def _mm_work(node, n_tasks):
     a, b = node.src
-    if T.is_quantized(a.type):      # src1's rows quantized to the vec_dot partner type
-        return T.row_size(QK.MUL_MAT[a.type][1], b.ne[0]) * TN.nrows(b)
+    if T.is_quantized(a.type):      # src1's rows quantized to the vec_dot partner type, and a tile a task
+        from .quantized import mul_mat_work
+        return mul_mat_work(a, b, n_tasks)
     return 4 * TN.nelements(a) if a.type == T.TYPE_F16 else 0
 
 
 def _mm_variant(node):
     a = node.src[0].type
     if T.is_quantized(a):
-        return QK.MUL_MAT[a][0]
+        from .quantized import MUL_MAT
+        return MUL_MAT[a]
     return _mul_mat_f16_kernel if a == T.TYPE_F16 else _mul_mat_kernel
 
 
@@ -240,9 +243,9 @@ def mul_mat(ctx, a, b):
     blocks. A quantized a is multiplied as ggml does: b's rows quantized to the vec_dot partner type
     (Q8_0, Q8_1 or Q8_K) in the work buffer, then integer dot products block by block."""
     TN.check_tensor("mul_mat", a, b)
-    if (a.type not in (T.TYPE_F32, T.TYPE_F16) and a.type not in QK.MUL_MAT) or b.type != T.TYPE_F32:
+    if (a.type not in (T.TYPE_F32, T.TYPE_F16) and a.type not in Q.VEC_DOT_TYPE) or b.type != T.TYPE_F32:
         raise GraphError(f"mul_mat: src0 must be F32, F16 or one of "
-                         f"{', '.join(T.type_name(x).upper() for x in QK.MUL_MAT)} (no vec_dot for Q8_1 or "
+                         f"{', '.join(T.type_name(x).upper() for x in Q.VEC_DOT_TYPE)} (no vec_dot for Q8_1 or "
                          f"Q8_K as src0) and src1 F32, got {shapes(a, b)}")
     if T.is_quantized(a.type) and (b.nb[0] != 4 or a.nb[0] != T.type_size(a.type)):
         raise GraphError(f"mul_mat: a quantized src0 needs whole blocks along ne0 and src1's rows "
