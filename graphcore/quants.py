@@ -442,7 +442,7 @@ VEC_DOT_TYPE = {T.TYPE_Q4_0: T.TYPE_Q8_0, T.TYPE_Q4_1: T.TYPE_Q8_1, T.TYPE_Q5_0:
 
 
 # -- rows of a whole array (the numpy-side API) ------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(nogil=True)     # not cached: numba cannot keep a cache index keyed by another function's type
 def _rows(fn, src, dst):
     for r in range(src.shape[0]):
         fn(src[r], dst[r])

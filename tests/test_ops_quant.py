@@ -125,3 +125,26 @@ def test_gradient_through_quantized_src0():
     gc.graph_compute_with_ctx(ctx, gb, 1)
     want = Q.dequantize(Q.quantize(w, T.TYPE_Q8_0), T.TYPE_Q8_0).sum(axis=0)
     np.testing.assert_allclose(b.grad.numpy(), np.broadcast_to(want, (3, 64)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", T.QUANTIZED)
+def test_graph_file_round_trip(t, tmp_path):
+    """Graph files keep quantized leafs (type ids, bytes) and nodes reading them; imported, they compute the same."""
+    rng = np.random.default_rng(t)
+    bs = T.blck_size(t)
+    ctx = gc.init(4 << 20)
+    a = gc.set_name(quantized_leaf(ctx, t, rng.standard_normal((3, 2 * bs)).astype(np.float32)), "w")
+    if t in Q.VEC_DOT_TYPE:
+        out = gc.mul_mat(ctx, a, gc.from_numpy(ctx, rng.standard_normal((2, 2 * bs)).astype(np.float32)))
+    else:
+        out = gc.get_rows(ctx, a, gc.from_numpy(ctx, np.array([2, 0], np.int32)))
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, out)
+    gc.graph_compute_with_ctx(ctx, g, 1)
+    gc.graph_export(g, tmp_path / "q.ggml")
+    g2 = gc.graph_import(tmp_path / "q.ggml")
+    w2 = gc.graph_get_tensor(g2, "w")
+    assert w2.type == t and w2.ne == a.ne and w2.nb == a.nb
+    np.testing.assert_array_equal(w2.numpy(), a.numpy())
+    gc.graph_compute_with_ctx(g2.nodes[-1].ctx, g2, 2)
+    np.testing.assert_array_equal(g2.nodes[-1].numpy(), out.numpy())
