@@ -98,16 +98,23 @@ def nearest_int(f):
     return (i & 0x007FFFFF) - 0x00400000
 
 
+@inline
+def _absmax(x, xo, n):
+    """The value of largest magnitude (the first one) and that magnitude."""
+    mx, amax = _F(0), _F(0)
+    for i in range(n):
+        ax = abs(x[xo + i])
+        if ax > amax:
+            amax, mx = ax, x[xo + i]
+    return mx, amax
+
+
 # -- Q4_0: d (f16), 16 bytes of nibbles; value = (q - 8) * d ------------------------------------------
 @qjit
 def quantize_q4_0(x, y):
     for i in range(y.shape[0] // 18):
         o, xo = 18 * i, 32 * i
-        amax, mx = _F(0), _F(0)
-        for j in range(32):
-            v = x[xo + j]
-            if amax < abs(v):
-                amax, mx = abs(v), v
+        mx, _ = _absmax(x, xo, 32)
         d = np.float32(mx / _F(-8))
         idd = np.float32(_F(1) / d) if d != 0 else _F(0)
         wr_f16(y, o, d)
@@ -220,11 +227,7 @@ def _wr_u32(y, o, v):
 def quantize_q5_0(x, y):
     for i in range(y.shape[0] // 22):
         o, xo = 22 * i, 32 * i
-        amax, mx = _F(0), _F(0)
-        for j in range(32):
-            v = x[xo + j]
-            if amax < abs(v):
-                amax, mx = abs(v), v
+        mx, _ = _absmax(x, xo, 32)
         d = np.float32(mx / _F(-16))
         idd = np.float32(_F(1) / d) if d != 0 else _F(0)
         wr_f16(y, o, d)
@@ -394,17 +397,6 @@ def dequantize_q8_1(y, x):
 
 
 # -- Q8_K: the k-quants' vec_dot partner ----------------------------------------------------------------
-@inline
-def _absmax(x, xo, n):
-    """The value of largest magnitude (the first one) and that magnitude."""
-    mx, amax = _F(0), _F(0)
-    for i in range(n):
-        ax = abs(x[xo + i])
-        if ax > amax:
-            amax, mx = ax, x[xo + i]
-    return mx, amax
-
-
 @qjit
 def quantize_q8_k(x, y):
     for i in range(y.shape[0] // 292):
