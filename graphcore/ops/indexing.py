@@ -125,6 +125,9 @@ def _get_rows_reference(node, srcs):
 def _get_rows_sample(d):
     if d.backward:          # no gradient for a batched src0 (get_rows_back takes matrices)
         a = d.tensor(d.any_type(), accept=lambda t: t.ne[2] == 1 and t.ne[3] == 1, max_dims=2)
+    elif d.coin(20):        # quantized rows, dequantized
+        t = d.quant_type()
+        a = d.tensor(t, [T.blck_size(t), d.side(), d.side(), d.side()])
     else:
         a = d.tensor(d.any_type())
     b = d.i32([d.int(1, 5), a.ne[2], a.ne[3]], 0, a.ne[1] - 1)

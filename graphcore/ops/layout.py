@@ -247,14 +247,30 @@ def _copy_reference(node, srcs):
     return convert(np.asarray(srcs[0]).reshape(-1), node.type).reshape(shape4(node))
 
 
+def _quant_pair(d):
+    """cpy's operands with a quantized side: F32 into blocks, or blocks into F32."""
+    t = d.quant_type()
+    ne = [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1]
+    if d.coin():
+        a = d.f32(ne)
+        return a, d.tensor(t, d.reshaped(TN.nelements(a)) if ne[0] == T.blck_size(t) else ne, new=True)
+    a = d.tensor(t, ne)
+    return a, d.tensor(_F32, d.reshaped(TN.nelements(a)), new=True)
+
+
 @sample_of(DUP)
 def _dup_sample(d):
+    if not d.backward and d.coin(15):
+        t = d.quant_type()
+        return dup(d.ctx, d.tensor(t, [T.blck_size(t), d.side(), d.side(), 1]))
     a = d.tensor(d.any_type())
     return dup_inplace(d.ctx, a) if d.inplace(a) else dup(d.ctx, a)
 
 
 @sample_of(CPY)
 def _cpy_sample(d):
+    if not d.backward and d.coin(20):
+        return cpy(d.ctx, *_quant_pair(d))
     a = d.tensor(d.any_type())
     if d.backward:      # cpy writes over b: a new leaf that nothing else reads
         b = d.tensor(T.TYPE_F32, d.reshaped(TN.nelements(a)), new=True, param=False, shared=False)

@@ -217,16 +217,27 @@ MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_si
                    backward=_mul_mat_backward)
 
 
-@reference_of(MUL_MAT, nmse=1e-6)      # (quantized src0: 5e-4, test-backend-ops' MUL_MAT bound; see quant_nmse)
+@reference_of(MUL_MAT, nmse=1e-6)
 def _mul_mat_reference(node, srcs):
-    # dst[n, m] = sum_k a[m, k] b[n, k]; a's batches broadcast by blocks
+    # dst[n, m] = sum_k a[m, k] b[n, k]; a's batches broadcast by blocks. A quantized a (its values
+    # here) multiplies b as ggml does, b's rows first stored in a's vec_dot type (Q8_0, Q8_1, Q8_K): so
+    # does the reference, leaving float32 rounding only (tests/test_ops_quant.py also checks the
+    # plain product, within test-backend-ops' 5e-4)
     a, b = f64(srcs[0]), f64(srcs[1])
+    vt = Q.VEC_DOT_TYPE.get(node.src[0].type)
+    if vt is not None:
+        b = f64(Q.dequantize(Q.quantize(b.astype(np.float32), vt), vt))
     return np.einsum("ijnk,ijmk->ijnm", b, blocks(a, b.shape[:2]))
 
 
 @sample_of(MUL_MAT)
 def _mul_mat_sample(d):
     not_transposed = lambda t: not TN.is_transposed(t)  # noqa: E731
+    if not d.backward and d.coin(25):        # a quantized src0: rows of whole blocks, src1 rows contiguous
+        t = d.quant_type(tuple(Q.VEC_DOT_TYPE))
+        a = d.tensor(t, [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1])
+        b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), d.int(1, 2)], accept=lambda t: t.nb[0] == 4)
+        return mul_mat(d.ctx, a, b)
     if d.coin():
         a = d.tensor(d.any_type((T.TYPE_F32, T.TYPE_F16)), accept=not_transposed)
         b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])

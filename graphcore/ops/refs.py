@@ -3,15 +3,12 @@
 A reference is `fn(node, srcs) -> array`: srcs are the sources' logical values, 4-D in
 (ne3, ne2, ne1, ne0) order; fn computes in float64 and returns an array of the node's 4-D shape.
 graphcore.testing.reference runs them (its interpreter rounds the result to the node's type).
-Pure numpy: nothing here touches the numba kernels, except that values stored in a quantized type
-go through graphcore.quants' row quantizers (checked bit for bit against ggml's C in
-tests/test_quants.py), as the block formats are the definition of those types.
+Pure numpy: nothing here touches the numba kernels.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import quants as Q
 from .. import types as T
 
 INT32_MIN = -2**31
@@ -56,9 +53,8 @@ def convert(x, dst_type: int, keep_f32_precision: bool = True) -> np.ndarray:
     I32 -> F16 goes through float32 (two roundings, as ggml). F32 results stay float64 when x is
     float64 (the interpreter rounds them; its float64 mode keeps them)."""
     x = np.asarray(x)
-    if T.is_quantized(dst_type):     # through the blocks: a block is blck_size consecutive elements
-        bs = T.blck_size(dst_type)
-        return f64(Q.dequantize(Q.quantize(x.astype(np.float32).reshape(-1, bs), dst_type), dst_type).reshape(x.shape))
+    if T.is_quantized(dst_type):     # float32; the interpreter stores them in blocks (testing.reference)
+        return x.astype(np.float32)
     if dst_type == T.TYPE_I32:
         if x.dtype.kind in "iu":
             return x.astype(np.int32)
