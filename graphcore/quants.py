@@ -5,8 +5,10 @@ Every function here is one row: `quantize_X(x, y)` writes the blocks of the floa
 bytes y (ggml's quantize_row_X_reference, bit for bit), `dequantize_X(y, x)` reads them back
 (dequantize_row_X), and `dot_X(xq, yq, nb)` is ggml's scalar ggml_vec_dot_X_q8_Y over nb blocks: the
 integer sum of each block, then float32 scaling in ggml's order. They are numba functions over byte
-arrays so that kernels (ops/matmul.py, indexing.py, layout.py) and the numpy-side `quantize` /
-`dequantize` below run the same code.
+arrays so that the kernels (ops/quantized.py) and the numpy-side `quantize` / `dequantize` below run
+the same code; a row is as many blocks as y holds (x may be longer: the kernels' scratch). The
+dots are ggml's scalar arithmetic, kept as the reference the mul_mat kernel is tested against (it
+sums the same products in a vectorised order, see ops/quantized.py).
 
 Arithmetic is float32 as in C: int operands are converted with np.float32 first (numba would widen
 int * float32 to float64), and C's float -> int8 casts are x86's (cvttss2si: NaN or out of range
@@ -333,15 +335,24 @@ def _amax(x, xo, n):
     return amax
 
 
+@inline
+def _q8_block(x, xo, y, qo):
+    """The 32 int8 levels of a Q8_0/Q8_1 block at y[qo]; returns d and the levels' sum."""
+    d = np.float32(_amax(x, xo, 32) / _F(127))
+    idd = np.float32(_F(1) / d) if d != 0 else _F(0)
+    s = 0
+    for j in range(32):
+        q = i8(c_int(roundf(np.float32(x[xo + j] * idd))))
+        y[qo + j] = np.uint8(q & 255)
+        s += q
+    return d, s
+
+
 @qjit
 def quantize_q8_0(x, y):
     for i in range(y.shape[0] // 34):
-        o, xo = 34 * i, 32 * i
-        d = np.float32(_amax(x, xo, 32) / _F(127))
-        idd = np.float32(_F(1) / d) if d != 0 else _F(0)
-        wr_f16(y, o, d)
-        for j in range(32):
-            y[o + 2 + j] = np.uint8(i8(c_int(roundf(np.float32(x[xo + j] * idd)))) & 255)
+        d, _ = _q8_block(x, 32 * i, y, 34 * i + 2)
+        wr_f16(y, 34 * i, d)
 
 
 @qjit
@@ -374,16 +385,9 @@ def dot_q8_0(xq, yq, nb):
 @qjit
 def quantize_q8_1(x, y):
     for i in range(y.shape[0] // 40):
-        o, xo = 40 * i, 32 * i
-        d = np.float32(_amax(x, xo, 32) / _F(127))
-        idd = np.float32(_F(1) / d) if d != 0 else _F(0)
-        wr_f32(y, o, d)
-        s = 0
-        for j in range(32):
-            q = i8(c_int(roundf(np.float32(x[xo + j] * idd))))
-            y[o + 8 + j] = np.uint8(q & 255)
-            s += q
-        wr_f32(y, o + 4, np.float32(_F(s) * d))
+        d, s = _q8_block(x, 32 * i, y, 40 * i + 8)
+        wr_f32(y, 40 * i, d)
+        wr_f32(y, 40 * i + 4, np.float32(_F(s) * d))
 
 
 @qjit
