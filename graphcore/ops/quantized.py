@@ -41,6 +41,14 @@ def _n_blocks(r, s, bs):
 @Q.inline
 def _f32_elems(r, s, k, buf, n, store):
     """buf[:n] <- elements k..k+n of F32 slot s (store=False), or the reverse (store=True)."""
+    if t_nb(r, s, 0) == 4 and k % t_ne(r, s, 0) + n <= t_ne(r, s, 0):     # within one contiguous row
+        p = f32_1d(_addr_of(r, s, k, 1), (n,), (4,))
+        for j in range(n):
+            if store:
+                p[j] = buf[j]
+            else:
+                buf[j] = p[j]
+        return
     for j in range(n):
         p = f32_1d(_addr_of(r, s, k + j, 1), (1,), (4,))
         if store:
@@ -75,13 +83,8 @@ def copy_from_quant(rec, ith, nth, dequantize, bs, ts):
         for _ in range(lo, hi):
             src = t_addr(r, 1) + idx[0, j2, j1, j0] * t_nb(r, 1, 1) + j1 * t_nb(r, 1, 2) + j2 * t_nb(r, 1, 3)
             dst = t_addr(r, 0) + j0 * t_nb(r, 0, 1) + j1 * t_nb(r, 0, 2) + j2 * t_nb(r, 0, 3)
-            if t_nb(r, 0, 0) == 4:      # get_rows' result is new, so contiguous: whole rows at once
-                dequantize(u8_1d(src, (ne0 // bs * ts,), (1,)), f32_1d(dst, (ne0,), (4,)))
-            else:
-                for ib in range(ne0 // bs):
-                    dequantize(u8_1d(src + ib * ts, (ts,), (1,)), buf)
-                    for j in range(bs):
-                        f32_1d(dst + (ib * bs + j) * t_nb(r, 0, 0), (1,), (4,))[0] = buf[j]
+            # (get_rows' result is a new tensor: its rows are contiguous)
+            dequantize(u8_1d(src, (ne0 // bs * ts,), (1,)), f32_1d(dst, (ne0,), (4,)))
             j0, j1, j2 = next_row(j0, j1, j2, b0, b1)
         return
     lo, hi = split(_n_blocks(r, 1, bs), ith, nth)
