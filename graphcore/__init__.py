@@ -11,6 +11,9 @@ Shapes are written in ggml's `ne` order, innermost dimension first: `[ne0, ne1, 
 from .errors import ComputeError, GraphError, NonFiniteError, NotComputedWarning, OutOfMemoryError
 from .types import (TYPE_F16, TYPE_F32, TYPE_I32, TYPE_TRAITS, blck_size, fp16_to_fp32, fp32_to_fp16,
                     type_name, type_size)
+from .types import (TYPE_Q2_K, TYPE_Q3_K, TYPE_Q4_0, TYPE_Q4_1, TYPE_Q4_K, TYPE_Q5_0, TYPE_Q5_1, TYPE_Q5_K,
+                    TYPE_Q6_K, TYPE_Q8_0, TYPE_Q8_1, TYPE_Q8_K, is_quantized, row_size)
+from .quant_rows import dequantize, quantize
 from .context import Context, free, get_mem_size, get_no_alloc, init, set_no_alloc, used_mem
 from .tensor import (FLAG_INPUT, FLAG_OUTPUT, FLAG_PARAM, MAX_DIMS, MAX_NAME, MAX_OP_PARAMS, MAX_SRC, Tensor,
                      are_same_shape, can_repeat, can_repeat_rows, dup_tensor, element_size, format_name,
@@ -70,7 +73,10 @@ __all__ = [
     # errors and element types
     "ComputeError", "GraphError", "GraphFileError", "NonFiniteError", "NotComputedWarning", "OutOfMemoryError",
     "TYPE_F16", "TYPE_F32", "TYPE_I32", "TYPE_TRAITS", "blck_size", "fp16_to_fp32", "fp32_to_fp16", "type_name",
-    "type_size",
+    "type_size", "row_size", "is_quantized",
+    # quantized types (ggml's block formats) and whole-array quantize / dequantize
+    "TYPE_Q4_0", "TYPE_Q4_1", "TYPE_Q5_0", "TYPE_Q5_1", "TYPE_Q8_0", "TYPE_Q8_1", "TYPE_Q2_K", "TYPE_Q3_K",
+    "TYPE_Q4_K", "TYPE_Q5_K", "TYPE_Q6_K", "TYPE_Q8_K", "quantize", "dequantize",
     # contexts
     "Context", "free", "get_mem_size", "get_no_alloc", "init", "set_no_alloc", "used_mem",
     # tensors: creation, properties, names, element access

@@ -51,6 +51,8 @@ i32_1d = _array_intrinsic(types.int32, 1, "C")
 i64_1d = _array_intrinsic(types.int64, 1, "C")
 u16_1d = _array_intrinsic(types.uint16, 1, "C")
 f32_2d = _array_intrinsic(types.float32, 2, "C")
+u8_1d = _array_intrinsic(types.uint8, 1, "C")       # quantized blocks, as bytes (graphcore.quants)
+i8_1d = _array_intrinsic(types.int8, 1, "C")
 
 
 @intrinsic
@@ -206,6 +208,10 @@ def _stack_array(dtype, n: int):
 
 STACK_N = 512
 stack_f64 = _stack_array(types.float64, STACK_N)     # kernels' small float64 scratch (4 KiB)
+# the quantizers' scratch (one k-quant super-block of 256 levels, weights, scales)
+stack_u8 = _stack_array(types.uint8, 256)
+stack_i8 = _stack_array(types.int8, 256)
+stack_f32 = _stack_array(types.float32, 256)
 
 
 def _splat(builder, val, vty):

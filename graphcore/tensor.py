@@ -124,9 +124,9 @@ class Tensor:
             raise GraphError(f"numpy: tensor '{self.name}' {self.ne} has no data (no_alloc context)")
         self.ctx.check_alive("numpy")
         _warn_not_computed(self)
-        nd = n_dims(self)
-        return np.ndarray(shape=tuple(self.ne[:nd][::-1]), dtype=T.traits(self.type).dtype,
-                          buffer=self._buf, offset=self._offs, strides=tuple(self.nb[:nd][::-1]))
+        shape, strides = _np_layout(self, n_dims(self))
+        return np.ndarray(shape=shape, dtype=T.traits(self.type).dtype,
+                          buffer=self._buf, offset=self._offs, strides=strides)
 
     def numpy4d(self) -> np.ndarray:
         """Like numpy() but always 4-D, in (ne3, ne2, ne1, ne0) order, and without numpy()'s
@@ -134,8 +134,9 @@ class Tensor:
         if not self.has_data:
             raise GraphError(f"numpy: tensor '{self.name}' {self.ne} has no data (no_alloc context)")
         self.ctx.check_alive("numpy")
-        return np.ndarray(shape=tuple(self.ne[::-1]), dtype=T.traits(self.type).dtype,
-                          buffer=self._buf, offset=self._offs, strides=tuple(self.nb[::-1]))
+        shape, strides = _np_layout(self, MAX_DIMS)
+        return np.ndarray(shape=shape, dtype=T.traits(self.type).dtype,
+                          buffer=self._buf, offset=self._offs, strides=strides)
 
     def __repr__(self):
         """Name, type, ne and op; the values too (numpy's summarised print) once there are any."""
@@ -146,8 +147,9 @@ class Tensor:
         if self.ctx.freed or not is_computed(self):
             return head + (", context freed)" if self.ctx.freed else ", not computed)")
         nd = n_dims(self)
-        values = np.ndarray(shape=tuple(self.ne[:nd][::-1]), dtype=T.traits(self.type).dtype, buffer=self._buf,
-                            offset=self._offs, strides=tuple(self.nb[:nd][::-1]))
+        shape, strides = _np_layout(self, nd)
+        values = np.ndarray(shape=shape, dtype=T.traits(self.type).dtype, buffer=self._buf,
+                            offset=self._offs, strides=strides)
         if self.type == T.TYPE_F16:
             values = T.fp16_to_fp32(values)
         text = np.array2string(values, threshold=64, edgeitems=3, precision=5, separator=", ",
@@ -158,6 +160,15 @@ class Tensor:
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
         return a if dtype is None else a.astype(dtype)
+
+
+def _np_layout(t, nd):
+    """numpy shape and strides of t's first nd dims, reversed; a quantized tensor is seen as its
+    bytes: each row is row_size(ne0) uint8s (the blocks, as gguf arrays them)."""
+    ne, nb = list(t.ne[:nd]), list(t.nb[:nd])
+    if T.is_quantized(t.type):
+        ne[0], nb[0] = T.row_size(t.type, ne[0]), 1
+    return tuple(ne[::-1]), tuple(nb[::-1])
 
 
 def describe(t) -> str:
@@ -212,7 +223,8 @@ def new_tensor_impl(ctx: Context, type_: int, ne, view_src: Tensor | None = None
     T.traits(type_)
     ne = _norm_ne(op, ne)
     if ne[0] % T.blck_size(type_):
-        raise GraphError(f"{op}: ne[0]={ne[0]} is not a multiple of {T.type_name(type_)}'s block size")
+        raise GraphError(f"{op}: ne={ne}: ne[0]={ne[0]} is not a multiple of {T.type_name(type_)}'s "
+                         f"block size {T.blck_size(type_)}")
     nb = _contiguous_nb(type_, ne) if nb is None else [int(x) for x in nb]
     nbytes = _span(type_, ne, nb)
     if view_src is not None:
@@ -464,6 +476,9 @@ def unravel_index(t, i: int):
 
 
 def _nd(t):
+    if T.is_quantized(t.type):     # as ggml_get_f32_1d, which aborts on these
+        raise GraphError(f"element access: {describe(t)} is quantized; dequantize it first "
+                         f"(gc.dequantize, or cpy into an F32 tensor)")
     return t.numpy4d()
 
 

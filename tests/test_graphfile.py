@@ -454,7 +454,7 @@ def _set(d, k, v):
      "absurd size"),
     ("data size", lambda r, g: _set(r[0], "data", r[0]["data"] + b"\0"), "data bytes"),
     ("unknown op", lambda r, g: _set([x for x in r if x["kind"] == 2][0], "op", "FLASH_ATTN_EXT"), "unknown op"),
-    ("unknown type", lambda r, g: _set(r[0], "type", 8), "unknown type"),
+    ("unknown type", lambda r, g: _set(r[0], "type", 4), "unknown type"),
     ("unknown kind", lambda r, g: _set(r[0], "kind", 7), "kind 7"),
     ("unknown flags", lambda r, g: _set(r[0], "flags", 64), "unknown flags"),
     ("int param", lambda r, g: _set([x for x in r if x["type"] == I32][0], "flags", 4), "parameter of type"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import graphcore as gc
-from graphcore.ops.matmul import MATVEC_N, SMALL_GEMM
+from graphcore.ops.gemm import MATVEC_N, SMALL_GEMM
 
 
 def _run(build, n_threads):

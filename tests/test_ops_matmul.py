@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import graphcore as gc
+from graphcore.ops import gemm as GEMM
 from graphcore.ops import matmul as MM
 from graphcore.testing import (Layout, assert_close_nmse, assert_same_bits, compute_guarded, layouts,
                                make_tensor, matmul_pairs, ne4, random_values, seeds, sentinel_context)
@@ -100,9 +101,9 @@ SRC0_LAYOUTS = {"contiguous": Layout(), "permuted23": Layout("permuted", axes=(0
 
 def test_size_cases_cover_thresholds():
     K, M, N = SIZES["small"]
-    assert K * M * N < MM.SMALL_GEMM
+    assert K * M * N < GEMM.SMALL_GEMM
     K, M, N = SIZES["above_blas"]
-    assert K * M * N >= MM.SMALL_GEMM
+    assert K * M * N >= GEMM.SMALL_GEMM
     along_n, _, count = MM.chunking(SIZES["split_m"][1], SIZES["split_m"][2])
     assert not along_n and count > 1
     along_n, _, count = MM.chunking(SIZES["split_n"][1], SIZES["split_n"][2])

@@ -8,8 +8,8 @@ import sys
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import (f32_at, inline, is_dense, record, row_addr, rows_contiguous, split, split_aligned,
-                      t_addr, t_ne, view_f32)
+from ..kernel import (ERR_INDEX, f32_at, fail, inline, is_dense, record, row_addr, rows_contiguous, split,
+                      split_aligned, t_addr, t_ne, view_f32, view_i32)
 from .refs import f64, sample_binary, sample_unary, tile
 from .registry import (MIN_ELEMENTS_PER_TASK, new_node, op_name, rebuild_by, rebuild_of, reference_of, register,
                        sample_of)
@@ -297,3 +297,19 @@ def define_binary(name: str, symbol: str, kernel, backward, *, symbol_op: str, r
     sample_of(code)(sample)
     rebuild_of(code)(rebuild_by(build, build_inplace))
     return code, build, build_inplace
+
+
+@inline
+def check_indices(r):
+    """Every thread checks every index first, in order: the same error for any thread count, and
+    nothing read through a bad index. False (the error recorded) when one is out of range."""
+    idx = view_i32(r, 2)
+    n_rows = t_ne(r, 1, 1)
+    for j2 in range(idx.shape[1]):
+        for j1 in range(idx.shape[2]):
+            for j0 in range(idx.shape[3]):
+                v = idx[0, j2, j1, j0]
+                if v < 0 or v >= n_rows:
+                    fail(r, ERR_INDEX, v)
+                    return False
+    return True

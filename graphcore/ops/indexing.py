@@ -16,8 +16,9 @@ from ..kernel import (ERR_INDEX, f32_at, fail, fp16_to_fp32, inline, is_dense, p
                       rows_contiguous, split, split_aligned, t_addr, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_4d, i32_1d, i32_4d, u16_1d, u16_4d
 from .args import check_types, integer, region_overlaps
-from .common import byte_range, check_f32, inplace_of, inplace_view, next_row, refuse_overlap, shapes
+from .common import byte_range, check_f32, check_indices, inplace_of, inplace_view, next_row, refuse_overlap, shapes
 from .layout import cont, reshape_4d, view_4d
+from .quantized import FROM_QUANT
 from .refs import f64
 from .registry import MIN_ELEMENTS_PER_TASK, error_detail_of, new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import rebuild_by, rebuild_of
@@ -29,18 +30,10 @@ _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 # -- get_rows: dst[:, i10, i11, i12] = a[:, b[i10, i11, i12], i11, i12] ---------------------------------------
 def _get_rows_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
+    if not check_indices(r):
+        return
     idx = view_i32(r, 2)
-    n_rows = t_ne(r, 1, 1)
     b2, b1, b0 = idx.shape[1], idx.shape[2], idx.shape[3]
-    # every thread checks every index first, in order: the same error for any thread count,
-    # and nothing read through a bad index
-    for j2 in range(b2):
-        for j1 in range(b1):
-            for j0 in range(b0):
-                v = idx[0, j2, j1, j0]
-                if v < 0 or v >= n_rows:
-                    fail(r, ERR_INDEX, v)
-                    return
     st = t_type(r, 1)
     nr = b0 * b1 * b2
     lo, hi = split(nr, ith, nth)
@@ -91,7 +84,15 @@ def _get_rows_backward(ctx, t, g, d):
         d.add(0, get_rows_back(ctx, g, b, a))
 
 
-GET_ROWS = register("GET_ROWS", "get_rows(x)", _get_rows_kernel, n_tasks=tasks_by_rows, backward=_get_rows_backward)
+def _get_rows_variant(node):
+    """Quantized rows are dequantized by their type's kernel (ops/quantized.py)."""
+    if T.is_quantized(node.src[0].type):
+        return FROM_QUANT[node.src[0].type]
+    return _get_rows_kernel
+
+
+GET_ROWS = register("GET_ROWS", "get_rows(x)", _get_rows_kernel, n_tasks=tasks_by_rows, backward=_get_rows_backward,
+                    variant=_get_rows_variant)
 
 
 @reference_of(GET_ROWS)
@@ -109,6 +110,9 @@ def _get_rows_reference(node, srcs):
 def _get_rows_sample(d):
     if d.backward:          # no gradient for a batched src0 (get_rows_back takes matrices)
         a = d.tensor(d.any_type(), accept=lambda t: t.ne[2] == 1 and t.ne[3] == 1, max_dims=2)
+    elif d.coin(20):        # quantized rows, dequantized
+        t = d.quant_type()
+        a = d.tensor(t, [T.blck_size(t), d.side(), d.side(), d.side()])
     else:
         a = d.tensor(d.any_type())
     b = d.i32([d.int(1, 5), a.ne[2], a.ne[3]], 0, a.ne[1] - 1)
@@ -116,11 +120,11 @@ def _get_rows_sample(d):
 
 
 def get_rows(ctx, a, b):
-    """ggml_get_rows: rows of a picked by the I32 indices b. a [ne0, n_rows, ne2, ne3] (F32, F16 or
-    I32), b [n, ne2, ne3] -> [ne0, n, ne2, ne3]; batch (i2, i3) of b indexes batch (i2, i3) of a.
-    F16 rows come back as F32, I32 rows as I32."""
+    """ggml_get_rows: rows of a picked by the I32 indices b. a [ne0, n_rows, ne2, ne3] (F32, F16,
+    I32 or quantized), b [n, ne2, ne3] -> [ne0, n, ne2, ne3]; batch (i2, i3) of b indexes batch
+    (i2, i3) of a. F16 and quantized rows come back as F32 (dequantized), I32 rows as I32."""
     op = "get_rows"
-    check_types(op, a, (_F32, _F16, _I32), "src0", ())
+    check_types(op, a, (_F32, _F16, _I32) + T.QUANTIZED, "src0", ())
     check_types(op, b, (_I32,), "src1 (indices)", (a,))
     if b.ne[3] != 1 or a.ne[2] != b.ne[1] or a.ne[3] != b.ne[2]:
         raise GraphError(f"{op}: indices [n, ne2, ne3] must match src0's batch dims (b.ne1 == a.ne2, "

@@ -11,6 +11,7 @@ from ..errors import GraphError
 from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, row_addr, split, split_aligned,
                       t_addr, t_nb, t_ne, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
+from . import quantized as QK
 from .common import byte_range, inplace_of, inplace_view, next_row, refuse_overlap, same_view, shapes
 from .refs import convert, shape4
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of
@@ -181,7 +182,14 @@ _COPY_KERNELS = {(_F32, _F32): _copy_f32_f32, (_F32, _F16): _copy_f32_f16, (_F32
 
 
 def _copy_variant(node):
-    return _COPY_KERNELS[(node.src[0].type, node.type)]
+    a, t = node.src[0].type, node.type
+    if a == t and T.is_quantized(a):
+        return QK.copy_quant_same
+    if T.is_quantized(t):
+        return QK.TO_QUANT[t]          # F32 -> blocks: ggml's quantize_row_*_reference
+    if T.is_quantized(a):
+        return QK.FROM_QUANT[a]        # blocks -> F32: dequantize_row_*
+    return _COPY_KERNELS[(a, t)]
 
 
 def _tasks_by_src_rows(node, n_threads):
@@ -202,8 +210,12 @@ def _check_ints(op, vals, a):
 def _check_copy(op, a, b=None):
     TN.check_tensor(op, a, *( [b] if b is not None else []))
     for t in (a, b):
-        if t is not None and t.type not in _COPY_TYPES:
+        if t is not None and t.type not in _COPY_TYPES + T.QUANTIZED:
             raise GraphError(f"{op}: unsupported type: {shapes(a, b) if b is not None else shapes(a)}")
+    # quantized data converts only to and from F32 (block by block), or copies to its own type
+    if b is not None and a.type != b.type and (T.is_quantized(a.type) or T.is_quantized(b.type)) \
+            and _F32 not in (a.type, b.type):
+        raise GraphError(f"{op}: quantized tensors convert only to or from F32: {shapes(a, b)}")
 
 
 def _as_shape_of(ctx, g, a):
@@ -235,14 +247,29 @@ def _copy_reference(node, srcs):
     return convert(np.asarray(srcs[0]).reshape(-1), node.type).reshape(shape4(node))
 
 
+def _quant_pair(d):
+    """cpy's operands with a quantized side: F32 into blocks, or blocks into F32."""
+    t = d.quant_type()
+    ne = [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1]
+    if d.coin():
+        a = d.f32(ne)
+        return a, d.tensor(t, d.reshaped(TN.nelements(a)) if ne[0] == T.blck_size(t) else ne, new=True)
+    a = d.tensor(t, ne)
+    return a, d.tensor(_F32, d.reshaped(TN.nelements(a)), new=True)
+
+
 @sample_of(DUP)
 def _dup_sample(d):
+    # (no quantized dup here: the interpreter models blocks by their values, and re-quantizing a
+    # block's values need not give its bytes back; tests/test_ops_quant.py checks those copies)
     a = d.tensor(d.any_type())
     return dup_inplace(d.ctx, a) if d.inplace(a) else dup(d.ctx, a)
 
 
 @sample_of(CPY)
 def _cpy_sample(d):
+    if not d.backward and d.coin(20):
+        return cpy(d.ctx, *_quant_pair(d))
     a = d.tensor(d.any_type())
     if d.backward:      # cpy writes over b: a new leaf that nothing else reads
         b = d.tensor(T.TYPE_F32, d.reshaped(TN.nelements(a)), new=True, param=False, shared=False)

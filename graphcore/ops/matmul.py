@@ -9,36 +9,22 @@ import numpy as np
 from numba import njit
 
 from .. import tensor as TN
+from .. import quant_rows as QR
+from .. import quants as Q
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import fp16_to_fp32, inline, record, split, t_addr, t_ne, t_nb
-from ..native import (f32_2d_strided, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, gemm_tile_c8x4, gemm_tile_g4x1,
-                      gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, sgemm, u16_2d_strided)
+from ..kernel import fp16_to_fp32, record, split, t_addr, t_ne, t_nb
+from ..native import f32_2d_strided, u16_2d_strided
 from .common import shapes
-from .layout import cont, transpose
+from .gemm import gemm
+from .layout import cont, cpy, transpose
+from .quantized import MM_ROWS, mul_mat_work
+from .quantized import MUL_MAT as QUANT_MUL_MAT
 from .refs import blocks, f64
-from ..native import f32_1d
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
 
-SMALL_GEMM = 8192      # below this many multiply-adds a plain loop beats a BLAS call
 CHUNK = 64
-MATVEC_N = 4           # up to this many src1 columns a streaming dot-product loop beats BLAS sgemm
-
-
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def matvec(M, N, K, a, a_sm, b, b_sn, c, c_sn):
-    """C[m, n] = A[m, :] · B[:, n] for rows of A and columns of B contiguous in k: float32 products summed
-    in float32 lanes (LLVM vectorises the loop; ggml's vec_dot_f32 works the same way). A single pass
-    over A at memory speed, where BLAS sgemm with N = 1 is several times slower (one-token decoding)."""
-    for m in range(M):
-        w = f32_1d(a + m * a_sm, (K,), (4,))
-        for n in range(N):
-            x = f32_1d(b + n * b_sn, (K,), (4,))
-            acc = np.float32(0.0)
-            for k in range(K):
-                acc += w[k] * x[k]
-            f32_1d(c + n * c_sn + m * 4, (1,), (4,))[0] = acc
 
 
 @njit(cache=True)
@@ -49,82 +35,6 @@ def chunking(M, N):
         return True, size, -(-N // size)
     size = max(2 * CHUNK, -(-M // 4))
     return False, size, -(-M // size)
-
-
-@inline
-def _ld(stride, need, other_dim):
-    """A BLAS leading dimension for byte stride `stride`, or -1 when BLAS cannot use it."""
-    if other_dim == 1:
-        return max(need, 1)
-    if stride % 4 != 0 or stride // 4 < max(need, 1):
-        return -1
-    return stride // 4
-
-
-@inline
-def gemm(blas, M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
-    """C[m, n] = sum_k A[m, k] * B[k, n]; A, B, C addresses with byte strides (C's m stride is 4)."""
-    if M * N * K >= SMALL_GEMM and N <= MATVEC_N and a_sk == 4 and b_sk == 4:
-        matvec(M, N, K, a, a_sm, b, b_sn, c, c_sn)
-        return
-    if M * N * K >= SMALL_GEMM and blas != 0:
-        ta, lda = -1, -1
-        if a_sk == 4 or K == 1:
-            ta, lda = 84, _ld(a_sm, K, M)            # 'T': A stored as K x M column-major
-        if lda < 0 and (a_sm == 4 or M == 1):
-            ta, lda = 78, _ld(a_sk, M, K)            # 'N'
-        tb, ldb = -1, -1
-        if b_sk == 4 or K == 1:
-            tb, ldb = 78, _ld(b_sn, K, N)
-        if ldb < 0 and (b_sn == 4 or N == 1):
-            tb, ldb = 84, _ld(b_sk, N, K)
-        ldc = _ld(c_sn, M, N)
-        if lda > 0 and ldb > 0 and ldc > 0:
-            sgemm(blas, ta, tb, M, N, K, np.float32(1.0), a, lda, b, ldb, np.float32(0.0), c, ldc)
-            return
-    small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn)
-
-
-@inline
-def _tile(vl, nc, contiguous, a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn):
-    if contiguous:
-        if vl == 8:
-            if nc == 4:
-                gemm_tile_c8x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
-            else:
-                gemm_tile_c8x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
-        elif nc == 4:
-            gemm_tile_c4x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
-        else:
-            gemm_tile_c4x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
-    elif vl == 8:
-        if nc == 4:
-            gemm_tile_g8x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
-        else:
-            gemm_tile_g8x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
-    elif nc == 4:
-        gemm_tile_g4x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
-    else:
-        gemm_tile_g4x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
-
-
-@inline
-def small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
-    """C[m, n] = sum_k A[m, k] * B[k, n] without BLAS, for any strides: each float32 product added in
-    k order into a float64, rounded once (the plain triple loop's bits), in tiles of 8 (or, for
-    M <= 4, 4) rows by 4 columns, each a vector loop over k (native.gemm_tile_*)."""
-    vl = 4 if M <= 4 else 8
-    contiguous = a_sm == 4
-    for m0 in range(0, M, vl):
-        mb = min(vl, M - m0)
-        am = a + m0 * a_sm
-        n0 = 0
-        while n0 + 4 <= N:
-            _tile(vl, 4, contiguous, am, a_sm, a_sk, mb, K, b + n0 * b_sn, b_sk, b_sn, c + n0 * c_sn + m0 * 4, c_sn)
-            n0 += 4
-        while n0 < N:
-            _tile(vl, 1, contiguous, am, a_sm, a_sk, mb, K, b + n0 * b_sn, b_sk, b_sn, c + n0 * c_sn + m0 * 4, c_sn)
-            n0 += 1
 
 
 @njit(cache=True, nogil=True, error_model="numpy")     # not inlined: compiled once, shared by both products
@@ -185,6 +95,11 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 def _mm_tasks(node, n_threads):
+    if T.is_quantized(node.src[0].type):     # units of MM_ROWS rows of src0 per batch
+        M, K = node.ne[0], node.src[0].ne[0]
+        units = -(-M // MM_ROWS) * node.ne[2] * node.ne[3]
+        flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
+        return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
     M, N = node.ne[0], node.ne[1]
     _, _, count = chunking(M, N)
     units = count * node.ne[2] * node.ne[3]
@@ -194,13 +109,26 @@ def _mm_tasks(node, n_threads):
 
 
 def _mm_work(node, n_tasks):
-    a = node.src[0]
+    a, b = node.src
+    if T.is_quantized(a.type):      # src1's rows quantized to the vec_dot partner type, and a tile a task
+        return mul_mat_work(a, b, n_tasks)
     return 4 * TN.nelements(a) if a.type == T.TYPE_F16 else 0
+
+
+def _mm_variant(node):
+    a = node.src[0].type
+    if T.is_quantized(a):
+        return QUANT_MUL_MAT[a]
+    return _mul_mat_f16_kernel if a == T.TYPE_F16 else _mul_mat_kernel
 
 
 def _mul_mat_backward(ctx, t, g, d):
     # t[m, n] = sum_k a[k, m] b[k, n]; a's batch i2 // (ne12/ne02) serves t's batch i2 (blocks)
     a, b = t.src
+    if T.is_quantized(a.type):
+        if d.needs(0):
+            raise GraphError(f"mul_mat: no gradient for a quantized src0: {shapes(a, b)}")
+        a = cpy(ctx, a, TN.new_tensor_impl(ctx, T.TYPE_F32, a.ne, op="mul_mat backward"))   # dequantized
     if d.needs(0):      # da[k, m] = sum_n b[k, n] g[m, n], summed over each block of batches
         d.add(0, out_prod(ctx, b, g), reduce=BLOCKS)
     if d.needs(1):      # db[k, n] = sum_m a[k, m] g[m, n] (a broadcast by blocks, as forward)
@@ -211,21 +139,31 @@ def _mul_mat_backward(ctx, t, g, d):
 
 
 MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_size=_mm_work,
-                   n_phases=lambda node: 2 if node.src[0].type == T.TYPE_F16 else 1,
-                   variant=lambda node: _mul_mat_f16_kernel if node.src[0].type == T.TYPE_F16 else _mul_mat_kernel,
+                   n_phases=lambda node: 2 if node.src[0].type != T.TYPE_F32 else 1, variant=_mm_variant,
                    backward=_mul_mat_backward)
 
 
 @reference_of(MUL_MAT, nmse=1e-6)
 def _mul_mat_reference(node, srcs):
-    # dst[n, m] = sum_k a[m, k] b[n, k]; a's batches broadcast by blocks
+    # dst[n, m] = sum_k a[m, k] b[n, k]; a's batches broadcast by blocks. A quantized a (its values
+    # here) multiplies b as ggml does, b's rows first stored in a's vec_dot type (Q8_0, Q8_1, Q8_K): so
+    # does the reference, leaving float32 rounding only (tests/test_ops_quant.py also checks the
+    # plain product, within test-backend-ops' 5e-4)
     a, b = f64(srcs[0]), f64(srcs[1])
+    vt = Q.VEC_DOT_TYPE.get(node.src[0].type)
+    if vt is not None:
+        b = f64(QR.dequantize(QR.quantize(b.astype(np.float32), vt), vt))
     return np.einsum("ijnk,ijmk->ijnm", b, blocks(a, b.shape[:2]))
 
 
 @sample_of(MUL_MAT)
 def _mul_mat_sample(d):
     not_transposed = lambda t: not TN.is_transposed(t)  # noqa: E731
+    if not d.backward and d.coin(25):        # a quantized src0: rows of whole blocks, src1 rows contiguous
+        t = d.quant_type(tuple(Q.VEC_DOT_TYPE))
+        a = d.tensor(t, [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1])
+        b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), d.int(1, 2)], accept=lambda t: t.nb[0] == 4)
+        return mul_mat(d.ctx, a, b)
     if d.coin():
         a = d.tensor(d.any_type((T.TYPE_F32, T.TYPE_F16)), accept=not_transposed)
         b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])
@@ -237,11 +175,18 @@ def _mul_mat_sample(d):
 
 
 def mul_mat(ctx, a, b):
-    """ggml_mul_mat: a [K, M, ne02, ne03] (F32 or F16), b [K, N, ne12, ne13] F32 -> [M, N, ne12, ne13],
-    dst[n, m] = sum_k a[m, k] * b[n, k]; a is broadcast over dims 2 and 3 by blocks."""
+    """ggml_mul_mat: a [K, M, ne02, ne03] (F32, F16 or quantized), b [K, N, ne12, ne13] F32 ->
+    [M, N, ne12, ne13], dst[n, m] = sum_k a[m, k] * b[n, k]; a is broadcast over dims 2 and 3 by
+    blocks. A quantized a is multiplied as ggml does: b's rows quantized to the vec_dot partner type
+    (Q8_0, Q8_1 or Q8_K) in the work buffer, then integer dot products block by block."""
     TN.check_tensor("mul_mat", a, b)
-    if a.type not in (T.TYPE_F32, T.TYPE_F16) or b.type != T.TYPE_F32:
-        raise GraphError(f"mul_mat: src0 must be F32 or F16 and src1 F32, got {shapes(a, b)}")
+    if (a.type not in (T.TYPE_F32, T.TYPE_F16) and a.type not in Q.VEC_DOT_TYPE) or b.type != T.TYPE_F32:
+        raise GraphError(f"mul_mat: src0 must be F32, F16 or one of "
+                         f"{', '.join(T.type_name(x).upper() for x in Q.VEC_DOT_TYPE)} (no vec_dot for Q8_1 or "
+                         f"Q8_K as src0) and src1 F32, got {shapes(a, b)}")
+    if T.is_quantized(a.type) and (b.nb[0] != 4 or a.nb[0] != T.type_size(a.type)):
+        raise GraphError(f"mul_mat: a quantized src0 needs whole blocks along ne0 and src1's rows "
+                         f"contiguous (nb10 == 4; use cont): {shapes(a, b)}")
     if a.ne[0] != b.ne[0] or b.ne[2] % a.ne[2] or b.ne[3] % a.ne[3]:
         raise GraphError(f"mul_mat: rows must have the same length (ne00 == ne10) and src1's dims 2, 3 "
                          f"must be multiples of src0's: {shapes(a, b)}")

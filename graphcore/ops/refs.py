@@ -53,6 +53,8 @@ def convert(x, dst_type: int, keep_f32_precision: bool = True) -> np.ndarray:
     I32 -> F16 goes through float32 (two roundings, as ggml). F32 results stay float64 when x is
     float64 (the interpreter rounds them; its float64 mode keeps them)."""
     x = np.asarray(x)
+    if T.is_quantized(dst_type):     # float32; the interpreter stores them in blocks (testing.reference)
+        return x.astype(np.float32)
     if dst_type == T.TYPE_I32:
         if x.dtype.kind in "iu":
             return x.astype(np.int32)

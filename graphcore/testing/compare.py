@@ -102,7 +102,7 @@ def element_byte_offsets(t) -> np.ndarray:
     """Offsets, in t's arena, of every byte of t's elements (following its strides), in the
     elements' logical order (repeated where strides overlap)."""
     es = T.type_size(t.type)
-    ne, nb = t.ne, t.nb
+    ne, nb = [t.ne[0] // T.blck_size(t.type), *t.ne[1:]], t.nb      # a quantized "element" is a block
     o = np.asarray(t._offs, dtype=np.int64)
     for d in range(4):
         shape = [1] * 5

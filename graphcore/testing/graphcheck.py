@@ -41,7 +41,7 @@ from ..graph import Graph, build_forward_expand, graph_view, new_graph_custom
 from ..ops.registry import NOT_DIFFERENTIABLE, OP_NONE, OPS, ZERO_GRADIENT
 from ..planner import graph_plan
 from .compare import element_byte_offsets, nmse
-from .reference import Interpreter, is_view_op, reference_value
+from .reference import Interpreter, is_view_op, reference_value, values4d
 
 __all__ = ["assert_graph_close", "GraphMismatch", "GraphCheck", "small_tasks", "assert_gradients_close",
            "GradientReport", "describe_node"]
@@ -267,10 +267,10 @@ def assert_graph_close(g, n_threads=(1, 2, 4), *, nmse_tol: dict | None = None, 
         for i, node in enumerate(g.nodes):
             if node.type == T.TYPE_I32:
                 continue
-            msg, _ = _compare(node, node.numpy4d(), ev.final(node), end_to_end_nmse)
+            msg, _ = _compare(node, values4d(node), ev.final(node), end_to_end_nmse)
             if msg:
                 raise _report(g, i, f"end to end (the reference evaluated alone from the leaves): {msg}",
-                              node.numpy4d().copy(), ev.final(node))
+                              np.array(values4d(node)), ev.final(node))
     return check
 
 
@@ -279,9 +279,9 @@ def _node_by_node(g, n_threads, split_small, arenas, check, tols, check_writes):
     for i, node in enumerate(g.nodes):
         op = OPS[node.op]
         check.ops[op.name] = check.ops.get(op.name, 0) + 1
-        srcs = [None if s is None else s.numpy4d().copy() for s in node.src]
+        srcs = [None if s is None else np.array(values4d(s)) for s in node.src]
         if is_view_op(node):
-            actual = node.numpy4d().copy()
+            actual = np.array(values4d(node))
             if node.op != OP_NONE:
                 expected = reference_value(node, srcs)
                 if expected is not None:
@@ -292,7 +292,7 @@ def _node_by_node(g, n_threads, split_small, arenas, check, tols, check_writes):
             continue
         before = arenas.snapshot() if check_writes else None
         _compute(graph_view(g, i, i + 1), n_threads, split_small)
-        actual = node.numpy4d().copy()
+        actual = np.array(values4d(node))
         if check_writes:
             _check_writes(g, i, node, arenas, before, actual)
         expected = reference_value(node, srcs)
@@ -329,7 +329,7 @@ def _whole_graph_mismatch(g, n, n0, split_small, arenas, start, per_node):
     for i, node in enumerate(g.nodes):
         if not is_view_op(node):
             _compute(graph_view(g, i, i + 1), n, split_small)
-        v = node.numpy4d().copy()
+        v = np.array(values4d(node))
         if v.tobytes() != per_node[i].tobytes():
             raise _report(g, i, f"node by node at n_threads={n} differs from n_threads={n0} (results must be "
                           f"the same bits for any thread count)", v, per_node[i])

@@ -118,6 +118,11 @@ class NodeDraw:
         """A tensor type (F32 only when differentiating)."""
         return F32 if self.backward else self.choice(types)
 
+    def quant_type(self, types=T.QUANTIZED):
+        """A quantized type (the 32-blocks more often: k-quant rows are 256 elements long)."""
+        legacy = [t for t in types if T.blck_size(t) == T.QK]
+        return self.choice(legacy * 3 + [t for t in types if t not in legacy])
+
     # -- shapes -----------------------------------------------------------------------------------------
     def side(self) -> int:
         """A dimension in [1, max_side]."""
@@ -172,7 +177,7 @@ class NodeDraw:
                 return self.choice(cands)
         for _ in range(8):
             shape = want if want is not None else self.shape(1, max_dims)
-            layout = CONTIGUOUS if contiguous else self._layout()
+            layout = CONTIGUOUS if contiguous or T.is_quantized(type) else self._layout()    # whole rows of blocks
             t = self._leaf(type, shape, layout, domain, param, shared)
             if accept is None or accept(t):
                 return t
@@ -204,7 +209,7 @@ class NodeDraw:
         else:
             v = DOMAINS["special" if domain == "any" and self.specials else domain](rng, tuple(ne[::-1]))
         with np.errstate(over="ignore"):        # special values beyond F16's range become inf
-            v = v.astype(T.traits(type_).dtype)
+            v = v.astype(np.float32 if T.is_quantized(type_) else T.traits(type_).dtype)
         t = make_tensor(self.ctx, ne, layout, v, type=type_)
         if param is None:       # (no parameter holds -inf: its gradient would be -inf * 0)
             param = self.backward and type_ == F32 and domain != "mask" and self.coin(70)

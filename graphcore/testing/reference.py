@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import quant_rows as QR
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
@@ -67,6 +68,9 @@ def to_type(values, type_: int) -> np.ndarray:
     nearest, float -> I32 truncates; see graphcore.ops.refs.convert)."""
     v = np.asarray(values)
     with np.errstate(all="ignore"):
+        if T.is_quantized(type_):     # what the blocks hold: blck_size consecutive elements a block
+            return values4d_of(type_, QR.quantize(v.astype(np.float32).reshape(v.shape[:-1] + (-1, T.blck_size(type_))),
+                                                  type_).reshape(v.shape[:-1] + (-1,)))
         if type_ == T.TYPE_F32:
             return v.astype(np.float32)
         if type_ == T.TYPE_F16:
@@ -74,6 +78,17 @@ def to_type(values, type_: int) -> np.ndarray:
         if type_ == T.TYPE_I32:
             return v.astype(np.int32) if v.dtype.kind in "iu" else float_to_i32(v)
     raise GraphError(f"reference: no numpy model for type {T.type_name(type_)}")
+
+
+def values4d_of(type_: int, raw) -> np.ndarray:
+    """Logical values of a tensor's 4-D numpy view `raw`: itself, or for a quantized type its rows of
+    blocks (bytes) dequantized to float32."""
+    return QR.dequantize(raw, type_) if T.is_quantized(type_) else raw
+
+
+def values4d(t) -> np.ndarray:
+    """t's logical values, 4-D (ne3, ne2, ne1, ne0): numpy4d(), dequantized for a quantized type."""
+    return values4d_of(t.type, t.numpy4d())
 
 
 def reference_value(node, srcs, round: bool = True):
@@ -135,8 +150,21 @@ class _Memory:
     def view(self, t) -> np.ndarray:
         self.add(t)
         buf = self._arenas[id(t._buf)][1]
-        return np.ndarray(shape=tuple(t.ne[::-1]), dtype=T.traits(t.type).dtype, buffer=buf, offset=t._offs,
-                          strides=tuple(t.nb[::-1]))
+        shape, strides = TN._np_layout(t, TN.MAX_DIMS)
+        return np.ndarray(shape=shape, dtype=T.traits(t.type).dtype, buffer=buf, offset=t._offs, strides=strides)
+
+    def read(self, t) -> np.ndarray:
+        """t's logical values in the shadow memory (a copy)."""
+        return np.array(values4d_of(t.type, self.view(t)))
+
+    def write(self, t, r):
+        """Store a node's reference value r (unrounded for a quantized node: the blocks are made here)."""
+        if T.is_quantized(t.type):
+            r = np.asarray(r, dtype=np.float32)
+            self.view(t)[...] = QR.quantize(r.reshape(r.shape[:-1] + (-1, T.blck_size(t.type))), t.type).reshape(
+                self.view(t).shape)
+        else:
+            self.view(t)[...] = r
 
 
 class Evaluation:
@@ -156,14 +184,14 @@ class Evaluation:
         if v is None:
             if self._memory is None:
                 raise KeyError(f"{TN.describe(t)} is not part of this evaluation")
-            v = self._memory.view(t).copy()
+            v = self._memory.read(t)
         return v
 
     def final(self, t) -> np.ndarray:
         """What t's bytes hold at the end (memory mode), as t's 4-D array."""
         if self._memory is None:
             return self[t]
-        return self._memory.view(t).copy()
+        return self._memory.read(t)
 
 
 class Interpreter:
@@ -217,17 +245,16 @@ class Interpreter:
         out = {}
         for node in self.nodes:
             if not is_view_op(node):
-                srcs = [None if s is None else mem.view(s).copy() for s in node.src]
-                r = reference_value(node, srcs)
-                mem.view(node)[...] = r
-            out[id(node)] = mem.view(node).copy()
+                srcs = [None if s is None else mem.read(s) for s in node.src]
+                mem.write(node, reference_value(node, srcs, round=not T.is_quantized(node.type)))
+            out[id(node)] = mem.read(node)
         return Evaluation("memory", self.nodes, self.leafs, out, memory=mem)
 
     @staticmethod
     def _leaf_value(t, values):
         v = values.get(t)
         if v is None:
-            v = t.numpy4d()
+            v = values4d(t)
         v = np.asarray(v).reshape(tuple(t.ne[::-1]))
         return v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float64)
 

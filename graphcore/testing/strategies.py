@@ -23,6 +23,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from .. import tensor as TN
+from ..quant_rows import quantize
 from .. import types as T
 from ..ops.layout import permute, transpose, view_4d
 
@@ -148,7 +149,10 @@ def make_tensor(ctx, ne, layout: Layout = CONTIGUOUS, values=None, type=T.TYPE_F
         TN.set_name(t, name)
     if values is not None:
         v = logical_4d(values, ne)
-        t.numpy4d()[...] = v.astype(T.traits(type_).dtype)
+        if T.is_quantized(type_):       # the rows' blocks (layouts of quantized tensors keep whole rows)
+            t.numpy4d()[...] = quantize(v.astype(np.float32), type_)
+        else:
+            t.numpy4d()[...] = v.astype(T.traits(type_).dtype)
     return t
 
 

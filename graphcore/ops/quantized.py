@@ -1,0 +1,316 @@
+"""The kernels of the quantized variants of mul_mat (matmul.py), get_rows (indexing.py) and
+dup/cpy/cont (layout.py); those modules hold the ops' builders, type rules, references and samplers
+(they import this module; it needs nothing of theirs).
+
+One kernel per type, each a line calling a shared body with that type's row functions from
+graphcore.quants / kquants: numba compiles a body once per function it is given, so a graph pays
+only for the types it uses (a k-quant quantizer takes seconds to compile the first time, then
+loads from numba's disk cache).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .. import kquants as KQ
+from .. import quants as Q
+from .. import types as T
+from ..kernel import R_BLAS, record, split, t_addr, t_nb, t_ne, t_type, view_i32
+from ..native import f32_1d, stack_f32, u8_1d
+from .common import check_indices, next_row
+from .gemm import gemm
+
+QK, QK_K = T.QK, T.QK_K
+
+
+# -- element walks shared by the copies --------------------------------------------------------------------
+@Q.inline
+def _addr_of(r, s, k, bs):
+    """Address of element k (row-major) of slot s, a block start when bs > 1 (k % bs == 0)."""
+    n0, n1, n2 = t_ne(r, s, 0), t_ne(r, s, 1), t_ne(r, s, 2)
+    i0, i1, i2, i3 = k % n0, (k // n0) % n1, (k // (n0 * n1)) % n2, k // (n0 * n1 * n2)
+    return t_addr(r, s) + (i0 // bs) * t_nb(r, s, 0) + i1 * t_nb(r, s, 1) + i2 * t_nb(r, s, 2) + i3 * t_nb(r, s, 3)
+
+
+@Q.inline
+def _n_blocks(r, s, bs):
+    return t_ne(r, s, 0) // bs * t_ne(r, s, 1) * t_ne(r, s, 2) * t_ne(r, s, 3)
+
+
+@Q.inline
+def _f32_elems(r, s, k, buf, n, store):
+    """buf[:n] <- elements k..k+n of F32 slot s (store=False), or the reverse (store=True)."""
+    if t_nb(r, s, 0) == 4 and k % t_ne(r, s, 0) + n <= t_ne(r, s, 0):     # within one contiguous row
+        p = f32_1d(_addr_of(r, s, k, 1), (n,), (4,))
+        for j in range(n):
+            if store:
+                p[j] = buf[j]
+            else:
+                buf[j] = p[j]
+        return
+    for j in range(n):
+        p = f32_1d(_addr_of(r, s, k + j, 1), (1,), (4,))
+        if store:
+            p[0] = buf[j]
+        else:
+            buf[j] = p[0]
+
+
+@Q.inline
+def copy_to_quant(rec, ith, nth, quantize, bs, ts):
+    """dup/cpy/cont from F32 (any layout) into a quantized tensor: block by block in element order."""
+    r = record(rec)
+    buf = stack_f32()
+    lo, hi = split(_n_blocks(r, 0, bs), ith, nth)
+    for b in range(lo, hi):
+        _f32_elems(r, 1, b * bs, buf, bs, False)
+        quantize(buf, u8_1d(_addr_of(r, 0, b * bs, bs), (ts,), (1,)))
+
+
+@Q.inline
+def copy_from_quant(rec, ith, nth, dequantize, bs, ts):
+    """dup/cpy/cont of a quantized tensor into F32, or get_rows of its rows (dequantized)."""
+    r = record(rec)
+    buf = stack_f32()
+    if t_type(r, 2) == T.TYPE_I32:      # get_rows (src1: the row indices); cpy/dup write F32
+        if not check_indices(r):
+            return
+        ne0, idx = t_ne(r, 1, 0), view_i32(r, 2)
+        b2, b1, b0 = idx.shape[1], idx.shape[2], idx.shape[3]
+        lo, hi = split(b0 * b1 * b2, ith, nth)
+        j2, j1, j0 = lo // (b1 * b0), (lo // b0) % b1, lo % b0
+        for _ in range(lo, hi):
+            src = t_addr(r, 1) + idx[0, j2, j1, j0] * t_nb(r, 1, 1) + j1 * t_nb(r, 1, 2) + j2 * t_nb(r, 1, 3)
+            dst = t_addr(r, 0) + j0 * t_nb(r, 0, 1) + j1 * t_nb(r, 0, 2) + j2 * t_nb(r, 0, 3)
+            # (get_rows' result is a new tensor: its rows are contiguous)
+            dequantize(u8_1d(src, (ne0 // bs * ts,), (1,)), f32_1d(dst, (ne0,), (4,)))
+            j0, j1, j2 = next_row(j0, j1, j2, b0, b1)
+        return
+    lo, hi = split(_n_blocks(r, 1, bs), ith, nth)
+    for b in range(lo, hi):
+        dequantize(u8_1d(_addr_of(r, 1, b * bs, bs), (ts,), (1,)), buf)
+        _f32_elems(r, 0, b * bs, buf, bs, True)
+
+
+def copy_quant_same(rec, ith, nth, phase, wdata, wsize):
+    """dup/cpy/cont between tensors of the same quantized type: whole blocks, in element order."""
+    r = record(rec)
+    ts = t_nb(r, 1, 0)
+    bs = QK_K if T.TYPE_Q2_K <= t_type(r, 1) <= T.TYPE_Q8_K else QK
+    lo, hi = split(_n_blocks(r, 1, bs), ith, nth)
+    for b in range(lo, hi):
+        s = u8_1d(_addr_of(r, 1, b * bs, bs), (ts,), (1,))
+        d = u8_1d(_addr_of(r, 0, b * bs, bs), (ts,), (1,))
+        for j in range(ts):
+            d[j] = s[j]
+
+
+# -- mul_mat: phase 0 quantizes src1's rows into the work buffer, phase 1 multiplies ---------------------
+MM_ROWS = 32        # src0 rows per work unit (units depend only on the shapes: same bits for any thread count)
+MM_BLAS_N = 4       # from this many src1 columns on, BLAS sgemm multiplies the dequantized tiles
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def fdot(x, y):
+    """float32 dot product, vectorised (the order of the sum is the compiler's, fixed for a build)."""
+    s = np.float32(0)
+    for k in range(x.shape[0]):
+        s += x[k] * y[k]
+    return s
+
+
+def mul_mat_work(a, b, n_tasks) -> int:
+    """Work bytes of mul_mat(a quantized, b): b's rows in the vec_dot type, the same values as float32,
+    and per task a tile of MM_ROWS dequantized rows of a."""
+    K, rows = b.ne[0], b.ne[1] * b.ne[2] * b.ne[3]
+    return (T.row_size(Q.VEC_DOT_TYPE[a.type], K) + 4 * K) * rows + n_tasks * MM_ROWS * K * 4 + 64
+
+
+@Q.inline
+def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantize, bs, ts, vts):
+    """dst[n, m] = sum_k a[m, k] b[n, k] with b's rows first quantized to the vec_dot type, as ggml
+    (its from_float is the reference quantizer), then the products of the dequantized values: the
+    terms of ggml's integer block dots, each exact in float32 but for one rounding, summed by BLAS
+    (or a plain loop for small tiles) instead of block by block."""
+    r = record(rec)
+    K, M, N = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 2, 1)
+    ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
+    vrow = K // bs * vts
+    rows = N * ne2 * ne3
+    yf = (wdata + rows * vrow + 63) // 64 * 64           # b's rows as float32, 64-byte aligned
+    if phase == 0:
+        lo, hi = split(rows, ith, nth)
+        for ir in range(lo, hi):
+            i1, i2, i3 = ir % N, (ir // N) % ne2, ir // (N * ne2)
+            x = f32_1d(t_addr(r, 2) + i1 * t_nb(r, 2, 1) + i2 * t_nb(r, 2, 2) + i3 * t_nb(r, 2, 3), (K,), (4,))
+            q = u8_1d(wdata + ir * vrow, (vrow,), (1,))
+            vquantize(x, q)
+            vdequantize(q, f32_1d(yf + ir * K * 4, (K,), (4,)))
+        return
+    r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)
+    chunks = (M + MM_ROWS - 1) // MM_ROWS
+    tile = yf + rows * K * 4 + ith * MM_ROWS * K * 4
+    xrow = K // bs * ts
+    for u in range(ith, chunks * ne2 * ne3, nth):
+        c, i2, i3 = u % chunks, (u // chunks) % ne2, u // (chunks * ne2)
+        a = t_addr(r, 1) + (i2 // r2) * t_nb(r, 1, 2) + (i3 // r3) * t_nb(r, 1, 3)
+        m0, m1 = c * MM_ROWS, min(M, (c + 1) * MM_ROWS)
+        y, d = yf + (i2 + i3 * ne2) * N * K * 4, t_addr(r, 0) + m0 * 4 + i2 * t_nb(r, 0, 2) + i3 * t_nb(r, 0, 3)
+        if N < MM_BLAS_N:       # a few columns (token generation): each row dequantized, used while in cache
+            x = f32_1d(tile, (K,), (4,))
+            for m in range(m1 - m0):
+                dequantize(u8_1d(a + (m0 + m) * t_nb(r, 1, 1), (xrow,), (1,)), x)
+                for n in range(N):
+                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = fdot(x, f32_1d(y + n * K * 4, (K,), (4,)))
+            continue
+        for m in range(m0, m1):
+            dequantize(u8_1d(a + m * t_nb(r, 1, 1), (xrow,), (1,)), f32_1d(tile + (m - m0) * K * 4, (K,), (4,)))
+        gemm(r[R_BLAS], m1 - m0, N, K, tile, K * 4, 4, y, 4, K * 4, d, t_nb(r, 0, 1))
+
+
+# -- one kernel per type ----------------------------------------------------------------------------------
+def _to_q4_0(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, Q.quantize_q4_0, QK, 18)
+
+
+def _to_q4_1(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, Q.quantize_q4_1, QK, 20)
+
+
+def _to_q5_0(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, Q.quantize_q5_0, QK, 22)
+
+
+def _to_q5_1(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, Q.quantize_q5_1, QK, 24)
+
+
+def _to_q8_0(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, Q.quantize_q8_0, QK, 34)
+
+
+def _to_q8_1(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, Q.quantize_q8_1, QK, 40)
+
+
+def _to_q2_k(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, KQ.quantize_q2_k, QK_K, 84)
+
+
+def _to_q3_k(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, KQ.quantize_q3_k, QK_K, 110)
+
+
+def _to_q4_k(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, KQ.quantize_q4_k, QK_K, 144)
+
+
+def _to_q5_k(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, KQ.quantize_q5_k, QK_K, 176)
+
+
+def _to_q6_k(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, KQ.quantize_q6_k, QK_K, 210)
+
+
+def _to_q8_k(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, Q.quantize_q8_k, QK_K, 292)
+
+
+def _from_q4_0(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, Q.dequantize_q4_0, QK, 18)
+
+
+def _from_q4_1(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, Q.dequantize_q4_1, QK, 20)
+
+
+def _from_q5_0(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, Q.dequantize_q5_0, QK, 22)
+
+
+def _from_q5_1(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, Q.dequantize_q5_1, QK, 24)
+
+
+def _from_q8_0(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, Q.dequantize_q8_0, QK, 34)
+
+
+def _from_q8_1(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, Q.dequantize_q8_1, QK, 40)
+
+
+def _from_q2_k(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, KQ.dequantize_q2_k, QK_K, 84)
+
+
+def _from_q3_k(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, KQ.dequantize_q3_k, QK_K, 110)
+
+
+def _from_q4_k(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, KQ.dequantize_q4_k, QK_K, 144)
+
+
+def _from_q5_k(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, KQ.dequantize_q5_k, QK_K, 176)
+
+
+def _from_q6_k(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, KQ.dequantize_q6_k, QK_K, 210)
+
+
+def _from_q8_k(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, Q.dequantize_q8_k, QK_K, 292)
+
+
+def _mm_q4_0(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q4_0, Q.quantize_q8_0, Q.dequantize_q8_0, QK, 18, 34)
+
+
+def _mm_q4_1(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q4_1, Q.quantize_q8_1, Q.dequantize_q8_1, QK, 20, 40)
+
+
+def _mm_q5_0(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q5_0, Q.quantize_q8_0, Q.dequantize_q8_0, QK, 22, 34)
+
+
+def _mm_q5_1(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q5_1, Q.quantize_q8_1, Q.dequantize_q8_1, QK, 24, 40)
+
+
+def _mm_q8_0(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q8_0, Q.quantize_q8_0, Q.dequantize_q8_0, QK, 34, 34)
+
+
+def _mm_q2_k(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q2_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 84, 292)
+
+
+def _mm_q3_k(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q3_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 110, 292)
+
+
+def _mm_q4_k(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q4_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 144, 292)
+
+
+def _mm_q5_k(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q5_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 176, 292)
+
+
+def _mm_q6_k(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q6_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 210, 292)
+
+
+_TYPES = (T.TYPE_Q4_0, T.TYPE_Q4_1, T.TYPE_Q5_0, T.TYPE_Q5_1, T.TYPE_Q8_0, T.TYPE_Q8_1,
+          T.TYPE_Q2_K, T.TYPE_Q3_K, T.TYPE_Q4_K, T.TYPE_Q5_K, T.TYPE_Q6_K, T.TYPE_Q8_K)
+TO_QUANT = dict(zip(_TYPES, (_to_q4_0, _to_q4_1, _to_q5_0, _to_q5_1, _to_q8_0, _to_q8_1,
+                             _to_q2_k, _to_q3_k, _to_q4_k, _to_q5_k, _to_q6_k, _to_q8_k)))
+FROM_QUANT = dict(zip(_TYPES, (_from_q4_0, _from_q4_1, _from_q5_0, _from_q5_1, _from_q8_0, _from_q8_1,
+                               _from_q2_k, _from_q3_k, _from_q4_k, _from_q5_k, _from_q6_k, _from_q8_k)))
+MUL_MAT = {T.TYPE_Q4_0: _mm_q4_0, T.TYPE_Q4_1: _mm_q4_1, T.TYPE_Q5_0: _mm_q5_0, T.TYPE_Q5_1: _mm_q5_1,
+           T.TYPE_Q8_0: _mm_q8_0, T.TYPE_Q2_K: _mm_q2_k, T.TYPE_Q3_K: _mm_q3_k, T.TYPE_Q4_K: _mm_q4_k,
+           T.TYPE_Q5_K: _mm_q5_k, T.TYPE_Q6_K: _mm_q6_k}

@@ -1,0 +1,150 @@
+"""Quantized variants of mul_mat, get_rows and dup/cpy/cont against numpy (graphcore.quants' formats are
+checked against ggml's C in test_quants.py): mul_mat within test-backend-ops' NMSE 5e-4 of the float64
+product with the dequantized src0, and within float32 rounding of ggml's own arithmetic (src1
+quantized to the vec_dot type first), batches broadcast by blocks, few and many columns (dot products
+and the BLAS path), the same bits for 1, 2 and 4 threads; copies and get_rows bit for bit; bad input."""
+import numpy as np
+import pytest
+
+import graphcore as gc
+from graphcore import quant_rows as QR
+from graphcore import quants as Q
+from graphcore import types as T
+from graphcore.testing import assert_close_nmse, compute_guarded, sentinel_context
+
+MM_TYPES = list(Q.VEC_DOT_TYPE)
+
+
+def quantized_leaf(ctx, t, x):
+    """A tensor of type t holding x (float32, numpy order) quantized by rows."""
+    a = gc.new_tensor(ctx, t, list(x.shape[::-1]))
+    a.numpy()[...] = QR.quantize(x, t)
+    return a
+
+
+def compute(ctx, out, n_threads):
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, out)
+    gc.graph_compute_with_ctx(ctx, g, n_threads)
+    return out.numpy().copy()
+
+
+@pytest.mark.parametrize("t", MM_TYPES)
+@pytest.mark.parametrize("N", [1, 6])
+def test_mul_mat(t, N):
+    rng = np.random.default_rng(t * 10 + N)
+    K, M = 512, 40                      # two k-quant super-blocks; 40 rows: a partial work unit
+    w = rng.standard_normal((2, 1, M, K)).astype(np.float32)          # ne02 = 1, ne03 = 2
+    x = rng.standard_normal((2, 3, N, K)).astype(np.float32)          # ne12 = 3: broadcast by blocks
+    results = []
+    for n_threads in (1, 2, 4):
+        ctx = sentinel_context(8 << 20)
+        out = gc.mul_mat(ctx, quantized_leaf(ctx, t, w), gc.from_numpy(ctx, x))
+        compute_guarded(ctx, out, n_threads)
+        results.append(out.numpy().copy())
+    for r in results[1:]:
+        np.testing.assert_array_equal(r.view(np.uint32), results[0].view(np.uint32))
+    wd = QR.dequantize(QR.quantize(w, t), t).astype(np.float64)
+    assert_close_nmse(results[0], x.astype(np.float64) @ np.swapaxes(wd, 2, 3), 5e-4)
+    # ggml's arithmetic: x's rows quantized to the vec_dot type, then the products of the blocks
+    xd = QR.dequantize(QR.quantize(x, Q.VEC_DOT_TYPE[t]), Q.VEC_DOT_TYPE[t]).astype(np.float64)
+    assert_close_nmse(results[0], xd @ np.swapaxes(wd, 2, 3), 1e-11)
+
+
+def test_mul_mat_plan_has_work_for_src1():
+    ctx = gc.init(4 << 20)
+    out = gc.mul_mat(ctx, gc.new_tensor_2d(ctx, T.TYPE_Q4_0, 256, 8), gc.new_tensor_2d(ctx, T.TYPE_F32, 256, 3))
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, out)
+    assert gc.graph_plan(g, 2).work_size >= 3 * (T.row_size(T.TYPE_Q8_0, 256) + 4 * 256)
+
+
+@pytest.mark.parametrize("t", T.QUANTIZED)
+def test_get_rows_and_copies(t):
+    rng = np.random.default_rng(t)
+    bs = T.blck_size(t)
+    x = (rng.standard_normal((5, 2 * bs)) * 3).astype(np.float32)
+    q, dq = QR.quantize(x, t), QR.dequantize(QR.quantize(x, t), t)
+    ctx = sentinel_context(1 << 20)
+    src = gc.from_numpy(ctx, x.T.copy())
+    to_q = gc.cpy(ctx, gc.transpose(ctx, src), gc.new_tensor_2d(ctx, t, 2 * bs, 5))   # a permuted source
+    rows = gc.get_rows(ctx, to_q, gc.from_numpy(ctx, np.array([4, 0, 4], np.int32)))
+    back = gc.cpy(ctx, to_q, gc.new_tensor_1d(ctx, T.TYPE_F32, 10 * bs))                # another shape
+    same = gc.dup(ctx, to_q)
+    outs = [to_q, rows, back, same]
+    g = gc.new_graph(ctx)
+    for o in outs:
+        gc.build_forward_expand(g, o)
+    compute_guarded(ctx, outs, 2, graph=g)
+    np.testing.assert_array_equal(to_q.numpy(), q)
+    np.testing.assert_array_equal(same.numpy(), q)
+    np.testing.assert_array_equal(rows.numpy(), dq[[4, 0, 4]])
+    np.testing.assert_array_equal(back.numpy(), dq.ravel())
+
+
+def test_get_rows_bad_index():
+    ctx = gc.init(1 << 20)
+    a = quantized_leaf(ctx, T.TYPE_Q8_0, np.ones((3, 32), np.float32))
+    out = gc.get_rows(ctx, a, gc.from_numpy(ctx, np.array([1, 3], np.int32)))
+    with pytest.raises(gc.ComputeError, match="3"):
+        compute(ctx, out, 2)
+
+
+def test_bad_input():
+    ctx = gc.init(1 << 20)
+    q4 = gc.new_tensor_2d(ctx, T.TYPE_Q4_0, 64, 4)
+    with pytest.raises(gc.GraphError, match=r"mul_mat: src0 must be .* q8_K"):
+        gc.mul_mat(ctx, gc.new_tensor_2d(ctx, T.TYPE_Q8_K, 256, 2), gc.new_tensor_2d(ctx, T.TYPE_F32, 256, 2))
+    with pytest.raises(gc.GraphError, match="mul_mat: .*contiguous"):
+        gc.mul_mat(ctx, q4, gc.transpose(ctx, gc.new_tensor_2d(ctx, T.TYPE_F32, 4, 64)))
+    with pytest.raises(gc.GraphError, match="cpy: quantized tensors convert only to or from F32"):
+        gc.cpy(ctx, q4, gc.new_tensor_2d(ctx, T.TYPE_F16, 64, 4))
+    with pytest.raises(gc.GraphError, match="cpy: quantized tensors convert only to or from F32"):
+        gc.cpy(ctx, q4, gc.new_tensor_2d(ctx, T.TYPE_Q8_0, 64, 4))
+    with pytest.raises(gc.GraphError, match="is quantized"):
+        gc.get_f32_1d(q4, 0)
+    with pytest.raises(gc.GraphError, match="set_param: only float tensors"):
+        gc.set_param(ctx, q4)
+
+
+def test_gradient_through_quantized_src0():
+    """d sum(a @ b) / db[n, k] = sum_m a[m, k], a dequantized (a quantized src0 takes no gradient)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 64)).astype(np.float32)
+    ctx = gc.init(4 << 20)
+    a = quantized_leaf(ctx, T.TYPE_Q8_0, w)
+    b = gc.from_numpy(ctx, rng.standard_normal((3, 64)).astype(np.float32))
+    gc.set_param(ctx, b)
+    loss = gc.sum(ctx, gc.mul_mat(ctx, a, b))
+    gf = gc.new_graph_custom(ctx, 64, True)
+    gc.build_forward_expand(gf, loss)
+    gb = gc.graph_dup(ctx, gf)
+    gc.build_backward_expand(ctx, gf, gb, False)
+    gc.graph_reset(gf)
+    gc.set_f32(loss.grad, 1.0)
+    gc.graph_compute_with_ctx(ctx, gb, 1)
+    want = QR.dequantize(QR.quantize(w, T.TYPE_Q8_0), T.TYPE_Q8_0).sum(axis=0)
+    np.testing.assert_allclose(b.grad.numpy(), np.broadcast_to(want, (3, 64)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", T.QUANTIZED)
+def test_graph_file_round_trip(t, tmp_path):
+    """Graph files keep quantized leafs (type ids, bytes) and nodes reading them; imported, they compute the same."""
+    rng = np.random.default_rng(t)
+    bs = T.blck_size(t)
+    ctx = gc.init(4 << 20)
+    a = gc.set_name(quantized_leaf(ctx, t, rng.standard_normal((3, 2 * bs)).astype(np.float32)), "w")
+    if t in Q.VEC_DOT_TYPE:
+        out = gc.mul_mat(ctx, a, gc.from_numpy(ctx, rng.standard_normal((2, 2 * bs)).astype(np.float32)))
+    else:
+        out = gc.get_rows(ctx, a, gc.from_numpy(ctx, np.array([2, 0], np.int32)))
+    g = gc.new_graph(ctx)
+    gc.build_forward_expand(g, out)
+    gc.graph_compute_with_ctx(ctx, g, 1)
+    gc.graph_export(g, tmp_path / "q.ggml")
+    g2 = gc.graph_import(tmp_path / "q.ggml")
+    w2 = gc.graph_get_tensor(g2, "w")
+    assert w2.type == t and w2.ne == a.ne and w2.nb == a.nb
+    np.testing.assert_array_equal(w2.numpy(), a.numpy())
+    gc.graph_compute_with_ctx(g2.nodes[-1].ctx, g2, 2)
+    np.testing.assert_array_equal(g2.nodes[-1].numpy(), out.numpy())
