@@ -6,8 +6,9 @@ Shapes are written in ggml's `ne` order, innermost dimension first: `[ne0, ne1, 
 
 `gc.sum`, `gc.abs` and `gc.set` (ggml_sum, ggml_abs, ggml_set) are left out of `__all__`, so that
 `from graphcore import *` does not shadow Python's builtins; they are documented in
-`graphcore.ops.reduce.sum`, `graphcore.ops.elementwise.abs_` and `graphcore.ops.indexing.set`.
+`graphcore.ops.reduce.sum`, `graphcore.ops.unary.abs_` and `graphcore.ops.indexing.set`.
 """
+from . import _cache  # noqa: F401,I001 (first: where numba caches the kernels; see _cache.py)
 from .errors import ComputeError, GraphError, NonFiniteError, NotComputedWarning, OutOfMemoryError
 from .types import (TYPE_F16, TYPE_F32, TYPE_I32, TYPE_TRAITS, blck_size, fp16_to_fp32, fp32_to_fp16,
                     type_name, type_size)

@@ -101,3 +101,26 @@ def test_no_module_is_too_long():
     long = {str(p.relative_to(ROOT)): n for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 650}
     assert not long, f"modules over 650 lines (split them by concern): {long}"
+
+
+def test_kernel_cache_folder_follows_every_source(tmp_path):
+    """numba checks only a kernel's own file: the cache folder is named after all of graphcore's
+    sources, so editing a helper another module's kernels inline gives them a fresh cache."""
+    import shutil
+    import subprocess
+    import sys
+    pkg = tmp_path / "graphcore"
+    shutil.copytree(ROOT / "graphcore", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import importlib.util as u, sys; s = u.spec_from_file_location('c', sys.argv[1]); " \
+           "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.cache_dir())"
+
+    def folder():
+        r = subprocess.run([sys.executable, "-c", code, str(pkg / "_cache.py")], capture_output=True, text=True,
+                           timeout=120, env={"GRAPHCORE_CACHE_DIR": str(tmp_path / "c"), "PATH": ""})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+    before = folder()
+    assert before.startswith(str(tmp_path / "c" / "numba-")) and folder() == before
+    with open(pkg / "ops" / "common.py", "a") as f:
+        f.write("\n# an edit to a helper module\n")
+    assert folder() != before
