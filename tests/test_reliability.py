@@ -126,7 +126,9 @@ def test_compute_from_a_custom_function():
         gc.graph_compute_with_ctx(ctx, gi, 2)
         dst[...] = a + inner.numpy()[0]
 
-    o = gc.map_custom1(ctx, gc.add(ctx, big, big), uses_inner, allow_python=True)
+    # one task: with a task per thread both threads would compute gi at once, and the second,
+    # finding gi being computed, gets the documented GraphError rather than waiting
+    o = gc.map_custom1(ctx, gc.add(ctx, big, big), uses_inner, n_tasks=1, allow_python=True)
     g = gc.build_forward(o)
     for nth in (1, 2):
         gc.graph_compute_with_ctx(ctx, g, nth)
