@@ -17,11 +17,28 @@ from ..native import (f32_2d_strided, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_
 from .common import shapes
 from .layout import cont, transpose
 from .refs import blocks, f64
+from ..native import f32_1d
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
 
 SMALL_GEMM = 8192      # below this many multiply-adds a plain loop beats a BLAS call
 CHUNK = 64
+MATVEC_N = 4           # up to this many src1 columns a streaming dot-product loop beats BLAS sgemm
+
+
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def matvec(M, N, K, a, a_sm, b, b_sn, c, c_sn):
+    """C[m, n] = A[m, :] · B[:, n] for rows of A and columns of B contiguous in k: float32 products summed
+    in float32 lanes (LLVM vectorises the loop; ggml's vec_dot_f32 works the same way). A single pass
+    over A at memory speed, where BLAS sgemm with N = 1 is several times slower (one-token decoding)."""
+    for m in range(M):
+        w = f32_1d(a + m * a_sm, (K,), (4,))
+        for n in range(N):
+            x = f32_1d(b + n * b_sn, (K,), (4,))
+            acc = np.float32(0.0)
+            for k in range(K):
+                acc += w[k] * x[k]
+            f32_1d(c + n * c_sn + m * 4, (1,), (4,))[0] = acc
 
 
 @njit(cache=True)
@@ -47,6 +64,9 @@ def _ld(stride, need, other_dim):
 @inline
 def gemm(blas, M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
     """C[m, n] = sum_k A[m, k] * B[k, n]; A, B, C addresses with byte strides (C's m stride is 4)."""
+    if M * N * K >= SMALL_GEMM and N <= MATVEC_N and a_sk == 4 and b_sk == 4:
+        matvec(M, N, K, a, a_sm, b, b_sn, c, c_sn)
+        return
     if M * N * K >= SMALL_GEMM and blas != 0:
         ta, lda = -1, -1
         if a_sk == 4 or K == 1:
