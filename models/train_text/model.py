@@ -9,7 +9,7 @@ from typing import List
 import numpy as np
 
 import graphcore as gc
-from models.baby_llama.rng import init_random_normal_distribution, randomize_tensor_normal
+from models.baby_llama.rng import RandomNormalDistribution, randomize_tensor_normal
 
 LLAMA_TRAIN_MAX_NODES = 16384   # common/train.h
 
@@ -114,9 +114,12 @@ def init_model(hp: TrainHparams) -> TrainModel:
     return m
 
 
-def randomize_model(model: TrainModel, seed: int, mean=0.0, std=1.0, min=-1.0, max=1.0) -> None:
-    """randomize_model: one random_normal_distribution(seed) over every tensor in order (Xavier-scaled)."""
-    rnd = init_random_normal_distribution(seed, mean, std, min, max)
+def randomize_model(model: TrainModel, seed: int, mean=0.0, std=1.0, min=-1.0, max=1.0, fma: bool = True) -> None:
+    """randomize_model: one random_normal_distribution(seed) over every tensor in order (Xavier-scaled).
+    fma: the polar method's x*x + y*y as one fused multiply-add, as llama.cpp's default build
+    (g++ -O3 -march=native, which contracts it on a CPU with FMA) computes it; fma=False gives a
+    build without contraction. Either way the weights equal that build's bit for bit."""
+    rnd = RandomNormalDistribution(seed, mean, std, min, max, fma=fma)
     for t in model.tensors():
         randomize_tensor_normal(t, rnd)
 
