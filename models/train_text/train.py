@@ -100,6 +100,7 @@ class OptCallback:
     interrupted: bool = False
     history: list = field(default_factory=list)
     progress: object = None
+    snapshot: tuple = None
 
     def count_new_iters(self):
         a, train = self.args, self.train
@@ -112,10 +113,12 @@ class OptCallback:
     def __call__(self, _data, accum_step, sched) -> bool:
         a, train = self.args, self.train
         opt = train.opt
+        if accum_step == 0:
+            if not self.interrupted:
+                self._report(sched)
+            self.snapshot = self._sampling_state()
         if self.interrupted:
             return True
-        if accum_step == 0:
-            self._report(sched)
         g = self.graphs
         used = get_example_targets_batch(
             g.tokens_input.numpy(), g.target_probs.numpy(), train.shuffle_next_sample, *self.shuffled,
@@ -136,6 +139,21 @@ class OptCallback:
             elif opt.iter > self.iter_at_last_epoch:
                 return True
         return False
+
+    def _sampling_state(self):
+        t = self.train
+        return (t.train_samples, t.train_epochs, t.shuffle_next_sample, t.shuffle_rng_state_current,
+                t.shuffle_rng_state_next, self.shuffled)
+
+    def rewind(self):
+        """Undo the sample draws of the last evaluation. Its gradient is never used for a step (the
+        optimizer stops after it), so a checkpoint saved after rewinding resumes with that very batch:
+        a run resumed from it equals the straight run bit for bit. (The C program saves the state after
+        the draws, and a resumed run there skips a batch.)"""
+        if self.snapshot is not None:
+            t = self.train
+            (t.train_samples, t.train_epochs, t.shuffle_next_sample, t.shuffle_rng_state_current,
+             t.shuffle_rng_state_next, self.shuffled) = self.snapshot
 
     def _report(self, sched):
         a, train, opt = self.args, self.train, self.train.opt
@@ -254,6 +272,7 @@ def run(a, out=sys.stdout) -> dict:
     w(f"main: total training time: {print_duration((time.perf_counter() - t0) * 1000.0)}\n")
     if cb.interrupted:
         w("main: interrupted: saving the state reached\n")
+    cb.rewind()
     if cb.count_new_iters() > 0:
         saver(train, out)
     return dict(model=model, train=train, graphs=g, result=result, history=cb.history,
