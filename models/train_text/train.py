@@ -121,7 +121,7 @@ class OptCallback:
             return True
         g = self.graphs
         used = get_example_targets_batch(
-            g.tokens_input.numpy(), g.target_probs.numpy(), train.shuffle_next_sample, *self.shuffled,
+            g.tokens_input.numpy4d()[0, 0], g.target_probs.numpy4d()[0], train.shuffle_next_sample, *self.shuffled,
             self.tokens, self.bos, self.eos, a.separate_with_eos, a.separate_with_bos,
             a.fill_with_next_samples, a.sample_random_offsets)
         train.train_samples += used
