@@ -10,6 +10,7 @@ import hashlib
 import io
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -17,9 +18,10 @@ import numpy as np
 import pytest
 
 import graphcore as gc
-from graphcore.gguf_io import gguf_read
+from graphcore.gguf_io import GGUFError, gguf_read, gguf_write
 from graphcore.testing import check_gradients
 from models.llama.model import LlamaModel, LlamaSession
+from models.llama.tokenizer import TokenizerError
 from models.train_text import (TrainHparams, build_train_graphs, compute_samples_hash, init_model, learning_schedule,
                                parse_args, randomize_model, run, save_llama_model_file, shuffle_samples,
                                tokenize_file)
@@ -203,14 +205,32 @@ def test_checkpoint_resume_equals_a_straight_run(tmp_path):
 def test_model_out_runs_in_the_llama_engine(tmp_path):
     """The written GGUF loads in models.llama (llama.cpp's loader rules) and gives the logits of the
     training graph for the same tokens."""
-    r, _ = _run(TINY + ["--adam-iter", "2", "--model-out", str(tmp_path / "m.gguf"), "--checkpoint-out", ""])
+    r, _ = _run(TINY + ["--adam-iter", "2", "--model-out", str(tmp_path / "m.gguf"), "--checkpoint-out", "",
+                        "-b", "1"])
     g = r["graphs"]
     lm = LlamaModel(str(tmp_path / "m.gguf"))
-    toks = g.tokens_input.numpy()[0].copy()
+    toks = g.tokens_input.numpy4d()[0, 0, 0].copy()
     logits = LlamaSession(lm, n_ctx=16, n_threads=1).eval(toks.tolist(), all_logits=True)
-    g.tokens_input.numpy()[:] = toks
     gc.graph_compute_with_ctx(g.ctx, g.gf, 1)
-    np.testing.assert_allclose(np.asarray(logits).reshape(16, -1), g.logits.numpy()[0], rtol=1e-3, atol=2e-3)
+    np.testing.assert_allclose(np.asarray(logits).reshape(16, -1), g.logits.numpy4d()[0, 0], rtol=1e-3, atol=2e-3)
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path):
+    p = subprocess.Popen([sys.executable, "-m", "models.train_text", *TINY, "--adam-iter", "500", "--model-out", "",
+                          "--checkpoint-out", str(tmp_path / "c-ITERATION.gguf")], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(DATA)))
+    try:
+        for line in p.stdout:
+            if "iter=     2 " in line:
+                p.send_signal(signal.SIGINT)
+                break
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert "interrupted" in out
+    f = gguf_read(tmp_path / "c-LATEST.gguf")
+    assert f.metadata["training.iteration_count"] >= 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +267,23 @@ def test_cli_runs_and_writes_files(tmp_path):
         assert key in p.stdout
     assert "iter=     2 sample=5/478" in p.stdout
     assert sorted(os.listdir(tmp_path)) == ["c-2.gguf", "c-LATEST.gguf", "m-2.gguf", "m-LATEST.gguf"]
+
+
+def test_bad_vocabulary_and_checkpoint_raise(tmp_path):
+    vocab = gguf_read(VOCAB)
+    gpt2 = tmp_path / "gpt2.gguf"
+    md = {"general.architecture": "llama", "tokenizer.ggml.model": "gpt2",
+          "tokenizer.ggml.tokens": vocab.metadata["tokenizer.ggml.tokens"][:100]}
+    gguf_write(gpt2, md, {})
+    with pytest.raises(TokenizerError, match="only 'llama'"):
+        _run(TINY + ["--vocab-model", str(gpt2)])
+    # a checkpoint whose tensors disagree with its own hyper-parameters
+    model = init_model(TrainHparams(n_vocab=32000, n_ctx=16, n_embd=32, n_head=4, n_layer=2, n_rot=8, n_ff=48))
+    model.hparams.n_ff = 40
+    bad = tmp_path / "bad.gguf"
+    save_llama_model_file(bad, vocab, model)
+    with pytest.raises(GGUFError, match="ffn_gate.weight' has shape"):
+        _run(TINY + ["--checkpoint-in", str(bad)])
 
 
 def test_parse_args_defaults_are_the_c_programs():
