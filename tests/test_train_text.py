@@ -293,3 +293,11 @@ def test_parse_args_defaults_are_the_c_programs():
     assert (a.warmup, a.cos_decay_steps, a.adam_iter, a.adam_alpha, a.adam_decay, a.adam_gclip) == \
         (100, 1000, 256, 1e-3, 0.1, 1.0)
     assert parse_args(["--adam_iter", "3", "--no_flash"]).adam_iter == 3      # '_' read as '-'
+
+
+def test_plot_loss_writes_a_picture(tmp_path):
+    pytest.importorskip("matplotlib")
+    from models.train_text.cli import main
+    assert main(TINY + ["--adam-iter", "2", "--checkpoint-out", "", "--model-out", "",
+                        "--plot-loss", str(tmp_path / "loss.png")]) == 0
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

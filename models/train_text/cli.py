@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from graphcore.cli_support import CliError
 from graphcore.gguf_io import GGUFError
+from models.baby_llama.cli import plot_loss
 from models.llama.tokenizer import TokenizerError
 
 from .data import DataError
 from .train import LLAMA_DEFAULT_SEED, run
-
-
-class CliError(Exception):
-    """A bad option value, reported as one line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,36 +124,13 @@ def parse_args(argv):
     return a
 
 
-def plot_loss(path, history):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CliError("--plot-loss needs matplotlib: pip install 'graphcore-engine[plot]'") from None
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    ax.plot(range(1, len(history) + 1), history, color="tab:blue", lw=1.5, label="loss")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy loss")
-    ax.set_title("train-text training")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except (OSError, ValueError) as e:
-        raise CliError(f"--plot-loss {path}: {e}") from None
-    finally:
-        plt.close(fig)
-
-
 def main(argv=None) -> int:
     prog = "graphcore-train-text"
     try:
         a = parse_args(sys.argv[1:] if argv is None else argv)
         r = run(a)
         if a.plot_loss:
-            plot_loss(a.plot_loss, r.get("history", []))
+            plot_loss(a.plot_loss, r.get("history", []), "train-text training", "iteration")
     except (CliError, DataError, GGUFError, TokenizerError, ValueError) as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 1

@@ -96,6 +96,18 @@ def compute_samples_hash(fn: str, begins, sizes) -> int:
 # =============================================================================================
 # tokenize_file
 # =============================================================================================
+def check_corpus(filename) -> bytes:
+    """The training data's bytes; a DataError when the file cannot be read or is empty."""
+    try:
+        with open(filename, "rb") as f:
+            buf = f.read()
+    except OSError as e:
+        raise DataError(f"train-text: cannot read training data '{filename}': {e.strerror}") from None
+    if not buf:
+        raise DataError(f"train-text: training data '{filename}' is empty")
+    return buf
+
+
 def tokenize_file(tokenizer, filename, sample_start: str, include_sample_start: bool, overlapping_samples: bool,
                   context_length: int, out=None):
     """tokenize_file: (tokens, samples_begin, samples_size). Without a sample_start pattern the whole
@@ -104,13 +116,7 @@ def tokenize_file(tokenizer, filename, sample_start: str, include_sample_start: 
     def say(s):
         if out is not None:
             out.write(f"tokenize_file: {s}\n")
-    try:
-        with open(filename, "rb") as f:
-            buf = f.read()
-    except OSError as e:
-        raise DataError(f"train-text: cannot read training data '{filename}': {e.strerror}") from None
-    if not buf:
-        raise DataError(f"train-text: training data '{filename}' is empty")
+    buf = check_corpus(filename)
     if not sample_start:
         tokens = np.asarray(tokenizer.encode(buf, bos=False), dtype=np.int32)
         begins, sizes = [0], [min(context_length, len(tokens))]

@@ -112,13 +112,17 @@ def save_checkpoint_file(path, vocab, model, train: TrainState) -> None:
     gguf_write(path, md, tensors)
 
 
+def _expect(f, key, kind, expected, why):
+    """The value of a required key, which must equal `expected` (GGUFError saying `why` otherwise)."""
+    v = f.get(key, required=True, kind=kind)
+    if v != expected:
+        raise GGUFError(f"{f.path}: {key} is {v!r}; {why}")
+    return v
+
+
 def _hparams_from(f, n_ctx_default: int) -> TrainHparams:
-    arch = f.get("general.architecture", required=True, kind=str)
-    if arch != "llama":
-        raise GGUFError(f"{f.path}: general.architecture is '{arch}', expected 'llama'")
-    ftype = f.get("general.file_type", required=True, kind=int)
-    if ftype != LLAMA_FTYPE_ALL_F32:
-        raise GGUFError(f"{f.path}: general.file_type is {ftype}; train-text reads all-F32 models only (0)")
+    _expect(f, "general.architecture", str, "llama", "expected 'llama'")
+    _expect(f, "general.file_type", int, LLAMA_FTYPE_ALL_F32, "train-text reads all-F32 models only (0)")
     g = lambda k, d=None: f.get("llama." + k, d, required=d is None, kind=int)   # noqa: E731
     hp = TrainHparams(n_ctx=g("context_length", n_ctx_default), n_embd=g("embedding_length"),
                       n_ff=g("feed_forward_length"), n_head=g("attention.head_count"), n_layer=g("block_count"))
@@ -169,14 +173,9 @@ def load_checkpoint_file(path, n_vocab: int, n_ctx_default: int, opt_params):
 
 def _load_opt(f, opt, params, nx):
     """load_opt_context_gguf (Adam only)."""
-    if f.get("optimizer.file_version", required=True, kind=int) != 0:
-        raise GGUFError(f"{f.path}: optimizer.file_version is not 0")
-    otype = f.get("optimizer.type", required=True, kind=str)
-    if otype != "adam":
-        raise GGUFError(f"{f.path}: optimizer.type is '{otype}'; train-text resumes Adam only")
-    file_nx = f.get("optimizer.parameter_count", required=True, kind=int)
-    if file_nx != nx:
-        raise GGUFError(f"{f.path}: optimizer.parameter_count is {file_nx}, the model has {nx} parameters")
+    _expect(f, "optimizer.file_version", int, 0, "expected 0")
+    _expect(f, "optimizer.type", str, "adam", "train-text resumes Adam only")
+    _expect(f, "optimizer.parameter_count", int, nx, f"the model has {nx} parameters")
     params.past = f.get("optimizer.convergence_past_count", required=True, kind=int)
     gc.opt_init(None, opt, params, nx)
     opt.iter = f.get("optimizer.iteration_count", required=True, kind=int)

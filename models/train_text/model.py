@@ -3,32 +3,27 @@ the training graphs (llama_build_train_graphs), as examples/train-text-from-scra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import List
+from dataclasses import dataclass
 
 import numpy as np
 
 import graphcore as gc
+from models.baby_llama.model import LAYER_TENSORS, LlamaHparams, LlamaLayer, LlamaModel
 from models.baby_llama.rng import RandomNormalDistribution, randomize_tensor_normal
 
 LLAMA_TRAIN_MAX_NODES = 16384   # common/train.h
 
-# the GGUF tensor names (LLM_TENSOR_*), each with ".weight"
-LAYER_TENSORS = (("attention_norm", "attn_norm"), ("wq", "attn_q"), ("wk", "attn_k"), ("wv", "attn_v"),
-                 ("wo", "attn_output"), ("ffn_norm", "ffn_norm"), ("ffn_gate", "ffn_gate"),
-                 ("ffn_down", "ffn_down"), ("ffn_up", "ffn_up"))
+# the GGUF names (LLM_TENSOR_*, each with ".weight") of a layer's tensors, in baby-llama's LAYER_TENSORS
+# order (attention_norm wq wk wv wo ffn_norm w1 w2 w3): w1 is ffn_gate, w2 ffn_down, w3 ffn_up
+LAYER_GGUF_NAMES = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_down",
+                    "ffn_up")
 
 
 @dataclass
-class TrainHparams:
-    """my_llama_hparams (the struct's defaults; main() takes n_vocab from the vocabulary and the rest
-    from the options, with n_rot = n_embd / n_head)."""
-    n_vocab: int = 32000
-    n_ctx: int = 512
-    n_embd: int = 4096
-    n_head: int = 32
-    n_layer: int = 32
-    n_rot: int = 64
+class TrainHparams(LlamaHparams):
+    """my_llama_hparams: baby-llama's llama_hparams (n_vocab n_ctx n_embd n_head n_layer n_rot with the
+    same defaults; n_mult unused) plus the feed-forward width and the norm and rope settings. main()
+    takes n_vocab from the vocabulary and the rest from the options, with n_rot = n_embd / n_head."""
     n_ff: int = 11008
     f_norm_rms_eps: float = 1e-5
     rope_freq_base: float = 10000.0
@@ -45,43 +40,17 @@ class TrainHparams:
             raise ValueError(f"train-text: n_embd / n_head ({self.n_rot}) must be even for rope")
 
 
-@dataclass
-class TrainLayer:
-    attention_norm: gc.Tensor = None
-    wq: gc.Tensor = None
-    wk: gc.Tensor = None
-    wv: gc.Tensor = None
-    wo: gc.Tensor = None
-    ffn_norm: gc.Tensor = None
-    ffn_gate: gc.Tensor = None     # w1
-    ffn_down: gc.Tensor = None     # w2
-    ffn_up: gc.Tensor = None       # w3
-
-
-@dataclass
-class TrainModel:
-    """my_llama_model: its tensors live in `ctx` (allocated in one buffer, as the C program's backend
-    buffer), every one a parameter."""
-    hparams: TrainHparams
-    ctx: object = None
-    tok_embeddings: gc.Tensor = None
-    norm: gc.Tensor = None
-    output: gc.Tensor = None
-    layers: List[TrainLayer] = field(default_factory=list)
-
-    def tensors(self):
-        """The tensors in the C program's order (randomize_model, get_parameter_count, the GGUF files)."""
-        out = [self.tok_embeddings, self.norm, self.output]
-        for layer in self.layers:
-            out += [getattr(layer, a) for a, _ in LAYER_TENSORS]
-        return out
+class TrainModel(LlamaModel):
+    """my_llama_model: baby-llama's model (the same tensors, w1/w2/w3 being ffn_gate/ffn_down/ffn_up)
+    with TrainHparams; its tensors live in `ctx`, allocated in one buffer, every one a parameter.
+    `tensors()` gives them in the C program's order (randomize_model, the optimizer, the files)."""
 
     def named_tensors(self):
         """(GGUF name, tensor) pairs in file order."""
         out = [("token_embd.weight", self.tok_embeddings), ("output_norm.weight", self.norm),
                ("output.weight", self.output)]
         for i, layer in enumerate(self.layers):
-            out += [(f"blk.{i}.{n}.weight", getattr(layer, a)) for a, n in LAYER_TENSORS]
+            out += [(f"blk.{i}.{n}.weight", getattr(layer, a)) for a, n in zip(LAYER_TENSORS, LAYER_GGUF_NAMES)]
         return out
 
     def parameter_count(self) -> int:
@@ -96,17 +65,17 @@ def init_model(hp: TrainHparams) -> TrainModel:
     hp.check()
     ctx = gc.init(mem_size=1 << 20, no_alloc=True)
     e, v, f = hp.n_embd, hp.n_vocab, hp.n_ff
-    m = TrainModel(hp, ctx)
+    m = TrainModel(ctx=ctx, hparams=hp)
     m.tok_embeddings = gc.new_tensor_2d(ctx, gc.TYPE_F32, e, v)
     m.norm = gc.new_tensor_1d(ctx, gc.TYPE_F32, e)
     m.output = gc.new_tensor_2d(ctx, gc.TYPE_F32, e, v)
     for _ in range(hp.n_layer):
-        m.layers.append(TrainLayer(
+        m.layers.append(LlamaLayer(
             gc.new_tensor_1d(ctx, gc.TYPE_F32, e),
             *(gc.new_tensor_2d(ctx, gc.TYPE_F32, e, e) for _ in range(4)),
             gc.new_tensor_1d(ctx, gc.TYPE_F32, e),
-            gc.new_tensor_2d(ctx, gc.TYPE_F32, e, f), gc.new_tensor_2d(ctx, gc.TYPE_F32, f, e),
-            gc.new_tensor_2d(ctx, gc.TYPE_F32, e, f)))
+            gc.new_tensor_2d(ctx, gc.TYPE_F32, e, f), gc.new_tensor_2d(ctx, gc.TYPE_F32, f, e),   # w1 w2
+            gc.new_tensor_2d(ctx, gc.TYPE_F32, e, f)))                                             # w3
     for name, t in m.named_tensors():
         gc.set_name(t, name)
         gc.set_param(ctx, t)
@@ -183,9 +152,9 @@ def _forward(model: TrainModel, ctx, tokens_input, targets, kq_pos, n_batch, use
         t21 = name(gc.add(ctx, gc.mul_mat(ctx, layer.wo, t19), cur), p + "t21")
         t22 = gc.rms_norm(ctx, t21, eps)
         t24 = gc.mul(ctx, gc.repeat(ctx, layer.ffn_norm, t22), t22)
-        t25 = gc.mul_mat(ctx, layer.ffn_up, t24)
-        t27 = gc.silu(ctx, gc.mul_mat(ctx, layer.ffn_gate, t24))
-        t29 = gc.mul_mat(ctx, layer.ffn_down, gc.mul(ctx, t27, t25))
+        t25 = gc.mul_mat(ctx, layer.w3, t24)
+        t27 = gc.silu(ctx, gc.mul_mat(ctx, layer.w1, t24))
+        t29 = gc.mul_mat(ctx, layer.w2, gc.mul(ctx, t27, t25))
         cur = name(gc.add(ctx, t29, t21), p + "t30")
         checkpoints.append(cur)
     t31 = name(gc.rms_norm(ctx, cur, eps), "t31")

@@ -3,7 +3,9 @@ graphs, the tokenized and shuffled samples, Adam through train.cpp's train_opt_c
 schedule, progress lines, periodic saves), and the final save."""
 from __future__ import annotations
 
+import functools
 import math
+import os
 import signal
 import sys
 import time
@@ -16,7 +18,7 @@ from graphcore.cli_support import Progress
 from graphcore.gguf_io import gguf_read
 from models.llama.tokenizer import SPMTokenizer
 
-from .data import (DataError, compute_samples_hash, get_example_targets_batch, learning_schedule,
+from .data import (DataError, check_corpus, compute_samples_hash, get_example_targets_batch, learning_schedule,
                    mt19937_seed_to_state, shuffle_samples, tokenize_file)
 from .files import TrainState, load_checkpoint_file, save_checkpoint_file, save_llama_model_file
 from .model import TrainHparams, build_train_graphs, init_model, randomize_model
@@ -184,7 +186,17 @@ class OptCallback:
 
 
 def load_vocab(path):
-    """The vocabulary file (GGUF) and its SPM tokenizer."""
+    """The vocabulary file (GGUF) and its SPM tokenizer (read once per file version in a process:
+    reading 32000 strings with the gguf package takes seconds)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _load_vocab(path, None, None)
+    return _load_vocab(os.path.realpath(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_vocab(path, _mtime, _size):
     vocab = gguf_read(path)
     return vocab, SPMTokenizer.from_gguf(vocab)
 
@@ -196,6 +208,8 @@ def run(a, out=sys.stdout) -> dict:
         seed = int(time.time()) & 0xFFFFFFFF
     w = out.write
     w(f"main: seed: {seed}\n")
+    if not a.only_write_model:
+        check_corpus(a.train_data)          # fail before the seconds of loading and building
     vocab, tok = load_vocab(a.vocab_model)
     hp = TrainHparams(n_vocab=tok.n_vocab, n_ctx=a.ctx, n_embd=a.embd, n_head=a.head, n_layer=a.layer, n_ff=a.ff,
                       n_rot=a.embd // a.head if a.head > 0 else 0, f_norm_rms_eps=a.norm_rms_eps,
