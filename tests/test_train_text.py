@@ -241,22 +241,33 @@ def _cli(args, timeout=120):
                           timeout=timeout, cwd=os.path.dirname(os.path.dirname(DATA)))
 
 
-@pytest.mark.parametrize("args,needle", [
+ERRORS = [
     (["--embd"], "expected one argument"),
     (["--bogus"], "unrecognized arguments"),
-    (["--embd", "30"], "multiple of --head"),
     (["--vocab-model", "/nonexistent.gguf"], "no such file"),
     (["--train-data", "/nonexistent.txt"], "cannot read training data"),
+    (["--checkpoint-in", CORPUS], "not a GGUF file"),
+    (["--embd", "30"], "multiple of --head"),
     (["--train-data", os.devnull], "is empty"),
     (["--ctx", "600"], "fewer than the context"),
-    (["--checkpoint-in", CORPUS], "not a GGUF file"),
-])
+]
+
+
+@pytest.mark.parametrize("args,needle", ERRORS[:5])
 def test_cli_errors_are_one_line(args, needle):
     p = _cli(TINY + ["--adam-iter", "1", "--checkpoint-out", "", "--model-out", ""] + args)
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("args,needle", ERRORS[5:])
+def test_main_errors_are_one_line(args, needle, capsys):
+    from models.train_text.cli import main
+    assert main(TINY + ["--adam-iter", "1", "--checkpoint-out", "", "--model-out", ""] + args) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
 
 
 def test_cli_runs_and_writes_files(tmp_path):
