@@ -247,6 +247,21 @@ def _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, end, bound, ys_over_yy):
 
 
 @njit(cache=True, nogil=True)
+def _adam_update(x, g, m, v, offs, decay_flags, gnorm, beta1, beta2, beta1h, beta2h, eps, p_decay):
+    """One Adam(W) step over x in place, in ggml's float32 operation order, without temporaries;
+    parameter p decays by p_decay when decay_flags[p] (it has >= decay_min_ndim dims)."""
+    omb1, omb2 = np.float32(1.0) - beta1, np.float32(1.0) - beta2
+    for p in range(offs.shape[0] - 1):
+        keep = np.float32(1.0) - (p_decay if decay_flags[p] else np.float32(0.0))
+        for i in range(offs[p], offs[p + 1]):
+            gi = g[i] * gnorm
+            m[i] = m[i] * beta1 + gi * omb1
+            v[i] = v[i] * beta2 + gi * gi * omb2
+            vh = np.sqrt(v[i] * beta2h) + eps
+            x[i] = x[i] * keep - (m[i] * beta1h) / vh
+
+
+@njit(cache=True, nogil=True)
 def _scatter(x, addrs, offs):
     """Copy x's slices into the contiguous float32 tensors at addrs (x -> parameters)."""
     for p in range(addrs.shape[0]):
@@ -354,8 +369,7 @@ def _adam(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
     decay = _F(a.decay) * alpha
     g, m, v, pf = opt.g, opt.m, opt.v, opt.pf
     x = np.empty(prob.nx, _F)
-    decays = np.concatenate([np.full(n, 1.0 if TN.n_dims(p) >= a.decay_min_ndim else 0.0, _F)
-                             for p, n in zip(prob.ps, np.diff(prob.offs))]) if prob.nx else np.zeros(0, _F)
+    decay_flags = np.array([TN.n_dims(p) >= a.decay_min_ndim for p in prob.ps], dtype=np.bool_)
 
     fx = prob.evaluate(opt, g, callback, sched)
     if fx is None:
@@ -379,11 +393,8 @@ def _adam(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
         beta1h = _F(alpha * _F(sched.value) / (_F(1.0) - _F(beta1 ** opt.iter)))
         beta2h = _F(_F(1.0) / (_F(1.0) - _F(beta2 ** opt.iter)))
         prob.get_params(x)
-        gg = g * gnorm
-        m[:] = m * beta1 + gg * (_F(1.0) - beta1)
-        v[:] = v * beta2 + gg * gg * (_F(1.0) - beta2)
-        vh = np.sqrt(v * beta2h) + eps
-        x[:] = x * (_F(1.0) - decays * decay * _F(sched.value)) - (m * beta1h) / vh
+        _adam_update(x, g, m, v, prob.offs, decay_flags, _F(gnorm), beta1, beta2, beta1h, beta2h, eps,
+                     _F(decay * _F(sched.value)))
         prob.set_params(x)
 
         fx = prob.evaluate(opt, g, callback, sched)

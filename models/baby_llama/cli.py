@@ -117,9 +117,10 @@ def new_model(args, out=None):
     return model, kv_self
 
 
-def plot_loss(path, history, title="baby-llama training"):
-    """The errors before and after each batch's optimisation, drawn with matplotlib (an optional
-    extra) with axes, labels and a legend, to any file format matplotlib writes."""
+def plot_loss(path, history, title="baby-llama training", xlabel="batch"):
+    """The errors before and after each batch's optimisation (history: pairs; or one loss per step,
+    a flat list), drawn with matplotlib (an optional extra) with axes, labels and a legend, to any
+    file format matplotlib writes."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -127,12 +128,14 @@ def plot_loss(path, history, title="baby-llama training"):
     except ImportError:
         raise CliError("--plot-loss needs matplotlib: pip install 'graphcore-engine[plot]' (or pip install "
                        "matplotlib)") from None
-    h = np.asarray(history, np.float64).reshape(-1, 2)
+    h = np.asarray(history, np.float64)
+    h = h.reshape(-1, 2) if h.ndim > 1 or h.size == 0 else h[:, None]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     batches = np.arange(1, len(h) + 1)
-    ax.plot(batches, h[:, 0], color="0.6", lw=1, label="error before the batch's optimisation")
-    ax.plot(batches, h[:, 1], color="tab:blue", lw=1.5, label="error after")
-    ax.set_xlabel("batch")
+    if h.shape[1] == 2:
+        ax.plot(batches, h[:, 0], color="0.6", lw=1, label="error before the batch's optimisation")
+    ax.plot(batches, h[:, -1], color="tab:blue", lw=1.5, label="error after" if h.shape[1] == 2 else "loss")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("error (loss)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
