@@ -26,7 +26,7 @@ import numpy as np
 import gguf
 
 import graphcore as gc
-from graphcore.gguf_io import gguf_read, gguf_write
+from graphcore.gguf_io import GGUFFile, gguf_read, gguf_write
 
 VT = gguf.GGUFValueType
 QNT_VERSION = 2     # GGML_QNT_VERSION
@@ -197,9 +197,9 @@ def plan_types(f, ftype_name, pure=False, leave_output=False):
 
 
 def quantize_file(src, dst, ftype_name, pure=False, leave_output=False, log=None):
-    """Quantize the llama GGUF `src` into `dst` as llama.cpp's quantize does; returns {name: type}.
-    `log(line)` receives one line per tensor."""
-    f = gguf_read(src)
+    """Quantize the llama GGUF `src` (a path or a read GGUFFile) into `dst` as llama.cpp's quantize does;
+    returns {name: type}. `log(line)` receives one line per tensor."""
+    f = src if isinstance(src, GGUFFile) else gguf_read(src)
     plan, ftype, fallbacks = plan_types(f, ftype_name, pure, leave_output)
     sizes = [gc.row_size(new, t.ne[0]) * int(np.prod(t.ne[1:])) for t, new in plan.values()
              if new != t.type]
