@@ -6,7 +6,8 @@ tests/test_llama_quant.py (tests/data/llama_quant_reference.json). Runs the bina
 
 For each (model, TYPE) of tests/llama_models.QUANT_CASES: the sha256 of the file llama.cpp's quantize
 writes and each tensor's type; for the cases in PPL_CASES, perplexity's stdout on that file (n_ctx of
-the model, 2 threads) and `main --temp 0`'s output bytes for a prompt.
+the model, 2 threads) and `main --temp 0`'s output bytes for a prompt; perplexity of the unquantized
+QUANT_MODELS too.
 """
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ from models.llama.synth import write_random_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from llama_models import MODELS, QUANT_CASES, QUANT_MODELS  # noqa: E402
+from llama_models import MODELS, QUANT_CASES, QUANT_MODELS, vocab_file  # noqa: E402
 
-VOCAB = os.path.join(ROOT, "tests", "data", "ggml-vocab-llama.gguf")
 TEXT = os.path.join(ROOT, "tests", "data", "llama_text.txt")
 PPL_CASES = [("rand_q", t) for t in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_m", "q4_k_m",
                                      "q5_k_m", "q6_k")]
@@ -46,10 +46,15 @@ def main(argv=None):
     if not a.llama_cpp:
         p.error("--llama-cpp (or LLAMA_CPP_DIR) is required")
     models = {**MODELS, **QUANT_MODELS}
-    out = {"llama.cpp": "4480542", "cases": {}}
+    out = {"llama.cpp": "4480542", "cases": {}, "sources": {}}
     with tempfile.TemporaryDirectory() as d:
         for name in sorted({m for m, _ in QUANT_CASES}):
-            write_random_llama(os.path.join(d, name + ".gguf"), VOCAB, **models[name][0])
+            write_random_llama(os.path.join(d, name + ".gguf"), vocab_file(name), **models[name][0])
+        for name in QUANT_MODELS:          # the unquantized model's perplexity, the baseline of the comparison
+            out["sources"][name] = {"n_ctx": models[name][1], "perplexity_stdout": subprocess.run(
+                [os.path.join(a.llama_cpp, "perplexity"), "-m", os.path.join(d, name + ".gguf"), "-f", TEXT, "-c",
+                 str(models[name][1]), "-t", "2"], check=True, capture_output=True, text=True, timeout=600,
+                cwd=d).stdout}
         for name, t in QUANT_CASES:
             src, dst = os.path.join(d, name + ".gguf"), os.path.join(d, f"{name}-{t}.gguf")
             subprocess.run([os.path.join(a.llama_cpp, "quantize"), src, dst, t, "2"], check=True,
