@@ -3,8 +3,10 @@
 `gguf_read(path)` maps the file copy-on-write and returns a `GGUFFile`: its metadata as Python values
 and its tensors as graphcore tensors whose data *is* the mapped file (no copy; writing to one changes
 the process's private copy of that page only). `gguf_write(path, metadata, tensors)` writes one.
-F32, F16 and I32 tensors are supported; any other type, a truncated, corrupt or foreign file raises
-`GGUFError` naming the file and the key, tensor, type or shape at fault.
+F32, F16, I32 and ggml's block types (Q4_0 ... Q8_K, by ggml type id) are supported; any other type, a
+truncated, corrupt or foreign file raises `GGUFError` naming the file and the key, tensor, type or shape
+at fault. A quantized tensor's blocks are checked on reading: a scale that is inf or NaN (which no
+quantizer writes) is a corrupt block.
 """
 from __future__ import annotations
 
@@ -16,12 +18,16 @@ import gguf
 from . import types as T
 from .context import Context
 from .errors import GraphFileError
-from .tensor import MAX_DIMS, Tensor
+from .tensor import MAX_DIMS, Tensor, _contiguous_nb
 
-# ggml type number -> graphcore type (the same numbers: F32 0, F16 1, I32 26)
-SUPPORTED = {int(gguf.GGMLQuantizationType.F32): T.TYPE_F32, int(gguf.GGMLQuantizationType.F16): T.TYPE_F16,
-             int(gguf.GGMLQuantizationType.I32): T.TYPE_I32}
+# ggml type number -> graphcore type: the same numbers (F32 0, F16 1, Q4_0 2 ... Q8_K 15, I32 26)
+SUPPORTED = {code: code for code in T.TYPE_TRAITS if code in set(int(x) for x in gguf.GGMLQuantizationType)}
 VT = gguf.GGUFValueType
+# byte offsets of each block's fp16 scales (ggml-quants.h's structs; Q8_1 and Q8_K hold float32 ones): a
+# scale that is inf or NaN makes every value of its block inf or NaN (later ggml's validation refuses them too)
+_SCALES = {T.TYPE_Q4_0: (0,), T.TYPE_Q4_1: (0, 2), T.TYPE_Q5_0: (0,), T.TYPE_Q5_1: (0, 2), T.TYPE_Q8_0: (0,),
+           T.TYPE_Q2_K: (80, 82), T.TYPE_Q3_K: (108,), T.TYPE_Q4_K: (0, 2),
+           T.TYPE_Q5_K: (0, 2), T.TYPE_Q6_K: (208,)}
 
 
 class GGUFError(GraphFileError):
@@ -139,14 +145,16 @@ def gguf_read(path, skip_unsupported: bool = False) -> GGUFFile:
             continue
         if code not in SUPPORTED:
             raise GGUFError(f"{path}: tensor '{rt.name}' has type {_type_name(code)}, which graphcore cannot "
-                            f"run (supported: F32, F16, I32)")
+                            f"run (supported: F32, F16, I32, Q4_0 ... Q8_K)")
         type_ = SUPPORTED[code]
         ne = [int(x) for x in rt.shape]
         if not 1 <= len(ne) <= MAX_DIMS or any(x <= 0 for x in ne):
             raise GGUFError(f"{path}: tensor '{rt.name}' has shape {ne}, expected 1 to 4 positive dims")
         ne += [1] * (MAX_DIMS - len(ne))
-        ts = T.type_size(type_)
-        nb = [ts, ts * ne[0], ts * ne[0] * ne[1], ts * ne[0] * ne[1] * ne[2]]
+        if ne[0] % T.blck_size(type_):
+            raise GGUFError(f"{path}: tensor '{rt.name}' of type {_type_name(code)} has rows of {ne[0]} elements, "
+                            f"not a multiple of its block size {T.blck_size(type_)}")
+        nb = _contiguous_nb(type_, ne)
         nbytes = nb[3] * ne[3]
         offs = int(rt.data_offset)
         if offs + nbytes > size:
@@ -154,6 +162,8 @@ def gguf_read(path, skip_unsupported: bool = False) -> GGUFFile:
                             f"end of the file ({size} bytes): truncated")
         if rt.name in tensors:
             raise GGUFError(f"{path}: tensor '{rt.name}' appears twice")
+        if type_ in _SCALES:
+            _check_scales(path, rt.name, type_, arena[offs:offs + nbytes])
         t = Tensor(ctx, type_, ne, nb, ctx.arena, offs)
         t.name = rt.name
         ctx.n_objects += 1
@@ -161,8 +171,22 @@ def gguf_read(path, skip_unsupported: bool = False) -> GGUFFile:
     return GGUFFile(path, metadata, vtypes, tensors, ctx, skipped)
 
 
+def _check_scales(path, name, type_, data):
+    """GGUFError for the first block whose fp16 scale is inf or NaN (all-ones exponent)."""
+    blocks = data.reshape(-1, T.type_size(type_))
+    for o in _SCALES[type_]:
+        bits = blocks[:, o].astype(np.uint16) | (blocks[:, o + 1].astype(np.uint16) << 8)
+        bad = np.flatnonzero((bits & 0x7C00) == 0x7C00)
+        if len(bad):
+            raise GGUFError(f"{path}: tensor '{name}' ({T.type_name(type_)}) is corrupt: block {int(bad[0])} has "
+                            f"a scale of {float(T.fp16_to_fp32(bits[bad[0]]))} at byte {o}")
+
+
 def _infer(key, v):
-    """(value, GGUFValueType, sub-type) for a Python value; a (value, GGUFValueType) pair is taken as is."""
+    """(value, GGUFValueType, sub-type) for a Python value; a (value, GGUFValueType) pair or a
+    (list, GGUFValueType.ARRAY, element GGUFValueType) triple is taken as is."""
+    if isinstance(v, tuple) and len(v) == 3 and v[1] == VT.ARRAY and isinstance(v[2], VT):
+        return list(v[0]), VT.ARRAY, v[2]
     if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], VT):
         val, vt = v
         sub = None
@@ -201,8 +225,9 @@ def _infer(key, v):
 
 def gguf_write(path, metadata: dict, tensors: dict) -> None:
     """Write a GGUF file. `metadata`: key -> value (ints become UINT32, floats FLOAT32, lists arrays; give
-    `(value, gguf.GGUFValueType.X)` to choose); `general.architecture` is required. `tensors`: name ->
-    graphcore Tensor or numpy array (float32, float16 or int32), in the order to write them."""
+    `(value, gguf.GGUFValueType.X)` or `(list, ARRAY, element type)` to choose); `general.architecture` is
+    required. `tensors`: name -> graphcore Tensor (quantized ones as their blocks) or numpy array (float32,
+    float16 or int32), in the order to write them."""
     path = os.fspath(path)
     arch = metadata.get("general.architecture")
     if not isinstance(arch, str):
@@ -214,6 +239,9 @@ def gguf_write(path, metadata: dict, tensors: dict) -> None:
         val, vt, sub = _infer(key, v)
         w.add_key_value(key, val, vt, sub)
     for name, t in tensors.items():
+        if isinstance(t, Tensor) and T.is_quantized(t.type):
+            w.add_tensor(name, np.ascontiguousarray(t.numpy()), raw_dtype=gguf.GGMLQuantizationType(t.type))
+            continue
         a = t.numpy() if isinstance(t, Tensor) else np.asarray(t)
         if a.dtype not in (np.float32, np.float16, np.int32):
             raise GGUFError(f"gguf_write: {path}: tensor '{name}' has dtype {a.dtype}; "

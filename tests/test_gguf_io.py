@@ -92,16 +92,16 @@ def test_write_refuses_what_it_cannot_store(tmp_path):
 def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     p = tmp_path / "q.gguf"
     w = gguf.GGUFWriter(str(p), "llama")
-    w.add_tensor("blk.0.attn_q.weight", np.zeros((2, 34), np.uint8),     # 2 rows of one 32-block
-                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.attn_q.weight", np.zeros((2, 66), np.uint8),     # 2 rows of one 256-block
+                 raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(GGUFError, match=r"tensor 'blk.0.attn_q.weight' has type Q8_0.*supported: F32, F16, I32"):
+    with pytest.raises(GGUFError, match=r"tensor 'blk.0.attn_q.weight' has type IQ2_XXS.*supported: F32, F16, I32, Q4_0 ... Q8_K"):
         gguf_read(p)
     f = gguf_read(p, skip_unsupported=True)           # for listing a file (graphcore-llama info)
-    assert f.tensors == {} and f.skipped == {"blk.0.attn_q.weight": ("Q8_0", [32, 2])}
+    assert f.tensors == {} and f.skipped == {"blk.0.attn_q.weight": ("IQ2_XXS", [256, 2])}
 
 
 CHILD = textwrap.dedent("""

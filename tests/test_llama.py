@@ -191,15 +191,15 @@ def test_cli_perplexity_tokenize_info():
 
 def test_cli_info_lists_tensors_of_unsupported_types(tmp_path):
     w = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "llama")
-    w.add_tensor("blk.0.attn_q.weight", np.zeros((2, 34), np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.attn_q.weight", np.zeros((2, 66), np.uint8), raw_dtype=gguf.GGMLQuantizationType.IQ2_XXS)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     r = _cli("info", "-m", str(tmp_path / "q.gguf"))
-    assert r.returncode == 0 and re.search(rb"blk.0.attn_q.weight +Q8_0 +\[32, 2\]", r.stdout), r.stdout
+    assert r.returncode == 0 and re.search(rb"blk.0.attn_q.weight +IQ2_XXS +\[256, 2\]", r.stdout), r.stdout
     r = _cli("generate", "-m", str(tmp_path / "q.gguf"), "-p", "x")
-    assert r.returncode == 1 and b"tensor 'blk.0.attn_q.weight' has type Q8_0" in r.stderr
+    assert r.returncode == 1 and b"tensor 'blk.0.attn_q.weight' has type IQ2_XXS" in r.stderr
 
 
 def test_cli_errors_are_one_line(tmp_path):

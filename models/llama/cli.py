@@ -1,4 +1,4 @@
-"""graphcore-llama: run llama GGUF models (generate, perplexity, tokenize, info).
+"""graphcore-llama: run llama GGUF models (generate, perplexity, tokenize, info) and quantize them.
 
 Errors (a missing, truncated, corrupt or unsupported file, bad arguments, a closed output pipe) end the
 program with a one-line message and exit status 1 (2 for usage), never a traceback.
@@ -17,6 +17,7 @@ from graphcore.gguf_io import GGUFError, gguf_read
 
 from .model import LlamaModel, LlamaSession
 from .perplexity import perplexity
+from .quantize import QuantizeError, parse_ftype, quantize_file
 from .sampling import Sampler, SamplingParams
 from .tokenizer import SPMTokenizer, TokenizerError
 
@@ -150,6 +151,18 @@ def cmd_info(a):
         _out(f"  {LlamaHParams.from_gguf(f)}\n")
 
 
+def cmd_quantize(a):
+    ftype = parse_ftype(a.type)                 # an unknown TYPE fails before anything is read
+    if os.path.abspath(a.input) == os.path.abspath(a.output):
+        raise ValueError(f"quantize: the output {a.output} would overwrite the input")
+    t0 = time.perf_counter()
+    types = quantize_file(a.input, a.output, ftype, pure=a.pure, leave_output=a.leave_output_tensor,
+                          log=lambda line: print(line, file=sys.stderr))
+    n_q = sum(gc.is_quantized(t) for t in types.values())
+    _out(f"{a.output}: {ftype}, {n_q} of {len(types)} tensors quantized, {os.path.getsize(a.output)} bytes "
+         f"({time.perf_counter() - t0:.1f} s)\n")
+
+
 def parser():
     p = argparse.ArgumentParser(prog=PROG, description="Run llama GGUF models on graphcore.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -180,6 +193,13 @@ def parser():
     k.add_argument("-p", "--prompt", required=True)
     k.add_argument("--no-bos", action="store_true")
     k.add_argument("--special", action="store_true", help="parse control pieces such as </s> (as main does)")
+    z = sub.add_parser("quantize", help="llama.cpp's quantize: IN.gguf OUT.gguf TYPE (q4_0 ... q6_k)")
+    z.add_argument("input")
+    z.add_argument("output")
+    z.add_argument("type", help="q4_0 q4_1 q5_0 q5_1 q8_0 q2_k q3_k_xs q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m "
+                                "q5_k_s q5_k_m q6_k (q3_k, q4_k, q5_k: the _m mixes)")
+    z.add_argument("--pure", action="store_true", help="every 2-D weight in TYPE, no k-quant mix")
+    z.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight unquantized")
     i = sub.add_parser("info", help="metadata and tensor table of a GGUF file")
     common(i, threads=False)
     return p
@@ -193,7 +213,7 @@ def main(argv=None):
             parser().error(f"--{name.replace('_', '-')} must be positive, got {v}")
     try:
         {"generate": cmd_generate, "perplexity": cmd_perplexity, "tokenize": cmd_tokenize,
-         "info": cmd_info}[a.cmd](a)
+         "info": cmd_info, "quantize": cmd_quantize}[a.cmd](a)
     except BrokenPipeError:
         # the reader went away (e.g. `| head`): stop quietly, and keep Python's exit flush from failing again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -201,7 +221,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (GGUFError, TokenizerError, gc.GraphError, ValueError, OSError, MemoryError) as e:
+    except (GGUFError, TokenizerError, QuantizeError, gc.GraphError, ValueError, OSError, MemoryError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     return 0

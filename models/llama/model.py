@@ -95,7 +95,8 @@ class LlamaHParams:
 
 
 class LlamaModel:
-    """Weights (zero-copy tensors of the mapped file), hyper-parameters and tokenizer of a llama GGUF."""
+    """Weights (zero-copy tensors of the mapped file: F32, F16 or ggml block types, used as they are by
+    get_rows and mul_mat), hyper-parameters and tokenizer of a llama GGUF."""
 
     def __init__(self, path):
         self.file = f = gguf_read(path)
@@ -117,11 +118,12 @@ class LlamaModel:
         for name in ("token_embd.weight", "output_norm.weight", "output.weight"):
             t = f.tensors.get(name)
             if t is not None and t.type == gc.TYPE_I32:
-                raise GGUFError(f"{self.path}: tensor '{name}' is I32; llama weights are F32 or F16")
+                raise GGUFError(f"{self.path}: tensor '{name}' is I32; llama weights are F32, F16 or quantized")
         for i, layer in enumerate(self.layers):
             for name, t in layer.items():
                 if t.type == gc.TYPE_I32:
-                    raise GGUFError(f"{self.path}: tensor 'blk.{i}.{name}' is I32; llama weights are F32 or F16")
+                    raise GGUFError(f"{self.path}: tensor 'blk.{i}.{name}' is I32; llama weights are F32, F16 "
+                                    "or quantized")
 
     def n_params(self):
         return sum(gc.nelements(t) for t in self.file.tensors.values())
