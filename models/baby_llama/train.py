@@ -11,6 +11,7 @@ import numpy as np
 
 import graphcore as gc
 from graphcore.cli_support import Progress
+from graphcore.files import write_bytes
 from graphcore.optim import RESULT_NAMES
 
 from .data import get_example_targets_batch, print_tokens, sample_softmax_batch
@@ -65,9 +66,9 @@ def _opt_params(args):
 
 
 def dump_graphs(dirname, name, g, gf=None):
+    """g as text, Graphviz dot and a graph file in dirname, each written whole (graphcore.files)."""
     os.makedirs(dirname, exist_ok=True)
-    with open(os.path.join(dirname, name + ".txt"), "w") as f:
-        gc.graph_print(g, file=f)
+    write_bytes(os.path.join(dirname, name + ".txt"), gc.graph_text(g).encode("utf-8"))
     gc.graph_dump_dot(g, gf, os.path.join(dirname, name + ".dot"))
     gc.graph_export(g, os.path.join(dirname, name + ".gcg"), gf)     # graphcore-dump reads it back
 
