@@ -39,6 +39,7 @@ from .graph import (DEFAULT_GRAPH_SIZE, Graph, build_forward, build_forward_expa
                     new_graph_custom)
 from .planner import CPlan, default_n_threads, graph_plan
 from .executor import STATUS_ABORTED, STATUS_SUCCESS, graph_compute, graph_compute_with_ctx
+from .compiled import CompiledGraph, graph_compile
 from .dump import graph_dot, graph_dump_dot, graph_print, graph_text
 from .graphfile import graph_export, graph_import
 from .errors import GraphFileError
@@ -117,7 +118,7 @@ __all__ = [
     "DEFAULT_GRAPH_SIZE", "Graph", "new_graph", "new_graph_custom", "build_forward", "build_forward_expand",
     "graph_clear", "graph_cpy", "graph_dup", "graph_get_tensor", "graph_node", "graph_view",
     "CPlan", "default_n_threads", "graph_plan", "STATUS_SUCCESS", "STATUS_ABORTED", "graph_compute",
-    "graph_compute_with_ctx",
+    "graph_compute_with_ctx", "CompiledGraph", "graph_compile",
     # gradients and optimisers
     "build_backward", "build_backward_expand", "build_backward_gradient_checkpointing", "graph_reset", "set_param",
     # memory planning

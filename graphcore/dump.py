@@ -90,11 +90,6 @@ def _esc(s: str) -> str:
     return out.replace("\n", "\\n").replace("\r", "")
 
 
-def plain_symbol(code: int) -> str:
-    """The op's symbol without the dot escapes ggml's symbols carry ("x-\\>y" is "x->y")."""
-    return op_symbol(code).replace("\\>", ">").replace("\\<", "<")
-
-
 def _ne(t) -> str:
     return ", ".join(str(x) for x in t.ne[:TN.n_dims(t)])
 
@@ -139,9 +134,9 @@ def graph_dot(gb, gf=None, select=None, title: str | None = None) -> str:
         else:
             color = "white"
         name = f"{_esc(n.name)} " if n.name else ""
-        label = f"{name}({T.type_name(n.type)}) | {i} [{_ne(n)}] | <x>{_esc(plain_symbol(n.op))}"
+        label = f"{name}({T.type_name(n.type)}) | {i} [{_ne(n)}] | <x>{_esc(op_symbol(n.op))}"
         if n.grad is not None:
-            label += f" | <g>grad {_esc(plain_symbol(n.grad.op))}"
+            label += f" | <g>grad {_esc(op_symbol(n.grad.op))}"
         lines.append(f'  "n{i}" [ style = filled; fillcolor = {color}; shape = record; label = "{label}"; ];')
         drawn.append(n)
     for i, n in enumerate(gb.leafs):
@@ -204,7 +199,7 @@ def graph_json(g, gf=None, select=None) -> dict:
         while params and params[-1] == 0:
             params.pop()
         d = {"id": len(tensors), "role": role, "index": index, "name": t.name, "op": op_name(t.op),
-             "symbol": plain_symbol(t.op), "type": T.type_name(t.type), "ne": [int(x) for x in t.ne],
+             "symbol": op_symbol(t.op), "type": T.type_name(t.type), "ne": [int(x) for x in t.ne],
              "nb": [int(x) for x in t.nb], "n_dims": TN.n_dims(t), "bytes": TN.nbytes(t),
              "flags": flag_names(t), "op_params": params, "src": [], "view_src": None,
              "view_offs": int(t.view_offs) if t.view_src is not None else 0, "grad": None,

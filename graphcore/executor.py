@@ -190,13 +190,6 @@ class _Pool:
 _pool = _Pool()
 
 
-def _sync_array():
-    """32 int64 starting on a cache line: the executor's slots 0, 8, 16, 24 each get a line of their own."""
-    raw = np.zeros(32 + 64 // 8, dtype=np.int64)
-    skip = (-raw.__array_interface__["data"][0]) % 64 // 8
-    return raw[skip:skip + 32]
-
-
 def _check_plan(g, cplan: CPlan):
     if not isinstance(g, Graph):
         raise GraphError(f"graph_compute: expected a Graph, got {type(g).__name__}")
@@ -239,8 +232,8 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
         return STATUS_SUCCESS
     if check_finite is None:
         check_finite = CHECK_FINITE
-    recs, fns, n_tasks, n_phases, contexts, most_tasks, recs_addr = lowered(cplan)
-    for ctx in contexts:
+    low = lowered(cplan)
+    for ctx in low.contexts:
         if ctx.freed:
             raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
     inside = getattr(_local, "inside", False)
@@ -251,17 +244,14 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
                              "custom function cannot compute the graph it belongs to, nor wait for another "
                              "thread's compute)")
         lock.acquire()
-    nth = 1 if inside else min(cplan._n_threads, most_tasks)   # no waking threads that would only wait
+    nth = 1 if inside else min(cplan._n_threads, low.most_tasks)   # no waking threads that would only wait
     wd = cplan.work_data
     wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
-    K.RUNNING[recs_addr] = g._nodes            # Python custom functions find their tensors here
+    K.RUNNING[low.address] = g._nodes            # Python custom functions find their tensors here
     old = set_thread_local_blas_threads(1)
     _local.inside = True
     try:
-        sync = g._sync
-        if sync is None:
-            sync = g._sync = _sync_array()
-        args = (recs, fns, n_tasks, n_phases, sync, wdata, wsize)
+        args = (low.recs, low.fns, low.n_tasks, low.n_phases, low.sync, wdata, wsize)
         if callback is None and cplan.abort_callback is None and not check_finite:
             _run(args, nth, 0, n, g)
             status = STATUS_SUCCESS
@@ -275,7 +265,7 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
         _local.inside = inside
         if old > 0:
             set_thread_local_blas_threads(old)
-        K.RUNNING.pop(recs_addr, None)
+        K.RUNNING.pop(low.address, None)
         lock.release()
 
 

@@ -23,10 +23,9 @@ class Graph:
         self.grads = [] if grads else None
         self.visited: set = set()
         self._version = 0          # bumped on every change, so a plan can tell it is stale
-        self._lowered_cache = None  # (version, flat arrays) of the last plan computed (planner.lower)
+        self._lowered_cache = None  # the Lowered of the last plan computed (planner.lower), and its barrier slots
         self._compute_lock = threading.Lock()   # computes of one graph run one at a time (executor)
         self.computed_version = -1  # the version whose nodes graph_compute last marked computed
-        self._sync = None          # the executor's barrier slots, shared by the graph's (serialized) computes
 
     @property
     def nodes(self):
@@ -72,23 +71,32 @@ def new_graph_custom(ctx, size: int = DEFAULT_GRAPH_SIZE, grads: bool = False) -
     return Graph(size, grads)
 
 
-def _visit(g: Graph, root, nodes: list) -> None:
-    """ggml_visit_parents without recursion (a 10,000-node chain must not hit Python's limit);
-    new nodes go to `nodes` (g's nodes so far, as a plain list)."""
-    if id(root) in g.visited:
-        return
-    g.visited.add(id(root))
-    stack = [(root, 0)]
-    while stack:
-        node, i = stack[-1]
-        if i < len(node.src):
-            stack[-1] = (node, i + 1)
-            s = node.src[i]
-            if s is not None and id(s) not in g.visited:
-                g.visited.add(id(s))
-                stack.append((s, 0))
+def post_order(roots, seen: set):
+    """The tensors reachable from `roots` whose ids are not in `seen`, each after its sources
+    (ggml_visit_parents' order: depth first, src[0] first), without recursion (a 10,000-node
+    chain must not hit Python's limit). Their ids are added to `seen` as they are found."""
+    for root in roots:
+        if id(root) in seen:
             continue
-        stack.pop()
+        seen.add(id(root))
+        stack = [(root, 0)]
+        while stack:
+            node, i = stack[-1]
+            if i < len(node.src):
+                stack[-1] = (node, i + 1)
+                s = node.src[i]
+                if s is not None and id(s) not in seen:
+                    seen.add(id(s))
+                    stack.append((s, 0))
+                continue
+            stack.pop()
+            yield node
+
+
+def _visit(g: Graph, root, nodes: list) -> None:
+    """ggml_visit_parents: root and what it depends on, not yet in g, appended in execution order;
+    new nodes go to `nodes` (g's nodes so far, as a plain list)."""
+    for node in post_order((root,), g.visited):
         if node.op == OP_NONE and node.grad is None:
             if g.n_leafs >= g.size:
                 raise GraphError(f"build_forward_expand: graph size {g.size} exceeded by leafs "

@@ -304,6 +304,15 @@ class _Reader:
         st = struct.Struct(f"<{n}{fmt}")
         return list(self.unpack(st, what)) if n else []
 
+    def text(self, length: struct.Struct, encoding: str, what: str) -> str:
+        """A string stored as its byte count (in `length`'s format) and its bytes."""
+        (n,) = self.unpack(length, what)
+        p = self.take(n, what)
+        try:
+            return self.data[p:p + n].decode(encoding)
+        except UnicodeDecodeError:
+            raise _Fail(f"corrupt: {what} is not {encoding.upper()}: {self.data[p:p + n][:40]!r}") from None
+
 
 def _span(type_, ne, nb) -> int:
     n = T.type_size(type_)
@@ -315,18 +324,8 @@ def _span(type_, ne, nb) -> int:
 def _read_record(r: _Reader, i: int, recs: list) -> Record:
     at = f"tensor {i}"
     kind, n_src = r.unpack(_REC_HEAD, f"{at}'s record")
-    (n,) = r.unpack(_U8, f"{at}'s op name")
-    p = r.take(n, f"{at}'s op name")
-    try:
-        op_name = r.data[p:p + n].decode("ascii")
-    except UnicodeDecodeError:
-        raise _Fail(f"corrupt: {at}'s op name is not ASCII: {r.data[p:p + n]!r}") from None
-    (n,) = r.unpack(_U16, f"{at}'s name")
-    p = r.take(n, f"{at}'s name")
-    try:
-        name = r.data[p:p + n].decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Fail(f"corrupt: {at}'s name is not UTF-8: {r.data[p:p + n][:40]!r}") from None
+    op_name = r.text(_U8, "ascii", f"{at}'s op name")
+    name = r.text(_U16, "utf-8", f"{at}'s name")
     vals = r.unpack(_REC_BODY, f"{at}'s record")
     rec = Record()
     rec.index, rec.kind, rec.name = i, kind, name

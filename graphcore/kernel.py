@@ -4,7 +4,8 @@ A kernel is a plain Python function `kernel(rec, ith, nth, phase, wdata, wsize)`
 with numba as a C function (see ops/registry.py). `rec` is the address of the node's record:
 
     [0] op code  [1] number of sources  [2] error code  [3] error argument  [4] node index
-    [5] sgemm address   slot s (0 = dst, 1 + j = src[j]) at 8 + 10*s: type, addr, ne0..ne3, nb0..nb3
+    [5] sgemm address (ops registered with uses_blas=True, else 0)
+    slot s (0 = dst, 1 + j = src[j]) at 8 + 10*s: type, addr, ne0..ne3, nb0..nb3
     [80..87] op_params, 16 int32 (the bytes of tensor.op_params)
 
 `ith/nth` are ggml's thread index and task count; `phase` runs 0..n_phases-1 with a barrier

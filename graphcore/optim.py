@@ -19,10 +19,9 @@ from . import tensor as TN
 from . import types as T
 from .dump import graph_print
 from .errors import GraphError
-from .executor import graph_compute
+from .compiled import graph_compile
 from .graph import build_forward_expand, graph_dup, new_graph_custom
 from .native import f32_1d
-from .planner import graph_plan
 
 class OptType(IntEnum):
     """ggml_opt_type: which optimizer opt_default_params sets up."""
@@ -313,10 +312,7 @@ class _Problem:
         self.offs = np.array([0] + [TN.nelements(p) for p in self.ps], dtype=np.int64).cumsum()
         self.nx = int(self.offs[-1])
         self.f, self.gb = f, gb
-        self.plan = graph_plan(gb, params.n_threads)
-        if self.plan.work_size:
-            self.plan.work_data = np.empty(self.plan.work_size, np.uint8)
-        self._compute = graph_compute
+        self.compute_gb = graph_compile(gb, params.n_threads)
         self.n_accum = max(1, params.n_gradient_accumulation)
         # data addresses: parameters and gradients move with one compiled call each way
         self.p_addrs = np.array([p.data for p in self.ps], dtype=np.int64)
@@ -344,7 +340,7 @@ class _Problem:
                 if callback(accum_step, sched_box):
                     return None
             self.f_seed[0] = 1.0
-            self._compute(self.gb, self.plan)
+            self.compute_gb()
             opt.n_evals += 1
             self.acc_grad(g, norm)
             fx += self.f_value[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,9 +43,7 @@ class CPlan:
         self.abort_callback_data = None
         self._version = graph.version
         self._n_nodes = graph.n_nodes
-        # (recs, fns, n_tasks, n_phases, contexts, most tasks, recs' address), on first compute
-        self._lowered = None
-        self._lowered_moves = -1   # tensor.data_moves() when lowered (the allocator may move tensors)
+        self._lowered = None       # a Lowered, on first compute (again when the allocator moved tensors)
 
     graph = TN.read_only("_graph", "the graph this plan is for")
     n_threads = TN.read_only("_n_threads", "threads the compute may use")
@@ -101,19 +100,42 @@ def _slot(node, what):
     return [node.type, node.data, *node.ne, *node.nb]
 
 
-def lower(plan: CPlan):
-    """Flat arrays the compiled node loop walks: one int64 record per node (see kernel.py).
-    The records depend only on the graph (its version) and n_tasks, so they are cached on the
-    graph: re-planning an unchanged graph (an optimizer call per training example) costs no lowering."""
+@dataclass(frozen=True, eq=False)
+class Lowered:
+    """A plan lowered to the flat arrays the compiled node loop walks (see kernel.py's record layout)."""
+    recs: np.ndarray        # one int64 record per node
+    fns: np.ndarray         # each node's kernel address; 0 for nodes that compute nothing (views)
+    n_tasks: np.ndarray     # tasks per node (the plan's, frozen)
+    n_phases: np.ndarray    # kernel phases per node, a barrier between them
+    contexts: tuple         # the contexts of the graph's tensors: none may be freed when it runs
+    most_tasks: int         # threads worth waking
+    sync: np.ndarray        # the executor's barrier slots (the graph's computes are serialized)
+    key: tuple              # (graph version, tensor.data_moves()) it was lowered for
+
+    @property
+    def address(self) -> int:
+        return self.recs.ctypes.data
+
+
+def _sync_array():
+    """32 int64 starting on a cache line: the executor's slots 0, 8, 16, 24 each get a line of their own."""
+    raw = np.zeros(32 + 64 // 8, dtype=np.int64)
+    skip = (-raw.__array_interface__["data"][0]) % 64 // 8
+    return raw[skip:skip + 32]
+
+
+def lower(plan: CPlan) -> Lowered:
+    """Lower the plan: one int64 record per node (see kernel.py). The records depend only on the
+    graph (its version, where its tensors live) and n_tasks, so the last lowering is kept on the
+    graph: re-planning an unchanged graph (graph_compute_with_ctx in a loop) costs no lowering."""
     g = plan.graph
     n = g.n_nodes
     key = (g.version, TN.data_moves())
     plan.n_tasks.flags.writeable = False       # frozen from the first compute on: later edits raise
     cached = g._lowered_cache
-    if cached is not None and cached[0] == key and np.array_equal(cached[1][2][:n], plan.n_tasks):
-        plan._lowered = cached[1]              # same tasks as a lowering already checked
-        plan._lowered_moves = key[1]
-        return plan._lowered
+    if cached is not None and cached.key == key and np.array_equal(cached.n_tasks[:n], plan.n_tasks):
+        plan._lowered = cached                 # same tasks as a lowering already checked
+        return cached
     _check_tasks(plan)
     recs = np.zeros((max(n, 1), K.REC_LEN), dtype=np.int64)
     fns = np.zeros(max(n, 1), dtype=np.int64)
@@ -133,19 +155,20 @@ def lower(plan: CPlan):
                 b = K.SLOT0 + K.SLOT_LEN * (j + 1)
                 r[b:b + K.SLOT_LEN] = _slot(s, f"src[{j}] of node {i} ({op.name})")
         r[K.P_BASE:K.P_BASE + 8] = node.op_params.view(np.int64)
-        r[K.R_BLAS] = blas
+        if op.uses_blas:
+            r[K.R_BLAS] = blas
     contexts = {id(t.ctx): t.ctx for node in g.nodes for t in (node, *node.src) if t is not None}
     n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
-    plan._lowered = (recs, fns, n_tasks, phases, list(contexts.values()), int(n_tasks.max()), recs.ctypes.data)
-    g._lowered_cache = (key, plan._lowered)
-    plan._lowered_moves = key[1]
+    sync = cached.sync if cached is not None else _sync_array()
+    plan._lowered = g._lowered_cache = Lowered(recs, fns, n_tasks, phases, tuple(contexts.values()),
+                                               int(n_tasks.max()), sync, key)
     return plan._lowered
 
 
-def lowered(plan: CPlan):
+def lowered(plan: CPlan) -> Lowered:
     """The plan's flat arrays, lowered again when the allocator moved tensors since (their addresses
     are in the records)."""
-    if plan._lowered is not None and plan._lowered_moves == TN.data_moves():
+    if plan._lowered is not None and plan._lowered.key[1] == TN.data_moves():
         return plan._lowered
     return lower(plan)
 

@@ -164,3 +164,28 @@ def test_builder_never_crashes(name, f, params, picks):
         return
     assert isinstance(t, gc.Tensor)
     assert all(x >= 1 for x in t.ne)
+
+
+def test_symbols_are_plain_text_and_the_dot_writer_escapes_them():
+    # ggml's C symbols carry dot escapes ("x-\\>y"); here the record holds the text and dump.py escapes
+    assert gc.op_symbol(gc.OP_CPY) == "x->y" and gc.op_symbol(gc.OP_SET) == "y->view(x)"
+    assert all("\\" not in op.symbol for op in gc.OPS)
+    ctx = gc.init(1 << 16)
+    a = gc.new_tensor_1d(ctx, gc.TYPE_F32, 4)
+    b = gc.new_tensor_1d(ctx, gc.TYPE_F32, 4)
+    g = gc.build_forward(gc.cpy(ctx, a, b))
+    assert "x-\\>y" in gc.graph_dot(g)
+
+
+def test_only_ops_that_use_blas_get_its_address():
+    from graphcore.kernel import R_BLAS
+    from graphcore.planner import lowered
+    ctx = gc.init(1 << 20)
+    a = gc.new_tensor_2d(ctx, gc.TYPE_F32, 8, 8)
+    b = gc.new_tensor_2d(ctx, gc.TYPE_F32, 8, 8)
+    g = gc.build_forward(gc.add(ctx, gc.mul_mat(ctx, a, b), b))
+    plan = gc.graph_plan(g, 1)
+    low = lowered(plan)
+    recs = {gc.op_name(g.nodes[i].op): low.recs[i, R_BLAS] for i in range(g.n_nodes)}
+    assert recs["MUL_MAT"] != 0 and recs["ADD"] == 0
+    assert {op.name for op in gc.OPS if op.uses_blas} == {"MUL_MAT", "OUT_PROD"}

@@ -27,7 +27,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 
 import graphcore as gc
 from graphcore.cli_support import (CliError, add_common_arguments, check_output_file, setup_logging, write_output,
@@ -85,13 +84,6 @@ def bytes_of(node) -> int:
     return gc.nbytes(node) + sum(gc.nbytes(s) for s in node.src if s is not None)
 
 
-def _planned(g, n_threads):
-    plan = gc.graph_plan(g, n_threads)
-    if plan.work_size:
-        plan.work_data = np.empty(plan.work_size, np.uint8)
-    return plan
-
-
 def timed(fn, repeat, stat=statistics.median, warmup=3):
     """stat (median, or min on a busy machine) of `repeat` timed calls of fn, after warmup calls."""
     for _ in range(warmup):
@@ -128,29 +120,28 @@ def compute_overhead(n_threads, repeat, stat=statistics.median):
     ctx = gc.init(1 << 20)
     x = gc.new_tensor_1d(ctx, gc.TYPE_F32, 1)
     tg = gc.build_forward(gc.scale(ctx, x, 1.0))
-    plan = _planned(tg, n_threads)
-    return timed(lambda: gc.graph_compute(tg, plan), max(repeat, 200), stat)
+    return timed(gc.graph_compile(tg, n_threads), max(repeat, 200), stat)
 
 
 def profile_graph(g, n_threads: int = 1, copies: int = 200, repeat: int = 21, stat=statistics.median) -> Profile:
     """Time g whole and each of its computing nodes alone (see the module's docs)."""
-    full = _planned(g, n_threads)
-    whole = timed(lambda: gc.graph_compute(g, full), max(repeat, 11), stat)
+    full = gc.graph_compile(g, n_threads)
+    whole = timed(full, max(repeat, 11), stat)
     overhead = compute_overhead(n_threads, repeat, stat)
     prof = Profile(n_threads, g.n_nodes, whole, overhead)
     for i, node in enumerate(g.nodes):
         if OPS[node.op].kernel is None:
             continue
-        gc.graph_compute(g, full)            # fresh values for every node's inputs
+        full()                               # fresh values for every node's inputs
         single = _writes_own_source(node)
         n = 1 if single else copies
         rg = _repeated(node, n)
-        plan = _planned(rg, n_threads)
-        t = timed(lambda: gc.graph_compute(rg, plan), repeat, stat)
+        repeated = gc.graph_compile(rg, n_threads)
+        t = timed(repeated, repeat, stat)
         per = max(t - overhead, 0.0) if single else t / n
-        prof.nodes.append(NodeTime(i, node.name, OPS[node.op].name, int(plan.n_tasks[0]), per, flops_of(node),
+        prof.nodes.append(NodeTime(i, node.name, OPS[node.op].name, int(repeated.plan.n_tasks[0]), per, flops_of(node),
                                    bytes_of(node), _shape(node), [_shape(s) for s in node.src if s is not None]))
-    gc.graph_compute(g, full)
+    full()
     return prof
 
 

@@ -302,6 +302,24 @@ def _region_base(r, rec):
 
 
 @inline
+def _region_apply(reg, b, ith, nth, accumulate):
+    """set's and acc's second phase: b's rows written into (or added to) the region's rows."""
+    ne3, ne2, ne1, ne0 = b.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+    for _ in range(lo, hi):
+        x = b[i3, i2, i1]
+        y = reg[i3, i2, i1]
+        if accumulate:
+            for i0 in range(ne0):
+                y[i0] = y[i0] + x[i0]
+        else:
+            for i0 in range(ne0):
+                y[i0] = x[i0]
+        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+
+
+@inline
 def _copy_all(src, dst, ith, nth, r, es):
     ne3, ne2, ne1, ne0 = src.shape
     if is_dense(r, 1, es) and is_dense(r, 0, es):    # one flat copy, as 4-byte words when it can
@@ -319,40 +337,7 @@ def _copy_all(src, dst, ith, nth, r, es):
             for k in range(hi - lo):
                 dh[k] = sh[k]
         return
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
-    for _ in range(lo, hi):
-        x = src[i3, i2, i1]
-        y = dst[i3, i2, i1]
-        for i0 in range(ne0):
-            y[i0] = x[i0]
-        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
-
-
-@inline
-def _region_set(reg, b, ith, nth):
-    ne3, ne2, ne1, ne0 = b.shape
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
-    for _ in range(lo, hi):
-        x = b[i3, i2, i1]
-        y = reg[i3, i2, i1]
-        for i0 in range(ne0):
-            y[i0] = x[i0]
-        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
-
-
-@inline
-def _region_acc(reg, b, ith, nth):
-    ne3, ne2, ne1, ne0 = b.shape
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
-    for _ in range(lo, hi):
-        x = b[i3, i2, i1]
-        y = reg[i3, i2, i1]
-        for i0 in range(ne0):
-            y[i0] = y[i0] + x[i0]
-        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+    _region_apply(dst, src, ith, nth, False)
 
 
 def _set_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -366,11 +351,11 @@ def _set_kernel(rec, ith, nth, phase, wdata, wsize):
                 _copy_all(view_i32(r, 1), view_i32(r, 0), ith, nth, r, 4)
         return
     if half:
-        _region_set(u16_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 2)), view_u16(r, 2),
-                    ith, nth)
+        _region_apply(u16_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 2)), view_u16(r, 2),
+                      ith, nth, False)
     else:
-        _region_set(i32_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 4)), view_i32(r, 2),
-                    ith, nth)
+        _region_apply(i32_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 4)), view_i32(r, 2),
+                      ith, nth, False)
 
 
 def _acc_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -379,7 +364,8 @@ def _acc_kernel(rec, ith, nth, phase, wdata, wsize):
         if param_i32(rec, 4) == 0:
             _copy_all(view_f32(r, 1), view_f32(r, 0), ith, nth, r, 4)
         return
-    _region_acc(f32_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 4)), view_f32(r, 2), ith, nth)
+    _region_apply(f32_4d(_region_base(r, rec), _region_shape(r), _region_strides(rec, 4)), view_f32(r, 2), ith, nth,
+                  True)
 
 
 def _region_of_grad(ctx, t, g):
@@ -410,9 +396,9 @@ def _acc_backward(ctx, t, g, d):
         d.add(1, reshape_4d(ctx, cont(ctx, gv), *t.src[1].ne))
 
 
-SET = register("SET", "y-\\>view(x)", _set_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True,
+SET = register("SET", "y->view(x)", _set_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True,
                backward=_set_backward)
-ACC = register("ACC", "view(x,nb,offset)+=y-\\>x", _acc_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True,
+ACC = register("ACC", "view(x,nb,offset)+=y->x", _acc_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True,
                backward=_acc_backward)
 
 

@@ -136,44 +136,44 @@ def _copy_f32_f32(rec, ith, nth, phase, wdata, wsize):
         _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), _same, _flat_f32(r, 1), _flat_f32(r, 0))
 
 
-def _copy_f32_f16(rec, ith, nth, phase, wdata, wsize):
+@inline
+def _copy_as(rec, ith, nth, src_view, dst_view, convert, src_flat, dst_flat):
     r = record(rec)
-    _copy_loop(r, ith, nth, view_f32(r, 1), view_u16(r, 0), fp32_to_fp16, _flat_f32(r, 1), _flat_u16(r, 0))
+    _copy_loop(r, ith, nth, src_view(r, 1), dst_view(r, 0), convert, src_flat(r, 1), dst_flat(r, 0))
+
+
+# the other pairs: one line each (module-level functions, so numba's disk cache keeps them; a
+# factory's closures would be compiled again in every process)
+def _copy_f32_f16(rec, ith, nth, phase, wdata, wsize):
+    _copy_as(rec, ith, nth, view_f32, view_u16, fp32_to_fp16, _flat_f32, _flat_u16)
 
 
 def _copy_f32_i32(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    _copy_loop(r, ith, nth, view_f32(r, 1), view_i32(r, 0), _to_i32, _flat_f32(r, 1), _flat_i32(r, 0))
+    _copy_as(rec, ith, nth, view_f32, view_i32, _to_i32, _flat_f32, _flat_i32)
 
 
 def _copy_f16_f32(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    _copy_loop(r, ith, nth, view_u16(r, 1), view_f32(r, 0), fp16_to_fp32, _flat_u16(r, 1), _flat_f32(r, 0))
+    _copy_as(rec, ith, nth, view_u16, view_f32, fp16_to_fp32, _flat_u16, _flat_f32)
 
 
 def _copy_f16_f16(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    _copy_loop(r, ith, nth, view_u16(r, 1), view_u16(r, 0), _same, _flat_u16(r, 1), _flat_u16(r, 0))
+    _copy_as(rec, ith, nth, view_u16, view_u16, _same, _flat_u16, _flat_u16)
 
 
 def _copy_f16_i32(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    _copy_loop(r, ith, nth, view_u16(r, 1), view_i32(r, 0), _f16_to_i32, _flat_u16(r, 1), _flat_i32(r, 0))
+    _copy_as(rec, ith, nth, view_u16, view_i32, _f16_to_i32, _flat_u16, _flat_i32)
 
 
 def _copy_i32_f32(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    _copy_loop(r, ith, nth, view_i32(r, 1), view_f32(r, 0), _to_f32, _flat_i32(r, 1), _flat_f32(r, 0))
+    _copy_as(rec, ith, nth, view_i32, view_f32, _to_f32, _flat_i32, _flat_f32)
 
 
 def _copy_i32_f16(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    _copy_loop(r, ith, nth, view_i32(r, 1), view_u16(r, 0), _i32_to_f16, _flat_i32(r, 1), _flat_u16(r, 0))
+    _copy_as(rec, ith, nth, view_i32, view_u16, _i32_to_f16, _flat_i32, _flat_u16)
 
 
 def _copy_i32_i32(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    _copy_loop(r, ith, nth, view_i32(r, 1), view_i32(r, 0), _same, _flat_i32(r, 1), _flat_i32(r, 0))
+    _copy_as(rec, ith, nth, view_i32, view_i32, _same, _flat_i32, _flat_i32)
 
 
 _COPY_KERNELS = {(_F32, _F32): _copy_f32_f32, (_F32, _F16): _copy_f32_f16, (_F32, _I32): _copy_f32_i32,
@@ -234,7 +234,7 @@ def _copy_backward(ctx, t, g, d):
 
 DUP = register("DUP", "x", _copy_f32_f32, n_tasks=_tasks_by_src_rows, inplace=True, backward=_copy_backward,
                variant=_copy_variant)
-CPY = register("CPY", "x-\\>y", _copy_f32_f32, n_tasks=_tasks_by_src_rows, backward=_copy_backward,
+CPY = register("CPY", "x->y", _copy_f32_f32, n_tasks=_tasks_by_src_rows, backward=_copy_backward,
                variant=_copy_variant)
 CONT = register("CONT", "cont(x)", _copy_f32_f32, n_tasks=_tasks_by_src_rows, backward=_copy_backward,
                 variant=_copy_variant)

@@ -13,7 +13,7 @@ from .. import quant_rows as QR
 from .. import quants as Q
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import fp16_to_fp32, record, split, t_addr, t_ne, t_nb
+from ..kernel import R_BLAS, fp16_to_fp32, record, split, t_addr, t_ne, t_nb
 from ..native import f32_2d_strided, u16_2d_strided
 from .common import shapes
 from .gemm import gemm
@@ -53,10 +53,10 @@ def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_
         lo = ch * size
         if along_n:
             n = min(size, N - lo)
-            gemm(r[5], M, n, K, ab, a_sm, a_sk, bb + lo * b_sn, b_sk, b_sn, cb + lo * c_sn, c_sn)
+            gemm(r[R_BLAS], M, n, K, ab, a_sm, a_sk, bb + lo * b_sn, b_sk, b_sn, cb + lo * c_sn, c_sn)
         else:
             m = min(size, M - lo)
-            gemm(r[5], m, N, K, ab + lo * a_sm, a_sm, a_sk, bb, b_sk, b_sn, cb + lo * 4, c_sn)
+            gemm(r[R_BLAS], m, N, K, ab + lo * a_sm, a_sm, a_sk, bb, b_sk, b_sn, cb + lo * 4, c_sn)
         ch += nth                   # the next unit, u + nth, without divisions
         while ch >= count:
             ch -= count
@@ -140,7 +140,7 @@ def _mul_mat_backward(ctx, t, g, d):
 
 MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_size=_mm_work,
                    n_phases=lambda node: 2 if node.src[0].type != T.TYPE_F32 else 1, variant=_mm_variant,
-                   backward=_mul_mat_backward)
+                   backward=_mul_mat_backward, uses_blas=True)
 
 
 @reference_of(MUL_MAT, nmse=1e-6)
@@ -216,7 +216,8 @@ def _out_prod_backward(ctx, t, g, d):
         d.add(1, transpose(ctx, mul_mat(ctx, a2, g)))
 
 
-OUT_PROD = register("OUT_PROD", "X×Y", _out_prod_kernel, n_tasks=_mm_tasks, backward=_out_prod_backward)
+OUT_PROD = register("OUT_PROD", "X×Y", _out_prod_kernel, n_tasks=_mm_tasks, backward=_out_prod_backward,
+                    uses_blas=True)
 
 
 @reference_of(OUT_PROD, nmse=1e-6)

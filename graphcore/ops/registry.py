@@ -41,7 +41,7 @@ class OpDef:
     """One op's record in the registry (OPS[code], BY_NAME[name]): its ggml name and symbol, kernel,
     planner rules, backward rule, numpy reference, sampler and graph-file rebuild."""
     name: str                                   # ggml's name, e.g. "ADD"
-    symbol: str                                 # ggml's dot symbol, e.g. "x+y"
+    symbol: str                                 # ggml's symbol as text, e.g. "x->y" (the dot writer escapes it)
     code: int
     kernel: Optional[Callable]                  # python source of the numba kernel; None = no compute (views)
     n_tasks: Callable                           # (node, n_threads) -> tasks
@@ -62,6 +62,7 @@ class OpDef:
     # (node) -> the kernel function for this node, when an op has several (one per type pair, say):
     # only the variants a graph uses get compiled, which keeps a cold start short
     variant: Optional[Callable] = field(default=None, repr=False)
+    uses_blas: bool = False                      # the kernel reads BLAS sgemm's address from its record (R_BLAS)
     _addresses: dict = field(default_factory=dict, repr=False)
 
     def kernel_address(self, node=None) -> int:
@@ -110,11 +111,11 @@ def no_work(node, n_tasks):
 
 
 def register(name, symbol, kernel=None, n_tasks=tasks_by_rows, work_size=no_work, backward=None,
-             inplace=False, n_phases=1, variant=None) -> int:
+             inplace=False, n_phases=1, variant=None, uses_blas=False) -> int:
     if name in BY_NAME:
         raise RuntimeError(f"op {name} registered twice")
     op = OpDef(name, symbol, len(OPS), kernel, n_tasks if kernel is not None else tasks_one,
-               work_size, backward, inplace, n_phases, variant=variant)
+               work_size, backward, inplace, n_phases, variant=variant, uses_blas=uses_blas)
     OPS.append(op)
     BY_NAME[name] = op
     TN.OP_NAMES.append(name)

@@ -30,10 +30,9 @@ from .. import types as T
 from ..autodiff import build_backward, graph_reset, set_param
 from ..context import init
 from ..errors import GraphError
-from ..executor import graph_compute
+from ..compiled import graph_compile
 from ..graph import Graph, build_forward_expand
 from ..ops.registry import BY_NAME
-from ..planner import graph_plan
 
 __all__ = ["check_gradients", "GradCheckResult"]
 
@@ -60,18 +59,6 @@ class GradCheckResult:
                 f"{w['index']}, x0={w['x0']:.6g}: analytic {w['analytic']:.9g}, numeric {w['numeric']:.9g}, "
                 f"abs err {w['abs_err']:.3g}, rel err {w['rel_err']:.3g} (eps {w['eps']:g}, atol {w['atol']:g}, "
                 f"rtol {w['rtol']:g})")
-
-
-class _Runner:
-    def __init__(self, g, n_threads):
-        self.g = g
-        self.plan = graph_plan(g, n_threads)
-        if self.plan.work_size:
-            self.plan.work_data = np.empty(self.plan.work_size, np.uint8)
-        self._compute = graph_compute
-
-    def __call__(self):
-        self._compute(self.g, self.plan)
 
 
 def check_gradients(build_fn, params, eps: float = 1e-3, atol: float = 1e-3, rtol: float = math.inf,
@@ -117,7 +104,7 @@ def check_gradients(build_fn, params, eps: float = 1e-3, atol: float = 1e-3, rto
         if not scalar:
             rng = np.random.default_rng(seed)
             weights = rng.uniform(0.5, 1.5, size=tuple(y.ne[::-1])).astype(np.float32)
-        forward, backward = _Runner(gf, n_threads), _Runner(gb, n_threads)
+        forward, backward = graph_compile(gf, n_threads), graph_compile(gb, n_threads)
 
         # analytic: the backward graph with y's gradient seeded
         graph_reset(gb)

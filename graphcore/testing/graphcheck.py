@@ -36,10 +36,9 @@ import numpy as np
 
 from .. import tensor as TN
 from .. import types as T
-from ..executor import graph_compute
+from ..compiled import graph_compile
 from ..graph import Graph, build_forward_expand, graph_view, new_graph_custom
 from ..ops.registry import NOT_DIFFERENTIABLE, OP_NONE, OPS, ZERO_GRADIENT
-from ..planner import graph_plan
 from .compare import element_byte_offsets, nmse
 from .reference import Interpreter, is_view_op, reference_value, values4d
 
@@ -204,10 +203,8 @@ class _Arenas:
 
 def _compute(g, n_threads, split_small):
     with small_tasks() if split_small and n_threads > 1 else contextlib.nullcontext():
-        plan = graph_plan(g, n_threads)
-    if plan.work_size:
-        plan.work_data = np.empty(plan.work_size, np.uint8)
-    graph_compute(g, plan)
+        compiled = graph_compile(g, n_threads)
+    compiled()
 
 
 def _as_graph(g):

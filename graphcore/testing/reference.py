@@ -32,7 +32,7 @@ from .. import quant_rows as QR
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..graph import Graph
+from ..graph import Graph, post_order
 from ..ops.refs import float_to_i32
 from ..ops.registry import OP_NONE, OPS
 
@@ -114,23 +114,9 @@ def reference_value(node, srcs, round: bool = True):
 def _visit_order(roots):
     """(nodes, leafs) reachable from roots, in ggml's visit order (depth first, src[0] first), as
     build_forward_expand orders them, without touching the tensors."""
-    nodes, leafs, seen = [], [], set()
-    for root in roots:
-        if id(root) in seen:
-            continue
-        seen.add(id(root))
-        stack = [(root, 0)]
-        while stack:
-            t, i = stack[-1]
-            if i < len(t.src):
-                stack[-1] = (t, i + 1)
-                s = t.src[i]
-                if s is not None and id(s) not in seen:
-                    seen.add(id(s))
-                    stack.append((s, 0))
-                continue
-            stack.pop()
-            (leafs if t.op == OP_NONE and t.grad is None else nodes).append(t)
+    nodes, leafs = [], []
+    for t in post_order(roots, set()):
+        (leafs if t.op == OP_NONE and t.grad is None else nodes).append(t)
     return nodes, leafs
 
 

@@ -29,5 +29,5 @@ from .model import (LAYER_TENSORS, LAYER_TENSORS_LORA, LLAMA_TRAIN_MAX_NODES, RM
                     init_kv_cache_lora, init_model, init_model_lora, set_param_model, set_param_model_lora)
 from .rng import (_LOGF, MT19937, RandomNormalDistribution, frand_normal, frand_normal_n,
                   init_random_normal_distribution, randomize_model, randomize_model_lora, randomize_tensor_normal)
-from .train import (Evaluator, TrainingGraphs, build_training_graphs, compute_size, cross_entropy_loss, dump_graphs,
+from .train import (TrainingGraphs, build_training_graphs, compute_size, cross_entropy_loss, dump_graphs,
                     square_error_loss, train)

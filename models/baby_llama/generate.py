@@ -8,7 +8,7 @@ import graphcore as gc
 
 from .data import get_example_targets, lshift_examples, print_token, sample_softmax
 from .model import LLAMA_TRAIN_MAX_NODES, LlamaModelLora, forward, forward_lora
-from .train import Evaluator, compute_size, dump_graphs
+from .train import compute_size, dump_graphs
 
 
 def generate(model, kv_self, args, out=sys.stdout):
@@ -43,7 +43,7 @@ def generate(model, kv_self, args, out=sys.stdout):
     tokens = gc.graph_get_tensor(gf, "tokens")
     if args.dump_graphs:
         dump_graphs(args.dump_graphs, "generation", gf)
-    compute = Evaluator(gf, args.threads)
+    compute = gc.graph_compile(gf, args.threads)
     best_samples = gc.new_tensor_1d(ctx0, gc.TYPE_I32, sample_ctx)
     probs = gc.new_tensor_2d(ctx0, gc.TYPE_F32, n_vocab, sample_ctx)
     generated = []

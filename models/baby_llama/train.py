@@ -7,7 +7,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
 
 import graphcore as gc
 from graphcore.cli_support import Progress
@@ -33,19 +32,6 @@ def cross_entropy_loss(ctx, a, b):
                                                            gc.log(ctx, gc.add1(ctx, gc.soft_max(ctx, b),
                                                                                gc.new_f32(ctx, eps)))))))
 
-
-
-class Evaluator:
-    """A graph planned once and computed as often as needed."""
-
-    def __init__(self, g, n_threads):
-        self.g = g
-        self.plan = gc.graph_plan(g, n_threads)
-        if self.plan.work_size:
-            self.plan.work_data = np.empty(self.plan.work_size, np.uint8)
-
-    def __call__(self):
-        gc.graph_compute(self.g, self.plan)
 
 
 def _result_name(code) -> str:
@@ -155,7 +141,7 @@ def train(model, kv_self, args, out=sys.stdout, history=None):
     if args.dump_graphs:
         dump_graphs(args.dump_graphs, "forward", gf)
         dump_graphs(args.dump_graphs, "backward", gb, gf)
-    compute_gf = Evaluator(gf, args.threads)
+    compute_gf = gc.graph_compile(gf, args.threads)
 
     n_evals = 0
     t_start = time.perf_counter()

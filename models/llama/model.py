@@ -150,7 +150,7 @@ class LlamaSession:
         self.v = [gc.new_tensor_1d(self.cache_ctx, kv_type, rows * hp.n_embd_gqa) for _ in range(hp.n_layer)]
         self.n_past = 0
         self._buf = np.empty(0, np.uint8)
-        self._decode = None         # (bucket, ctx, graph, plan, token, pos, mask, logits) of the one-token graph
+        self._decode = None         # (bucket, ctx, compiled graph, token, pos, mask, logits) of the one-token graph
 
     def clear(self):
         """llama_kv_cache_clear: forget every position."""
@@ -218,18 +218,15 @@ class LlamaSession:
             gf = gc.new_graph_custom(ctx, 64 + 80 * hp.n_layer, False)
             logits = self._build(ctx, gf, tok, pos, mask, 1, bucket, bucket + 1, 1)
             gc.build_forward_expand(gf, logits)
-            plan = gc.graph_plan(gf, self.n_threads)
-            if plan.work_size:
-                plan.work_data = np.empty(plan.work_size, np.uint8)
-            self._decode = (bucket, ctx, gf, plan, tok, pos, mask, logits)
-        _, ctx, gf, plan, tok, pos, mask, logits = self._decode
+            self._decode = (bucket, ctx, gc.graph_compile(gf, self.n_threads), tok, pos, mask, logits)
+        _, ctx, compiled, tok, pos, mask, logits = self._decode
         tok.numpy()[0] = token
         pos.numpy()[0] = p
         m = mask.numpy().reshape(1, -1)
         m[0, :p] = 0.0                  # the cached positions, then the unused rows, then the new token (slot)
         m[0, p:bucket] = -np.inf
         m[0, bucket] = 0.0
-        gc.graph_compute(gf, plan)
+        compiled()
         G = hp.n_embd_gqa
         for kc, vc in zip(self.k, self.v):          # move the new K row and V column from the slot to p
             k = kc.numpy()
