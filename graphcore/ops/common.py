@@ -134,6 +134,17 @@ SEG = 4096   # elementwise work is cut into row segments of this many elements (
 
 
 @inline
+def row_index(ir, ne1, ne2):
+    """(i1, i2, i3) of flat row ir, rows in ne1, ne2, ne3 order (i1 fastest)."""
+    return ir % ne1, (ir // ne1) % ne2, ir // (ne2 * ne1)
+
+
+@inline
+def same(x):
+    return x
+
+
+@inline
 def next_row(i1, i2, i3, ne1, ne2):
     """(i1, i2, i3) of the row after (i1, i2, i3), rows in ne1, ne2, ne3 order."""
     i1 += 1

@@ -40,7 +40,7 @@ from ..errors import GraphError
 from ..kernel import ERR_CUSTOM, P_BASE, R_ERR, R_ERRARG, fail, record, view_f32, view_i32, view_u16
 from ..native import call_kernel
 from .args import boolean, integer
-from .common import inplace_of, inplace_view
+from .common import inplace_of, inplace_view, row_index
 from .refs import shape4
 from .registry import KERNEL_SIG, error_detail_of, new_node, reference_of, register, sample_of, set_op_params
 from .registry import rebuild_of
@@ -91,7 +91,7 @@ def _affine_rows(dst, a, ith, nth):
     """dst = 2 a + 1, rows split between the tasks (a map_custom1 function, Python or jitted)."""
     ne3, ne2, ne1 = dst.shape[0], dst.shape[1], dst.shape[2]
     for r in range(ith, ne3 * ne2 * ne1, nth):
-        i3, i2, i1 = r // (ne2 * ne1), (r // ne1) % ne2, r % ne1
+        i1, i2, i3 = row_index(r, ne1, ne2)
         for i0 in range(dst.shape[3]):
             dst[i3, i2, i1, i0] = a[i3, i2, i1, i0] * 2 + 1
 
@@ -105,14 +105,14 @@ def _copy_all(dst, a, ith, nth):
 def _mul_rows(dst, a, b, ith, nth):
     ne3, ne2, ne1 = dst.shape[0], dst.shape[1], dst.shape[2]
     for r in range(ith, ne3 * ne2 * ne1, nth):
-        i3, i2, i1 = r // (ne2 * ne1), (r // ne1) % ne2, r % ne1
+        i1, i2, i3 = row_index(r, ne1, ne2)
         dst[i3, i2, i1] = a[i3, i2, i1] * b[i3, i2, i1]
 
 
 def _fma_rows(dst, a, b, c, ith, nth, k):
     ne3, ne2, ne1 = dst.shape[0], dst.shape[1], dst.shape[2]
     for r in range(ith, ne3 * ne2 * ne1, nth):
-        i3, i2, i1 = r // (ne2 * ne1), (r // ne1) % ne2, r % ne1
+        i1, i2, i3 = row_index(r, ne1, ne2)
         dst[i3, i2, i1] = a[i3, i2, i1] + k * b[i3, i2, i1] * c[i3, i2, i1]
 
 

@@ -16,7 +16,8 @@ from ..kernel import (ERR_INDEX, f32_at, fail, fp16_to_fp32, inline, is_dense, p
                       rows_contiguous, split, split_aligned, t_addr, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_4d, i32_1d, i32_4d, u16_1d, u16_4d
 from .args import check_types, integer, region_overlaps
-from .common import byte_range, check_f32, check_indices, inplace_of, inplace_view, next_row, refuse_overlap, shapes
+from .common import (byte_range, check_f32, check_indices, inplace_of, inplace_view, next_row, refuse_overlap,
+                     row_index, same, shapes)
 from .layout import cont, reshape_4d, view_4d
 from .quantized import FROM_QUANT
 from .refs import f64
@@ -28,6 +29,17 @@ _F32, _F16, _I32 = T.TYPE_F32, T.TYPE_F16, T.TYPE_I32
 
 
 # -- get_rows: dst[:, i10, i11, i12] = a[:, b[i10, i11, i12], i11, i12] ---------------------------------------
+@inline
+def _gather_rows(a, d, idx, lo, hi, b0, b1, convert):
+    """Rows lo..hi-1 of d from the rows of a that idx picks, through any strides."""
+    for ir in range(lo, hi):
+        j0, j1, j2 = row_index(ir, b0, b1)
+        src = a[j2, j1, idx[0, j2, j1, j0]]
+        dst = d[j2, j1, j0]
+        for i0 in range(src.shape[0]):
+            dst[i0] = convert(src[i0])
+
+
 def _get_rows_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     if not check_indices(r):
@@ -39,7 +51,7 @@ def _get_rows_kernel(rec, ith, nth, phase, wdata, wsize):
     lo, hi = split(nr, ith, nth)
     if st == _F32 and rows_contiguous(r, 0) and rows_contiguous(r, 1):     # raw rows, counters
         ne0 = t_ne(r, 1, 0)
-        j2, j1, j0 = lo // (b1 * b0), (lo // b0) % b1, lo % b0
+        j0, j1, j2 = row_index(lo, b0, b1)
         for _ in range(lo, hi):
             src = f32_at(row_addr(r, 1, idx[0, j2, j1, j0], j1, j2), ne0)
             dst = f32_at(row_addr(r, 0, j0, j1, j2), ne0)
@@ -47,32 +59,11 @@ def _get_rows_kernel(rec, ith, nth, phase, wdata, wsize):
                 dst[i0] = src[i0]
             j0, j1, j2 = next_row(j0, j1, j2, b0, b1)
     elif st == _F32:
-        a = view_f32(r, 1)
-        d = view_f32(r, 0)
-        for ir in range(lo, hi):
-            j2, j1, j0 = ir // (b1 * b0), (ir // b0) % b1, ir % b0
-            src = a[j2, j1, idx[0, j2, j1, j0]]
-            dst = d[j2, j1, j0]
-            for i0 in range(src.shape[0]):
-                dst[i0] = src[i0]
+        _gather_rows(view_f32(r, 1), view_f32(r, 0), idx, lo, hi, b0, b1, same)
     elif st == _F16:
-        h = view_u16(r, 1)
-        d = view_f32(r, 0)
-        for ir in range(lo, hi):
-            j2, j1, j0 = ir // (b1 * b0), (ir // b0) % b1, ir % b0
-            src = h[j2, j1, idx[0, j2, j1, j0]]
-            dst = d[j2, j1, j0]
-            for i0 in range(src.shape[0]):
-                dst[i0] = fp16_to_fp32(src[i0])
+        _gather_rows(view_u16(r, 1), view_f32(r, 0), idx, lo, hi, b0, b1, fp16_to_fp32)
     else:
-        ai = view_i32(r, 1)
-        di = view_i32(r, 0)
-        for ir in range(lo, hi):
-            j2, j1, j0 = ir // (b1 * b0), (ir // b0) % b1, ir % b0
-            src = ai[j2, j1, idx[0, j2, j1, j0]]
-            dst = di[j2, j1, j0]
-            for i0 in range(src.shape[0]):
-                dst[i0] = src[i0]
+        _gather_rows(view_i32(r, 1), view_i32(r, 0), idx, lo, hi, b0, b1, same)
 
 
 def _get_rows_backward(ctx, t, g, d):
@@ -243,7 +234,7 @@ def _diag_kernel(rec, ith, nth, phase, wdata, wsize):
     ne3, ne2, ne1, ne0 = d.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        i1, i2, i3 = row_index(ir, ne1, ne2)
         dst = d[i3, i2, i1]
         for i0 in range(ne0):
             dst[i0] = np.float32(0.0)
@@ -306,7 +297,7 @@ def _region_apply(reg, b, ith, nth, accumulate):
     """set's and acc's second phase: b's rows written into (or added to) the region's rows."""
     ne3, ne2, ne1, ne0 = b.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+    i1, i2, i3 = row_index(lo, ne1, ne2)
     for _ in range(lo, hi):
         x = b[i3, i2, i1]
         y = reg[i3, i2, i1]

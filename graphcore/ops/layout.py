@@ -12,7 +12,8 @@ from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, reco
                       t_addr, t_nb, t_ne, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
 from . import quantized as QK
-from .common import byte_range, inplace_of, inplace_view, next_row, refuse_overlap, same_view, shapes
+from .common import (byte_range, inplace_of, inplace_view, next_row, refuse_overlap, row_index, same, same_view,
+                     shapes)
 from .refs import convert, shape4
 from .registry import MIN_ELEMENTS_PER_TASK, new_node, reference_of, register, sample_of
 from .registry import i64_params, param_i64, rebuild_by, rebuild_of
@@ -35,7 +36,7 @@ def _copy_loop(r, ith, nth, src, dst, conv, sflat, dflat):
         return
     lo, hi = split(s1 * s2 * s3, ith, nth)
     if s0 == d0 and s1 == d1 and s2 == d2 and s3 == d3:                   # same shape: row by row
-        i3, i2, i1 = lo // (s2 * s1), (lo // s1) % s2, lo % s1
+        i1, i2, i3 = row_index(lo, s1, s2)
         for _ in range(lo, hi):
             x = src[i3, i2, i1]
             y = dst[i3, i2, i1]
@@ -44,7 +45,7 @@ def _copy_loop(r, ith, nth, src, dst, conv, sflat, dflat):
             i1, i2, i3 = next_row(i1, i2, i3, s1, s2)
         return
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (s2 * s1), (ir // s1) % s2, ir % s1
+        i1, i2, i3 = row_index(ir, s1, s2)
         k = ir * s0                       # linear index of the row's first element
         j0, j1, j2, j3 = k % d0, (k // d0) % d1, (k // (d0 * d1)) % d2, k // (d0 * d1 * d2)
         for i0 in range(s0):
@@ -59,11 +60,6 @@ def _copy_loop(r, ith, nth, src, dst, conv, sflat, dflat):
                     if j2 == d2:
                         j2 = 0
                         j3 += 1
-
-
-@inline
-def _same(x):
-    return x
 
 
 @inline
@@ -117,7 +113,7 @@ def _copy_rows_f32(r, ith, nth):
     """F32 to F32, same shape, rows contiguous in both but not dense: raw rows, counters."""
     ne0, ne1, ne2, ne3 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2), t_ne(r, 1, 3)
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+    i1, i2, i3 = row_index(lo, ne1, ne2)
     for _ in range(lo, hi):
         x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
         y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
@@ -133,7 +129,7 @@ def _copy_f32_f32(rec, ith, nth, phase, wdata, wsize):
             is_dense(r, 0, 4) and is_dense(r, 1, 4)):
         _copy_rows_f32(r, ith, nth)
     else:
-        _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), _same, _flat_f32(r, 1), _flat_f32(r, 0))
+        _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), same, _flat_f32(r, 1), _flat_f32(r, 0))
 
 
 @inline
@@ -157,7 +153,7 @@ def _copy_f16_f32(rec, ith, nth, phase, wdata, wsize):
 
 
 def _copy_f16_f16(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_u16, view_u16, _same, _flat_u16, _flat_u16)
+    _copy_as(rec, ith, nth, view_u16, view_u16, same, _flat_u16, _flat_u16)
 
 
 def _copy_f16_i32(rec, ith, nth, phase, wdata, wsize):
@@ -173,7 +169,7 @@ def _copy_i32_f16(rec, ith, nth, phase, wdata, wsize):
 
 
 def _copy_i32_i32(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_i32, view_i32, _same, _flat_i32, _flat_i32)
+    _copy_as(rec, ith, nth, view_i32, view_i32, same, _flat_i32, _flat_i32)
 
 
 _COPY_KERNELS = {(_F32, _F32): _copy_f32_f32, (_F32, _F16): _copy_f32_f16, (_F32, _I32): _copy_f32_i32,

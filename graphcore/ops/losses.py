@@ -21,7 +21,7 @@ from .. import types as T
 from ..errors import GraphError
 from ..kernel import inline, record, split, view_f32
 from ..native import f64_1d
-from .common import check_f32, check_same_shape, shapes
+from .common import check_f32, check_same_shape, row_index, shapes
 from .attention import soft_max
 from .elementwise import mul, scale
 from .refs import f64
@@ -61,7 +61,7 @@ def _ce_kernel(rec, ith, nth, phase, wdata, wsize):
     if phase == 0:
         lo, hi = split(nr, ith, nth)
         for ir in range(lo, hi):
-            i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+            i1, i2, i3 = row_index(ir, ne1, ne2)
             x = a[i3, i2, i1]
             t = b[i3, i2, i1]
             mx = _row_max(x, ne0)
@@ -146,7 +146,7 @@ def _ce_back_kernel(rec, ith, nth, phase, wdata, wsize):
     g = np.float64(c[0, 0, 0, 0]) * (1.0 - CE_EPS) / nr
     lo, hi = split(nr, ith, nth)
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        i1, i2, i3 = row_index(ir, ne1, ne2)
         x = a[i3, i2, i1]
         t = b[i3, i2, i1]
         y = d[i3, i2, i1]

@@ -12,7 +12,8 @@ from .. import types as T
 from ..errors import GraphError
 from ..kernel import f32_at, inline, record, row_addr, rows_contiguous, split, view_f32, view_i32
 from ..native import f64_1d as _f64
-from .common import check_f32, elementwise_node, inplace_of, next_row, shapes, tasks_by_segments, unary_loop
+from .common import (check_f32, elementwise_node, inplace_of, next_row, row_index, shapes, tasks_by_segments,
+                     unary_loop)
 from .elementwise import scale
 from .refs import f64, shape4, tile
 from .registry import NOT_DIFFERENTIABLE, TILES, new_node, register, MIN_ELEMENTS_PER_TASK
@@ -90,7 +91,7 @@ def _row_sums(rec, ith, nth, mean):
     scale = 1.0 / ne0 if mean else 1.0
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        i1, i2, i3 = row_index(ir, ne1, ne2)
         d[i3, i2, i1, 0] = np.float32(_row_sum(a, i3, i2, i1) * scale)
 
 
@@ -219,7 +220,7 @@ def _repeat_kernel(rec, ith, nth, phase, wdata, wsize):
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
     if fast:                                 # raw rows, counters instead of divisions
-        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        i1, i2, i3 = row_index(lo, ne1, ne2)
         j3, j2, j1 = i3 % a3, i2 % a2, i1 % a1
         for _ in range(lo, hi):
             dr = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
@@ -240,7 +241,7 @@ def _repeat_kernel(rec, ith, nth, phase, wdata, wsize):
             j3, j2, j1 = i3 % a3, i2 % a2, i1 % a1
         return
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        i1, i2, i3 = row_index(ir, ne1, ne2)
         j3, j2, j1 = i3 % a3, i2 % a2, i1 % a1
         for i0 in range(ne0):
             d[i3, i2, i1, i0] = a[j3, j2, j1, i0 % a0]
@@ -292,7 +293,7 @@ def _repeat_back_kernel(rec, ith, nth, phase, wdata, wsize):
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     fast = rows_contiguous(r, 1)
     for ir in range(lo, hi):
-        k3, k2, k1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        k1, k2, k3 = row_index(ir, ne1, ne2)
         for k0 in range(ne0):
             acc[k0] = 0.0
         for t3 in range(n3):                 # tiles in a fixed order: the same bits for any split
