@@ -1,7 +1,7 @@
 """A small real demonstration: ggml's test-opt problem, loss = sum(sqr(c - mul_mat(a, b))), built as a
 lazy graph, planned and computed on every core, and checked against numpy.
 
-    python -m models.demo [--threads N]
+    python -m graphcore_models.demo [--threads N]
 """
 from __future__ import annotations
 

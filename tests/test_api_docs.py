@@ -63,7 +63,7 @@ def test_star_import_keeps_the_builtins():
 def test_api_reference_builds(tmp_path):
     pytest.importorskip("pdoc")
     out = tmp_path / "api"
-    r = subprocess.run([sys.executable, "-m", "tools.build_docs", "-o", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "graphcore_tools.build_docs", "-o", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     page = (out / "graphcore.html").read_text()
@@ -76,6 +76,6 @@ def test_api_reference_builds(tmp_path):
 
 
 def test_build_docs_refuses_a_missing_parent_folder(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tools.build_docs", "-o", str(tmp_path / "no" / "api")], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "graphcore_tools.build_docs", "-o", str(tmp_path / "no" / "api")], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr

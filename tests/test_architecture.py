@@ -3,15 +3,17 @@ inside graphcore, and no module past ~650 lines."""
 import ast
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ("graphcore", "models", "tools")
+PACKAGES = {"graphcore": "graphcore", "models": "graphcore_models", "tools": "graphcore_tools"}   # folder: import name
 
 
 def _modules():
     mods = {}
-    for pkg in PACKAGES:
-        for path in (ROOT / pkg).rglob("*.py"):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for folder, pkg in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            name = ".".join((pkg, *path.relative_to(ROOT / folder).with_suffix("").parts))
             mods[name.removesuffix(".__init__")] = path
     return mods
 
@@ -79,7 +81,7 @@ def test_no_import_cycles():
     mods = _modules()
     edges = _imports(mods)
     # a package's __init__ re-exports its modules; edges *to* a package are to its public API
-    graph = {m: {t for t, _ in ts if t not in PACKAGES} for m, ts in edges.items()}
+    graph = {m: {t for t, _ in ts if t not in PACKAGES.values()} for m, ts in edges.items()}
     assert not _cycles(graph), f"import cycles: {_cycles(graph)}"
 
 
@@ -92,7 +94,7 @@ def test_graphcore_imports_at_module_top():
     (graphcore.testing may import lazily what needs hypothesis; the package __init__'s __getattr__
     imports graphcore.testing on demand)."""
     edges = _imports(_modules())
-    deferred = sorted((m, t) for m, ts in edges.items() if m.startswith("graphcore")
+    deferred = sorted((m, t) for m, ts in edges.items() if m.startswith("graphcore.")
                       for t, top in ts if not top and m != "graphcore")
     assert not deferred, f"imports inside functions: {deferred}"
 
@@ -101,6 +103,18 @@ def test_no_module_is_too_long():
     long = {str(p.relative_to(ROOT)): n for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 650}
     assert not long, f"modules over 650 lines (split them by concern): {long}"
+
+
+def test_every_package_is_installed_under_its_own_name():
+    """pyproject.toml lists the packages (models/ and tools/ install as graphcore_models and
+    graphcore_tools, so that no `models` or `tools` lands in site-packages): a new subpackage
+    must be listed, or an install would lack it."""
+    tomllib = pytest.importorskip("tomllib")     # Python 3.11+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert conf["package-dir"] == {v: k for k, v in PACKAGES.items()}
+    found = {".".join((pkg, *p.parent.relative_to(ROOT / folder).parts)) for folder, pkg in PACKAGES.items()
+             for p in (ROOT / folder).rglob("__init__.py")}
+    assert set(conf["packages"]) == found
 
 
 def test_kernel_cache_folder_follows_every_source(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import graphcore as gc
-import models.baby_llama as bl
+import graphcore_models.baby_llama as bl
 from graphcore.cli_support import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -340,7 +340,7 @@ def test_command_output_format(capsys, tmp_path):
 
 
 def _run_cli(*argv, timeout=600):
-    return subprocess.run([sys.executable, "-m", "models.baby_llama", *argv], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "graphcore_models.baby_llama", *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 

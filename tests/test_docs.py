@@ -20,7 +20,7 @@ def test_readme_lists_every_op():
 
 
 def test_readme_gives_the_two_setup_commands():
-    assert ".venv/bin/python -m models.baby_llama" in README
+    assert ".venv/bin/python -m graphcore_models.baby_llama" in README
     assert ".venv/bin/python -m pytest -q" in README
 
 

@@ -214,8 +214,8 @@ def test_graphviz_accepts_the_dot():
 
 @needs_dot
 def test_graphviz_accepts_baby_llama_backward_in_pieces():
-    from tools.graph_dump import parser
-    from tools.graph_sources import baby_llama_graph
+    from graphcore_tools.graph_dump import parser
+    from graphcore_tools.graph_sources import baby_llama_graph
     g, gf = baby_llama_graph("backward", parser().parse_args(["--model", "baby-llama"]))
     for k in range(0, g.n_nodes, 50):
         sel = {id(n) for n in g.nodes[k:k + 50]} | {id(n) for n in g.leafs}
@@ -309,8 +309,8 @@ def test_json_follows_its_schema_and_round_trips():
 
 # -- stats ------------------------------------------------------------------------------------------------
 def test_stats_count_everything_and_show_the_plan():
-    from tools.graph_dump import parser
-    from tools.graph_sources import baby_llama_graph
+    from graphcore_tools.graph_dump import parser
+    from graphcore_tools.graph_sources import baby_llama_graph
     g, gf = baby_llama_graph("backward", parser().parse_args(["--model", "baby-llama"]))
     s = gc.dump.graph_stats(g, 2)
     assert sum(e["nodes"] for e in s["by_op"]) == g.n_nodes
@@ -326,14 +326,14 @@ def test_stats_count_everything_and_show_the_plan():
 
 # -- filters (the CLI's, in-process) ----------------------------------------------------------------------------
 def cli_args(*argv):
-    from tools.graph_dump import parser
+    from graphcore_tools.graph_dump import parser
     a = parser().parse_args(list(argv))
     a.format = a.format or "text"
     return a
 
 
 def test_filters():
-    from tools.graph_dump import CliError, select
+    from graphcore_tools.graph_dump import CliError, select
     _, gb = small()
     sel, cap = select(gb, cli_args("--op", "mul,neg"))
     assert {gb.nodes.index(n) for n in gb.nodes if id(n) in sel} == {6, 8} and "MUL, NEG" in cap
@@ -358,7 +358,7 @@ def test_filters():
 
 # -- the CLI, as users run it ----------------------------------------------------------------------------------
 def cli(*argv, cwd=ROOT, env=None, check=True):
-    r = subprocess.run([sys.executable, "-m", "tools.graph_dump", *argv], cwd=cwd, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "graphcore_tools.graph_dump", *argv], cwd=cwd, capture_output=True,
                        timeout=600, env=env)
     if check:
         assert r.returncode == 0, r.stderr.decode()
@@ -473,7 +473,7 @@ def test_cli_as_a_user_runs_it(tmp_path, saved):
     cli(str(saved), "--format", "json", "-o", str(out))
     assert out.stat().st_mode & 0o777 == 0o640 and json.loads(out.read_text())["n_nodes"] == 10
     # a pipe whose reader goes away: no traceback
-    r = subprocess.run(f"{sys.executable} -m tools.graph_dump {saved} --format json | head -c 1", shell=True,
+    r = subprocess.run(f"{sys.executable} -m graphcore_tools.graph_dump {saved} --format json | head -c 1", shell=True,
                        cwd=ROOT, capture_output=True, timeout=300)
     assert r.stdout == b"{" and b"Traceback" not in r.stderr and b"Error" not in r.stderr
 
@@ -482,7 +482,7 @@ def test_cli_refuses_binary_on_a_terminal(saved):
     import pty
     master, slave = pty.openpty()
     try:
-        r = subprocess.run([sys.executable, "-m", "tools.graph_dump", str(saved), "--format", "png"], cwd=ROOT,
+        r = subprocess.run([sys.executable, "-m", "graphcore_tools.graph_dump", str(saved), "--format", "png"], cwd=ROOT,
                            stdout=slave, stderr=subprocess.PIPE, timeout=300)
     finally:
         os.close(slave)

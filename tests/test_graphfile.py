@@ -221,8 +221,8 @@ def test_import_into_a_context_and_rollback(tmp_path):
 # -- baby-llama's graphs --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("which", ["forward", "backward", "generation"])
 def test_baby_llama_round_trip(tmp_path, which):
-    from tools.graph_dump import parser
-    from tools.graph_sources import baby_llama_graph
+    from graphcore_tools.graph_dump import parser
+    from graphcore_tools.graph_sources import baby_llama_graph
     args = parser().parse_args(["--model", "baby-llama", "--n-layer", "2", "--n-embd", "16", "--n-head", "4"])
     g, gf = baby_llama_graph(which, args)
     p = tmp_path / f"{which}.gcg"

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from graphcore.gguf_io import GGUFError, gguf_read, gguf_write
-from models.llama.model import LlamaModel, LlamaSession
-from models.llama.perplexity import perplexity
-from models.llama.sampling import Sampler, SamplingParams
-from models.llama.synth import write_random_llama
+from graphcore_models.llama.model import LlamaModel, LlamaSession
+from graphcore_models.llama.perplexity import perplexity
+from graphcore_models.llama.sampling import Sampler, SamplingParams
+from graphcore_models.llama.synth import write_random_llama
 
 from llama_models import MODELS, model_digest
 
@@ -159,7 +159,7 @@ def test_repeat_penalty_and_sampling():
 
 # -- the CLI, in child processes --------------------------------------------------------------------------
 def _cli(*args, timeout=300, **kw):
-    return subprocess.run([sys.executable, "-m", "models.llama", *args], capture_output=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "graphcore_models.llama", *args], capture_output=True, timeout=timeout,
                           cwd=ROOT, **kw)
 
 
@@ -220,7 +220,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_cli_closed_stdout_pipe():
-    p = subprocess.Popen([sys.executable, "-m", "models.llama", "generate", "-m", TINY, "-p", "The", "-n", "60",
+    p = subprocess.Popen([sys.executable, "-m", "graphcore_models.llama", "generate", "-m", TINY, "-p", "The", "-n", "60",
                           "-c", "64", "--temp", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     p.stdout.read(3)
     p.stdout.close()                        # the reader goes away, as `| head -c 3` does

@@ -15,10 +15,10 @@ import pytest
 
 import graphcore as gc
 from graphcore.gguf_io import GGUFError, gguf_read, gguf_write
-from models.llama.model import LlamaModel, LlamaSession
-from models.llama.perplexity import perplexity
-from models.llama.quantize import QuantizeError, plan_types, quantize_file
-from models.llama.synth import write_random_llama
+from graphcore_models.llama.model import LlamaModel, LlamaSession
+from graphcore_models.llama.perplexity import perplexity
+from graphcore_models.llama.quantize import QuantizeError, plan_types, quantize_file
+from graphcore_models.llama.synth import write_random_llama
 
 from llama_models import MODELS, QUANT_CASES, QUANT_MODELS, vocab_file
 
@@ -144,7 +144,7 @@ def test_quantize_refusals(sources, quantized, tmp_path):
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "models.llama", *args], capture_output=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "graphcore_models.llama", *args], capture_output=True, timeout=timeout,
                           cwd=ROOT)
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from graphcore.gguf_io import gguf_read
-from models.llama.tokenizer import SPMTokenizer, TokenizerError
+from graphcore_models.llama.tokenizer import SPMTokenizer, TokenizerError
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 REF = json.load(open(os.path.join(DATA, "llama_reference.json")))["tokenizer"]

@@ -472,24 +472,24 @@ def cli(argv, *, stdout=subprocess.PIPE, timeout=300):
 
 def test_cli_errors_are_messages(tmp_path):
     (tmp_path / "raiser.py").write_text("def build():\n    raise RuntimeError('no graph today')\n")
-    r = subprocess.run([sys.executable, "-m", "tools.graph_dump", "--from", "raiser:build"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "graphcore_tools.graph_dump", "--from", "raiser:build"], cwd=tmp_path,
                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "no graph today" in r.stderr, r.stderr
     if os.path.exists("/dev/full"):
         with open("/dev/full", "w") as full:
-            r = cli(["-m", "tools.graph_dump", "--model", "baby-llama"], stdout=full)
+            r = cli(["-m", "graphcore_tools.graph_dump", "--model", "baby-llama"], stdout=full)
             assert r.returncode == 1 and "standard output" in r.stderr, r.stderr
-            r = cli(["-m", "models.baby_llama", "--examples", "1", "--n-gen", "1"], stdout=full)
+            r = cli(["-m", "graphcore_models.baby_llama", "--examples", "1", "--n-gen", "1"], stdout=full)
             assert r.returncode == 1 and "standard output" in r.stderr, r.stderr
-    r = cli(["-m", "models.baby_llama", "--n-ctx", "100000", "--examples", "1"])
+    r = cli(["-m", "graphcore_models.baby_llama", "--n-ctx", "100000", "--examples", "1"])
     assert r.returncode == 1 and "memory" in r.stderr, r.stderr
-    r = cli(["-m", "tools.graph_dump", "--model", "baby-llama", "--n-ctx", "100000"])
+    r = cli(["-m", "graphcore_tools.graph_dump", "--model", "baby-llama", "--n-ctx", "100000"])
     assert r.returncode == 1 and "memory" in r.stderr, r.stderr
     # -o follows a symlink and keeps the target's mode
     target = tmp_path / "out.txt"
     target.write_text("")
     os.chmod(target, 0o640)
     os.symlink(target, tmp_path / "link.txt")
-    r = cli(["-m", "tools.graph_dump", "--model", "baby-llama", "-o", str(tmp_path / "link.txt")])
+    r = cli(["-m", "graphcore_tools.graph_dump", "--model", "baby-llama", "-o", str(tmp_path / "link.txt")])
     assert r.returncode == 0 and (tmp_path / "link.txt").is_symlink() and target.stat().st_size > 0
     assert stat.S_IMODE(target.stat().st_mode) == 0o640

@@ -1,7 +1,7 @@
 """tools.profile_graph: the per-node profile of any graph (baby-llama's training graphs by default)."""
 import json
 
-from tools import profile_graph
+from graphcore_tools import profile_graph
 
 
 def test_profile_graph_cli(capsys):

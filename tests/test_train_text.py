@@ -20,13 +20,13 @@ import pytest
 import graphcore as gc
 from graphcore.gguf_io import GGUFError, gguf_read, gguf_write
 from graphcore.testing import check_gradients
-from models.llama.model import LlamaModel, LlamaSession
-from models.llama.tokenizer import TokenizerError
-from models.train_text import (TrainHparams, build_train_graphs, compute_samples_hash, init_model, learning_schedule,
+from graphcore_models.llama.model import LlamaModel, LlamaSession
+from graphcore_models.llama.tokenizer import TokenizerError
+from graphcore_models.train_text import (TrainHparams, build_train_graphs, compute_samples_hash, init_model, learning_schedule,
                                parse_args, randomize_model, run, save_llama_model_file, shuffle_samples,
                                tokenize_file)
-from models.train_text.model import _forward
-from models.train_text.train import load_vocab
+from graphcore_models.train_text.model import _forward
+from graphcore_models.train_text.train import load_vocab
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 VOCAB = os.path.join(DATA, "ggml-vocab-llama.gguf")
@@ -147,7 +147,7 @@ def test_tokenize_shuffle_and_schedule():
     tokens, begins, sizes = tokenize_file(tok, CORPUS, "", False, False, 16)
     assert (len(tokens), len(begins)) == (C_N_TOKENS, C_N_SAMPLES)
     assert compute_samples_hash("bsd.txt", begins, sizes) == C_SAMPLES_HASH   # the name hashed as given
-    from models.train_text.data import mt19937_seed_to_state
+    from graphcore_models.train_text.data import mt19937_seed_to_state
     offs, b2, s2, state = shuffle_samples(mt19937_seed_to_state(1), begins, sizes)
     assert sorted(b2.tolist()) == begins.tolist() and state != mt19937_seed_to_state(1)
     assert np.all((offs >= 0) & (offs < np.maximum(s2, 1)))
@@ -216,7 +216,7 @@ def test_model_out_runs_in_the_llama_engine(tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "models.train_text", *TINY, "--adam-iter", "500", "--model-out", "",
+    p = subprocess.Popen([sys.executable, "-m", "graphcore_models.train_text", *TINY, "--adam-iter", "500", "--model-out", "",
                           "--checkpoint-out", str(tmp_path / "c-ITERATION.gguf")], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(DATA)))
     try:
@@ -237,7 +237,7 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
 # the CLI, in a child process with a timeout
 # ---------------------------------------------------------------------------------------------
 def _cli(args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "models.train_text", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "graphcore_models.train_text", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=os.path.dirname(os.path.dirname(DATA)))
 
 
@@ -264,7 +264,7 @@ def test_cli_errors_are_one_line(args, needle):
 
 @pytest.mark.parametrize("args,needle", ERRORS[5:])
 def test_main_errors_are_one_line(args, needle, capsys):
-    from models.train_text.cli import main
+    from graphcore_models.train_text.cli import main
     assert main(TINY + ["--adam-iter", "1", "--checkpoint-out", "", "--model-out", ""] + args) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], lines
@@ -308,7 +308,7 @@ def test_parse_args_defaults_are_the_c_programs():
 
 def test_plot_loss_writes_a_picture(tmp_path):
     pytest.importorskip("matplotlib")
-    from models.train_text.cli import main
+    from graphcore_models.train_text.cli import main
     assert main(TINY + ["--adam-iter", "2", "--checkpoint-out", "", "--model-out", "",
                         "--plot-loss", str(tmp_path / "loss.png")]) == 0
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

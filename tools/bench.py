@@ -1,10 +1,10 @@
 """Benchmarks: graphcore against numpy (and PyTorch when installed), baselines measured in the same run.
 
-    python -m tools.bench                 # the engine benchmarks: executor matmul scaling ops
-    python -m tools.bench executor matmul scaling ops
-    python -m tools.bench baby-llama [--ggml-bin PATH] [--threads N]
-    python -m tools.bench alloc           # memory planning: the graph allocator
-    python -m tools.bench quant           # quantized mul_mat (Q8_0, Q4_0, Q4_K) against F32 and numpy
+    python -m graphcore_tools.bench                 # the engine benchmarks: executor matmul scaling ops
+    python -m graphcore_tools.bench executor matmul scaling ops
+    python -m graphcore_tools.bench baby-llama [--ggml-bin PATH] [--threads N]
+    python -m graphcore_tools.bench alloc           # memory planning: the graph allocator
+    python -m graphcore_tools.bench quant           # quantized mul_mat (Q8_0, Q4_0, Q4_K) against F32 and numpy
 
 Medians of repeated runs are printed (the machine is shared and noisy).
 """
@@ -200,7 +200,7 @@ def _run_baby_llama(extra_env=None, threads=1):
     import subprocess
     env = dict(os.environ, **(extra_env or {}))
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "models.baby_llama", "--progress", "--threads", str(threads)],
+    out = subprocess.run([sys.executable, "-m", "graphcore_models.baby_llama", "--progress", "--threads", str(threads)],
                          capture_output=True, text=True, env=env, check=True)
     wall = time.perf_counter() - t0
     m = re.search(r"(\d+) forward\+backward evaluations, training ([\d.]+) s", out.stderr)
@@ -241,7 +241,7 @@ def bench_llama_torch(args):
     """A larger model (n_embd 256, 4 layers, n_ctx 64, batch 8): one forward+backward evaluation,
     graphcore against the same model in PyTorch at the same thread count."""
     from types import SimpleNamespace
-    import models.baby_llama as bl
+    import graphcore_models.baby_llama as bl
     cfg = SimpleNamespace(n_vocab=8, n_ctx=64, n_embd=256, n_mult=2, n_head=8, n_layer=4, n_batch=8, lora=False,
                           seed=1337)
     model, kv = bl.new_model(cfg)
@@ -253,7 +253,7 @@ def bench_llama_torch(args):
     import importlib.util
     make_step = None
     if importlib.util.find_spec("torch") is not None:
-        from tools.torch_llama import make_step
+        from graphcore_tools.torch_llama import make_step
     row("threads", "graphcore", "torch" if make_step else "(torch not installed)", "torch / graphcore")
     for nt in sorted({1, args.threads, 2}):
         seed = tg.error.grad.numpy4d().reshape(-1)
@@ -285,7 +285,7 @@ def paired_medians(fns, repeat=15, warmup=2):
 
 
 def _training_graphs(cfg, **kw):
-    import models.baby_llama as bl
+    import graphcore_models.baby_llama as bl
     model, kv = bl.new_model(cfg)
     tg = bl.build_training_graphs(model, kv, cfg.n_batch, **kw)
     bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)

@@ -1,8 +1,8 @@
 """Llama inference speed: graphcore-llama against llama.cpp's `perplexity` and `main` on the same GGUF file,
 in the same run.
 
-    python -m tools.bench_llama                                  # graphcore only
-    python -m tools.bench_llama --llama-cpp /path/to/llama.cpp   # or LLAMA_CPP_DIR=...: with the ratios
+    python -m graphcore_tools.bench_llama                                  # graphcore only
+    python -m graphcore_tools.bench_llama --llama-cpp /path/to/llama.cpp   # or LLAMA_CPP_DIR=...: with the ratios
 
 Measured, for each thread count: perplexity evaluation (prompt processing: chunks of n_ctx tokens, all
 logits) and generation (one token at a time after a short prompt, greedy), in tokens per second; the
@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from models.llama.model import LlamaModel, LlamaSession
-from models.llama.perplexity import perplexity
-from models.llama.synth import write_random_llama
+from graphcore_models.llama.model import LlamaModel, LlamaSession
+from graphcore_models.llama.perplexity import perplexity
+from graphcore_models.llama.synth import write_random_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(ROOT, "tests", "data", "ggml-vocab-llama.gguf")

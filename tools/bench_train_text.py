@@ -1,7 +1,7 @@
 """Seconds per Adam iteration and peak RSS of graphcore-train-text against llama.cpp's
 train-text-from-scratch, the two run alternately in the same session on the same options.
 
-    python -m tools.bench_train_text --c-binary /path/to/train-text-from-scratch \\
+    python -m graphcore_tools.bench_train_text --c-binary /path/to/train-text-from-scratch \\
         --vocab-model tests/data/ggml-vocab-llama.gguf --train-data /usr/share/common-licenses/GPL-3
 
 The time of an iteration is the gap between two consecutive progress lines (read as they are
@@ -50,7 +50,7 @@ def main(argv=None):
                                   "--checkpoint-in", "", "--checkpoint-out", "", "--model-out", "",
                                   "--save-every", "0", "--adam-iter", str(a.iters)]
     stdbuf = [shutil.which("stdbuf"), "-oL"] if shutil.which("stdbuf") else []
-    progs = {"C": stdbuf + [a.c_binary], "graphcore": [sys.executable, "-m", "models.train_text"]}
+    progs = {"C": stdbuf + [a.c_binary], "graphcore": [sys.executable, "-m", "graphcore_models.train_text"]}
     print(f"options: {a.options}, {a.iters} Adam iterations, {a.runs} runs each")
     for nt in [int(x) for x in a.threads.split(",")]:
         res = {k: ([], [], None) for k in progs}

@@ -1,6 +1,6 @@
 """Build graphcore's API reference (HTML, from the docstrings) with pdoc.
 
-    python -m tools.build_docs [-o docs/api]
+    python -m graphcore_tools.build_docs [-o docs/api]
 
 Writes one page per module: graphcore.html (the public API, `graphcore.__all__`), then each
 submodule (graphcore/ops/reduce.html, ...), index.html and a search index. pdoc follows a package's

@@ -15,7 +15,7 @@ that returns a Graph, a (graph, forward_graph) pair, or a tensor (its forward gr
 Formats: text (the default), dot, svg and png (rendered by Graphviz's dot program), json (see
 graphcore.dump.GRAPH_JSON_SCHEMA). Filters: --op, --around/--depth, --max-nodes. --stats prints
 nodes and bytes by op, parameters and the plan for --threads (text, or json with --format json);
---profile times every node and op (tools/profile_graph.py). Also `python -m tools.graph_dump`.
+--profile times every node and op (tools/profile_graph.py). Also `python -m graphcore_tools.graph_dump`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from collections import deque
 
 from graphcore.cli_support import (CliError, add_common_arguments, check_output_file, setup_logging, write_output,
                                    write_stdout)
-from tools import graph_sources, profile_graph
+from graphcore_tools import graph_sources, profile_graph
 
 FORMATS = ("text", "dot", "svg", "png", "json")
 BINARY_FORMATS = ("png",)

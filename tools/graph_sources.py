@@ -8,7 +8,7 @@ import sys
 
 import graphcore as gc
 from graphcore.cli_support import CliError
-from models import baby_llama as bl
+from graphcore_models import baby_llama as bl
 
 MODEL_GRAPHS = ("forward", "backward", "generation")
 

@@ -1,8 +1,8 @@
 """Per-node and per-op profile of any graph: time, share, GFLOP/s or GB/s.
 
-    python -m tools.profile_graph                                  # baby-llama's backward graph
-    python -m tools.profile_graph graph.gcg --threads 2 --by-op --top 20
-    python -m tools.profile_graph --from mypkg.models:build --format json -o profile.json
+    python -m graphcore_tools.profile_graph                                  # baby-llama's backward graph
+    python -m graphcore_tools.profile_graph graph.gcg --threads 2 --by-op --top 20
+    python -m graphcore_tools.profile_graph --from mypkg.models:build --format json -o profile.json
     graphcore-dump graph.gcg --profile                             # the same, from graphcore-dump
 
 Sources as graphcore-dump's: a graph file, --model baby-llama --graph forward|backward|generation,
@@ -33,7 +33,7 @@ from graphcore.cli_support import (CliError, add_common_arguments, check_output_
                                    write_stdout)
 from graphcore.graph import Graph
 from graphcore.ops.registry import OPS
-from tools import graph_sources
+from graphcore_tools import graph_sources
 
 
 @dataclass

@@ -2,7 +2,8 @@
 tests/test_llama_quant.py (tests/data/llama_quant_reference.json). Runs the binaries of a llama.cpp
 4480542 build (nothing of llama.cpp is in this repository):
 
-    python -m tools.record_llama_quant --llama-cpp /path/to/llama.cpp [-o tests/data/llama_quant_reference.json]
+    python -m graphcore_tools.record_llama_quant --llama-cpp /path/to/llama.cpp \
+        [-o tests/data/llama_quant_reference.json]
 
 For each (model, TYPE) of tests/llama_models.QUANT_CASES: the sha256 of the file llama.cpp's quantize
 writes and each tensor's type; for the cases in PPL_CASES, perplexity's stdout on that file (n_ctx of
@@ -21,7 +22,7 @@ import tempfile
 
 from graphcore.gguf_io import gguf_read
 from graphcore.types import type_name
-from models.llama.synth import write_random_llama
+from graphcore_models.llama.synth import write_random_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))

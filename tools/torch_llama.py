@@ -15,7 +15,7 @@ def make_step(hp, n_batch: int, n_threads: int, seed: int = 0):
     torch.set_num_threads(n_threads)
     g = torch.Generator().manual_seed(seed)
     E, H, V, N, L = hp.n_embd, hp.n_head, hp.n_vocab, hp.n_ctx, hp.n_layer
-    from models.baby_llama import get_n_ff
+    from graphcore_models.baby_llama import get_n_ff
     F, hd = get_n_ff(hp), hp.n_embd // hp.n_head
     n_rot = hp.n_rot
 

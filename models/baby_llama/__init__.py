@@ -5,7 +5,7 @@ tokens: 256 batches of 8 sequences, each optimised by 16 L-BFGS iterations on a 
 loss, then 128 tokens are generated greedily. With no options the program prints what the
 original prints, in its format:
 
-    python -m models.baby_llama            # or the console script: baby-llama
+    python -m graphcore_models.baby_llama            # or the console script: baby-llama
 
 Everything the original has is here under its own name: the hyper-parameters (plain and LoRA),
 get_n_ff, init_model / set_param_model / randomize_model (and their _lora twins) with the

@@ -1,4 +1,4 @@
-"""python -m models.baby_llama: the baby-llama program."""
+"""python -m graphcore_models.baby_llama: the baby-llama program."""
 import sys
 
 from .cli import main

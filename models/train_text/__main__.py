@@ -1,4 +1,4 @@
-"""python -m models.train_text: the train-text-from-scratch program."""
+"""python -m graphcore_models.train_text: the train-text-from-scratch program."""
 import sys
 
 from .cli import main

@@ -7,8 +7,8 @@ import sys
 
 from graphcore.cli_support import CliError
 from graphcore.gguf_io import GGUFError
-from models.baby_llama.cli import plot_loss
-from models.llama.tokenizer import TokenizerError
+from graphcore_models.baby_llama.cli import plot_loss
+from graphcore_models.llama.tokenizer import TokenizerError
 
 from .data import DataError
 from .train import LLAMA_DEFAULT_SEED, run

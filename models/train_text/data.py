@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from models.llama.tokenizer import utf8_len
+from graphcore_models.llama.tokenizer import utf8_len
 
 _F32 = np.float32
 _M64 = (1 << 64) - 1

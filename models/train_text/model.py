@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import graphcore as gc
-from models.baby_llama.model import LAYER_TENSORS, LlamaHparams, LlamaLayer, LlamaModel
-from models.baby_llama.rng import RandomNormalDistribution, randomize_tensor_normal
+from graphcore_models.baby_llama.model import LAYER_TENSORS, LlamaHparams, LlamaLayer, LlamaModel
+from graphcore_models.baby_llama.rng import RandomNormalDistribution, randomize_tensor_normal
 
 LLAMA_TRAIN_MAX_NODES = 16384   # common/train.h
 

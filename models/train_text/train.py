@@ -16,7 +16,7 @@ import numpy as np
 import graphcore as gc
 from graphcore.cli_support import Progress
 from graphcore.gguf_io import gguf_read
-from models.llama.tokenizer import SPMTokenizer
+from graphcore_models.llama.tokenizer import SPMTokenizer
 
 from .data import (DataError, check_corpus, compute_samples_hash, get_example_targets_batch, learning_schedule,
                    mt19937_seed_to_state, shuffle_samples, tokenize_file)
