@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -28,6 +27,7 @@ import numpy as np
 from graphcore.gguf_io import gguf_read
 from models.train_text import TrainHparams, init_model, parse_args, randomize_model, run, save_llama_model_file
 from models.train_text.train import load_vocab
+from tools.record_train_text import c_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -41,21 +41,18 @@ SHOW = [10, 20, 30, 40, 42, 44, 45, 46, 48, 50, 54, 56, 60, 64]
 STEP_AT = 40
 
 
-def _losses(text):
-    return np.array([it[4] for it in parse_log(text)["iters"] if it[0] >= 1])
+def _losses(log):
+    return np.array([it[4] for it in log["iters"] if it[0] >= 1])
 
 
 def c_losses(binary, args):
-    p = subprocess.run([binary, *args], capture_output=True, text=True, cwd=ROOT, timeout=900)
-    if p.returncode != 0:
-        raise SystemExit(f"{binary}: exit status {p.returncode}\n{p.stderr[-2000:]}")
-    return _losses(p.stdout)
+    return _losses(c_run(binary, args))
 
 
 def gc_losses(args):
     out = io.StringIO()
     run(parse_args(args), out)
-    return _losses(out.getvalue())
+    return _losses(parse_log(out.getvalue()))
 
 
 def with_option(args, name, value):
