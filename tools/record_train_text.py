@@ -56,7 +56,7 @@ def main(argv=None):
     out = {"llama.cpp": "4480542", "small": SMALL, "runs": {}, "checkpoints": {}}
     for name, opts in RUNS.items():
         print(name, file=sys.stderr)
-        out["runs"][name] = c_run(binary, SMALL + opts)
+        out["runs"][name] = {"options": opts, **c_run(binary, SMALL + opts)}
     ck = out["checkpoints"]
     ck["c32"] = c_run(binary, checkpoint_options("", C_CHECKPOINT))
     ck["c32_metadata"] = training_metadata(os.path.join(ROOT, C_CHECKPOINT))
