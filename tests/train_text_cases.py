@@ -16,13 +16,13 @@ REFERENCE = "tests/data/train_text_reference.json"
 # 21,584 weights: 64 iterations take well under a second in either program
 SMALL = ["--vocab-model", VOCAB512, "--train-data", CORPUS, "--ctx", "16", "--embd", "16", "--head", "2",
          "--layer", "2", "--ff", "32", "-b", "2", "-s", "1", "-t", "1", "--checkpoint-in", "", "--save-every", "0",
-         "--model-out", ""]
+         "--model-out", "", "--checkpoint-out", ""]
 FAST = ["--warmup", "8", "--adam-alpha", "0.01"]           # the loss falls from 6.24 to ~3.6 in 64 iterations
 AGGRESSIVE = ["--warmup", "2", "--adam-alpha", "0.01"]     # README's "divergence" schedule
 FLAGS = {"flash+ckpt": [], "flash": ["--no-checkpointing"], "ckpt": ["--no-flash"],
          "plain": ["--no-flash", "--no-checkpointing"]}
 
-# name -> options after SMALL (no checkpoint written)
+# name -> options after SMALL (no file written)
 RUNS = {**{f"fast64/{k}": FAST + ["--adam-iter", "64"] + v for k, v in FLAGS.items()},
         "aggressive64": AGGRESSIVE + ["--adam-iter", "64"],
         "threads2": FAST + ["--adam-iter", "2", "-t", "2"],

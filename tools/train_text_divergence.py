@@ -36,7 +36,7 @@ from train_text_cases import AGGRESSIVE, CORPUS, SMALL, parse_log  # noqa: E402
 SIZES = {"small": SMALL,        # 512-piece vocabulary, 21,584 weights, well under a second a run
          "tiny": ["--vocab-model", "tests/data/ggml-vocab-llama.gguf", "--train-data", CORPUS, "--ctx", "16",
                   "--embd", "32", "--head", "4", "--layer", "2", "--ff", "48", "-b", "2", "-s", "1", "-t", "1",
-                  "--checkpoint-in", "", "--save-every", "0", "--model-out", ""]}    # 32000 pieces, ~10 s a run
+                  "--checkpoint-in", "", "--save-every", "0", "--model-out", "", "--checkpoint-out", ""]}  # 32000 pieces
 SHOW = [10, 20, 30, 40, 42, 44, 45, 46, 48, 50, 54, 56, 60, 64]
 STEP_AT = 40
 
@@ -97,7 +97,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     binary = os.path.abspath(a.c_binary)
     os.chdir(ROOT)
-    base = SIZES[a.size] + AGGRESSIVE + ["--checkpoint-out", ""]
+    base = SIZES[a.size] + AGGRESSIVE
     runs64 = base + ["--adam-iter", "64"]
     plain = runs64 + ["--no-flash"]
     with tempfile.TemporaryDirectory() as d:
