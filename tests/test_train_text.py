@@ -3,11 +3,14 @@ training graph's loss and gradients, the training run, the files and the CLI.
 
 The C figures were recorded from llama.cpp 4480542's train-text-from-scratch (built with its
 Makefile: g++ -O3 -march=native) with tests/data/ggml-vocab-llama.gguf and tests/data/train_text_bsd.txt
-(the BSD licence text from /usr/share/common-licenses), options TINY + the ones named."""
+(the BSD licence text from /usr/share/common-licenses), options TINY + the ones named; those of
+tests/data/train_text_reference.json and tests/data/train_text_c32.gguf by tools/record_train_text.py,
+with the 512-piece vocabulary and the runs of tests/train_text_cases.py."""
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import signal
@@ -28,7 +31,11 @@ from graphcore_models.train_text import (TrainHparams, build_train_graphs, compu
 from graphcore_models.train_text.model import _forward
 from graphcore_models.train_text.train import load_vocab
 
+from train_text_cases import C_CHECKPOINT, REFERENCE, RUNS, SMALL, checkpoint_options, parse_log
+
 DATA = os.path.join(os.path.dirname(__file__), "data")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REF = json.load(open(os.path.join(ROOT, REFERENCE)))
 VOCAB = os.path.join(DATA, "ggml-vocab-llama.gguf")
 CORPUS = os.path.join(DATA, "train_text_bsd.txt")
 TINY = ["--ctx", "16", "--embd", "32", "--head", "4", "--layer", "2", "--ff", "48", "-b", "2", "-s", "1", "-t", "1",
@@ -187,19 +194,126 @@ def test_run_matches_the_c_program(flash, ckpt):
     assert r["graphs"].compute_size <= C_COMPUTE_SIZE[flash, ckpt]
 
 
-def test_checkpoint_resume_equals_a_straight_run(tmp_path):
-    base = TINY + ["--warmup", "2", "--adam-alpha", "0.01", "--model-out", ""]
-    straight, _ = _run(base + ["--adam-iter", "4", "--checkpoint-out", str(tmp_path / "s-ITERATION.gguf")])
-    _run(base + ["--adam-iter", "2", "--checkpoint-out", str(tmp_path / "a-ITERATION.gguf")])
-    resumed, out = _run(TINY[:-4] + ["--checkpoint-in", str(tmp_path / "a-LATEST.gguf"), "--save-every", "0",
-                                     "--warmup", "2", "--adam-alpha", "0.01", "--model-out", "", "--adam-iter", "2",
-                                     "--checkpoint-out", str(tmp_path / "b-ITERATION.gguf")])
-    assert "main: total train_iterations 2" in out and "train data seems to have changed" not in out
-    s, b = gguf_read(tmp_path / "s-4.gguf"), gguf_read(tmp_path / "b-4.gguf")
-    best = "optimizer.adam.best_loss"       # the first loss of each run (used with --opt-max-no-improvement)
+# ---------------------------------------------------------------------------------------------
+# 64 iterations, --sample-start and checkpoints both ways, against tests/data/train_text_reference.json
+# (tools/record_train_text.py; the 512-piece vocabulary, options of tests/train_text_cases.py)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)         # the relative paths the C program was given (the samples hash covers them)
+
+
+def _run_logged(args):
+    r, out = _run(args)
+    return r, parse_log(out)
+
+
+def _losses(log, first=1):
+    return np.array([it[4] for it in log["iters"] if it[0] >= first])
+
+
+def _assert_same_run(g, c, rtol):
+    """The same tokens, samples, sample order and schedule; the losses within rtol of the C program's."""
+    assert REF["small"] == SMALL            # the options the figures were recorded with
+    for k in ("n_tokens", "n_samples", "tokenize_warnings", "data_changed"):
+        assert g[k] == c[k], k
+    assert [it[:3] for it in g["iters"]] == [it[:3] for it in c["iters"]]           # iteration, sample, count
+    np.testing.assert_allclose([it[3] for it in g["iters"]], [it[3] for it in c["iters"]], atol=1e-6)  # sched
+    np.testing.assert_allclose(_losses(g), _losses(c), rtol=rtol)
+    assert g["compute_size"] <= c["compute_size"]
+
+
+@pytest.mark.parametrize("name", [n for n in RUNS if not n.startswith("sample_start")])
+def test_64_iterations_match_the_c_program(name, at_root):
+    """--warmup 8 --adam-alpha 0.01 takes the loss from 6.24 to ~3.6; the issue asks for 1% over 64
+    iterations, observed at most 1.2e-5 with and without flash attention and checkpointing, so the test
+    asks for 1e-3. The aggressive schedule (--warmup 2) is held to the issue's 1% (observed 9.6e-4, see
+    README: its loss spikes amplify rounding-level differences)."""
+    assert REF["runs"][name]["options"] == RUNS[name]
+    _, g = _run_logged(SMALL + RUNS[name])
+    _assert_same_run(g, REF["runs"][name], 1e-2 if name == "aggressive64" else 1e-3)
+
+
+@pytest.mark.parametrize("name", [n for n in RUNS if n.startswith("sample_start")])
+def test_sample_start_matches_the_c_program(name, at_root):
+    """--sample-start (with --escape, --include-sample-start, --overlapping-samples,
+    --fill-with-next-samples, --sample-random-offsets, --separate-with-eos/bos, a pattern that is not
+    found): tokens, samples, tokenize_file's warnings, the sample order and the losses."""
+    assert REF["runs"][name]["options"] == RUNS[name]
+    _, g = _run_logged(SMALL + RUNS[name])
+    _assert_same_run(g, REF["runs"][name], 1e-4)
+
+
+def test_resume_32_plus_32_equals_64_straight(tmp_path, at_root):
+    """A run of 32 iterations resumed for 32 more equals 64 straight, bit for bit (every tensor, every
+    key but best_loss, each run's first loss), and its losses are the straight run's."""
+    straight, _ = _run(checkpoint_options("", str(tmp_path / "s.gguf")) + ["--adam-iter", "64"])
+    _run(checkpoint_options("", str(tmp_path / "a.gguf")))
+    resumed, log = _run_logged(checkpoint_options(str(tmp_path / "a.gguf"), str(tmp_path / "b.gguf")))
+    assert not log["data_changed"] and log["iters"][0][:2] == [32, 65]
+    assert resumed["history"] == straight["history"][32:]
+    s, b = gguf_read(tmp_path / "s.gguf"), gguf_read(tmp_path / "b.gguf")
+    best = "optimizer.adam.best_loss"
     assert {k: v for k, v in s.metadata.items() if k != best} == {k: v for k, v in b.metadata.items() if k != best}
+    assert s.metadata["training.iteration_count"] == 64
     for name, t in s.tensors.items():
         np.testing.assert_array_equal(t.numpy(), b.tensors[name].numpy(), err_msg=name)
+
+
+def test_c_checkpoint_continues_in_graphcore(at_root, tmp_path):
+    """tests/data/train_text_c32.gguf, the C program's checkpoint after 32 iterations, continued by
+    graphcore: the C program's own continuation (its sample counters, which include the batch of its
+    last evaluation, so it resumes one batch later than a straight run)."""
+    _, g = _run_logged(checkpoint_options(C_CHECKPOINT))
+    c = REF["checkpoints"]["c32_continued_by_c"]
+    assert not g["data_changed"] and [it[:3] for it in g["iters"]] == [it[:3] for it in c["iters"]]
+    np.testing.assert_allclose(_losses(g, 33), _losses(c, 33), rtol=1e-4)
+    # graphcore's own 32 iterations write the same training metadata, but for the rewound batch
+    _run(checkpoint_options("", str(tmp_path / "g32.gguf")))
+    md, ref = gguf_read(tmp_path / "g32.gguf").metadata, REF["checkpoints"]["c32_metadata"]
+    b = 2                                           # -b: the batch the C program counts and graphcore rewinds
+    for k, v in ref.items():
+        got = md[k]
+        if k == "training.shuffle.rng_state":
+            words = got.split()
+            got = [words[0], words[-1], len(words)]
+        elif k in ("training.sample_count", "training.shuffle.next_sample"):
+            got += b
+        elif k == "optimizer.adam.previous_loss":   # the last loss, from each program's own arithmetic
+            assert got == pytest.approx(v, rel=1e-6)
+            continue
+        assert got == v, k
+
+
+def test_graphcore_checkpoint_continues_in_c(at_root, tmp_path):
+    """graphcore's checkpoint after 32 iterations, continued by the C program (recorded), continued by
+    graphcore: the same samples and losses, which are also the straight run's iterations 33..64."""
+    _run(checkpoint_options("", str(tmp_path / "g32.gguf")))
+    md, ref = gguf_read(tmp_path / "g32.gguf").metadata, REF["checkpoints"]["g32_metadata"]
+    assert md["training.shuffle.samples_hash"] == ref["training.shuffle.samples_hash"]
+    assert md["training.sample_count"] == ref["training.sample_count"]
+    _, g = _run_logged(checkpoint_options(str(tmp_path / "g32.gguf")))
+    c = REF["checkpoints"]["g32_continued_by_c"]
+    assert not c["data_changed"] and [it[:3] for it in g["iters"]] == [it[:3] for it in c["iters"]]
+    np.testing.assert_allclose(_losses(g, 33), _losses(c, 33), rtol=1e-4)
+    np.testing.assert_allclose(_losses(c, 33), _losses(REF["runs"]["fast64/flash+ckpt"], 33), rtol=1e-4)
+
+
+def test_work_size_line(at_root):
+    """main: work_size as the C program prints it; graphcore's is its plan's work buffer. The C
+    program's is cross_entropy_loss's (n_vocab + 1) floats per thread, a cache line per extra thread
+    and a ggml object header; graphcore's largest is flash_attn_back's float64 rows (8 (3M + 2DM + 8)
+    bytes per task for M keys of D dims), without flash attention a few hundred bytes."""
+    n_vocab, D, M = 512, 8, 16
+    for name, nt in (("fast64/flash+ckpt", 1), ("threads2", 2), ("fast64/plain", 1)):
+        opts = SMALL + RUNS[name]
+        opts[opts.index("--adam-iter") + 1] = "1"
+        r, out = _run(opts)
+        nb = gc.graph_plan(r["graphs"].gb, nt).work_size
+        assert f"main: work_size = {nb} bytes" in out
+        assert REF["runs"][name]["work_size"] == 4 * (n_vocab + 1) * nt + 64 * (nt - 1) + 32
+        # flash: 2496 + 64 (nt - 1) bytes (flash_attn_back, one task here) against the C program's 2084, 4200
+        assert nb <= (512 if "plain" in name else 8 * (3 * M + 2 * D * M + 8) + 64 * (nt - 1))
 
 
 def test_model_out_runs_in_the_llama_engine(tmp_path):

@@ -271,6 +271,10 @@ def run(a, out=sys.stdout) -> dict:
         train.shuffle_sample_count, train.shuffle_next_sample, train.shuffle_samples_hash = len(sizes), 0, h
     *shuffled, train.shuffle_rng_state_next = shuffle_samples(train.shuffle_rng_state_current, begins, sizes)
     w("main: begin training\n")
+    # the C program prints its plan's work buffer plus one ggml object header (GGML_OBJECT_SIZE); here
+    # the buffer is a numpy array of the plan's work_size, which is what this line gives
+    nb = gc.graph_plan(g.gb, a.threads).work_size
+    w("main: work_size = %d bytes (%.1f MB)\n" % (nb, nb / 2 ** 20))
     cb = OptCallback(a, train, saver, g, tokens, begins, sizes, tok.bos_id, tok.eos_id, out, tuple(shuffled),
                      first_iter=opt.iter, first_epoch=train.train_epochs, last_save_iter=opt.iter)
     if a.progress:
