@@ -192,24 +192,30 @@ def main(argv=None) -> int:
         return 1
 
 
-def _run(args, world=None) -> int:
-    out = mpi.rank_output(world, sys.stdout)
-    t0 = time.perf_counter()
-
+def train_model(args, world=None, out=sys.stdout):
+    """A new model trained as the original's main does: (model, kv_self, history, stats). With
+    `world` (graphcore.distributed) data-parallel: the ranks first compare their options and shapes
+    and take rank 0's weights, and at the end check their weights are still the same."""
     model, kv_self = new_model(args, out)
-    params = [t.numpy() for t in model.tensors()] if world is not None else []
-    if world is not None:   # the ranks compare their options and shapes, then take rank 0's weights
+    params = [t.numpy() for t in model.tensors()]
+    if world is not None:
         facts = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items())
                  if k not in ("progress", "plot_loss", "dump_graphs", "verbose")}
         world.agree(dict(facts, shapes=[p.shape for p in params]))
         world.broadcast(params)
-
     history = []
     stats = train(model, kv_self, args, out, history, world)
     if world is not None:
         world.check_in_sync(params, "after training")
-        if world.rank != 0:
-            return 0
+    return model, kv_self, history, stats
+
+
+def _run(args, world=None) -> int:
+    out = mpi.rank_output(world, sys.stdout)
+    t0 = time.perf_counter()
+    model, kv_self, history, stats = train_model(args, world, out)
+    if world is not None and world.rank != 0:
+        return 0
     generate(model, kv_self, args, out)
     print_matrix(model.tok_embeddings, file=out)
     out.write("done\n")
