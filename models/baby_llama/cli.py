@@ -200,7 +200,7 @@ def train_model(args, world=None, out=sys.stdout):
     params = [t.numpy() for t in model.tensors()]
     if world is not None:
         facts = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items())
-                 if k not in ("progress", "plot_loss", "dump_graphs", "verbose")}
+                 if k not in ("progress", "plot_loss", "dump_graphs", "verbose", "distributed")}
         world.agree(dict(facts, shapes=[p.shape for p in params]))
         world.broadcast(params)
     history = []

@@ -211,7 +211,7 @@ def _load_vocab(path, _mtime, _size):
 def _agree(world, a, seed, model, train, n_tokens, samples_hash):
     """Data-parallel start: the ranks compare options, shapes, data and training state (one error on
     every rank if they differ), then take rank 0's parameters and optimizer state."""
-    facts = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(a).items()) if k not in ("progress", "plot_loss")}
+    facts = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(a).items()) if k not in ("progress", "plot_loss", "distributed")}
     facts.update({"seed": seed, "model shapes": [tuple(t.ne) for t in model.tensors()],
                   "number of training tokens": n_tokens, "samples hash": samples_hash,
                   "training state": (train.train_its, train.train_samples, train.shuffle_next_sample,
@@ -315,6 +315,9 @@ def run(a, out=sys.stdout, world=None) -> dict:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     w(f"main: total training time: {print_duration((time.perf_counter() - t0) * 1000.0)}\n")
+    if reducer is not None and reducer.calls:
+        w("main: data-parallel over %d ranks: %d allreduces of %.1f MB, %.3f s in all (waits for the slowest "
+          "rank included)\n" % (world.size, reducer.calls, reducer.bytes / reducer.calls / 2 ** 20, reducer.seconds))
     if cb.interrupted:
         w("main: interrupted: saving the state reached\n")
     cb.rewind()
