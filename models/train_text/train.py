@@ -211,7 +211,8 @@ def _load_vocab(path, _mtime, _size):
 def _agree(world, a, seed, model, train, n_tokens, samples_hash):
     """Data-parallel start: the ranks compare options, shapes, data and training state (one error on
     every rank if they differ), then take rank 0's parameters and optimizer state."""
-    facts = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(a).items()) if k not in ("progress", "plot_loss", "distributed")}
+    facts = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(a).items())
+             if k not in ("progress", "plot_loss", "distributed")}
     facts.update({"seed": seed, "model shapes": [tuple(t.ne) for t in model.tensors()],
                   "number of training tokens": n_tokens, "samples hash": samples_hash,
                   "training state": (train.train_its, train.train_samples, train.shuffle_next_sample,
