@@ -191,13 +191,12 @@ def test_a_ranks_rows_are_the_whole_batchs_rows():
     np.testing.assert_array_equal(q, tgt[2:])
 
 
-def test_mpiexec_is_recognised_and_mpi4py_is_optional(monkeypatch):
+def test_mpiexec_is_recognised_and_mpi4py_is_optional():
     assert mpi.launched_by_mpiexec({"PMI_SIZE": "2", "PMI_RANK": "1"})
     assert mpi.launched_by_mpiexec({"OMPI_COMM_WORLD_SIZE": "4"})
     assert not mpi.launched_by_mpiexec({"PMI_SIZE": "1"}) and not mpi.launched_by_mpiexec({})
     assert "graphcore.distributed" not in sys.modules and "mpi4py" not in sys.modules   # plain runs never start MPI
-    monkeypatch.setitem(sys.modules, "mpi4py", None)                                 # as if not installed
-    err = subprocess.run([sys.executable, "-c", "import sys; sys.modules['mpi4py'] = None\n"
+    err = subprocess.run([sys.executable, "-c", "import sys; sys.modules['mpi4py'] = None  # as if not installed\n"
                           "from models.train_text import main; sys.exit(main(['--distributed']))"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT).stderr
     assert "needs mpi4py" in err and "pip install 'graphcore-engine[mpi]'" in err
