@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -145,22 +144,13 @@ def test_a_rank_that_dies_hangs_or_raises_ends_the_job(kind, needle):
 
 
 @needs_mpi
-def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
+def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path, interrupt_at):
     """mpiexec forwards SIGINT to the ranks; the stop flag rides in the gradient allreduce, so both
     stop after the same step and rank 0 alone saves the checkpoint (exit status 130)."""
-    p = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "models.train_text", *TEXT, "-b", "2",
-                          "--adam-iter", "500", "--checkpoint-in", "", "--save-every", "0", "--checkpoint-out",
-                          str(tmp_path / "c-ITERATION.gguf")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, cwd=ROOT)
-    try:
-        for line in p.stdout:
-            if "iter=     3 " in line:
-                p.send_signal(signal.SIGINT)
-                break
-        out, err = p.communicate(timeout=120)
-    finally:
-        p.kill()
-    assert p.returncode == 130, err[-3000:]
+    rc, out, err = interrupt_at([MPIEXEC, "-n", "2", sys.executable, "-m", "models.train_text", *TEXT, "-b", "2",
+                                 "--adam-iter", "500", "--checkpoint-in", "", "--save-every", "0", "--checkpoint-out",
+                                 str(tmp_path / "c-ITERATION.gguf")], "iter=     3 ", ROOT)
+    assert rc == 130, err[-3000:]
     assert "main: interrupted: saving the state reached" in out and out.count("c-LATEST.gguf") == 1
     assert gguf_read(tmp_path / "c-LATEST.gguf").metadata["training.iteration_count"] >= 3
 
