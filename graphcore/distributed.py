@@ -47,7 +47,6 @@ class World:
         self.rank, self.size, self.timeout = self.comm.Get_rank(), self.comm.Get_size(), float(timeout)
         self.agreed = False         # after agree(): errors abort the job instead of being exchanged
         self._deadline, self._what = None, ""
-        self._wake = threading.Event()
         threading.Thread(target=self._watch, name="graphcore-mpi-watchdog", daemon=True).start()
         # rank 0's clock, the same on every rank (time-based seeds); the one collective before agree()
         self.start_time = self.bcast(int(time.time()), "the start")
@@ -57,8 +56,7 @@ class World:
     # ------------------------------------------------------------------------------------------
     def _watch(self):
         while True:
-            self._wake.wait(min(1.0, self.timeout / 4))
-            self._wake.clear()
+            time.sleep(min(1.0, self.timeout / 4))
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline:
                 self.abort(f"rank {self.rank}: no answer from the other ranks within {self.timeout:g} s in "
@@ -96,6 +94,9 @@ class World:
     def broadcast(self, arrays, what: str = "broadcast of the parameters"):
         """Rank 0's values of the float32 arrays, written into every rank's arrays: one flat buffer."""
         arrays = [a for a in arrays if a is not None and a.size]
+        for a in arrays:
+            if not a.flags.c_contiguous:
+                raise ValueError(f"distributed: broadcast needs contiguous arrays, got strides {a.strides}")
         flat = np.concatenate([a.reshape(-1) for a in arrays]).astype(_F, copy=False) if arrays else np.empty(0, _F)
         self._collective(what, self.comm.Bcast, flat, 0)
         o = 0
