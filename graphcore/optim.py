@@ -288,7 +288,7 @@ def _gather(x, addrs, offs, scale, accumulate):
 class _Problem:
     """The parameters of a forward graph, a planned backward graph, and one evaluation f(x), g(x)."""
 
-    def __init__(self, f, gf, gb, params: OptParams):
+    def __init__(self, f, gf, gb, params: OptParams, reduce=None):
         if not isinstance(f, TN.Tensor) or not TN.is_scalar(f):
             raise GraphError(f"opt: f must be a scalar tensor, got {TN.describe(f)}")
         if f.grad is None:
@@ -319,6 +319,7 @@ class _Problem:
         self.g_addrs = np.array([p.grad.data for p in self.ps], dtype=np.int64)
         self.f_value = f.numpy4d().reshape(-1)
         self.f_seed = f.grad.numpy4d().reshape(-1)
+        self.reduce = reduce
 
     def get_params(self, x):
         _gather(x, self.p_addrs, self.offs, 1.0, False)
@@ -344,7 +345,9 @@ class _Problem:
             opt.n_evals += 1
             self.acc_grad(g, norm)
             fx += self.f_value[0]
-        return _F(fx * norm)
+        fx = _F(fx * norm)
+        # data-parallel training: every rank's loss and gradient combined here, so all take one step
+        return fx if self.reduce is None else _F(self.reduce(fx, g))
 
 
 class _Sched:
@@ -577,11 +580,16 @@ def _wrap_callback(callback, callback_data):
     return cb
 
 
-def opt_resume_g(ctx, opt: OptContext, f, gf, gb, callback: Optional[Callable] = None, callback_data=None) -> int:
-    """Run the optimizer on graphs the caller built (gf forward, gb backward of f)."""
+def opt_resume_g(ctx, opt: OptContext, f, gf, gb, callback: Optional[Callable] = None, callback_data=None,
+                 reduce: Optional[Callable] = None) -> int:
+    """Run the optimizer on graphs the caller built (gf forward, gb backward of f).
+
+    reduce(fx, g) -> fx, when given, is called after every evaluation (each Adam step, each L-BFGS
+    line-search trial) with the loss and the flat float32 gradient, which it may change in place; the
+    optimizer goes on with what it returns (graphcore.distributed sums the ranks' shares here)."""
     if not isinstance(opt, OptContext) or opt.params is None:
         raise GraphError("opt_resume_g: opt must be initialised with opt_init")
-    prob = _Problem(f, gf, gb, opt.params)
+    prob = _Problem(f, gf, gb, opt.params, reduce)
     cb = _wrap_callback(callback, callback_data)
     if opt.params.type == OPT_ADAM:
         result = _adam(opt, opt.params, prob, cb)

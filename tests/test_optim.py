@@ -213,3 +213,38 @@ def test_result_codes_print_as_their_names_and_equal_ggmls_numbers():
     params.adam.n_iter = 3
     res = gc.opt(ctx, params, f)
     assert isinstance(res, gc.optim.OptResult) and repr(res).startswith("OPT_")
+
+
+@pytest.mark.parametrize("kind", [gc.OPT_LBFGS, gc.OPT_ADAM])
+def test_reduce_hook_drives_the_optimizer_like_data_parallel_ranks(kind):
+    """opt_resume_g(reduce=): called after every evaluation (each L-BFGS line-search trial, each Adam
+    step) with the loss and gradient of the graph's half of the rows; adding the other half's, as
+    an allreduce would, makes the optimizer solve the whole least-squares problem."""
+    ctx = gc.init(16 << 20)
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((40, 8)).astype(np.float32)
+    y = rng.standard_normal(40).astype(np.float32)
+    x = gc.from_numpy(ctx, np.zeros((1, 8), np.float32))
+    gc.set_param(ctx, x)
+    f = gc.sum(ctx, gc.sqr(ctx, gc.sub(ctx, gc.mul_mat(ctx, gc.from_numpy(ctx, A[:20]), x),
+                                       gc.from_numpy(ctx, y[:20].reshape(1, 20)))))
+    gf, gb = _graphs(ctx, f)
+    calls = []
+
+    def other_half(fx, g):
+        r = A[20:].astype(np.float64) @ x.numpy().reshape(-1) - y[20:]
+        calls.append(float(fx))
+        g += (2 * A[20:].T.astype(np.float64) @ r).astype(np.float32)
+        return fx + np.float32(r @ r)
+    params = gc.opt_default_params(kind)
+    if kind == gc.OPT_LBFGS:
+        params.lbfgs.n_iter, params.lbfgs.eps = 200, 1e-7
+    else:
+        params.adam.n_iter, params.adam.alpha, params.adam.eps_f = 3000, 0.02, 0.0
+    opt = gc.opt_init(ctx, gc.OptContext(), params, 0)
+    gc.opt_resume_g(ctx, opt, f, gf, gb, reduce=other_half)
+    assert len(calls) == opt.n_evals > 1
+    want = np.linalg.lstsq(A.astype(np.float64), y.astype(np.float64), rcond=None)[0]
+    np.testing.assert_allclose(x.numpy().reshape(-1), want, atol=2e-3)
+    r = A.astype(np.float64) @ want - y
+    assert abs(opt.loss_after - r @ r) < 1e-3 * (r @ r)       # the loss the optimizer saw is the whole one

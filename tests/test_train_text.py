@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 
@@ -329,19 +328,11 @@ def test_model_out_runs_in_the_llama_engine(tmp_path):
     np.testing.assert_allclose(np.asarray(logits).reshape(16, -1), g.logits.numpy4d()[0, 0], rtol=1e-3, atol=2e-3)
 
 
-def test_ctrl_c_saves_a_checkpoint(tmp_path):
-    p = subprocess.Popen([sys.executable, "-m", "graphcore_models.train_text", *TINY, "--adam-iter", "500", "--model-out", "",
-                          "--checkpoint-out", str(tmp_path / "c-ITERATION.gguf")], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(DATA)))
-    try:
-        for line in p.stdout:
-            if "iter=     2 " in line:
-                p.send_signal(signal.SIGINT)
-                break
-        out, err = p.communicate(timeout=120)
-    finally:
-        p.kill()
-    assert p.returncode == 130, err
+def test_ctrl_c_saves_a_checkpoint(tmp_path, interrupt_at):
+    rc, out, err = interrupt_at([sys.executable, "-m", "graphcore_models.train_text", *TINY, "--adam-iter", "500", "--model-out",
+                                 "", "--checkpoint-out", str(tmp_path / "c-ITERATION.gguf")], "iter=     2 ",
+                                os.path.dirname(os.path.dirname(DATA)))
+    assert rc == 130, err
     assert "interrupted" in out
     f = gguf_read(tmp_path / "c-LATEST.gguf")
     assert f.metadata["training.iteration_count"] >= 2

@@ -10,6 +10,7 @@ submodule (graphcore/ops/reduce.html, ...), index.html and a search index. pdoc 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import pkgutil
 import sys
 from pathlib import Path
@@ -19,8 +20,12 @@ from graphcore.cli_support import CliError, add_common_arguments, check_output_f
 
 
 def modules() -> list[str]:
-    """graphcore and its direct submodules, in name order (pdoc walks the subpackages itself)."""
-    return ["graphcore"] + sorted(m.name for m in pkgutil.iter_modules(graphcore.__path__, "graphcore."))
+    """graphcore and its direct submodules, in name order (pdoc walks the subpackages itself);
+    graphcore.distributed only where its optional mpi4py is installed."""
+    names = sorted(m.name for m in pkgutil.iter_modules(graphcore.__path__, "graphcore."))
+    if importlib.util.find_spec("mpi4py") is None:
+        names.remove("graphcore.distributed")
+    return ["graphcore"] + names
 
 
 def build(out: Path) -> Path:

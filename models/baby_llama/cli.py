@@ -11,6 +11,7 @@ import graphcore as gc
 from graphcore.cli_support import (CliError, add_common_arguments, check_output_file, check_output_folder,
                                    setup_logging)
 from graphcore.files import drop_stdout
+from graphcore_models import mpi
 
 from .data import print_matrix
 from .generate import generate
@@ -55,6 +56,7 @@ def parser():
     g.add_argument("--n-mult", type=int, default=2)
     g.add_argument("--n-batch", type=int, default=8)
     add_common_arguments(p)
+    mpi.add_arguments(p)
     return p
 
 
@@ -166,7 +168,13 @@ def main(argv=None) -> int:
                                "install matplotlib)")
         if args.dump_graphs:
             check_output_folder(args.dump_graphs, "--dump-graphs")
-        return _run(args)
+        world = mpi.start(args)
+        if world is None:
+            return _run(args)
+        try:
+            return _run(args, world)
+        except (Exception, KeyboardInterrupt) as e:
+            return world.fail("baby-llama", e)     # one message for the job, or the whole job ended
     except CliError as e:
         print(f"baby-llama: {e}", file=sys.stderr)
         return 1
@@ -184,14 +192,30 @@ def main(argv=None) -> int:
         return 1
 
 
-def _run(args) -> int:
-    out = sys.stdout
-    t0 = time.perf_counter()
-
+def train_model(args, world=None, out=sys.stdout):
+    """A new model trained as the original's main does: (model, kv_self, history, stats). With
+    `world` (graphcore.distributed) data-parallel: the ranks first compare their options and shapes
+    and take rank 0's weights, and at the end check their weights are still the same."""
     model, kv_self = new_model(args, out)
-
+    params = [t.numpy() for t in model.tensors()]
+    if world is not None:
+        facts = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items())
+                 if k not in ("progress", "plot_loss", "dump_graphs", "verbose", "distributed")}
+        world.agree(dict(facts, shapes=[p.shape for p in params]))
+        world.broadcast(params)
     history = []
-    stats = train(model, kv_self, args, out, history)
+    stats = train(model, kv_self, args, out, history, world)
+    if world is not None:
+        world.check_in_sync(params, "after training")
+    return model, kv_self, history, stats
+
+
+def _run(args, world=None) -> int:
+    out = mpi.rank_output(world, sys.stdout)
+    t0 = time.perf_counter()
+    model, kv_self, history, stats = train_model(args, world, out)
+    if world is not None and world.rank != 0:
+        return 0
     generate(model, kv_self, args, out)
     print_matrix(model.tok_embeddings, file=out)
     out.write("done\n")

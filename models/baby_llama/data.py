@@ -42,14 +42,17 @@ def get_example_targets(example_id: int, tokens_input, targets) -> None:
     tok[1:] = toks[:-1]
 
 
-def get_example_targets_batch(ctx, example_id: int, tokens_input, targets) -> None:
+def get_example_targets_batch(ctx, example_id: int, tokens_input, targets, first_row: int = 0,
+                              n_batch: int | None = None) -> None:
     """tokens_input [n_tokens, n_batch], targets [n_vocab, n_tokens, n_batch]: sequence k is
-    example example_id*n_batch + k. (ctx is kept for the original's signature; the views are numpy's.)"""
+    example example_id*n_batch + k. (ctx is kept for the original's signature; the views are numpy's.)
+    Data-parallel, the tensors hold rows first_row.. of a batch of n_batch sequences (a rank's share)."""
     tok, tgt = _arr(tokens_input), _arr(targets)
     if tok.ndim != 2 or tgt.ndim != 3 or tok.shape != tgt.shape[:2]:
         raise ValueError(f"get_example_targets_batch: tokens {tok.shape} and targets {tgt.shape} do not match")
+    n_batch = tok.shape[0] if n_batch is None else n_batch
     for k in range(tok.shape[0]):
-        get_example_targets(example_id * tok.shape[0] + k, tok[k], tgt[k])
+        get_example_targets(example_id * n_batch + first_row + k, tok[k], tgt[k])
 
 
 def lshift_examples(tokens_input, targets, n_shift: int) -> None:

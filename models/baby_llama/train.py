@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import numpy as np
 
 import graphcore as gc
 from graphcore.cli_support import Progress
@@ -120,7 +121,7 @@ def build_training_graphs(model, kv_self, n_batch: int, loss_name: str = "square
                           galloc)
 
 
-def train(model, kv_self, args, out=sys.stdout, history=None):
+def train(model, kv_self, args, out=sys.stdout, history=None, world=None):
     """The original's training loop, with the graphs built once.
 
     The original builds a new context, forward graph and loss per batch, and ggml_opt builds its
@@ -129,36 +130,44 @@ def train(model, kv_self, args, out=sys.stdout, history=None):
     146-node backward graph in Python costs milliseconds, as much as the whole optimisation of a
     batch in the original, so here they are built once: per batch the new tokens and targets are
     written into the leafs' data, and the optimizer is re-initialised (opt_init, as ggml_opt
-    does on every call) and run on the prebuilt graphs with opt_resume_g."""
+    does on every call) and run on the prebuilt graphs with opt_resume_g.
+
+    With `world` (graphcore.distributed) data-parallel: each rank computes its rows of every batch
+    of args.n_batch sequences; the losses are sums, so the ranks' shares are summed."""
     hp = model.hparams
-    n_tokens, n_vocab, n_batch = hp.n_ctx, hp.n_vocab, args.n_batch
+    n_tokens, n_vocab = hp.n_ctx, hp.n_vocab
+    lo, hi = (0, args.n_batch) if world is None else world.shard(args.n_batch, "batch (--n-batch)")
+    n_batch = hi - lo
     params = _opt_params(args)
     tg = build_training_graphs(model, kv_self, n_batch, args.loss)
     ctx0, gf, gb, e, logits = tg.ctx0, tg.gf, tg.gb, tg.error, tg.logits
     tokens_input, targets, tokens = tg.tokens_input, tg.targets, tg.tokens
     after_opt_best_samples = gc.new_tensor_2d(ctx0, gc.TYPE_I32, n_tokens, n_batch)
     after_opt_probs = gc.new_tensor_3d(ctx0, gc.TYPE_F32, n_vocab, n_tokens, n_batch)
-    if args.dump_graphs:
+    if args.dump_graphs and (world is None or world.rank == 0):
         dump_graphs(args.dump_graphs, "forward", gf)
         dump_graphs(args.dump_graphs, "backward", gb, gf)
     compute_gf = gc.graph_compile(gf, args.threads)
+    reducer, loss_sum = (None, None) if world is None else (world.reducer(1.0), world.reducer(1.0))
+
+    def loss():     # the batch's loss (the sum of the ranks' shares)
+        compute_gf()
+        return gc.get_f32_1d(e, 0) if loss_sum is None else loss_sum(gc.get_f32_1d(e, 0), np.empty(0, np.float32))
 
     n_evals = 0
     t_start = time.perf_counter()
-    progress = Progress(args.examples, "batches ") if args.progress else None
+    progress = Progress(args.examples, "batches ") if args.progress and (world is None or world.rank == 0) else None
     for ex in range(args.examples):
-        get_example_targets_batch(ctx0, 64 * ex + 0, tokens_input, targets)
+        get_example_targets_batch(ctx0, 64 * ex + 0, tokens_input, targets, lo, args.n_batch)
         tokens.numpy()[:] = tokens_input.numpy().reshape(-1)
 
-        compute_gf()
-        error_before_opt = gc.get_f32_1d(e, 0)
+        error_before_opt = loss()
 
         opt = gc.opt_init(ctx0, gc.OptContext(), params, 0)
-        result = gc.opt_resume_g(ctx0, opt, e, gf, gb)
+        result = gc.opt_resume_g(ctx0, opt, e, gf, gb, reduce=reducer)
         n_evals += opt.n_evals
 
-        compute_gf()
-        error_after_opt = gc.get_f32_1d(e, 0)
+        error_after_opt = loss()
         if history is not None:
             history.append((error_before_opt, error_after_opt))
 

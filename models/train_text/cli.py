@@ -7,6 +7,7 @@ import sys
 
 from graphcore.cli_support import CliError
 from graphcore.gguf_io import GGUFError
+from graphcore_models import mpi
 from graphcore_models.baby_llama.cli import plot_loss
 from graphcore_models.llama.tokenizer import TokenizerError
 
@@ -86,6 +87,7 @@ def parser() -> argparse.ArgumentParser:
     f("--adam-epsf", type=float, default=0.0, help="AdamW epsilon for convergence test (0: disabled)")
     f("--progress", action="store_true", help="show a progress bar on stderr")
     f("--plot-loss", metavar="FILE.png", help="draw the loss per iteration (needs matplotlib)")
+    mpi.add_arguments(p)
     return p
 
 
@@ -126,15 +128,23 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     prog = "graphcore-train-text"
+    world = None
     try:
         a = parse_args(sys.argv[1:] if argv is None else argv)
-        r = run(a)
-        if a.plot_loss:
+        world = mpi.start(a)
+        r = run(a, mpi.rank_output(world, sys.stdout), world)
+        if a.plot_loss and (world is None or world.rank == 0):
             plot_loss(a.plot_loss, r.get("history", []), "train-text training", "iteration")
-    except (CliError, DataError, GGUFError, TokenizerError, ValueError) as e:
+    except Exception as e:
+        if world is not None:       # one message for the job, or the whole job ended (graphcore.distributed)
+            return world.fail(prog, e)
+        if not isinstance(e, (CliError, DataError, GGUFError, TokenizerError, ValueError)):
+            raise
         sys.stderr.write(f"{prog}: error: {e}\n")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if world is not None:
+            return world.fail(prog, e)
         sys.stderr.write(f"{prog}: interrupted\n")
         return 130
     return 130 if r.get("interrupted") else 0

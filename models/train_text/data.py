@@ -194,10 +194,13 @@ def _tokenize_samples(tokenizer, buf, pattern, include_sample_start, overlapping
 def get_example_targets_batch(tokens_input: np.ndarray, target_probs: np.ndarray, example_id: int, offs, begins,
                               sizes, train_data, bos: int, eos: int, separate_with_eos: bool,
                               separate_with_bos: bool, fill_with_next_samples: bool,
-                              sample_random_offsets: bool) -> int:
-    """get_example_targets_batch: writes tokens_input (n_batch, n_tokens) and the one-hot target_probs
-    (n_batch, n_tokens, n_vocab) for the samples from example_id on; returns the samples used."""
-    n_batch, n_tokens, n_vocab = target_probs.shape
+                              sample_random_offsets: bool, first_row: int = 0, n_batch: int | None = None) -> int:
+    """get_example_targets_batch: writes tokens_input (n_rows, n_tokens) and the one-hot target_probs
+    (n_rows, n_tokens, n_vocab) for the samples from example_id on; returns the samples used.
+    Data-parallel: the batch has n_batch rows, of which only rows first_row .. first_row + n_rows - 1
+    (a rank's share) are written; the samples used are the whole batch's."""
+    n_rows, n_tokens, n_vocab = target_probs.shape
+    n_batch = n_rows if n_batch is None else n_batch
     count = len(sizes)
     if count == 0:
         raise DataError("train-text: no training samples")
@@ -208,7 +211,10 @@ def get_example_targets_batch(tokens_input: np.ndarray, target_probs: np.ndarray
         off = int(offs[idx]) if sample_random_offsets else 0
         begin, size = int(begins[idx]), int(sizes[idx])
         used += 1
-        tokens_input[k, 0] = bos
+        row = k - first_row
+        mine = 0 <= row < n_rows
+        if mine:
+            tokens_input[row, 0] = bos
         sep_eos, sep_bos = not separate_with_eos, not separate_with_bos
         for i in range(n_tokens):
             token = eos
@@ -227,9 +233,10 @@ def get_example_targets_batch(tokens_input: np.ndarray, target_probs: np.ndarray
             if off < size:
                 token = min(max(int(train_data[begin + off]), 0), n_vocab - 1)
                 off += 1
-            target_probs[k, i, token] = 1.0
-            if i + 1 < n_tokens:
-                tokens_input[k, i + 1] = token
+            if mine:
+                target_probs[row, i, token] = 1.0
+                if i + 1 < n_tokens:
+                    tokens_input[row, i + 1] = token
     return used
 
 

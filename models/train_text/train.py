@@ -54,14 +54,20 @@ def adam_params(a):
 
 @dataclass
 class Saver:
-    """save_train_files: the checkpoint and the model, each under its iteration's name and `latest`'s."""
+    """save_train_files: the checkpoint and the model, each under its iteration's name and `latest`'s.
+    Data-parallel, the ranks first check their parameters are still identical; rank 0 alone writes."""
     args: object
     vocab: object
     model: object
     checkpoint_out: str = ""
+    world: object = None
 
     def __call__(self, train: TrainState, out):
         a, it = self.args, train.opt.iter
+        if self.world is not None:
+            self.world.check_in_sync([t.numpy() for t in self.model.tensors()], f"at iteration {it}")
+            if self.world.rank != 0:
+                return
         for fn, write, what in ((self.checkpoint_out, self._checkpoint, "save_checkpoint_file"),
                                 (a.model_out, self._model, "save_llama_model_file")):
             if fn:
@@ -103,6 +109,7 @@ class OptCallback:
     history: list = field(default_factory=list)
     progress: object = None
     snapshot: tuple = None
+    rows: tuple = (0, None)     # data-parallel: this rank's first row and the global batch size
 
     def count_new_iters(self):
         a, train = self.args, self.train
@@ -125,7 +132,7 @@ class OptCallback:
         used = get_example_targets_batch(
             g.tokens_input.numpy4d()[0, 0], g.target_probs.numpy4d()[0], train.shuffle_next_sample, *self.shuffled,
             self.tokens, self.bos, self.eos, a.separate_with_eos, a.separate_with_bos,
-            a.fill_with_next_samples, a.sample_random_offsets)
+            a.fill_with_next_samples, a.sample_random_offsets, *self.rows)
         train.train_samples += used
         train.shuffle_next_sample += used
         if train.shuffle_next_sample >= train.shuffle_sample_count:
@@ -201,11 +208,27 @@ def _load_vocab(path, _mtime, _size):
     return vocab, SPMTokenizer.from_gguf(vocab)
 
 
-def run(a, out=sys.stdout) -> dict:
-    """main() of train-text-from-scratch for parsed options `a` (see cli.parser)."""
+def _agree(world, a, seed, model, train, n_tokens, samples_hash):
+    """Data-parallel start: the ranks compare options, shapes, data and training state (one error on
+    every rank if they differ), then take rank 0's parameters and optimizer state."""
+    facts = {f"--{k.replace('_', '-')}": v for k, v in sorted(vars(a).items())
+             if k not in ("progress", "plot_loss", "distributed")}
+    facts.update({"seed": seed, "model shapes": [tuple(t.ne) for t in model.tensors()],
+                  "number of training tokens": n_tokens, "samples hash": samples_hash,
+                  "training state": (train.train_its, train.train_samples, train.shuffle_next_sample,
+                                     train.shuffle_rng_state_current)})
+    world.agree(facts)
+    opt = train.opt
+    world.broadcast([t.numpy() for t in model.tensors()] + [opt.m, opt.v, opt.pf])
+
+
+def run(a, out=sys.stdout, world=None) -> dict:
+    """main() of train-text-from-scratch for parsed options `a` (see cli.parser). With `world` (a
+    graphcore.distributed.World) data-parallel: each rank computes its rows of every batch of
+    a.batch samples, the gradients are summed, rank 0 alone writes files (out should be rank 0's)."""
     seed = a.seed & 0xFFFFFFFF
     if seed == LLAMA_DEFAULT_SEED:
-        seed = int(time.time()) & 0xFFFFFFFF
+        seed = (int(time.time()) if world is None else world.start_time) & 0xFFFFFFFF
     w = out.write
     w(f"main: seed: {seed}\n")
     if not a.only_write_model:
@@ -241,14 +264,16 @@ def run(a, out=sys.stdout) -> dict:
       f"main: seen train_tokens      {train.train_tokens}\nmain: completed train_epochs {train.train_epochs}\n")
     nb = model.nbytes()
     w("main: model_size = %d bytes (%.1f MB)\n" % (nb, nb / 2 ** 20))
-    saver = Saver(a, vocab, model, a.checkpoint_out)
+    saver = Saver(a, vocab, model, a.checkpoint_out, world)
     if a.only_write_model:
-        saver.checkpoint_out = ""
-        saver(train, out)
+        saver.checkpoint_out, saver.world = "", None
+        if world is None or world.rank == 0:
+            saver(train, out)
         return dict(model=model, train=train)
     nb = sum(x.nbytes for x in (opt.g, opt.m, opt.v, opt.pf) if x is not None)
     w("main: opt_size  = %d bytes (%.1f MB)\nmain: opt iter %d\n" % (nb, nb / 2 ** 20, opt.iter))
-    g = build_train_graphs(model, a.batch, a.use_flash, a.use_checkpointing)
+    lo, hi = (0, a.batch) if world is None else world.shard(a.batch, "batch (-b)")
+    g = build_train_graphs(model, hi - lo, a.use_flash, a.use_checkpointing)
     nb = gc.nbytes(g.tokens_input) + gc.nbytes(g.target_probs)
     w("main: input_size = %d bytes (%.1f MB)\n" % (nb, nb / 2 ** 20))
     w("main: compute_size = %d bytes (%.1f MB)\nmain: evaluation order = LEFT_TO_RIGHT\n"
@@ -270,28 +295,38 @@ def run(a, out=sys.stdout) -> dict:
         train.shuffle_rng_state_current = mt19937_seed_to_state(seed)
         train.shuffle_sample_count, train.shuffle_next_sample, train.shuffle_samples_hash = len(sizes), 0, h
     *shuffled, train.shuffle_rng_state_next = shuffle_samples(train.shuffle_rng_state_current, begins, sizes)
+    reducer = None
+    if world is not None:
+        _agree(world, a, seed, model, train, len(tokens), h)
     w("main: begin training\n")
     # the C program prints its plan's work buffer plus one ggml object header (GGML_OBJECT_SIZE); here
     # the buffer is a numpy array of the plan's work_size, which is what this line gives
     nb = gc.graph_plan(g.gb, a.threads).work_size
     w("main: work_size = %d bytes (%.1f MB)\n" % (nb, nb / 2 ** 20))
     cb = OptCallback(a, train, saver, g, tokens, begins, sizes, tok.bos_id, tok.eos_id, out, tuple(shuffled),
-                     first_iter=opt.iter, first_epoch=train.train_epochs, last_save_iter=opt.iter)
-    if a.progress:
+                     first_iter=opt.iter, first_epoch=train.train_epochs, last_save_iter=opt.iter, rows=(lo, a.batch))
+    if world is not None:   # mean losses: the ranks' mean of means is the batch's mean; Ctrl-C stops all alike
+        reducer = world.reducer(1.0 / world.size, on_stop=lambda: setattr(cb, "interrupted", True))
+    if a.progress and (world is None or world.rank == 0):
         cb.progress = Progress(a.adam_iter, "train ")
-    previous = signal.signal(signal.SIGINT, lambda *_: setattr(cb, "interrupted", True)) \
+    stop = cb if reducer is None else reducer
+    stop_attr = "interrupted" if reducer is None else "stop_requested"
+    previous = signal.signal(signal.SIGINT, lambda *_: setattr(stop, stop_attr, True)) \
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None
     t0 = time.perf_counter()
     try:
-        result = gc.opt_resume_g(g.ctx, opt, g.loss, g.gf, g.gb, cb)
+        result = gc.opt_resume_g(g.ctx, opt, g.loss, g.gf, g.gb, cb, reduce=reducer)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     w(f"main: total training time: {print_duration((time.perf_counter() - t0) * 1000.0)}\n")
+    if reducer is not None and reducer.calls:
+        w("main: data-parallel over %d ranks: %d allreduces of %.1f MB, %.3f s in all (waits for the slowest "
+          "rank included)\n" % (world.size, reducer.calls, reducer.bytes / reducer.calls / 2 ** 20, reducer.seconds))
     if cb.interrupted:
         w("main: interrupted: saving the state reached\n")
     cb.rewind()
     if cb.count_new_iters() > 0:
         saver(train, out)
     return dict(model=model, train=train, graphs=g, result=result, history=cb.history,
-                interrupted=cb.interrupted, n_tokens=len(tokens))
+                interrupted=cb.interrupted, n_tokens=len(tokens), reducer=reducer)
