@@ -115,7 +115,8 @@ def compile_kernels(nodes):
             continue
         if not shown:
             shown = True
-            print(f"graphcore: compiling {len(todo)} kernels (numba: this once, they are cached on disk) ...",
+            many = "s" if len(todo) > 1 else ""
+            print(f"graphcore: compiling {len(todo)} kernel{many} (numba: this once, they are cached on disk) ...",
                   file=out, flush=True)
         print(f"graphcore:   [{k + 1}/{len(todo)}] {op.name} {time.perf_counter() - t0:.1f} s", file=out, flush=True)
     if shown:
