@@ -192,10 +192,8 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
             mrow = f32_at(row_addr(r, 2, i1 % m1, 0, 0), ne0) if has_mask else x
             prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
             slope = F32(_alibi_slope(i2, ne2, max_bias)) if has_pos else F32(0.0)
-            if row_addr(r, 0, i1, i2, i3) == row_addr(r, 1, i1, i2, i3):     # in place: one array (see
-                _soft_max_row(y, mrow, prow, y, ne0, scale, slope, has_mask, has_pos)   # unary_loop)
-            else:
-                _soft_max_row(x, mrow, prow, y, ne0, scale, slope, has_mask, has_pos)
+            # (in place, x is y: one instantiation only, each costs seconds of a cold start)
+            _soft_max_row(x, mrow, prow, y, ne0, scale, slope, has_mask, has_pos)
             i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     d, a, m, pp = view_f32(r, 0), view_f32(r, 1), view_f32(r, 2), view_f32(r, 3)
