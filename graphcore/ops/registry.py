@@ -88,17 +88,19 @@ class OpDef:
                     _keep_alive.append(compiled)
                     address = self._addresses[fn] = compiled.address
                     dt = time.perf_counter() - t0
-                    # a cache miss takes about a second; a load from numba's disk cache milliseconds
-                    _log.log(logging.INFO if dt > 0.25 else logging.DEBUG,
+                    missed = compiled.cache_hits == 0     # compiled now, not loaded from numba's disk cache
+                    if missed:
+                        _compiled_now.add(fn)
+                    _log.log(logging.INFO if missed else logging.DEBUG,
                              "kernel %s (%s): %s in %.2f s", self.name, fn.__name__,
-                             "compiled (cached on disk for the next run)" if dt > 0.25 else "loaded", dt)
+                             "compiled (cached on disk for the next run)" if missed else "loaded", dt)
         return address
 
 
 def compile_kernels(nodes):
     """Compile (or load from numba's disk cache) the kernels `nodes` need that this process has not
-    loaded yet. A cold start compiles each for a second or more, so once one is found missing from
-    the cache, progress goes to stderr ("compiling N kernels ...", then one line per kernel compiled,
+    loaded yet. A cold start compiles each for seconds, so once one is found missing from the cache,
+    progress goes to stderr ("compiling N kernels ...", then one line per kernel compiled,
     numbered among the N) and the run never looks hung; GRAPHCORE_QUIET=1 silences it."""
     todo = {}
     for node in nodes:
@@ -108,10 +110,10 @@ def compile_kernels(nodes):
             todo[fn] = (op, node)
     shown, t_start, out = False, time.perf_counter(), sys.stderr
     quiet = os.environ.get("GRAPHCORE_QUIET", "").strip() not in ("", "0")
-    for k, (op, node) in enumerate(todo.values()):
+    for k, (fn, (op, node)) in enumerate(todo.items()):
         t0 = time.perf_counter()
         op.kernel_address(node)
-        if quiet or time.perf_counter() - t0 < 0.25:       # loaded from the cache
+        if quiet or fn not in _compiled_now:       # loaded from the cache
             continue
         if not shown:
             shown = True
@@ -128,6 +130,7 @@ BY_NAME: dict[str, OpDef] = {}
 _compile_lock = threading.Lock()
 _log = logging.getLogger("graphcore.kernels")
 _keep_alive = []
+_compiled_now = set()      # kernel functions this process compiled (numba's disk cache had none)
 
 
 # -- planner rules -----------------------------------------------------------------------------------
