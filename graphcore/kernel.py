@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .native import f32_1d, f32_4d, f64_from_bits, fma_f64, i32_1d, i32_4d, i64_1d, u16_4d, f32_bits, f32_from_bits
+from .native import (f32_1d, f32_4d, f32_bits, f32_from_bits, f64_from_bits, fma_f32, fma_f64, i32_1d, i32_4d, i64_1d,
+                     u16_4d)
 
 REC_LEN = 88
 R_OP, R_NSRC, R_ERR, R_ERRARG, R_NODE, R_BLAS = 0, 1, 2, 3, 4, 5
@@ -246,3 +247,112 @@ def exp_f64(x):
     y = y if x >= _EXP_MIN else 0.0
     return y if x == x else x
 
+
+
+F32 = np.float32
+_EXPF_HI = F32(88.72283)                   # log(FLT_MAX): above, inf
+_EXPF_LO = F32(-103.97208)                 # below, 0 (the last subnormal is exp(-103.28))
+
+
+@inline
+def _pow2_f32(n):
+    """2^n for an int32 n in [-126, 127] (the exponent field built directly)."""
+    return f32_from_bits(np.uint32((n + np.int32(127)) << np.int32(23)))
+
+
+@inline
+def exp_f32(x):
+    """exp of a float32 in float32 within 2 ulp (Cephes' expf polynomial on fused multiply-adds),
+    written without calls or branches so that loops over it vectorise 8 lanes wide (numpy's float32
+    exp is SIMD too; libm's expf is a call per element). inf above log(FLT_MAX), 0 below -104
+    (subnormal results are kept), NaN stays NaN."""
+    xc = x if x < _EXPF_HI else _EXPF_HI
+    xc = xc if xc > _EXPF_LO else _EXPF_LO
+    n = np.floor(fma_f32(xc, F32(1.44269504088896341), F32(0.5)))
+    t = fma_f32(n, F32(-0.693359375), xc)          # ln 2 split in two: n * hi exact
+    t = fma_f32(n, F32(2.12194440e-4), t)
+    p = F32(1.9875691500e-4)
+    p = fma_f32(p, t, F32(1.3981999507e-3))
+    p = fma_f32(p, t, F32(8.3334519073e-3))
+    p = fma_f32(p, t, F32(4.1665795894e-2))
+    p = fma_f32(p, t, F32(1.6666665459e-1))
+    p = fma_f32(p, t, F32(5.0000001201e-1))
+    p = fma_f32(p, t * t, t) + F32(1.0)
+    k = np.int32(n)
+    h = k >> np.int32(1)                            # 2^n as 2^h * 2^(n-h): each factor a normal float
+    y = p * _pow2_f32(h) * _pow2_f32(k - h)
+    y = y if x < _EXPF_HI else F32(np.inf)
+    y = y if x > _EXPF_LO else F32(0.0)
+    return y if x == x else x
+
+
+@inline
+def _value(a, b, i):
+    return np.float64(a[i])
+
+
+@inline
+def _product(a, b, i):
+    return np.float64(a[i]) * np.float64(b[i])
+
+
+@inline
+def _lanes_sum(term, a, b, n):
+    """The sum of term(a, b, i) for i < n in float64, in 8 lanes (term i in lane i % 8, lanes added
+    pairwise, the tail last): independent accumulators vectorise where one in-order chain waits on
+    each add, and the order depends on n alone (the same bits for any thread count or layout)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    i = 0
+    while i + 8 <= n:
+        s0 += term(a, b, i)
+        s1 += term(a, b, i + 1)
+        s2 += term(a, b, i + 2)
+        s3 += term(a, b, i + 3)
+        s4 += term(a, b, i + 4)
+        s5 += term(a, b, i + 5)
+        s6 += term(a, b, i + 6)
+        s7 += term(a, b, i + 7)
+        i += 8
+    t = 0.0
+    while i < n:
+        t += term(a, b, i)
+        i += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + t
+
+
+@inline
+def sum_f64_lanes(v, n):
+    """sum(v[:n]) of float32 values in float64, in 8 fixed lanes (see _lanes_sum)."""
+    return _lanes_sum(_value, v, v, n)
+
+
+@inline
+def dot_f64_lanes(a, b, n):
+    """sum(a[:n] * b[:n]) of float32 values, products and sum in float64, in 8 fixed lanes."""
+    return _lanes_sum(_product, a, b, n)
+
+
+@inline
+def _max_nan(m, v):
+    return v if v > m or v != v else m        # NaN wins
+
+
+@inline
+def max_f32_lanes(v, n):
+    """The maximum of v[0..n) (float32) in 8 lanes; NaN wins (a NaN anywhere gives NaN); -inf for n = 0."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32(-np.inf)
+    i = 0
+    while i + 8 <= n:
+        m0 = _max_nan(m0, v[i])
+        m1 = _max_nan(m1, v[i + 1])
+        m2 = _max_nan(m2, v[i + 2])
+        m3 = _max_nan(m3, v[i + 3])
+        m4 = _max_nan(m4, v[i + 4])
+        m5 = _max_nan(m5, v[i + 5])
+        m6 = _max_nan(m6, v[i + 6])
+        m7 = _max_nan(m7, v[i + 7])
+        i += 8
+    while i < n:
+        m0 = _max_nan(m0, v[i])
+        i += 1
+    return _max_nan(_max_nan(_max_nan(m0, m1), _max_nan(m2, m3)), _max_nan(_max_nan(m4, m5), _max_nan(m6, m7)))

@@ -302,11 +302,16 @@ gemm_tile_c8x4, gemm_tile_c8x1, gemm_tile_c4x4, gemm_tile_c4x1 = (_gemm_tile(v, 
 
 
 @intrinsic
-def fma_f64(typingctx, a, b, c):
-    """a * b + c rounded once (llvm.fma: one instruction where the CPU has FMA; loops over it vectorise)."""
-    sig = types.float64(types.float64, types.float64, types.float64)
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma: one instruction where the CPU has FMA; loops over it
+    vectorise): in float32 when all three are float32, else in float64."""
+    ty = types.float32 if a == b == c == types.float32 else types.float64
+    sig = ty(ty, ty, ty)
 
     def codegen(context, builder, signature, args):
         return builder.fma(*args)
 
     return sig, codegen
+
+
+fma_f64 = fma_f32 = fma     # the names kernels use: the arguments' type picks the precision

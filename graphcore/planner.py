@@ -10,7 +10,7 @@ from . import kernel as K
 from . import tensor as TN
 from .errors import GraphError
 from .graph import Graph
-from .ops.registry import OPS
+from .ops.registry import OPS, compile_kernels
 from .blas import sgemm_address
 
 CACHE_LINE = 64
@@ -141,6 +141,7 @@ def lower(plan: CPlan) -> Lowered:
     fns = np.zeros(max(n, 1), dtype=np.int64)
     phases = np.ones(max(n, 1), dtype=np.int64)
     blas = sgemm_address()
+    compile_kernels(g.nodes)                   # all at once, with progress on stderr when compiling
     for i, node in enumerate(g.nodes):
         op = OPS[node.op]
         fns[i] = op.kernel_address(node)

@@ -2,6 +2,9 @@
 names are exported as gc.OP_<NAME>, and every builder of the core op families turns bad input
 into a gc.GraphError naming the op, never another exception."""
 import inspect
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -189,3 +192,32 @@ def test_only_ops_that_use_blas_get_its_address():
     recs = {gc.op_name(g.nodes[i].op): low.recs[i, R_BLAS] for i in range(g.n_nodes)}
     assert recs["MUL_MAT"] != 0 and recs["ADD"] == 0
     assert {op.name for op in gc.OPS if op.uses_blas} == {"MUL_MAT", "OUT_PROD"}
+
+
+_COLD_START = """
+import numpy as np, graphcore as gc
+ctx = gc.init(1 << 16)
+y = gc.neg(ctx, gc.from_numpy(ctx, np.arange(4, dtype=np.float32)))
+gc.graph_compute_with_ctx(ctx, gc.build_forward(y), 1)
+print(y.numpy().tolist())
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_cold_start_says_it_is_compiling(tmp_path, quiet):
+    """With an empty kernel cache the compile is announced on stderr (a cold start must never look
+    hung), once per kernel compiled; GRAPHCORE_QUIET=1 silences it; a warm start says nothing."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "GRAPHCORE_QUIET")}
+    env["GRAPHCORE_CACHE_DIR"] = str(tmp_path)
+    if quiet:
+        env["GRAPHCORE_QUIET"] = "1"
+    runs = [subprocess.run([sys.executable, "-c", _COLD_START], env=env, capture_output=True, text=True,
+                           timeout=600) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0 and r.stdout.strip() == "[-0.0, -1.0, -2.0, -3.0]", r.stderr[-2000:]
+    cold, warm = runs[0].stderr, runs[1].stderr
+    if quiet:
+        assert "graphcore:" not in cold
+    else:
+        assert "graphcore: compiling 1 kernel (numba" in cold and "[1/1] NEG" in cold and "kernels ready" in cold
+    assert "graphcore:" not in warm

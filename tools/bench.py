@@ -161,8 +161,9 @@ def _np_rope0(x, pos, n_dims, base=10000.0):
 
 
 def bench_ops(args):
-    """soft_max, rms_norm and rope throughput against numpy equivalents."""
-    print("\n(d) normalisation and attention ops, million elements per second (numpy: vectorised equivalent)")
+    """tanh, gelu, silu, silu_back, soft_max, rms_norm and rope throughput against numpy equivalents."""
+    print("\n(d) activations, normalisation and attention ops, million elements per second (numpy: vectorised "
+          "equivalent)")
     rng = np.random.default_rng(0)
     ctx = gc.init(256 << 20)
     rows, cols = 1024, 1024
@@ -172,7 +173,19 @@ def bench_ops(args):
     x = gc.from_numpy(ctx, X)
     r = gc.from_numpy(ctx, R)
     p = gc.from_numpy(ctx, pos)
+    D = rng.standard_normal((rows, cols)).astype(np.float32)
+    dy = gc.from_numpy(ctx, D)
+    c = np.float32(0.7978845608028654)
+
+    def silu_back_ref():
+        s = 1 / (1 + np.exp(-X))
+        return D * s * (1 + X * (1 - s))
     cases = [
+        ("tanh [1024 x 1024]", gc.tanh(ctx, x), X.size, lambda: np.tanh(X)),
+        ("gelu [1024 x 1024]", gc.gelu(ctx, x), X.size,
+         lambda: 0.5 * X * (1 + np.tanh(c * X * (1 + np.float32(0.044715) * X * X)))),
+        ("silu [1024 x 1024]", gc.silu(ctx, x), X.size, lambda: X / (1 + np.exp(-X))),
+        ("silu_back [1024 x 1024]", gc.silu_back(ctx, x, dy), X.size, silu_back_ref),
         ("soft_max [1024 x 1024]", gc.soft_max(ctx, x), X.size,
          lambda: (lambda e: e / e.sum(-1, keepdims=True))(np.exp(X - X.max(-1, keepdims=True)))),
         ("rms_norm [1024 x 1024]", gc.rms_norm(ctx, x, 1e-6), X.size,

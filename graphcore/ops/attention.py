@@ -1,8 +1,8 @@
 """Attention pieces: diag_mask_inf, diag_mask_zero, soft_max (and soft_max_ext), soft_max_back
 (rope is in rope.py).
 
-Rows are processed independently in float64 and rounded once, so the bits do not depend on the
-thread count. Any strides are accepted (ggml asks for contiguous rows).
+Rows are processed independently (soft_max in float32 with float64 sums, as ggml computes it in
+float32), so the bits do not depend on the thread count. Any strides are accepted (ggml asks for contiguous rows).
 """
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import numpy as np
 
 from .. import tensor as TN
 from ..errors import GraphError
-from ..kernel import (R_NSRC, exp_f64, f32_at, inline, is_dense, param_f32, param_i32, record, row_addr,
-                      rows_contiguous, split, t_addr, t_ne, view_f32)
-from ..native import STACK_N, stack_f64
+from ..kernel import (F32, R_NSRC, exp_f32, f32_at, inline, max_f32_lanes, param_f32, param_i32, record, row_addr,
+                      rows_contiguous, split, sum_f64_lanes, t_addr, t_ne, view_f32)
 from .args import integer, real
-from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, shapes
+from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, row_index, shapes
 from .elementwise import mul, scale, sub
 from .refs import f64, tile
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
@@ -40,7 +39,7 @@ def _diag_mask_loop(rec, ith, nth, value):
     ne3, ne2, ne1, ne0 = a.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     if rows_contiguous(r, 0) and rows_contiguous(r, 1):     # raw rows, no divisions per row
-        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        i1, i2, i3 = row_index(lo, ne1, ne2)
         for _ in range(lo, hi):
             x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
             y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
@@ -50,7 +49,7 @@ def _diag_mask_loop(rec, ith, nth, value):
             i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        i1, i2, i3 = row_index(ir, ne1, ne2)
         x = a[i3, i2, i1]
         y = d[i3, i2, i1]
         lim = n_past + i1
@@ -146,108 +145,32 @@ def _alibi_slope(h, n_head, max_bias):
 
 
 @inline
-def _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos):
-    w = np.float64(x[i0]) * scale
-    if has_mask:
-        w += np.float64(mrow[i0])
-    if has_pos:
-        w += slope * np.float64(prow[i0])
-    return w
-
-
-SOFT_MAX_GROUPED = STACK_N    # rows up to this long are staged a group of rows at a time
-
-
-@inline
-def _soft_max_fast(r, lo, hi, scale, max_bias, has_mask, has_pos):
-    """Rows lo..hi, each row contiguous: the strided loop's arithmetic (w = x * scale (+ mask)
-    (+ slope * pos), its maximum, v = exp(w - max) in float64 (exp_f64, which vectorises), the sum of v
-    in row order, y = float32(v) * (1 / sum)), so its bits. Short rows are staged a group at a time
-    in a stack buffer so that the exps of the whole group are one vectorised loop; long rows go one
-    at a time, exp in blocks. A row with no maximum (all -inf) gives zeros."""
-    ne0, ne1, ne2 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2)
-    m1 = t_ne(r, 2, 1) if has_mask else 1
-    wb = stack_f64()        # w, then exp(w - max), of a group of rows (or a block of a long row)
-    i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
-    if ne0 > SOFT_MAX_GROUPED:
-        for _ in range(lo, hi):
-            x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
-            y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
-            mrow = f32_at(row_addr(r, 2, i1 % m1, 0, 0), ne0) if has_mask else x
-            prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
-            slope = _alibi_slope(i2, ne2, max_bias) if has_pos else 0.0
-            mx = -np.inf
-            for i0 in range(ne0):
-                w = _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos)
-                if w > mx or w != w:        # NaN wins: a row of NaN is NaN, not "all masked"
-                    mx = w
-            if mx == -np.inf:
-                for i0 in range(ne0):
-                    y[i0] = np.float32(0.0)
-            else:
-                s = 0.0
-                for b0 in range(0, ne0, STACK_N):
-                    n = min(STACK_N, ne0 - b0)
-                    xb, yb, mbk, pbk = x[b0:b0 + n], y[b0:b0 + n], mrow[b0:b0 + n], prow[b0:b0 + n]
-                    for k in range(n):
-                        v = exp_f64(_soft_max_w(xb, mbk, pbk, k, scale, slope, has_mask, has_pos) - mx)
-                        wb[k] = v
-                        yb[k] = np.float32(v)
-                    for k in range(n):
-                        s += wb[k]
-                rs = 1.0 / s
-                for i0 in range(ne0):
-                    y[i0] = np.float32(np.float64(y[i0]) * rs)
-            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+def _soft_max_row(x, mrow, prow, y, n, scale, slope, has_mask, has_pos):
+    """One row in float32, as ggml does: w = x * scale (+ mask) (+ slope * pos) (kept in y), its
+    maximum, y = exp(w - max) (exp_f32: 8 lanes a step), their sum in float64 lanes, y * (1 / sum).
+    Each pass is a flat loop over an L1-resident row that vectorises; the order of every sum depends
+    on n only, so the bits do not depend on the thread count or the layout. A row with no maximum
+    (all -inf) gives zeros; a NaN gives NaN."""
+    src = x
+    if has_mask or has_pos or scale != F32(1.0):     # x * 1 is x: the unscaled row is read directly
+        for i in range(n):
+            w = x[i] * scale
+            if has_mask:
+                w += mrow[i]
+            if has_pos:
+                w += slope * prow[i]
+            y[i] = w
+        src = y
+    mx = max_f32_lanes(src, n)
+    if mx == F32(-np.inf):
+        for i in range(n):
+            y[i] = F32(0.0)
         return
-    mxs = stack_f64()       # each row's maximum
-    group = STACK_N // ne0
-    dense = is_dense(r, 0, 4) and is_dense(r, 1, 4) and not has_mask and not has_pos
-    for g0 in range(lo, hi, group):
-        g = min(group, hi - g0)
-        n = g * ne0
-        c1, c2, c3 = i1, i2, i3
-        if dense:                                   # w of the group's rows, back to back in wb
-            xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, n)
-            for k in range(n):
-                wb[k] = np.float64(xg[k]) * scale
-        else:
-            for j in range(g):
-                x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
-                mrow = f32_at(row_addr(r, 2, i1 % m1, 0, 0), ne0) if has_mask else x
-                prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
-                slope = _alibi_slope(i2, ne2, max_bias) if has_pos else 0.0
-                w = wb[j * ne0:j * ne0 + ne0]
-                for i0 in range(ne0):
-                    w[i0] = _soft_max_w(x, mrow, prow, i0, scale, slope, has_mask, has_pos)
-                i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
-        for j in range(g):                          # each row's maximum, subtracted
-            w = wb[j * ne0:j * ne0 + ne0]
-            mx = -np.inf
-            for i0 in range(ne0):
-                if w[i0] > mx or w[i0] != w[i0]:    # NaN wins: a row of NaN is NaN, not "all masked"
-                    mx = w[i0]
-            mxs[j] = mx
-            m = mx if mx != -np.inf else 0.0
-            for i0 in range(ne0):
-                w[i0] = w[i0] - m
-        for k in range(n):                          # the group's exps: one flat loop
-            wb[k] = exp_f64(wb[k])
-        i1, i2, i3 = c1, c2, c3
-        for j in range(g):                          # each row's sum; rows out
-            w = wb[j * ne0:j * ne0 + ne0]
-            y = f32_at(t_addr(r, 0) + 4 * (g0 + j) * ne0 if dense else row_addr(r, 0, i1, i2, i3), ne0)
-            if mxs[j] == -np.inf:                   # no maximum (all -inf): zeros, not 0/0
-                for i0 in range(ne0):
-                    y[i0] = np.float32(0.0)
-            else:
-                s = 0.0
-                for i0 in range(ne0):
-                    s += w[i0]
-                rs = 1.0 / s
-                for i0 in range(ne0):
-                    y[i0] = np.float32(np.float64(np.float32(w[i0])) * rs)
-            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+    for i in range(n):
+        y[i] = exp_f32(src[i] - mx)
+    rs = F32(1.0 / sum_f64_lanes(y, n))
+    for i in range(n):
+        y[i] *= rs
 
 
 def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -256,55 +179,30 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
     has_mask = nsrc > 1 and t_addr(r, 2) != 0
     # pos only counts with ALiBi (max_bias > 0): its slope is 0 otherwise, and 0 * inf would be NaN
     has_pos = nsrc > 2 and t_addr(r, 3) != 0 and param_f32(rec, 1) > 0.0
+    scale, max_bias = param_f32(rec, 0), np.float64(param_f32(rec, 1))
+    ne0, ne1, ne2 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2)
+    m1 = t_ne(r, 2, 1) if has_mask else 1
+    lo, hi = split(ne1 * ne2 * t_ne(r, 1, 3), ith, nth)
+    i1, i2, i3 = row_index(lo, ne1, ne2)
     if (rows_contiguous(r, 0) and rows_contiguous(r, 1) and (not has_mask or rows_contiguous(r, 2))
-            and (not has_pos or rows_contiguous(r, 3))):
-        lo, hi = split(t_ne(r, 1, 1) * t_ne(r, 1, 2) * t_ne(r, 1, 3), ith, nth)
-        _soft_max_fast(r, lo, hi, np.float64(param_f32(rec, 0)), np.float64(param_f32(rec, 1)), has_mask, has_pos)
+            and (not has_pos or rows_contiguous(r, 3))):     # raw rows: loops LLVM vectorises
+        for _ in range(lo, hi):
+            x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
+            y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
+            mrow = f32_at(row_addr(r, 2, i1 % m1, 0, 0), ne0) if has_mask else x
+            prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
+            slope = F32(_alibi_slope(i2, ne2, max_bias)) if has_pos else F32(0.0)
+            # (in place, x is y: one instantiation only, each costs seconds of a cold start)
+            _soft_max_row(x, mrow, prow, y, ne0, scale, slope, has_mask, has_pos)
+            i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
-    d = view_f32(r, 0)
-    a = view_f32(r, 1)
-    m = view_f32(r, 2)
-    pp = view_f32(r, 3)
-    nsrc = r[R_NSRC]
-    has_mask = nsrc > 1 and t_addr(r, 2) != 0
-    has_pos = nsrc > 2 and t_addr(r, 3) != 0 and param_f32(rec, 1) > 0.0
-    scale = np.float64(param_f32(rec, 0))
-    max_bias = np.float64(param_f32(rec, 1))
-    ne3, ne2, ne1, ne0 = a.shape
-    m1 = m.shape[2] if has_mask else 1
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
-    for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+    d, a, m, pp = view_f32(r, 0), view_f32(r, 1), view_f32(r, 2), view_f32(r, 3)
+    for _ in range(lo, hi):
         x = a[i3, i2, i1]
-        y = d[i3, i2, i1]
-        j1 = i1 % m1
-        slope = _alibi_slope(i2, ne2, max_bias) if has_pos else 0.0
-        mx = -np.inf
-        for i0 in range(ne0):
-            w = np.float64(x[i0]) * scale
-            if has_mask:
-                w += np.float64(m[0, 0, j1, i0])
-            if has_pos:
-                w += slope * np.float64(pp[0, 0, 0, i0])
-            if w > mx or w != w:           # NaN wins: a row of NaN is NaN, not "all masked"
-                mx = w
-        if mx == -np.inf:              # every element masked: zeros, not 0/0
-            for i0 in range(ne0):
-                y[i0] = np.float32(0.0)
-            continue
-        s = 0.0
-        for i0 in range(ne0):                # exp once, kept in dst as float32; the sum in float64
-            w = np.float64(x[i0]) * scale
-            if has_mask:
-                w += np.float64(m[0, 0, j1, i0])
-            if has_pos:
-                w += slope * np.float64(pp[0, 0, 0, i0])
-            v = exp_f64(w - mx)
-            y[i0] = np.float32(v)
-            s += v
-        rs = 1.0 / s
-        for i0 in range(ne0):
-            y[i0] = np.float32(np.float64(y[i0]) * rs)
+        slope = F32(_alibi_slope(i2, ne2, max_bias)) if has_pos else F32(0.0)
+        _soft_max_row(x, m[0, 0, i1 % m1] if has_mask else x, pp[0, 0, 0] if has_pos else x, d[i3, i2, i1], ne0,
+                      scale, slope, has_mask, has_pos)
+        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
 
 
 def _soft_max_backward(ctx, t, g, d):
@@ -426,7 +324,7 @@ def _soft_max_back_kernel(rec, ith, nth, phase, wdata, wsize):
     ne3, ne2, ne1, ne0 = g.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     if rows_contiguous(r, 0) and rows_contiguous(r, 1) and rows_contiguous(r, 2):   # raw rows
-        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        i1, i2, i3 = row_index(lo, ne1, ne2)
         for _ in range(lo, hi):
             dy = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
             y = f32_at(row_addr(r, 2, i1, i2, i3), ne0)
@@ -439,7 +337,7 @@ def _soft_max_back_kernel(rec, ith, nth, phase, wdata, wsize):
             i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        i1, i2, i3 = row_index(ir, ne1, ne2)
         dy = g[i3, i2, i1]
         y = yv[i3, i2, i1]
         dx = d[i3, i2, i1]

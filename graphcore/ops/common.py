@@ -180,7 +180,7 @@ def unary_loop(rec, ith, nth, f, p):
     lo, hi = split(ne1 * ne2 * ne3 * nseg, ith, nth)
     fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
     ir, sg = lo // nseg, lo % nseg
-    i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+    i1, i2, i3 = row_index(ir, ne1, ne2)
     for u in range(lo, hi):
         s0 = sg * SEG
         s1 = min(ne0, s0 + SEG)
@@ -224,7 +224,7 @@ def binary_loop(rec, ith, nth, f):
     lo, hi = split(ne1 * ne2 * ne3 * nseg, ith, nth)
     fast = rows_contiguous(r, 0) and rows_contiguous(r, 1) and rows_contiguous(r, 2) and nb0 == ne0
     ir, sg = lo // nseg, lo % nseg
-    i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+    i1, i2, i3 = row_index(ir, ne1, ne2)
     j3, j2, j1 = i3 % nb3, i2 % nb2, i1 % nb1
     for u in range(lo, hi):
         s0 = sg * SEG

@@ -1,17 +1,21 @@
 """Row normalisation: norm, rms_norm and rms_norm_back (ggml's definitions, any strides).
 
-Each row of ne0 elements is reduced in float64, in order, so results are the same bits for any
-thread count. eps is stored as op_params[0] (float32 bits), as in ggml.
+Each row of ne0 elements is reduced in float64. rms_norm and rms_norm_back: short rows (ne0 <=
+ACROSS) in order, taken across a group of rows at once; longer ones in 8 fixed lanes
+(kernel.dot_f64_lanes: the sums vectorise); norm: in order. The order depends on ne0 only, so
+results are the same bits for any thread count and layout. eps is stored as op_params[0] (float32
+bits), as in ggml.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import GraphError
-from ..kernel import f32_at, is_dense, param_f32, record, row_addr, rows_contiguous, split, t_addr, view_f32
+from ..kernel import (dot_f64_lanes, f32_at, inline, is_dense, param_f32, record, row_addr, rows_contiguous, split,
+                      t_addr, view_f32)
 from ..native import STACK_N, stack_f64
 from .args import real
-from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, shapes
+from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, row_index, shapes
 from .elementwise import sub
 from .reduce import mean
 from .refs import f64
@@ -21,6 +25,18 @@ from .registry import rebuild_of
 
 
 ACROSS = 64     # rows up to this long, when dense, are summed across a group of rows (vectorises)
+
+
+@inline
+def _row_dot(a, b, n):
+    """sum(a * b) over a row in float64 in the order the short-row path uses (in order up to
+    ACROSS elements), or in lanes for longer rows."""
+    if n > ACROSS:
+        return dot_f64_lanes(a, b, n)
+    s = 0.0
+    for i in range(n):
+        s += np.float64(a[i]) * np.float64(b[i])
+    return s
 
 
 def _eps(op, eps):
@@ -36,7 +52,7 @@ def _norm_kernel(rec, ith, nth, phase, wdata, wsize):
     ne3, ne2, ne1, ne0 = a.shape
     lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        i1, i2, i3 = row_index(ir, ne1, ne2)
         x = a[i3, i2, i1]
         y = d[i3, i2, i1]
         s = 0.0
@@ -117,7 +133,7 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
     if ne0 <= ACROSS and is_dense(r, 1, 4) and rows_contiguous(r, 0):
         # short dense rows: the sums (same order) taken across a group of rows, then each row
         ss = stack_f64()
-        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        i1, i2, i3 = row_index(lo, ne1, ne2)
         for g0 in range(lo, hi, STACK_N):
             g = min(STACK_N, hi - g0)
             xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, g * ne0)
@@ -136,17 +152,24 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
                     y[i0] = np.float32(np.float64(x[i0]) * rs)
                 i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
-    for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
-        x = a[i3, i2, i1]
-        y = d[i3, i2, i1]
-        s = 0.0
-        for i0 in range(ne0):
-            v = np.float64(x[i0])
-            s += v * v
-        rs = 1.0 / np.sqrt(s / ne0 + eps)
-        for i0 in range(ne0):
-            y[i0] = np.float32(np.float64(x[i0]) * rs)
+    fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
+    i1, i2, i3 = row_index(lo, ne1, ne2)
+    for _ in range(lo, hi):
+        if not fast:
+            _rms_norm_row(a[i3, i2, i1], d[i3, i2, i1], ne0, eps)
+        elif row_addr(r, 0, i1, i2, i3) == row_addr(r, 1, i1, i2, i3):     # in place: one array, so the
+            y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)                     # loop vectorises (unary_loop)
+            _rms_norm_row(y, y, ne0, eps)
+        else:
+            _rms_norm_row(f32_at(row_addr(r, 1, i1, i2, i3), ne0), f32_at(row_addr(r, 0, i1, i2, i3), ne0), ne0, eps)
+        i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
+
+
+@inline
+def _rms_norm_row(x, y, n, eps):
+    rs = 1.0 / np.sqrt(_row_dot(x, x, n) / n + eps)
+    for i0 in range(n):
+        y[i0] = np.float32(np.float64(x[i0]) * rs)
 
 
 def _rms_norm_backward(ctx, t, g, d):
@@ -200,7 +223,7 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
         # short dense rows: both sums (same order) taken across a group of rows, then each row
         sxx = stack_f64()
         sxdz = stack_f64()
-        i3, i2, i1 = lo // (ne2 * ne1), (lo // ne1) % ne2, lo % ne1
+        i1, i2, i3 = row_index(lo, ne1, ne2)
         for g0 in range(lo, hi, STACK_N):
             n = min(STACK_N, hi - g0)
             xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, n * ne0)
@@ -226,16 +249,12 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
                 i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     for ir in range(lo, hi):
-        i3, i2, i1 = ir // (ne2 * ne1), (ir // ne1) % ne2, ir % ne1
+        i1, i2, i3 = row_index(ir, ne1, ne2)
         x = a[i3, i2, i1]
         dz = g[i3, i2, i1]
         y = d[i3, i2, i1]
-        sxx = 0.0
-        sxdz = 0.0
-        for i0 in range(ne0):
-            v = np.float64(x[i0])
-            sxx += v * v
-            sxdz += v * np.float64(dz[i0])
+        sxx = _row_dot(x, x, ne0)
+        sxdz = _row_dot(x, dz, ne0)
         rrms = 1.0 / np.sqrt(sxx / ne0 + eps)
         c = -sxdz / (sxx + eps * ne0)
         for i0 in range(ne0):

@@ -6,6 +6,8 @@ sits in one place; dispatch tables, docs and dot symbols are derived from OPS.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,12 +67,18 @@ class OpDef:
     uses_blas: bool = False                      # the kernel reads BLAS sgemm's address from its record (R_BLAS)
     _addresses: dict = field(default_factory=dict, repr=False)
 
+    def kernel_function(self, node=None):
+        """The Python function of node's kernel (the op's variant for node's types), or None for views."""
+        if self.kernel is None:
+            return None
+        return self.variant(node) if self.variant is not None and node is not None else self.kernel
+
     def kernel_address(self, node=None) -> int:
         """Compile the node's kernel (once; cached on disk by numba) and return its C address;
         0 for ops that compute nothing (views)."""
-        if self.kernel is None:
+        fn = self.kernel_function(node)
+        if fn is None:
             return 0
-        fn = self.variant(node) if self.variant is not None and node is not None else self.kernel
         address = self._addresses.get(fn)
         if address is None:
             with _compile_lock:
@@ -81,11 +89,41 @@ class OpDef:
                     _keep_alive.append(compiled)
                     address = self._addresses[fn] = compiled.address
                     dt = time.perf_counter() - t0
-                    # a cache miss takes about a second; a load from numba's disk cache milliseconds
-                    _log.log(logging.INFO if dt > 0.25 else logging.DEBUG,
+                    missed = compiled.cache_hits == 0     # compiled now, not loaded from numba's disk cache
+                    if missed:
+                        _compiled_now.add(fn)
+                    _log.log(logging.INFO if missed else logging.DEBUG,
                              "kernel %s (%s): %s in %.2f s", self.name, fn.__name__,
-                             "compiled (cached on disk for the next run)" if dt > 0.25 else "loaded", dt)
+                             "compiled (cached on disk for the next run)" if missed else "loaded", dt)
         return address
+
+
+def compile_kernels(nodes):
+    """Compile (or load from numba's disk cache) the kernels `nodes` need that this process has not
+    loaded yet. A cold start compiles each for seconds, so once one is found missing from the cache,
+    progress goes to stderr ("compiling N kernels ...", then one line per kernel compiled,
+    numbered among the N) and the run never looks hung; GRAPHCORE_QUIET=1 silences it."""
+    todo = {}
+    for node in nodes:
+        op = OPS[node.op]
+        fn = op.kernel_function(node)
+        if fn is not None and fn not in op._addresses and fn not in todo:
+            todo[fn] = (op, node)
+    shown, t_start, out = False, time.perf_counter(), sys.stderr
+    quiet = os.environ.get("GRAPHCORE_QUIET", "").strip() not in ("", "0")
+    for k, (fn, (op, node)) in enumerate(todo.items()):
+        t0 = time.perf_counter()
+        op.kernel_address(node)
+        if quiet or fn not in _compiled_now:       # loaded from the cache
+            continue
+        if not shown:
+            shown = True
+            many = "s" if len(todo) > 1 else ""
+            print(f"graphcore: compiling {len(todo)} kernel{many} (numba: this once, they are cached on disk) ...",
+                  file=out, flush=True)
+        print(f"graphcore:   [{k + 1}/{len(todo)}] {op.name} {time.perf_counter() - t0:.1f} s", file=out, flush=True)
+    if shown:
+        print(f"graphcore: kernels ready in {time.perf_counter() - t_start:.1f} s", file=out, flush=True)
 
 
 OPS: list[OpDef] = []
@@ -93,6 +131,7 @@ BY_NAME: dict[str, OpDef] = {}
 _compile_lock = threading.Lock()
 _log = logging.getLogger("graphcore.kernels")
 _keep_alive = []
+_compiled_now = set()      # kernel functions this process compiled (numba's disk cache had none)
 
 
 # -- planner rules -----------------------------------------------------------------------------------

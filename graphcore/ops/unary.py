@@ -3,17 +3,16 @@ ops gelu_back and silu_back beside the functions they differentiate.
 
 Each op: its scalar function and kernel, its backward rule, then one define_unary declaration
 (registry record, builders f and f_inplace, numpy reference, sampler, graph-file rebuild).
-Computed in float64 and rounded once to float32; any strides, the same bits for any thread count.
+Computed in float64 and rounded once to float32, except gelu, silu and their backward ops: float32 math
+with a vectorisable exp (kernel.exp_f32), as ggml. Any strides, the same bits for any thread count.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from .. import tensor as TN
 from ..errors import GraphError
-from ..kernel import exp_f64, inline
+from ..kernel import F32, exp_f32, inline
 from .common import (binary_loop, check_f32, check_same_shape, define_unary, elementwise_node, shapes,
                      tasks_by_segments, unary_loop)
 from .elementwise import div, mul, scale
@@ -175,12 +174,19 @@ SQRT_2_OVER_PI = 0.79788456080286535587989211986876
 
 
 @inline
+def _gelu_sigmoid(x):
+    """(1 + tanh(u)) / 2 = 1 / (1 + exp(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3), in float32: the
+    logistic form has no cancellation where tanh(u) nears -1."""
+    u = F32(SQRT_2_OVER_PI) * x * (F32(1.0) + F32(GELU_COEF_A) * x * x)
+    return F32(1.0) / (F32(1.0) + exp_f32(F32(-2.0) * u))
+
+
+@inline
 def _gelu_f(x, p):
-    # ggml's tanh form, computed in float64 instead of through an fp16 lookup table
-    v = np.float64(x)
-    if v < -30.0:           # the limit is 0 (the formula would give -inf * 0 = NaN at -inf)
-        return np.float32(-0.0)
-    return np.float32(0.5 * v * (1.0 + math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))))
+    # ggml's tanh form in float32 math (ggml reads an fp16 table), written as x * sigmoid(2u)
+    if x < F32(-30.0):      # the limit is 0 (the formula would give -inf * 0 = NaN at -inf)
+        return F32(-0.0)
+    return x * _gelu_sigmoid(x)
 
 
 def _gelu_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -197,14 +203,27 @@ GELU, gelu, gelu_inplace = define_unary(     # the reference's limit at -inf is 
     reference=lambda x: np.where(x == -np.inf, -0.0,
                                  0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)))),
     note="gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ggml's tanh form, "
-         "in float64 (ggml reads an fp16 table).")
+         "in float32 math as x / (1 + exp(-2 sqrt(2/pi) (x + 0.044715 x^3))) (ggml reads an fp16 table).")
+
+
+SILU_TAIL = F32(-20.0)     # below, 1 + exp(x) is 1 in float32: silu(x) = x exp(x), scaled (see _silu_exp)
+_2_64 = F32(2.0 ** 64)
+
+
+@inline
+def _silu_exp(x):
+    """exp(-x), or below SILU_TAIL exp(x) * 2^64: there x exp(x) falls to subnormal numbers, and
+    scaling by 2^-64 last rounds it once, as the float64 result rounded to float32 is. One exp."""
+    return exp_f32(x + F32(44.361419555836500) if x < SILU_TAIL else -x)      # 64 ln 2
 
 
 @inline
 def _silu_f(x, p):
-    v = np.float64(x)
-    # exp_f64: math.exp's result without its libm call, so the loop vectorises
-    return np.float32(-0.0) if v < -745.0 else np.float32(v / (1.0 + exp_f64(-v)))  # limit 0 at -inf
+    # float32 math as ggml's; exp_f32: no libm call, so the loop vectorises 8 lanes wide
+    e = _silu_exp(x)
+    if x < SILU_TAIL:
+        return F32(-0.0) if x < F32(-200.0) else x * e / _2_64      # limit 0 at -inf
+    return x / (F32(1.0) + e)
 
 
 def _silu_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -224,12 +243,12 @@ SILU, silu, silu_inplace = define_unary(     # the reference's limit at -inf is 
 # -- gelu_back: the gradient of gelu at x (src0) for the output gradient dy (src1) --------------------------
 @inline
 def _gelu_back_f(x, dy):
-    v = np.float64(x)
-    if v > 30.0 or v < -30.0:   # tanh is +-1 there: the derivative is 1 or 0 (also at +-inf: not inf * 0)
-        return np.float32(np.float64(dy) * (1.0 if v > 0.0 else 0.0))
-    th = math.tanh(SQRT_2_OVER_PI * v * (1.0 + GELU_COEF_A * v * v))
-    dgelu = 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF_A * v * v)
-    return np.float32(np.float64(dy) * dgelu)
+    # with s = (1 + tanh(u)) / 2: gelu' = s + x s (1 - s) 2 du/dx, in float32 math
+    if x > F32(30.0) or x < F32(-30.0):   # tanh is +-1 there: the derivative is 1 or 0 (not inf * 0 at +-inf)
+        return dy * (F32(1.0) if x > F32(0.0) else F32(0.0))
+    s = _gelu_sigmoid(x)
+    du = F32(2.0 * SQRT_2_OVER_PI) * (F32(1.0) + F32(3.0 * GELU_COEF_A) * x * x)
+    return dy * (s + x * s * (F32(1.0) - s) * du)
 
 
 def _gelu_back_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -278,11 +297,14 @@ rebuild_of(GELU_BACK)(rebuild_by(gelu_back))
 # -- silu_back: gradient of silu at x (src0) for the output gradient dy (src1) ----------------------------------
 @inline
 def _silu_back_f(x, dy):
-    v = np.float64(x)
-    if v > 40.0 or v < -745.0:  # s is 1 or 0 there: the derivative is 1 or 0 (also at +-inf: not inf * 0)
-        return np.float32(np.float64(dy) * (1.0 if v > 0.0 else 0.0))
-    s = 1.0 / (1.0 + exp_f64(-v))        # exp_f64: vectorises, unlike math.exp
-    return np.float32(np.float64(dy) * s * (1.0 + v * (1.0 - s)))
+    # float32 math as ggml's (exp_f32 vectorises, unlike math.exp)
+    if x > F32(40.0) or x < F32(-200.0):  # s is 1 or 0 there: the derivative is 1 or 0 (not inf * 0 at +-inf)
+        return dy * (F32(1.0) if x > F32(0.0) else F32(0.0))
+    e = _silu_exp(x)
+    if x < SILU_TAIL:                     # s = exp(x), 1 - s = 1 (scaled as in silu)
+        return dy * e * (F32(1.0) + x) / _2_64
+    s = F32(1.0) / (F32(1.0) + e)
+    return dy * s * (F32(1.0) + x * (F32(1.0) - s))
 
 
 def _silu_back_kernel(rec, ith, nth, phase, wdata, wsize):
