@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 import graphcore as gc
+from graphcore import kquants as KQ
+from graphcore import qdot as D
 from graphcore import quant_rows as QR
 from graphcore import quants as Q
 from graphcore import types as T
+from graphcore.ops.quantized import MM_BLAS_N, MM_BLAS_ROWS
 from graphcore.testing import assert_close_nmse, compute_guarded, sentinel_context
 
 MM_TYPES = list(Q.VEC_DOT_TYPE)
@@ -51,12 +54,37 @@ def test_mul_mat(t, N):
     assert_close_nmse(results[0], xd @ np.swapaxes(wd, 2, 3), 1e-11)
 
 
-def test_mul_mat_plan_has_work_for_src1():
+@pytest.mark.parametrize("N", [3, 4])
+def test_mul_mat_plan_has_work_for_src1(N):
     ctx = gc.init(4 << 20)
-    out = gc.mul_mat(ctx, gc.new_tensor_2d(ctx, T.TYPE_Q4_0, 256, 8), gc.new_tensor_2d(ctx, T.TYPE_F32, 256, 3))
+    out = gc.mul_mat(ctx, gc.new_tensor_2d(ctx, T.TYPE_Q4_0, 256, 8), gc.new_tensor_2d(ctx, T.TYPE_F32, 256, N))
     g = gc.new_graph(ctx)
     gc.build_forward_expand(g, out)
-    assert gc.graph_plan(g, 2).work_size >= 3 * (T.row_size(T.TYPE_Q8_0, 256) + 4 * 256)
+    # src1's rows in Q8_0; from MM_BLAS_N columns on also as float32, and a tile of dequantized rows
+    need = N * T.row_size(T.TYPE_Q8_0, 256) + (0 if N < MM_BLAS_N else N * 4 * 256 + MM_BLAS_ROWS * 256 * 4)
+    assert gc.graph_plan(g, 2).work_size >= need
+
+
+@pytest.mark.parametrize("t", MM_TYPES)
+def test_integer_dots_match_ggml_scalar_dots(t):
+    """qdot.vdot_X (mul_mat's one-token path) against ggml's scalar vec_dot (quants/kquants.dot_X): the
+    same integer block sums, scaled in float32 (summed in another order: within a few ulp), on random
+    rows and on rows at the formats' extreme levels (int16/int32 overflow would show there)."""
+    rng = np.random.default_rng(t)
+    K = 512
+    sign = np.where(np.arange(K) % 3 == 0, -1.0, 1.0).astype(np.float32)
+    xs = np.stack([rng.standard_normal(K) * 10, sign * 1e3, -np.abs(sign), rng.standard_normal(K) ** 5]).astype(np.float32)
+    vt = Q.VEC_DOT_TYPE[t]
+    ys = np.stack([rng.standard_normal(K), sign, -sign * 7, rng.uniform(-1, 1, K) ** 3]).astype(np.float32)
+    xq, yq = QR.quantize(xs, t), QR.quantize(ys, vt)
+    name = T.type_name(t).lower()
+    vdot, ref = getattr(D, "vdot_" + name), getattr(Q, "dot_" + name, None) or getattr(KQ, "dot_" + name)
+    nb = K // T.blck_size(t)
+    for xr in xq:
+        for yr in yq:
+            want, got = ref(xr, yr, nb), vdot(xr, yr, nb)
+            scale = float(np.abs(QR.dequantize(xr, t)) @ np.abs(QR.dequantize(yr, vt)))
+            assert abs(got - want) <= 1e-6 * scale, (T.type_name(t), got, want)
 
 
 @pytest.mark.parametrize("t", T.QUANTIZED)

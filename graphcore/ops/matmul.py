@@ -18,7 +18,7 @@ from ..native import f32_2d_strided, u16_2d_strided
 from .common import shapes
 from .gemm import gemm
 from .layout import cont, cpy, transpose
-from .quantized import MM_ROWS, mul_mat_work
+from .quantized import MM_BLAS_N, MM_BLAS_ROWS, MM_ROWS, mul_mat_work
 from .quantized import MUL_MAT as QUANT_MUL_MAT
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
@@ -95,9 +95,9 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 def _mm_tasks(node, n_threads):
-    if T.is_quantized(node.src[0].type):     # units of MM_ROWS rows of src0 per batch
+    if T.is_quantized(node.src[0].type):     # units of MM_ROWS (MM_BLAS_ROWS) rows of src0 per batch
         M, K = node.ne[0], node.src[0].ne[0]
-        units = -(-M // MM_ROWS) * node.ne[2] * node.ne[3]
+        units = -(-M // (MM_ROWS if node.ne[1] < MM_BLAS_N else MM_BLAS_ROWS)) * node.ne[2] * node.ne[3]
         flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
         return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
     M, N = node.ne[0], node.ne[1]
