@@ -73,7 +73,8 @@ def test_integer_dots_match_ggml_scalar_dots(t):
     rng = np.random.default_rng(t)
     K = 512
     sign = np.where(np.arange(K) % 3 == 0, -1.0, 1.0).astype(np.float32)
-    xs = np.stack([rng.standard_normal(K) * 10, sign * 1e3, -np.abs(sign), rng.standard_normal(K) ** 5]).astype(np.float32)
+    xs = np.stack([rng.standard_normal(K) * 10, sign * 1e3, -np.abs(sign), rng.standard_normal(K) ** 5])
+    xs = xs.astype(np.float32)
     vt = Q.VEC_DOT_TYPE[t]
     ys = np.stack([rng.standard_normal(K), sign, -sign * 7, rng.uniform(-1, 1, K) ** 3]).astype(np.float32)
     xq, yq = QR.quantize(xs, t), QR.quantize(ys, vt)

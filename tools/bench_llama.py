@@ -61,14 +61,14 @@ def _timing(stderr, label):
 
 def llama_cpp_perplexity(bin_dir, model, text, n_ctx, threads, cwd):
     r = subprocess.run([os.path.join(bin_dir, "perplexity"), "-m", model, "-f", text, "-c", str(n_ctx),
-                        "-t", str(threads)], capture_output=True, text=True, timeout=1800, cwd=cwd)
+                        "-t", str(threads)], capture_output=True, text=True, errors="replace", timeout=1800, cwd=cwd)
     return _timing(r.stderr, "prompt eval time")
 
 
 def llama_cpp_generate(bin_dir, model, n_ctx, n_gen, threads, cwd):     # cwd: main writes its logs there
     r = subprocess.run([os.path.join(bin_dir, "main"), "-m", model, "-p", PROMPT, "-n", str(n_gen), "--temp", "0",
                         "--ignore-eos", "-c", str(n_ctx), "-t", str(threads)], capture_output=True, text=True,
-                       timeout=1800, cwd=cwd)
+                       errors="replace", timeout=1800, cwd=cwd)     # a random model's pieces need not be UTF-8
     return _timing(r.stderr, r"(?<!prompt )eval time")
 
 

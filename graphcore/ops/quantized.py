@@ -157,7 +157,8 @@ def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantiz
             for m in range(m1 - m0):
                 x = u8_1d(a + (m0 + m) * t_nb(r, 1, 1), (xrow,), (1,))
                 for n in range(N):
-                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = vdot(x, u8_1d(yq + n * vrow, (vrow,), (1,)), K // bs)
+                    y = u8_1d(yq + n * vrow, (vrow,), (1,))
+                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = vdot(x, y, K // bs)
             continue
         for m in range(m0, m1):
             dequantize(u8_1d(a + m * t_nb(r, 1, 1), (xrow,), (1,)), f32_1d(tile + (m - m0) * K * 4, (K,), (4,)))
@@ -263,43 +264,53 @@ def _from_q8_k(rec, ith, nth, phase, wdata, wsize):
 
 
 def _mm_q4_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q4_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q4_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
 
 
 def _mm_q4_1(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q4_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q4_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
 
 
 def _mm_q5_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q5_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q5_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
 
 
 def _mm_q5_1(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q5_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q5_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
 
 
 def _mm_q8_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q8_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q8_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
 
 
 def _mm_q2_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q2_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q2_k, QK_K, 84, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q2_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q2_k, QK_K, 84, 292)
 
 
 def _mm_q3_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q3_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q3_k, QK_K, 110, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q3_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q3_k, QK_K, 110, 292)
 
 
 def _mm_q4_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q4_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q4_k, QK_K, 144, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q4_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q4_k, QK_K, 144, 292)
 
 
 def _mm_q5_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q5_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q5_k, QK_K, 176, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q5_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q5_k, QK_K, 176, 292)
 
 
 def _mm_q6_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q6_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q6_k, QK_K, 210, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q6_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q6_k, QK_K, 210, 292)
 
 
 _TYPES = (T.TYPE_Q4_0, T.TYPE_Q4_1, T.TYPE_Q5_0, T.TYPE_Q5_1, T.TYPE_Q8_0, T.TYPE_Q8_1,
