@@ -5,6 +5,7 @@ quantized to the vec_dot type first), batches broadcast by blocks, few and many 
 and the BLAS path), the same bits for 1, 2 and 4 threads; copies and get_rows bit for bit; bad input."""
 import numpy as np
 import pytest
+from numba import njit
 
 import graphcore as gc
 from graphcore import kquants as KQ
@@ -86,6 +87,27 @@ def test_integer_dots_match_ggml_scalar_dots(t):
             want, got = ref(xr, yr, nb), vdot(xr, yr, nb)
             scale = float(np.abs(QR.dequantize(xr, t)) @ np.abs(QR.dequantize(yr, vt)))
             assert abs(got - want) <= 1e-6 * scale, (T.type_name(t), got, want)
+
+
+def _has_avx2():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx2" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="the check reads x86 AVX2 assembly")
+@pytest.mark.parametrize("t", [T.TYPE_Q4_0, T.TYPE_Q8_0, T.TYPE_Q4_K])
+def test_integer_dots_vectorise(t):
+    """The block loops compile to AVX2 integer multiply-adds (a numba or code change that lets LLVM unroll
+    them into scalar code, or widen them to int64, would make them 3-10x slower without failing any other
+    test). numba shows no assembly for cached code: a copy is compiled here without the cache."""
+    name = T.type_name(t).lower()
+    f = njit(nogil=True, error_model="numpy")(getattr(D, "vdot_" + name).py_func)
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    f(QR.quantize(x, t)[0], QR.quantize(x, Q.VEC_DOT_TYPE[t])[0], 256 // T.blck_size(t))
+    assert "vpmaddwd" in f.inspect_asm(f.signatures[0])
 
 
 @pytest.mark.parametrize("t", T.QUANTIZED)
