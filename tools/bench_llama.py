@@ -27,7 +27,7 @@ import numpy as np
 
 from models.llama.model import LlamaModel, LlamaSession
 from models.llama.perplexity import perplexity
-from models.llama.quantize import quantize_file
+from models.llama.quantize import QuantizeError, quantize_file
 from models.llama.synth import write_random_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,10 @@ def main(argv=None):
                                n_ff=a.n_ff, n_ctx_train=max(512, a.n_ctx))
         if a.quantize:
             qpath = os.path.join(tmp, f"bench-{a.quantize}.gguf")
-            quantize_file(path, qpath, a.quantize, log=lambda *_: None)
+            try:
+                quantize_file(path, qpath, a.quantize, log=lambda *_: None)
+            except QuantizeError as e:      # e.g. rows that are not whole blocks: --n-ff 768 for n_embd 256
+                p.error(f"--quantize {a.quantize}: {e}")
             path = qpath
         model = LlamaModel(path)
         base = open(TEXT, encoding="utf-8").read()

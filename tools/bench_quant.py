@@ -8,6 +8,7 @@ either runs whole or waits for a core: the medians swing with the load, the leas
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -42,7 +43,10 @@ def _timed(fn):
 
 def bench_quant(args):
     n_threads = args.threads
-    lib = ggml_c.load(args.llama_cpp) if args.llama_cpp else None
+    try:
+        lib = ggml_c.load(args.llama_cpp) if args.llama_cpp else None
+    except OSError as e:            # no libllama.so there, or one that does not load
+        sys.exit(f"bench quant: --llama-cpp {args.llama_cpp}: {e}")
     types = ALL_TYPES if args.all_types else TYPES
     print(f"\n(q) mul_mat, src0 4096 x 4096, src1 4096 x N, {n_threads} thread(s); medians of {args.repeat * 5} "
           "interleaved rounds and the least; GB/s of src0 read; 'x F32' = graphcore F32 time / this time" +
