@@ -22,15 +22,29 @@ from numba import njit
 from .kquants import scale_min_k4
 from .native import f16_to_f32, opaque
 from .quants import _F, inline, rd_f32, rd_u32
+from .quants import rd_f16 as quants_rd_f16
 
 I32 = np.int32
 vjit = njit(cache=True, nogil=True, error_model="numpy")
 
 
 @inline
-def rd_f16(y, o):
-    """The fp16 at y[o] as float32 (quants.rd_f16, without its branches)."""
+def _rd_f16_f16c(y, o):
+    """The fp16 at y[o] as float32 (quants.rd_f16, without its branches: one vcvtph2ps)."""
     return f16_to_f32(np.uint16(y[o]) | (np.uint16(y[o + 1]) << np.uint16(8)))
+
+
+def _has_f16c() -> bool:
+    """Whether this x86 CPU converts fp16 in hardware (elsewhere LLVM would call a runtime helper that
+    numba's JIT need not provide: quants.rd_f16's bit arithmetic is used instead)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " f16c" in f.read()
+    except OSError:
+        return False
+
+
+rd_f16 = _rd_f16_f16c if _has_f16c() else quants_rd_f16
 
 
 @inline

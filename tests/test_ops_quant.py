@@ -13,6 +13,7 @@ from graphcore import qdot as D
 from graphcore import quant_rows as QR
 from graphcore import quants as Q
 from graphcore import types as T
+from graphcore.native import f16_to_f32
 from graphcore.ops.quantized import MM_BLAS_N, MM_BLAS_ROWS
 from graphcore.testing import assert_close_nmse, compute_guarded, sentinel_context
 
@@ -199,3 +200,18 @@ def test_graph_file_round_trip(t, tmp_path):
     np.testing.assert_array_equal(w2.numpy(), a.numpy())
     gc.graph_compute_with_ctx(g2.nodes[-1].ctx, g2, 2)
     np.testing.assert_array_equal(g2.nodes[-1].numpy(), out.numpy())
+
+
+def test_f16c_conversion_matches_numpy():
+    """native.f16_to_f32 (LLVM's fpext, which qdot reads block scales with) on every fp16 bit pattern
+    but NaNs (whose payload a conversion may quieten) against numpy's float16."""
+    @njit
+    def convert(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = f16_to_f32(bits[i])
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    bits = bits[~np.isnan(bits.view(np.float16))]
+    out = np.empty(bits.shape, np.float32)
+    convert(bits, out)
+    np.testing.assert_array_equal(out.view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
