@@ -161,7 +161,10 @@ def _mul_mat_sample(d):
     not_transposed = lambda t: not TN.is_transposed(t)  # noqa: E731
     if not d.backward and d.coin(25):        # a quantized src0: rows of whole blocks, src1 rows contiguous
         t = d.quant_type(tuple(Q.VEC_DOT_TYPE))
-        a = d.tensor(t, [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1])
+        # a new leaf of finite blocks: a non-finite scale (a corrupt block to gguf_read) makes the dequantized
+        # values NaN where level 0 meets an inf scale, while ggml's integer dots (and qdot's) give inf there
+        a = d.tensor(t, [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1], new=True,
+                     accept=lambda a: bool(np.isfinite(QR.dequantize(a.numpy(), a.type)).all()))
         b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), d.int(1, 2)], accept=lambda t: t.nb[0] == 4)
         return mul_mat(d.ctx, a, b)
     if d.coin():
