@@ -33,7 +33,8 @@ def load(llama_cpp_dir: str) -> C.CDLL:
                             ("ggml_get_data", P, [P]), ("ggml_nbytes", C.c_size_t, [P]),
                             ("ggml_mul_mat", P, [P, P, P]), ("ggml_new_graph", P, [P]),
                             ("ggml_build_forward_expand", None, [P, P]),
-                            ("ggml_graph_plan", _CPlan, [P, C.c_int]), ("ggml_graph_compute", C.c_int, [P, C.POINTER(_CPlan)])):
+                            ("ggml_graph_plan", _CPlan, [P, C.c_int]),
+                            ("ggml_graph_compute", C.c_int, [P, C.POINTER(_CPlan)])):
         f = getattr(lib, name)
         f.restype, f.argtypes = res, args
     return lib

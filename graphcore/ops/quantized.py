@@ -9,8 +9,7 @@ loads from numba's disk cache).
 """
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+from numba import njit  # noqa: F401 (unused since qdot took fdot; marks numba code for graphcore._cache)
 
 from .. import kquants as KQ
 from .. import qdot as D
