@@ -103,6 +103,30 @@ def _element_ptr(builder, arr_struct_val, context, aryty, idx):
 
 
 @intrinsic
+def opaque(typingctx, n):
+    """n (an int64), through an empty inline-asm statement that LLVM cannot see through: a loop over
+    range(opaque(16)) is vectorised instead of being unrolled into scalar code (graphcore.qdot)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64)])
+        return builder.asm(fnty, "", "=r,0", [args[0]], side_effect=False)
+
+    return sig, codegen
+
+
+@intrinsic
+def f16_to_f32(typingctx, bits):
+    """IEEE half bits (uint16) -> float32 by LLVM's fpext (vcvtph2ps with F16C): exact, no branches."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
 def atomic_add(typingctx, arr, idx, val):
     """Atomically add `val` to arr[idx] (int64 array); returns the old value (seq_cst)."""
     sig = types.int64(arr, idx, types.int64)

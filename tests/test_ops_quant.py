@@ -5,11 +5,16 @@ quantized to the vec_dot type first), batches broadcast by blocks, few and many 
 and the BLAS path), the same bits for 1, 2 and 4 threads; copies and get_rows bit for bit; bad input."""
 import numpy as np
 import pytest
+from numba import njit
 
 import graphcore as gc
+from graphcore import kquants as KQ
+from graphcore import qdot as D
 from graphcore import quant_rows as QR
 from graphcore import quants as Q
 from graphcore import types as T
+from graphcore.native import f16_to_f32
+from graphcore.ops.quantized import MM_BLAS_N, MM_BLAS_ROWS
 from graphcore.testing import assert_close_nmse, compute_guarded, sentinel_context
 
 MM_TYPES = list(Q.VEC_DOT_TYPE)
@@ -51,12 +56,59 @@ def test_mul_mat(t, N):
     assert_close_nmse(results[0], xd @ np.swapaxes(wd, 2, 3), 1e-11)
 
 
-def test_mul_mat_plan_has_work_for_src1():
+@pytest.mark.parametrize("N", [3, 4])
+def test_mul_mat_plan_has_work_for_src1(N):
     ctx = gc.init(4 << 20)
-    out = gc.mul_mat(ctx, gc.new_tensor_2d(ctx, T.TYPE_Q4_0, 256, 8), gc.new_tensor_2d(ctx, T.TYPE_F32, 256, 3))
+    out = gc.mul_mat(ctx, gc.new_tensor_2d(ctx, T.TYPE_Q4_0, 256, 8), gc.new_tensor_2d(ctx, T.TYPE_F32, 256, N))
     g = gc.new_graph(ctx)
     gc.build_forward_expand(g, out)
-    assert gc.graph_plan(g, 2).work_size >= 3 * (T.row_size(T.TYPE_Q8_0, 256) + 4 * 256)
+    # src1's rows in Q8_0; from MM_BLAS_N columns on also as float32, and a tile of dequantized rows
+    need = N * T.row_size(T.TYPE_Q8_0, 256) + (0 if N < MM_BLAS_N else N * 4 * 256 + MM_BLAS_ROWS * 256 * 4)
+    assert gc.graph_plan(g, 2).work_size >= need
+
+
+@pytest.mark.parametrize("t", MM_TYPES)
+def test_integer_dots_match_ggml_scalar_dots(t):
+    """qdot.vdot_X (mul_mat's one-token path) against ggml's scalar vec_dot (quants/kquants.dot_X): the
+    same integer block sums, scaled in float32 (summed in another order: within a few ulp), on random
+    rows and on rows at the formats' extreme levels (int16/int32 overflow would show there)."""
+    rng = np.random.default_rng(t)
+    K = 512
+    sign = np.where(np.arange(K) % 3 == 0, -1.0, 1.0).astype(np.float32)
+    xs = np.stack([rng.standard_normal(K) * 10, sign * 1e3, -np.abs(sign), rng.standard_normal(K) ** 5])
+    xs = xs.astype(np.float32)
+    vt = Q.VEC_DOT_TYPE[t]
+    ys = np.stack([rng.standard_normal(K), sign, -sign * 7, rng.uniform(-1, 1, K) ** 3]).astype(np.float32)
+    xq, yq = QR.quantize(xs, t), QR.quantize(ys, vt)
+    name = T.type_name(t).lower()
+    vdot, ref = getattr(D, "vdot_" + name), getattr(Q, "dot_" + name, None) or getattr(KQ, "dot_" + name)
+    nb = K // T.blck_size(t)
+    for xr in xq:
+        for yr in yq:
+            want, got = ref(xr, yr, nb), vdot(xr, yr, nb)
+            scale = float(np.abs(QR.dequantize(xr, t)) @ np.abs(QR.dequantize(yr, vt)))
+            assert abs(got - want) <= 1e-6 * scale, (T.type_name(t), got, want)
+
+
+def _has_avx2():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx2" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="the check reads x86 AVX2 assembly")
+@pytest.mark.parametrize("t", [T.TYPE_Q4_0, T.TYPE_Q8_0, T.TYPE_Q4_K])
+def test_integer_dots_vectorise(t):
+    """The block loops compile to AVX2 integer multiply-adds (a numba or code change that lets LLVM unroll
+    them into scalar code, or widen them to int64, would make them 3-10x slower without failing any other
+    test). numba shows no assembly for cached code: a copy is compiled here without the cache."""
+    name = T.type_name(t).lower()
+    f = njit(nogil=True, error_model="numpy")(getattr(D, "vdot_" + name).py_func)
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    f(QR.quantize(x, t)[0], QR.quantize(x, Q.VEC_DOT_TYPE[t])[0], 256 // T.blck_size(t))
+    assert "vpmaddwd" in f.inspect_asm(f.signatures[0])
 
 
 @pytest.mark.parametrize("t", T.QUANTIZED)
@@ -148,3 +200,18 @@ def test_graph_file_round_trip(t, tmp_path):
     np.testing.assert_array_equal(w2.numpy(), a.numpy())
     gc.graph_compute_with_ctx(g2.nodes[-1].ctx, g2, 2)
     np.testing.assert_array_equal(g2.nodes[-1].numpy(), out.numpy())
+
+
+def test_f16c_conversion_matches_numpy():
+    """native.f16_to_f32 (LLVM's fpext, which qdot reads block scales with) on every fp16 bit pattern
+    but NaNs (whose payload a conversion may quieten) against numpy's float16."""
+    @njit
+    def convert(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = f16_to_f32(bits[i])
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    bits = bits[~np.isnan(bits.view(np.float16))]
+    out = np.empty(bits.shape, np.float32)
+    convert(bits, out)
+    np.testing.assert_array_equal(out.view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))

@@ -4,7 +4,7 @@
     python -m graphcore_tools.bench executor matmul scaling ops
     python -m graphcore_tools.bench baby-llama [--ggml-bin PATH] [--threads N]
     python -m graphcore_tools.bench alloc           # memory planning: the graph allocator
-    python -m graphcore_tools.bench quant           # quantized mul_mat (Q8_0, Q4_0, Q4_K) against F32 and numpy
+    python -m graphcore_tools.bench quant [--llama-cpp DIR] [--all-types]  # quantized mul_mat against F32, numpy, ggml
 
 Medians of repeated runs are printed (the machine is shared and noisy).
 """
@@ -20,6 +20,8 @@ import time
 import numpy as np
 
 import graphcore as gc
+
+from .bench_quant import bench_quant
 
 
 def median_time(fn, repeat=15, warmup=2, min_time=0.0):
@@ -382,35 +384,6 @@ def bench_alloc(args):
     row("graph allocator", f"{t_alloc * 1e6:.1f}", f"{t_arena / t_alloc:.2f}x")
 
 
-def bench_quant(args):
-    """(q) mul_mat with a quantized src0 (4096 x 4096) against F32 mul_mat and numpy, one thread."""
-    print("\n(q) mul_mat, src0 4096 x 4096 quantized, src1 4096 x N, 1 thread: median ms, GFLOP/s, GB/s of "
-          "src0 read; ratio = F32 time / this time")
-    row("src0 type, N", "ms", "GFLOP/s", "GB/s weights", "vs F32", "vs numpy")
-    rng = np.random.default_rng(0)
-    K = M = 4096
-    W = rng.standard_normal((M, K)).astype(np.float32)
-    for N in (1, 64):
-        X = rng.standard_normal((N, K)).astype(np.float32)
-        t_np = median_time(lambda: X @ W.T, repeat=args.repeat * 5)
-        times = {}
-        for t in (gc.TYPE_F32, gc.TYPE_Q8_0, gc.TYPE_Q4_0, gc.TYPE_Q4_K):
-            ctx = gc.init(80 << 20)
-            a = gc.new_tensor_2d(ctx, t, K, M)
-            a.numpy()[...] = W if t == gc.TYPE_F32 else gc.quantize(W, t)
-            c = gc.mul_mat(ctx, a, gc.from_numpy(ctx, X))
-            g = gc.new_graph(ctx)
-            gc.build_forward_expand(g, c)
-            times[t] = dt = median_time(planned(g, 1), repeat=args.repeat * 5)
-            wd = W if t == gc.TYPE_F32 else gc.dequantize(gc.quantize(W, t), t)
-            err = np.linalg.norm(c.numpy() - X @ wd.T) / np.linalg.norm(X @ wd.T)
-            assert err < 2e-2, (gc.type_name(t), err)       # src1 is quantized too (Q8)
-            row(f"{gc.type_name(t)}, N={N}", f"{dt * 1e3:.2f}", f"{2.0 * M * N * K / dt / 1e9:.1f}",
-                f"{gc.nbytes(a) / dt / 1e9:.2f}", f"{times[gc.TYPE_F32] / dt:.2f}x", f"{t_np / dt:.2f}x")
-        row(f"numpy X @ W.T (f32), N={N}", f"{t_np * 1e3:.2f}", f"{2.0 * M * N * K / t_np / 1e9:.1f}",
-            f"{W.nbytes / t_np / 1e9:.2f}", "", "1.00x")
-
-
 BENCHES = {"executor": bench_executor, "matmul": bench_matmul, "scaling": bench_scaling, "ops": bench_ops,
            "baby-llama": bench_baby_llama, "alloc": bench_alloc, "quant": bench_quant}
 ENGINE = ["executor", "matmul", "scaling", "ops"]
@@ -420,9 +393,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", nargs="*", choices=[[]] + list(BENCHES),
                    help="benchmarks to run (default: the engine ones, " + " ".join(ENGINE) + ")")
-    p.add_argument("--threads", type=int, default=1, help="baby-llama: threads (default 1, as the original)")
+    p.add_argument("--threads", type=int, default=1, help="baby-llama, quant: threads (default 1)")
     p.add_argument("--repeat", type=int, default=3, help="baby-llama: warm runs (median)")
     p.add_argument("--ggml-bin", metavar="PATH", help="baby-llama: also time an original baby-llama binary")
+    p.add_argument("--llama-cpp", metavar="DIR", help="quant: also time ggml's C (DIR/libllama.so, `make libllama.so`)")
+    p.add_argument("--all-types", action="store_true", help="quant: every quantized type, not only Q8_0 Q4_0 Q4_K")
     args = p.parse_args(argv)
     print(f"machine: {machine()}")
     for name in args.which or ENGINE:

@@ -3,6 +3,7 @@ in the same run.
 
     python -m graphcore_tools.bench_llama                                  # graphcore only
     python -m graphcore_tools.bench_llama --llama-cpp /path/to/llama.cpp   # or LLAMA_CPP_DIR=...: with the ratios
+    python -m graphcore_tools.bench_llama --quantize q4_0 ...              # quantized first (any quantize TYPE)
 
 Measured, for each thread count: perplexity evaluation (prompt processing: chunks of n_ctx tokens, all
 logits) and generation (one token at a time after a short prompt, greedy), in tokens per second; the
@@ -26,6 +27,7 @@ import numpy as np
 
 from graphcore_models.llama.model import LlamaModel, LlamaSession
 from graphcore_models.llama.perplexity import perplexity
+from graphcore_models.llama.quantize import QuantizeError, quantize_file
 from graphcore_models.llama.synth import write_random_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,14 +61,14 @@ def _timing(stderr, label):
 
 def llama_cpp_perplexity(bin_dir, model, text, n_ctx, threads, cwd):
     r = subprocess.run([os.path.join(bin_dir, "perplexity"), "-m", model, "-f", text, "-c", str(n_ctx),
-                        "-t", str(threads)], capture_output=True, text=True, timeout=1800, cwd=cwd)
+                        "-t", str(threads)], capture_output=True, text=True, errors="replace", timeout=1800, cwd=cwd)
     return _timing(r.stderr, "prompt eval time")
 
 
 def llama_cpp_generate(bin_dir, model, n_ctx, n_gen, threads, cwd):     # cwd: main writes its logs there
     r = subprocess.run([os.path.join(bin_dir, "main"), "-m", model, "-p", PROMPT, "-n", str(n_gen), "--temp", "0",
                         "--ignore-eos", "-c", str(n_ctx), "-t", str(threads)], capture_output=True, text=True,
-                       timeout=1800, cwd=cwd)
+                       errors="replace", timeout=1800, cwd=cwd)     # a random model's pieces need not be UTF-8
     return _timing(r.stderr, r"(?<!prompt )eval time")
 
 
@@ -75,6 +77,8 @@ def main(argv=None):
     p.add_argument("--llama-cpp", default=os.environ.get("LLAMA_CPP_DIR"),
                    help="folder with llama.cpp's perplexity and main binaries (default: $LLAMA_CPP_DIR)")
     p.add_argument("--model", help="a llama GGUF file (default: a random one, see --n-embd ...)")
+    p.add_argument("--quantize", metavar="TYPE", help="quantize the model first (graphcore-llama quantize TYPE; "
+                   "the bytes are llama.cpp quantize's), both programs then run the quantized file")
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=8)
@@ -93,6 +97,13 @@ def main(argv=None):
             path = os.path.join(tmp, "bench.gguf")
             write_random_llama(path, VOCAB, seed=7, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
                                n_ff=a.n_ff, n_ctx_train=max(512, a.n_ctx))
+        if a.quantize:
+            qpath = os.path.join(tmp, f"bench-{a.quantize}.gguf")
+            try:
+                quantize_file(path, qpath, a.quantize, log=lambda *_: None)
+            except QuantizeError as e:      # e.g. rows that are not whole blocks: --n-ff 768 for n_embd 256
+                p.error(f"--quantize {a.quantize}: {e}")
+            path = qpath
         model = LlamaModel(path)
         base = open(TEXT, encoding="utf-8").read()
         text = base

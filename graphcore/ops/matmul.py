@@ -18,7 +18,7 @@ from ..native import f32_2d_strided, u16_2d_strided
 from .common import shapes
 from .gemm import gemm
 from .layout import cont, cpy, transpose
-from .quantized import MM_ROWS, mul_mat_work
+from .quantized import MM_BLAS_N, MM_BLAS_ROWS, MM_ROWS, mul_mat_work
 from .quantized import MUL_MAT as QUANT_MUL_MAT
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
@@ -95,9 +95,9 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 def _mm_tasks(node, n_threads):
-    if T.is_quantized(node.src[0].type):     # units of MM_ROWS rows of src0 per batch
+    if T.is_quantized(node.src[0].type):     # units of MM_ROWS (MM_BLAS_ROWS) rows of src0 per batch
         M, K = node.ne[0], node.src[0].ne[0]
-        units = -(-M // MM_ROWS) * node.ne[2] * node.ne[3]
+        units = -(-M // (MM_ROWS if node.ne[1] < MM_BLAS_N else MM_BLAS_ROWS)) * node.ne[2] * node.ne[3]
         flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
         return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
     M, N = node.ne[0], node.ne[1]
@@ -161,7 +161,10 @@ def _mul_mat_sample(d):
     not_transposed = lambda t: not TN.is_transposed(t)  # noqa: E731
     if not d.backward and d.coin(25):        # a quantized src0: rows of whole blocks, src1 rows contiguous
         t = d.quant_type(tuple(Q.VEC_DOT_TYPE))
-        a = d.tensor(t, [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1])
+        # a new leaf of finite blocks: a non-finite scale (a corrupt block to gguf_read) makes the dequantized
+        # values NaN where level 0 meets an inf scale, while ggml's integer dots (and qdot's) give inf there
+        a = d.tensor(t, [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1], new=True,
+                     accept=lambda a: bool(np.isfinite(QR.dequantize(a.numpy(), a.type)).all()))
         b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), d.int(1, 2)], accept=lambda t: t.nb[0] == 4)
         return mul_mat(d.ctx, a, b)
     if d.coin():

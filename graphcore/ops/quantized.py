@@ -9,10 +9,10 @@ loads from numba's disk cache).
 """
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+from numba import njit  # noqa: F401 (unused since qdot took fdot; marks numba code for graphcore._cache)
 
 from .. import kquants as KQ
+from .. import qdot as D
 from .. import quants as Q
 from .. import types as T
 from ..kernel import R_BLAS, record, split, t_addr, t_nb, t_ne, t_type, view_i32
@@ -106,38 +106,31 @@ def copy_quant_same(rec, ith, nth, phase, wdata, wsize):
 
 
 # -- mul_mat: phase 0 quantizes src1's rows into the work buffer, phase 1 multiplies ---------------------
-MM_ROWS = 32        # src0 rows per work unit (units depend only on the shapes: same bits for any thread count)
-MM_BLAS_N = 4       # from this many src1 columns on, BLAS sgemm multiplies the dequantized tiles
-
-
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def fdot(x, y):
-    """float32 dot product, vectorised (the order of the sum is the compiler's, fixed for a build)."""
-    s = np.float32(0)
-    for k in range(x.shape[0]):
-        s += x[k] * y[k]
-    return s
+MM_ROWS = 32        # src0 rows per work unit, fewer than MM_BLAS_N columns (units depend only on the shapes:
+MM_BLAS_ROWS = 128  # ... same bits for any thread count); src0 rows per BLAS tile
+MM_BLAS_N = 4       # from this many src1 columns on, BLAS sgemm multiplies dequantized tiles
 
 
 def mul_mat_work(a, b, n_tasks) -> int:
     """Work bytes of mul_mat(a quantized, b): b's rows in the vec_dot type, the same values as float32,
-    and per task a tile of MM_ROWS dequantized rows of a."""
+    and per task a tile of MM_BLAS_ROWS dequantized rows of a (the last two for MM_BLAS_N columns on)."""
     K, rows = b.ne[0], b.ne[1] * b.ne[2] * b.ne[3]
-    return (T.row_size(Q.VEC_DOT_TYPE[a.type], K) + 4 * K) * rows + n_tasks * MM_ROWS * K * 4 + 64
+    work = T.row_size(Q.VEC_DOT_TYPE[a.type], K) * rows + 64
+    return work if b.ne[1] < MM_BLAS_N else work + 4 * K * rows + n_tasks * MM_BLAS_ROWS * K * 4
 
 
 @Q.inline
-def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantize, bs, ts, vts):
+def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantize, vdot, bs, ts, vts):
     """dst[n, m] = sum_k a[m, k] b[n, k] with b's rows first quantized to the vec_dot type, as ggml
-    (its from_float is the reference quantizer), then the products of the dequantized values: the
-    terms of ggml's integer block dots, each exact in float32 but for one rounding, summed by BLAS
-    (or a plain loop for small tiles) instead of block by block."""
+    (its from_float is the reference quantizer). Fewer than MM_BLAS_N columns (token generation):
+    ggml's integer block dots (graphcore.qdot). More: the blocks' values dequantized (the terms of
+    those dots, each exact in float32 but for one rounding) and multiplied by BLAS sgemm in tiles."""
     r = record(rec)
     K, M, N = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 2, 1)
     ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
     vrow = K // bs * vts
     rows = N * ne2 * ne3
-    yf = (wdata + rows * vrow + 63) // 64 * 64           # b's rows as float32, 64-byte aligned
+    yf = (wdata + rows * vrow + 63) // 64 * 64           # b's rows as float32, 64-byte aligned (BLAS)
     if phase == 0:
         lo, hi = split(rows, ith, nth)
         for ir in range(lo, hi):
@@ -145,26 +138,30 @@ def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantiz
             x = f32_1d(t_addr(r, 2) + i1 * t_nb(r, 2, 1) + i2 * t_nb(r, 2, 2) + i3 * t_nb(r, 2, 3), (K,), (4,))
             q = u8_1d(wdata + ir * vrow, (vrow,), (1,))
             vquantize(x, q)
-            vdequantize(q, f32_1d(yf + ir * K * 4, (K,), (4,)))
+            if N >= MM_BLAS_N:
+                vdequantize(q, f32_1d(yf + ir * K * 4, (K,), (4,)))
         return
     r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)
-    chunks = (M + MM_ROWS - 1) // MM_ROWS
-    tile = yf + rows * K * 4 + ith * MM_ROWS * K * 4
+    tr = MM_ROWS if N < MM_BLAS_N else MM_BLAS_ROWS
+    chunks = (M + tr - 1) // tr
+    tile = yf + rows * K * 4 + ith * MM_BLAS_ROWS * K * 4
     xrow = K // bs * ts
     for u in range(ith, chunks * ne2 * ne3, nth):
         c, i2, i3 = u % chunks, (u // chunks) % ne2, u // (chunks * ne2)
         a = t_addr(r, 1) + (i2 // r2) * t_nb(r, 1, 2) + (i3 // r3) * t_nb(r, 1, 3)
-        m0, m1 = c * MM_ROWS, min(M, (c + 1) * MM_ROWS)
-        y, d = yf + (i2 + i3 * ne2) * N * K * 4, t_addr(r, 0) + m0 * 4 + i2 * t_nb(r, 0, 2) + i3 * t_nb(r, 0, 3)
-        if N < MM_BLAS_N:       # a few columns (token generation): each row dequantized, used while in cache
-            x = f32_1d(tile, (K,), (4,))
+        m0, m1 = c * tr, min(M, (c + 1) * tr)
+        d = t_addr(r, 0) + m0 * 4 + i2 * t_nb(r, 0, 2) + i3 * t_nb(r, 0, 3)
+        if N < MM_BLAS_N:
+            yq = wdata + (i2 + i3 * ne2) * N * vrow
             for m in range(m1 - m0):
-                dequantize(u8_1d(a + (m0 + m) * t_nb(r, 1, 1), (xrow,), (1,)), x)
+                x = u8_1d(a + (m0 + m) * t_nb(r, 1, 1), (xrow,), (1,))
                 for n in range(N):
-                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = fdot(x, f32_1d(y + n * K * 4, (K,), (4,)))
+                    y = u8_1d(yq + n * vrow, (vrow,), (1,))
+                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = vdot(x, y, K // bs)
             continue
         for m in range(m0, m1):
             dequantize(u8_1d(a + m * t_nb(r, 1, 1), (xrow,), (1,)), f32_1d(tile + (m - m0) * K * 4, (K,), (4,)))
+        y = yf + (i2 + i3 * ne2) * N * K * 4
         gemm(r[R_BLAS], m1 - m0, N, K, tile, K * 4, 4, y, 4, K * 4, d, t_nb(r, 0, 1))
 
 
@@ -266,43 +263,53 @@ def _from_q8_k(rec, ith, nth, phase, wdata, wsize):
 
 
 def _mm_q4_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q4_0, Q.quantize_q8_0, Q.dequantize_q8_0, QK, 18, 34)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q4_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
 
 
 def _mm_q4_1(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q4_1, Q.quantize_q8_1, Q.dequantize_q8_1, QK, 20, 40)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q4_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
 
 
 def _mm_q5_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q5_0, Q.quantize_q8_0, Q.dequantize_q8_0, QK, 22, 34)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q5_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
 
 
 def _mm_q5_1(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q5_1, Q.quantize_q8_1, Q.dequantize_q8_1, QK, 24, 40)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q5_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
 
 
 def _mm_q8_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, Q.dequantize_q8_0, Q.quantize_q8_0, Q.dequantize_q8_0, QK, 34, 34)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  Q.dequantize_q8_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
 
 
 def _mm_q2_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q2_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 84, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q2_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q2_k, QK_K, 84, 292)
 
 
 def _mm_q3_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q3_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 110, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q3_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q3_k, QK_K, 110, 292)
 
 
 def _mm_q4_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q4_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 144, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q4_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q4_k, QK_K, 144, 292)
 
 
 def _mm_q5_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q5_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 176, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q5_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q5_k, QK_K, 176, 292)
 
 
 def _mm_q6_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata, KQ.dequantize_q6_k, Q.quantize_q8_k, Q.dequantize_q8_k, QK_K, 210, 292)
+    mul_mat_quant(rec, ith, nth, phase, wdata,
+                  KQ.dequantize_q6_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q6_k, QK_K, 210, 292)
 
 
 _TYPES = (T.TYPE_Q4_0, T.TYPE_Q4_1, T.TYPE_Q5_0, T.TYPE_Q5_1, T.TYPE_Q8_0, T.TYPE_Q8_1,

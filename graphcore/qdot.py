@@ -1,0 +1,247 @@
+"""ggml's integer block dots (ggml_vec_dot_X_q8_Y, llama.cpp 4480542) for mul_mat's one-token path:
+`vdot_X(x, y, nb)` is the dot product of the nb blocks of the quantized row x (bytes) with the row y
+(bytes) that mul_mat quantized to x's vec_dot type (Q8_0, Q8_1 or Q8_K).
+
+Each block's levels times y's int8 levels are summed in int32 (exact), then scaled by the two block
+scales in float32, as ggml does; only the float32 sum over blocks runs in another order than ggml's
+AVX2 lanes (one running sum; a few ulp apart). quants.dot_X / kquants.dot_X are ggml's scalar code,
+kept as the reference these are tested against.
+
+Written for LLVM's loop vectoriser: the inner loops run over a block's elements with a trip count
+it cannot see (native.opaque: with a constant 16 or 32 it unrolls the loop into scalar code instead),
+two streams of levels per loop where a format packs two into the same bytes, and every intermediate
+cast back to int32 (numba would widen int32 products to int64, which AVX2 cannot multiply in
+vectors). The loops compile to vpmovsxbw/vpmaddwd on AVX2 (seen with inspect_asm on a copy compiled
+without cache=True: numba shows no assembly for cached code).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .kquants import scale_min_k4
+from .native import f16_to_f32, opaque
+from .quants import _F, inline, rd_f32, rd_u32
+from .quants import rd_f16 as quants_rd_f16
+
+I32 = np.int32
+vjit = njit(cache=True, nogil=True, error_model="numpy")
+
+
+@inline
+def _rd_f16_f16c(y, o):
+    """The fp16 at y[o] as float32 (quants.rd_f16, without its branches: one vcvtph2ps)."""
+    return f16_to_f32(np.uint16(y[o]) | (np.uint16(y[o + 1]) << np.uint16(8)))
+
+
+def _has_f16c() -> bool:
+    """Whether this x86 CPU converts fp16 in hardware (elsewhere LLVM would call a runtime helper that
+    numba's JIT need not provide: quants.rd_f16's bit arithmetic is used instead)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " f16c" in f.read()
+    except OSError:
+        return False
+
+
+rd_f16 = _rd_f16_f16c if _has_f16c() else quants_rd_f16
+
+
+@inline
+def _i8(v):
+    return I32(np.int8(v))
+
+
+@inline
+def _lvl(b, s, m):
+    return I32(I32(I32(b) >> s) & m)
+
+
+@inline
+def _gdot2(x, qo, s1, s2, qm, ho, hs1, hs2, hm, hsh, off, y, y1, y2, n):
+    """Two int32 sums over l < n of level(l) * y[y1 + l] and level'(l) * y[y2 + l] (int8), with
+    level = ((x[qo + l] >> s1) & qm) | (((x[ho + l] >> hs1) & hm) << hsh) - off (level': s2, hs2):
+    every format's levels but Q5_0/Q5_1's (hm = 0: no high bits)."""
+    a, b = I32(0), I32(0)
+    for l in range(n):
+        q, h = x[qo + l], x[ho + l]
+        va = _i8(I32(_lvl(q, s1, qm) | I32(_lvl(h, hs1, hm) << hsh)) - off)     # int8: pmaddwd
+        vb = _i8(I32(_lvl(q, s2, qm) | I32(_lvl(h, hs2, hm) << hsh)) - off)
+        a = I32(a + I32(I32(va) * _i8(y[y1 + l])))
+        b = I32(b + I32(I32(vb) * _i8(y[y2 + l])))
+    return a, b
+
+
+@inline
+def _gdot2s(x, qo, s1, s2, qm, ho, hs1, hs2, hm, hsh, off, y, y1, y2, a0, a1, b0, b1, n):
+    """_gdot2 over two 16-element groups at once (n = 32), each level times its group's scale
+    (a0, a1 for the first stream, b0, b1 for the second): one int32 sum (Q6_K: 7x faster than
+    _gdot2 on each group, measured; Q2_K and Q3_K are faster with _gdot2)."""
+    s = I32(0)
+    for l in range(n):
+        q, h = x[qo + l], x[ho + l]
+        va = _i8(I32(_lvl(q, s1, qm) | I32(_lvl(h, hs1, hm) << hsh)) - off)
+        vb = _i8(I32(_lvl(q, s2, qm) | I32(_lvl(h, hs2, hm) << hsh)) - off)
+        sa, sb = (a0, b0) if l < 16 else (a1, b1)
+        s = I32(s + I32(I32(va * _i8(y[y1 + l])) * sa) + I32(I32(vb * _i8(y[y2 + l])) * sb))
+    return s
+
+
+@inline
+def _q5dot(x, qo, qh, off, y, yo, n):
+    """Q5_0/Q5_1's block: nibbles of x[qo:qo + 16], fifth bits in the 32-bit qh (bit l, then l + 16)."""
+    s = I32(0)
+    for l in range(n):
+        q = x[qo + l]
+        va = _i8(I32(_lvl(q, 0, 15) | I32(I32(I32(qh >> np.uint32(l)) & 1) << 4)) - off)
+        vb = _i8(I32(_lvl(q, 4, 15) | I32(I32(I32(qh >> np.uint32(l + 16)) & 1) << 4)) - off)
+        s = I32(s + I32(I32(va) * _i8(y[yo + l])) + I32(I32(vb) * _i8(y[yo + 16 + l])))
+    return s
+
+
+@inline
+def _bsum(y, p, j):
+    return I32(np.int16(np.uint16(y[p + 260 + 2 * j]) | (np.uint16(y[p + 261 + 2 * j]) << np.uint16(8))))
+
+
+# -- 32-element blocks ------------------------------------------------------------------------------------
+@vjit
+def vdot_q4_0(x, y, nb):
+    n, sumf = opaque(16), _F(0)
+    for i in range(nb):
+        o, p = 18 * i, 34 * i
+        a, b = _gdot2(x, o + 2, 0, 4, 15, o + 2, 0, 0, 0, 0, 8, y, p + 2, p + 18, n)
+        sumf += np.float32(rd_f16(x, o) * rd_f16(y, p)) * _F(I32(a + b))
+    return sumf
+
+
+@vjit
+def vdot_q4_1(x, y, nb):
+    n, sumf = opaque(16), _F(0)
+    for i in range(nb):
+        o, p = 20 * i, 40 * i
+        a, b = _gdot2(x, o + 4, 0, 4, 15, o + 4, 0, 0, 0, 0, 0, y, p + 8, p + 24, n)
+        m = np.float32(rd_f16(x, o + 2) * rd_f32(y, p + 4))       # the block's min times y's d * sum
+        sumf += np.float32(rd_f16(x, o) * rd_f32(y, p)) * _F(I32(a + b)) + m
+    return sumf
+
+
+@vjit
+def vdot_q5_0(x, y, nb):
+    n, sumf = opaque(16), _F(0)
+    for i in range(nb):
+        o, p = 22 * i, 34 * i
+        s = _q5dot(x, o + 6, rd_u32(x, o + 2), 16, y, p + 2, n)
+        sumf += np.float32(rd_f16(x, o) * rd_f16(y, p)) * _F(s)
+    return sumf
+
+
+@vjit
+def vdot_q5_1(x, y, nb):
+    n, sumf = opaque(16), _F(0)
+    for i in range(nb):
+        o, p = 24 * i, 40 * i
+        s = _q5dot(x, o + 8, rd_u32(x, o + 4), 0, y, p + 8, n)
+        sumf += np.float32(rd_f16(x, o) * rd_f32(y, p)) * _F(s) + np.float32(rd_f16(x, o + 2) * rd_f32(y, p + 4))
+    return sumf
+
+
+@vjit
+def vdot_q8_0(x, y, nb):
+    n, sumf = opaque(32), _F(0)
+    for i in range(nb):
+        o = 34 * i
+        s = I32(0)
+        for l in range(n):
+            s = I32(s + I32(_i8(x[o + 2 + l]) * _i8(y[o + 2 + l])))
+        sumf += np.float32(rd_f16(x, o) * rd_f16(y, o)) * _F(s)
+    return sumf
+
+
+# -- k-quants (y: Q8_K, d f32 at 0, 256 int8 at 4, 16 int16 group sums at 260) ------------------------
+@vjit
+def vdot_q2_k(x, y, nb):
+    n, sumf = opaque(16), _F(0)
+    for i in range(nb):
+        o, p = 84 * i, 292 * i
+        isum, msum = 0, 0
+        for g in range(16):
+            msum += _bsum(y, p, g) * I32(x[o + g] >> 4)
+        for g in (0, 1, 8, 9):      # groups g, g + 2, g + 4, g + 6 share their bytes (2 bits each)
+            qo, yo = o + 16 + 32 * (g // 8) + 16 * (g % 2), p + 4 + 16 * g
+            for j in range(0, 4, 2):
+                a, b = _gdot2(x, qo, 2 * j, 2 * j + 2, 3, qo, 0, 0, 0, 0, 0, y, yo + 32 * j, yo + 32 * j + 32, n)
+                isum += I32(x[o + g + 2 * j] & 15) * a + I32(x[o + g + 2 * j + 2] & 15) * b
+        yd = rd_f32(y, p)
+        sumf += np.float32(yd * rd_f16(x, o + 80)) * _F(isum) - np.float32(yd * rd_f16(x, o + 82)) * _F(msum)
+    return sumf
+
+
+@inline
+def _q3_scale(x, so, j):
+    lo4 = (I32(x[so + j]) & 15) if j < 8 else (I32(x[so + j - 8]) >> 4)
+    return I32(lo4 | (((I32(x[so + 8 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
+
+
+@vjit
+def vdot_q3_k(x, y, nb):
+    n, sumf = opaque(16), _F(0)
+    for i in range(nb):
+        o, p = 110 * i, 292 * i
+        isum = 0
+        for g in (0, 1, 8, 9):      # as Q2_K, and level = low 2 bits - 4 unless the hmask bit is set
+            nn, half = g // 8, g % 2
+            qo, yo = o + 32 + 32 * nn + 16 * half, p + 4 + 16 * g
+            for j in range(0, 4, 2):
+                a, b = _gdot2(x, qo, 2 * j, 2 * j + 2, 3, o + 16 * half, 4 * nn + j, 4 * nn + j + 1, 1, 2, 4,
+                              y, yo + 32 * j, yo + 32 * j + 32, n)
+                isum += _q3_scale(x, o + 96, g + 2 * j) * a + _q3_scale(x, o + 96, g + 2 * j + 2) * b
+        sumf += np.float32(rd_f16(x, o + 108) * rd_f32(y, p)) * _F(isum)
+    return sumf
+
+
+@inline
+def _dot_k45(x, o, qo, ho, hm, y, p, n):
+    """d * sum(scale * q . y) - dmin * sum(min * bsums) of one Q4_K (hm = 0) or Q5_K super-block."""
+    isum, msum = 0, 0
+    for s in range(0, 8, 2):        # sub-blocks s, s + 1: low and high nibbles of the same 32 bytes
+        sc, m = scale_min_k4(s, x, o + 4)
+        sc1, m1 = scale_min_k4(s + 1, x, o + 4)
+        msum += I32(m) * (_bsum(y, p, 2 * s) + _bsum(y, p, 2 * s + 1))
+        msum += I32(m1) * (_bsum(y, p, 2 * s + 2) + _bsum(y, p, 2 * s + 3))
+        a, b = _gdot2(x, qo + 16 * s, 0, 4, 15, ho, s, s + 1, hm, 4, 0, y, p + 4 + 32 * s, p + 36 + 32 * s, n)
+        isum += I32(sc) * a + I32(sc1) * b
+    yd = rd_f32(y, p)
+    return np.float32(rd_f16(x, o) * yd) * _F(isum) - np.float32(rd_f16(x, o + 2) * yd) * _F(msum)
+
+
+@vjit
+def vdot_q4_k(x, y, nb):
+    n, sumf = opaque(32), _F(0)
+    for i in range(nb):
+        sumf += _dot_k45(x, 144 * i, 144 * i + 16, 144 * i + 16, 0, y, 292 * i, n)
+    return sumf
+
+
+@vjit
+def vdot_q5_k(x, y, nb):
+    n, sumf = opaque(32), _F(0)
+    for i in range(nb):
+        sumf += _dot_k45(x, 176 * i, 176 * i + 48, 176 * i + 16, 1, y, 292 * i, n)
+    return sumf
+
+
+@vjit
+def vdot_q6_k(x, y, nb):
+    n, sumf = opaque(32), _F(0)
+    for i in range(nb):
+        o, p = 210 * i, 292 * i
+        isum = 0
+        for g in (0, 2, 8, 10):     # groups g, g + 1 (low nibbles of 32 bytes) and g + 4, g + 5 (high)
+            nn, quarter = g // 8, (g % 8) // 2
+            qo, ho, sc = o + 64 * nn + 32 * quarter, o + 128 + 32 * nn, o + 192 + g
+            isum += _gdot2s(x, qo, 0, 4, 15, ho, 2 * quarter, 2 * quarter + 4, 3, 4, 32, y,
+                            p + 4 + 16 * g, p + 68 + 16 * g, _i8(x[sc]), _i8(x[sc + 1]), _i8(x[sc + 4]),
+                            _i8(x[sc + 5]), n)
+        sumf += np.float32(rd_f16(x, o + 208) * rd_f32(y, p)) * _F(isum)
+    return sumf
