@@ -111,10 +111,7 @@ class Lowered:
     most_tasks: int         # threads worth waking
     sync: np.ndarray        # the executor's barrier slots (the graph's computes are serialized)
     key: tuple              # (graph version, tensor.data_moves()) it was lowered for
-
-    @property
-    def address(self) -> int:
-        return self.recs.ctypes.data
+    address: int            # recs' address (kept: numpy's .ctypes costs microseconds a call)
 
 
 def _sync_array():
@@ -162,7 +159,7 @@ def lower(plan: CPlan) -> Lowered:
     n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
     sync = cached.sync if cached is not None else _sync_array()
     plan._lowered = g._lowered_cache = Lowered(recs, fns, n_tasks, phases, tuple(contexts.values()),
-                                               int(n_tasks.max()), sync, key)
+                                               int(n_tasks.max()), sync, key, recs.ctypes.data)
     return plan._lowered
 
 
