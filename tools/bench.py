@@ -36,13 +36,6 @@ def median_time(fn, repeat=15, warmup=2, min_time=0.0):
     return statistics.median(ts)
 
 
-def planned(g, n_threads):
-    plan = gc.graph_plan(g, n_threads)
-    if plan.work_size:
-        plan.work_data = np.empty(plan.work_size, np.uint8)
-    return lambda: gc.graph_compute(g, plan)
-
-
 def row(*cols):
     print("  ".join(f"{c:>14}" if i else f"{c:<34}" for i, c in enumerate(cols)))
 
@@ -77,7 +70,7 @@ def bench_executor(args):
     row("", "us/node", "vs numpy")
     row("numpy, one call per op", f"{t_np / 1000 * 1e6:.3f}", "1.00x")
     for nt in (1, 2):
-        tg = median_time(planned(g, nt), repeat=50)
+        tg = median_time(gc.graph_compile(g, nt), repeat=50)
         row(f"graphcore, {nt} thread(s)", f"{tg / 1000 * 1e6:.3f}", f"{t_np / tg:.1f}x faster")
     # the planner keeps tiny nodes on one thread; forcing a split shows what a barrier costs
     plan = gc.graph_plan(g, 2)
@@ -147,8 +140,8 @@ def bench_scaling(args):
         for _ in range(20):
             v = (v + Bn) * Bn
     t_np = median_time(numpy_chain)
-    t1 = median_time(planned(g, 1))
-    t2 = median_time(planned(g, 2))
+    t1 = median_time(gc.graph_compile(g, 1))
+    t2 = median_time(gc.graph_compile(g, 2))
     row("", "ms", "vs 1 thread", "vs numpy")
     row("numpy", f"{t_np * 1e3:.2f}", "", "1.00x")
     row("graphcore, 1 thread", f"{t1 * 1e3:.2f}", "1.00x", f"{t_np / t1:.2f}x")
@@ -204,8 +197,8 @@ def bench_ops(args):
         g = gc.new_graph(ctx)
         gc.build_forward_expand(g, node)
         t_np = median_time(ref)
-        t1 = median_time(planned(g, 1))
-        t2 = median_time(planned(g, 2))
+        t1 = median_time(gc.graph_compile(g, 1))
+        t2 = median_time(gc.graph_compile(g, 2))
         assert np.allclose(node.numpy(), ref(), rtol=1e-4, atol=1e-4), name
         row(name, f"{n / t_np / 1e6:.0f}", f"{n / t1 / 1e6:.0f}", f"{n / t2 / 1e6:.0f}", f"{t_np / t2:.2f}x")
 
@@ -280,7 +273,7 @@ def bench_llama_torch(args):
         def step():
             seed[0] = 1.0
             run()
-        run = planned(tg.gb, nt)
+        run = gc.graph_compile(tg.gb, nt)
         t_gc = median_time(step, repeat=10)
         cols = [f"{t_gc * 1e3:.1f}"]
         if make_step:
@@ -314,7 +307,7 @@ def _training_graphs(cfg, **kw):
 
 def _evaluation(tg, n_threads):
     """One forward+backward evaluation of a training graph, as the optimizer runs it."""
-    run = planned(tg.gb, n_threads)
+    run = gc.graph_compile(tg.gb, n_threads)
     seed = tg.error.grad.numpy4d().reshape(-1)
 
     def step():
@@ -369,7 +362,8 @@ def bench_alloc(args):
         for _ in range(20):
             v = (v + Bn) * Bn
     t_reuse, t_fresh, t_arena, t_alloc = paired_medians(
-        [numpy_reused, numpy_fresh, planned(graphs[False][0], 1), planned(graphs[True][0], 1)], repeat=31)
+        [numpy_reused, numpy_fresh, gc.graph_compile(graphs[False][0], 1), gc.graph_compile(graphs[True][0], 1)],
+        repeat=31)
     numpy_reused()
     assert np.array_equal(graphs[True][1].numpy(), out) and np.array_equal(graphs[False][1].numpy(), out)
     row("", "ms", "vs numpy (reused)", "buffer MB")

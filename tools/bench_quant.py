@@ -29,10 +29,7 @@ def _graphcore(t, rows, X, n_threads):
     c = gc.mul_mat(ctx, a, gc.from_numpy(ctx, X))
     g = gc.new_graph(ctx)
     gc.build_forward_expand(g, c)
-    plan = gc.graph_plan(g, n_threads)
-    if plan.work_size:
-        plan.work_data = np.empty(plan.work_size, np.uint8)
-    return (lambda: gc.graph_compute(g, plan)), (lambda: c.numpy().copy()), a
+    return gc.graph_compile(g, n_threads), (lambda: c.numpy().copy()), a
 
 
 def _timed(fn):
