@@ -14,6 +14,8 @@ A kernel never raises: it reports a data-dependent failure with `fail(r, code, a
 """
 from __future__ import annotations
 
+import types
+
 import numpy as np
 from numba import njit
 
@@ -33,6 +35,22 @@ ERRORS = {ERR_INDEX: "index out of range", ERR_CUSTOM: "custom function failed"}
 # functions build their arrays from the tensors, which keep the memory alive; see ops/custom.py)
 RUNNING = {}
 inline = njit(inline="always", cache=True, error_model="numpy")
+
+
+def specialise(template, name: str, **constants):
+    """A copy of the module-level function `template` in which the global names `constants` have the
+    given values (numba functions, numbers): numba freezes globals at compile time, so each copy
+    compiles to its own kernel, e.g. one elementwise loop per scalar function. numba's disk cache
+    keeps each copy under `name` (a closure would be compiled again in every process: numba keys a
+    closure by pickling its cells, and a numba function pickles differently in every process).
+    Names must be unique; graphcore's cache folder is keyed on the sources (see _cache.py), so
+    editing a constant's code invalidates the copies too."""
+    fn = types.FunctionType(template.__code__, {**template.__globals__, **constants}, name,
+                            template.__defaults__)
+    fn.__qualname__ = name
+    fn.__module__ = template.__module__
+    fn.__doc__ = template.__doc__
+    return fn
 
 
 @inline

@@ -8,8 +8,8 @@ import sys
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import (ERR_INDEX, f32_at, fail, inline, is_dense, record, row_addr, rows_contiguous, split,
-                      split_aligned, t_addr, t_ne, view_f32, view_i32)
+from ..kernel import (ERR_INDEX, f32_at, fail, inline, is_dense, record, row_addr, rows_contiguous, specialise,
+                      split, split_aligned, t_addr, t_ne, view_f32, view_i32)
 from .refs import f64, sample_binary, sample_unary, tile
 from .registry import (MIN_ELEMENTS_PER_TASK, new_node, op_name, rebuild_by, rebuild_of, reference_of, register,
                        sample_of)
@@ -251,14 +251,39 @@ def tasks_by_segments(node, n_threads):
     return max(1, min(n_threads, units, TN.nelements(node) // MIN_ELEMENTS_PER_TASK))
 
 
-def define_unary(name: str, symbol: str, kernel, backward, *, formula: str, reference, note: str = "",
+ELEMENT = None      # the scalar function of one elementwise kernel: each copy of the templates sets its own
+
+
+def _unary_kernel(rec, ith, nth, phase, wdata, wsize):
+    unary_loop(rec, ith, nth, ELEMENT, 0.0)
+
+
+def _binary_kernel(rec, ith, nth, phase, wdata, wsize):
+    binary_loop(rec, ith, nth, ELEMENT)
+
+
+def unary_kernel(name: str, element):
+    """The kernel dst = element(src0, 0.0) elementwise (unary_loop), compiled for `element` (an @inline
+    scalar function) and cached by numba under `name`."""
+    return specialise(_unary_kernel, name, ELEMENT=element)
+
+
+def binary_kernel(name: str, element):
+    """The kernel dst = element(src0, src1), src1 tiled over src0 (binary_loop), compiled for `element`
+    and cached by numba under `name`."""
+    return specialise(_binary_kernel, name, ELEMENT=element)
+
+
+def define_unary(name: str, symbol: str, element, backward, *, formula: str, reference, note: str = "",
                  domain: str = "any"):
-    """One unary F32 op, declared once: registers `kernel` (its work cut into row segments, may run
-    in place) with its `backward` rule, attaches the numpy `reference` (a function of the float64
-    input array) and a sampler for the testing kit, and returns (op code, builder, in-place
-    builder) named after the op, documented with `formula` and `note`, rebuildable from graph
-    files. `domain` is where the sampler draws inputs ("positive" for sqrt and log)."""
-    code = register(name, symbol, kernel, n_tasks=tasks_by_segments, inplace=True, backward=backward)
+    """One unary F32 op, declared once: registers the kernel applying `element(x, p)` (an @inline
+    scalar function; p is unused) over row segments (may run in place) with its `backward` rule,
+    attaches the numpy `reference` (a function of the float64 input array) and a sampler for the
+    testing kit, and returns (op code, builder, in-place builder) named after the op, documented
+    with `formula` and `note`, rebuildable from graph files. `domain` is where the sampler draws
+    inputs ("positive" for sqrt and log)."""
+    code = register(name, symbol, unary_kernel(f"_{name.lower()}_kernel", element), n_tasks=tasks_by_segments,
+                    inplace=True, backward=backward)
     module = sys._getframe(1).f_globals["__name__"]
     build, build_inplace = unary_builders(code, name.lower(), formula, note, module=module)
     reference_of(code)(lambda node, srcs: reference(f64(srcs[0])))
@@ -271,14 +296,16 @@ def define_unary(name: str, symbol: str, kernel, backward, *, formula: str, refe
     return code, build, build_inplace
 
 
-def define_binary(name: str, symbol: str, kernel, backward, *, symbol_op: str, reference, note: str = "",
+def define_binary(name: str, symbol: str, element, backward, *, symbol_op: str, reference, note: str = "",
                   domain_b: str = "any"):
     """One binary F32 op whose src1 is tiled over src0 (ggml's can_repeat), declared once: registers
-    `kernel` (row segments, may run in place) with its `backward` rule, attaches the numpy
-    `reference(a, b)` (float64, b already tiled to a's shape) and a sampler, and returns (op code,
-    builder, in-place builder) named and documented after the op, rebuildable from graph files.
-    `domain_b` is where the sampler draws src1 ("nonzero" for div)."""
-    code = register(name, symbol, kernel, n_tasks=tasks_by_segments, inplace=True, backward=backward)
+    the kernel applying `element(x, y)` (an @inline scalar function) over row segments (may run in
+    place) with its `backward` rule, attaches the numpy `reference(a, b)` (float64, b already tiled
+    to a's shape) and a sampler, and returns (op code, builder, in-place builder) named and
+    documented after the op, rebuildable from graph files. `domain_b` is where the sampler draws
+    src1 ("nonzero" for div)."""
+    code = register(name, symbol, binary_kernel(f"_{name.lower()}_kernel", element), n_tasks=tasks_by_segments,
+                    inplace=True, backward=backward)
     module = sys._getframe(1).f_globals["__name__"]
     lname = name.lower()
 

@@ -15,7 +15,7 @@ import numpy as np
 from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import inline, param_f32
-from .common import (binary_loop, check_f32, define_binary, elementwise_node, inplace_of, tasks_by_segments,
+from .common import (check_f32, define_binary, elementwise_node, inplace_of, tasks_by_segments,
                      unary_loop)
 from .refs import f64
 from .registry import TILES, reference_of, register, sample_of
@@ -29,10 +29,6 @@ def _add_f(x, y):
     return x + y
 
 
-def _add_kernel(rec, ith, nth, phase, wdata, wsize):
-    binary_loop(rec, ith, nth, _add_f)
-
-
 def _add_backward(ctx, t, g, d):
     if d.needs(0):
         d.add(0, g)
@@ -40,17 +36,13 @@ def _add_backward(ctx, t, g, d):
         d.add(1, g, reduce=TILES)
 
 
-ADD, add, add_inplace = define_binary("ADD", "x+y", _add_kernel, _add_backward, symbol_op="+",
+ADD, add, add_inplace = define_binary("ADD", "x+y", _add_f, _add_backward, symbol_op="+",
                                        reference=lambda a, b: a + b)
 
 
 @inline
 def _sub_f(x, y):
     return x - y
-
-
-def _sub_kernel(rec, ith, nth, phase, wdata, wsize):
-    binary_loop(rec, ith, nth, _sub_f)
 
 
 def _sub_backward(ctx, t, g, d):
@@ -60,17 +52,13 @@ def _sub_backward(ctx, t, g, d):
         d.sub(1, g, reduce=TILES)
 
 
-SUB, sub, sub_inplace = define_binary("SUB", "x-y", _sub_kernel, _sub_backward, symbol_op="-",
+SUB, sub, sub_inplace = define_binary("SUB", "x-y", _sub_f, _sub_backward, symbol_op="-",
                                        reference=lambda a, b: a - b)
 
 
 @inline
 def _mul_f(x, y):
     return x * y
-
-
-def _mul_kernel(rec, ith, nth, phase, wdata, wsize):
-    binary_loop(rec, ith, nth, _mul_f)
 
 
 def _mul_backward(ctx, t, g, d):
@@ -81,17 +69,13 @@ def _mul_backward(ctx, t, g, d):
         d.add(1, mul(ctx, a, g), reduce=TILES)
 
 
-MUL, mul, mul_inplace = define_binary("MUL", "x*y", _mul_kernel, _mul_backward, symbol_op="*",
+MUL, mul, mul_inplace = define_binary("MUL", "x*y", _mul_f, _mul_backward, symbol_op="*",
                                        reference=lambda a, b: a * b)
 
 
 @inline
 def _div_f(x, y):
     return x / y
-
-
-def _div_kernel(rec, ith, nth, phase, wdata, wsize):
-    binary_loop(rec, ith, nth, _div_f)
 
 
 def _div_backward(ctx, t, g, d):
@@ -102,7 +86,7 @@ def _div_backward(ctx, t, g, d):
         d.sub(1, mul(ctx, g, div(ctx, t, b)), reduce=TILES)
 
 
-DIV, div, div_inplace = define_binary("DIV", "x/y", _div_kernel, _div_backward, symbol_op="/",
+DIV, div, div_inplace = define_binary("DIV", "x/y", _div_f, _div_backward, symbol_op="/",
                                        reference=lambda a, b: a / b, domain_b="nonzero",
                                        note="x/0 gives inf or NaN, as in IEEE.")
 

@@ -1,8 +1,8 @@
 """Unary elementwise functions: sqr sqrt log neg abs sgn step relu gelu silu, and the backward
 ops gelu_back and silu_back beside the functions they differentiate.
 
-Each op: its scalar function and kernel, its backward rule, then one define_unary declaration
-(registry record, builders f and f_inplace, numpy reference, sampler, graph-file rebuild).
+Each op: its scalar function, its backward rule, then one define_unary declaration (registry
+record, kernel, builders f and f_inplace, numpy reference, sampler, graph-file rebuild).
 Computed in float64 and rounded once to float32, except gelu, silu and their backward ops: float32 math
 with a vectorisable exp (kernel.exp_f32), as ggml. Any strides, the same bits for any thread count.
 """
@@ -13,8 +13,8 @@ import numpy as np
 from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import F32, exp_f32, inline
-from .common import (binary_loop, check_f32, check_same_shape, define_unary, elementwise_node, shapes,
-                     tasks_by_segments, unary_loop)
+from .common import (binary_kernel, check_f32, check_same_shape, define_unary, elementwise_node, shapes,
+                     tasks_by_segments)
 from .elementwise import div, mul, scale
 from .refs import f64, sample_binary
 from .registry import ZERO_GRADIENT, reference_of, register, sample_of
@@ -27,17 +27,13 @@ def _sqr_f(x, p):
     return x * x
 
 
-def _sqr_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _sqr_f, 0.0)
-
-
 def _sqr_backward(ctx, t, g, d):
     if d.needs(0):      # 2 x g
         d.add(0, scale(ctx, mul(ctx, t.src[0], g), 2.0))
 
 
 SQR, sqr, sqr_inplace = define_unary(
-    "SQR", "x^2", _sqr_kernel, _sqr_backward, formula="x*x",
+    "SQR", "x^2", _sqr_f, _sqr_backward, formula="x*x",
     reference=lambda x: x * x)
 
 
@@ -46,17 +42,13 @@ def _sqrt_f(x, p):
     return np.sqrt(x)
 
 
-def _sqrt_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _sqrt_f, 0.0)
-
-
 def _sqrt_backward(ctx, t, g, d):
     if d.needs(0):      # g / (2 sqrt(x))
         d.add(0, scale(ctx, div(ctx, g, t), 0.5))
 
 
 SQRT, sqrt, sqrt_inplace = define_unary(
-    "SQRT", "√x", _sqrt_kernel, _sqrt_backward, formula="sqrt(x)", domain="positive",
+    "SQRT", "√x", _sqrt_f, _sqrt_backward, formula="sqrt(x)", domain="positive",
     reference=lambda x: np.sqrt(x),
     note="NaN for x < 0.")
 
@@ -66,17 +58,13 @@ def _log_f(x, p):
     return np.log(x)
 
 
-def _log_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _log_f, 0.0)
-
-
 def _log_backward(ctx, t, g, d):
     if d.needs(0):
         d.add(0, div(ctx, g, t.src[0]))
 
 
 LOG, log, log_inplace = define_unary(
-    "LOG", "log(x)", _log_kernel, _log_backward, formula="log(x)", domain="positive",
+    "LOG", "log(x)", _log_f, _log_backward, formula="log(x)", domain="positive",
     reference=lambda x: np.log(x),
     note="-inf at 0, NaN for x < 0.")
 
@@ -86,17 +74,13 @@ def _neg_f(x, p):
     return -x
 
 
-def _neg_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _neg_f, 0.0)
-
-
 def _neg_backward(ctx, t, g, d):
     if d.needs(0):
         d.sub(0, g)
 
 
 NEG, neg, neg_inplace = define_unary(
-    "NEG", "-x", _neg_kernel, _neg_backward, formula="-x",
+    "NEG", "-x", _neg_f, _neg_backward, formula="-x",
     reference=lambda x: -x)
 
 
@@ -105,17 +89,13 @@ def _abs_f(x, p):
     return abs(x)
 
 
-def _abs_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _abs_f, 0.0)
-
-
 def _abs_backward(ctx, t, g, d):
     if d.needs(0):      # sgn(x) g (0 at x = 0)
         d.add(0, mul(ctx, sgn(ctx, t.src[0]), g))
 
 
 ABS, abs_, abs_inplace = define_unary(
-    "ABS", "abs(x)", _abs_kernel, _abs_backward, formula="|x|",
+    "ABS", "abs(x)", _abs_f, _abs_backward, formula="|x|",
     reference=lambda x: np.abs(x))
 
 
@@ -124,13 +104,9 @@ def _sgn_f(x, p):
     return np.float32(1.0) if x > 0 else (np.float32(-1.0) if x < 0 else np.float32(0.0))
 
 
-def _sgn_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _sgn_f, 0.0)
-
-
 # piecewise constant: the derivative is 0 wherever it exists (ggml, PyTorch and JAX give 0)
 SGN, sgn, sgn_inplace = define_unary(
-    "SGN", "sgn(x)", _sgn_kernel, ZERO_GRADIENT, formula="sign(x): 1, -1 or 0",
+    "SGN", "sgn(x)", _sgn_f, ZERO_GRADIENT, formula="sign(x): 1, -1 or 0",
     reference=lambda x: np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0)),
     note="Its gradient is zero (as in ggml, PyTorch and JAX).")
 
@@ -140,13 +116,9 @@ def _step_f(x, p):
     return np.float32(1.0) if x > 0 else np.float32(0.0)
 
 
-def _step_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _step_f, 0.0)
-
-
 # piecewise constant, as sgn
 STEP, step, step_inplace = define_unary(
-    "STEP", "step(x)", _step_kernel, ZERO_GRADIENT, formula="1 where x > 0, else 0",
+    "STEP", "step(x)", _step_f, ZERO_GRADIENT, formula="1 where x > 0, else 0",
     reference=lambda x: np.where(x > 0, 1.0, 0.0),
     note="Its gradient is zero (as in ggml, PyTorch and JAX).")
 
@@ -156,17 +128,13 @@ def _relu_f(x, p):
     return x if x > 0 else np.float32(0.0)
 
 
-def _relu_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _relu_f, 0.0)
-
-
 def _relu_backward(ctx, t, g, d):
     if d.needs(0):      # step(x) g; step(relu(x)) == step(x), and t survives relu_inplace
         d.add(0, mul(ctx, step(ctx, t), g))
 
 
 RELU, relu, relu_inplace = define_unary(
-    "RELU", "relu(x)", _relu_kernel, _relu_backward, formula="max(x, 0)",
+    "RELU", "relu(x)", _relu_f, _relu_backward, formula="max(x, 0)",
     reference=lambda x: np.where(x > 0, x, 0.0))
 
 GELU_COEF_A = 0.044715
@@ -189,17 +157,13 @@ def _gelu_f(x, p):
     return x * _gelu_sigmoid(x)
 
 
-def _gelu_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _gelu_f, 0.0)
-
-
 def _gelu_backward(ctx, t, g, d):
     if d.needs(0):
         d.add(0, gelu_back(ctx, t.src[0], g))
 
 
 GELU, gelu, gelu_inplace = define_unary(     # the reference's limit at -inf is 0
-    "GELU", "gelu(x)", _gelu_kernel, _gelu_backward, formula="gelu(x)",
+    "GELU", "gelu(x)", _gelu_f, _gelu_backward, formula="gelu(x)",
     reference=lambda x: np.where(x == -np.inf, -0.0,
                                  0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)))),
     note="gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ggml's tanh form, "
@@ -226,17 +190,13 @@ def _silu_f(x, p):
     return x / (F32(1.0) + e)
 
 
-def _silu_kernel(rec, ith, nth, phase, wdata, wsize):
-    unary_loop(rec, ith, nth, _silu_f, 0.0)
-
-
 def _silu_backward(ctx, t, g, d):
     if d.needs(0):
         d.add(0, silu_back(ctx, t.src[0], g))
 
 
 SILU, silu, silu_inplace = define_unary(     # the reference's limit at -inf is 0
-    "SILU", "silu(x)", _silu_kernel, _silu_backward, formula="x / (1 + exp(-x))",
+    "SILU", "silu(x)", _silu_f, _silu_backward, formula="x / (1 + exp(-x))",
     reference=lambda x: np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(-x))))
 
 
@@ -251,10 +211,6 @@ def _gelu_back_f(x, dy):
     return dy * (s + x * s * (F32(1.0) - s) * du)
 
 
-def _gelu_back_kernel(rec, ith, nth, phase, wdata, wsize):
-    binary_loop(rec, ith, nth, _gelu_back_f)
-
-
 def _gelu_back_backward(ctx, t, g, d):
     if d.needs(0):
         raise GraphError(f"gelu_back: no rule for the gradient with respect to x (gelu's second derivative), "
@@ -263,8 +219,8 @@ def _gelu_back_backward(ctx, t, g, d):
         d.add(1, gelu_back(ctx, t.src[0], g))
 
 
-GELU_BACK = register("GELU_BACK", "gelu_back(x)", _gelu_back_kernel, n_tasks=tasks_by_segments,
-                     backward=_gelu_back_backward)
+GELU_BACK = register("GELU_BACK", "gelu_back(x)", binary_kernel("_gelu_back_kernel", _gelu_back_f),
+                     n_tasks=tasks_by_segments, backward=_gelu_back_backward)
 
 
 @reference_of(GELU_BACK)
@@ -307,10 +263,6 @@ def _silu_back_f(x, dy):
     return dy * s * (F32(1.0) + x * (F32(1.0) - s))
 
 
-def _silu_back_kernel(rec, ith, nth, phase, wdata, wsize):
-    binary_loop(rec, ith, nth, _silu_back_f)
-
-
 def _silu_back_backward(ctx, t, g, d):
     if d.needs(0):
         raise GraphError(f"silu_back: no rule for the gradient with respect to x (silu's second derivative), "
@@ -319,8 +271,8 @@ def _silu_back_backward(ctx, t, g, d):
         d.add(1, silu_back(ctx, t.src[0], g))
 
 
-SILU_BACK = register("SILU_BACK", "silu_back(x)", _silu_back_kernel, n_tasks=tasks_by_segments, inplace=True,
-                     backward=_silu_back_backward)
+SILU_BACK = register("SILU_BACK", "silu_back(x)", binary_kernel("_silu_back_kernel", _silu_back_f),
+                     n_tasks=tasks_by_segments, inplace=True, backward=_silu_back_backward)
 
 
 @reference_of(SILU_BACK)
