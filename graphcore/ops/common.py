@@ -130,6 +130,19 @@ def unary_builders(op: int, name: str, formula: str, note: str = "", module: str
     return build, build_inplace
 
 
+def linear_in_dy(op: str, forward: str, back):
+    """The backward rule of an op `op`(x, dy) that is `forward`'s gradient at x for the output
+    gradient dy: linear in dy, so dy's gradient is back(ctx, node, g) (the op again, with g for dy);
+    x's would need `forward`'s second derivative, which graphcore does not have (GraphError)."""
+    def backward(ctx, t, g, d):
+        if d.needs(0):
+            raise GraphError(f"{op}: no rule for the gradient with respect to x ({forward}'s second "
+                             f"derivative), needed for {shapes(t.src[0])}")
+        if d.needs(1):
+            d.add(1, back(ctx, t, g))
+    return backward
+
+
 SEG = 4096   # elementwise work is cut into row segments of this many elements (see tasks_by_segments)
 
 

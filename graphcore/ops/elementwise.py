@@ -9,6 +9,7 @@ and adds them through d (see graphcore/autodiff.py); `reduce=TILES` undoes src1'
 """
 from __future__ import annotations
 
+import functools
 
 import numpy as np
 
@@ -29,11 +30,11 @@ def _add_f(x, y):
     return x + y
 
 
-def _add_backward(ctx, t, g, d):
+def _add_backward(ctx, t, g, d, sign=1):
     if d.needs(0):
         d.add(0, g)
-    if d.needs(1):
-        d.add(1, g, reduce=TILES)
+    if d.needs(1):      # sub's is add's with -g for src1
+        (d.add if sign > 0 else d.sub)(1, g, reduce=TILES)
 
 
 ADD, add, add_inplace = define_binary("ADD", "x+y", _add_f, _add_backward, symbol_op="+",
@@ -45,14 +46,7 @@ def _sub_f(x, y):
     return x - y
 
 
-def _sub_backward(ctx, t, g, d):
-    if d.needs(0):
-        d.add(0, g)
-    if d.needs(1):
-        d.sub(1, g, reduce=TILES)
-
-
-SUB, sub, sub_inplace = define_binary("SUB", "x-y", _sub_f, _sub_backward, symbol_op="-",
+SUB, sub, sub_inplace = define_binary("SUB", "x-y", _sub_f, functools.partial(_add_backward, sign=-1), symbol_op="-",
                                        reference=lambda a, b: a - b)
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphError
 from ..kernel import (dot_f64_lanes, f32_at, inline, is_dense, param_f32, record, row_addr, rows_contiguous, split,
                       t_addr, view_f32)
 from ..native import STACK_N, stack_f64
 from .args import real
-from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, row_index, shapes
+from .common import check_f32, linear_in_dy, check_same_shape, inplace_of, inplace_view, next_row, row_index
 from .elementwise import sub
 from .reduce import mean
 from .refs import f64
@@ -261,17 +260,11 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
             y[i0] = np.float32((np.float64(dz[i0]) + np.float64(x[i0]) * c) * rrms)
 
 
-def _rms_norm_back_backward(ctx, t, g, d):
-    # rms_norm_back(x, dz) = J(x) dz with J, rms_norm's Jacobian, symmetric: linear in dz
-    if d.needs(0):
-        raise GraphError(f"rms_norm_back: no rule for the gradient with respect to x (rms_norm's second "
-                         f"derivative), needed for {shapes(t.src[0])}")
-    if d.needs(1):
-        d.add(1, rms_norm_back(ctx, t.src[0], g, param_f32_of(t, 0)))
-
-
+# rms_norm_back(x, dz) = J(x) dz with J, rms_norm's Jacobian, symmetric: linear in dz
 RMS_NORM_BACK = register("RMS_NORM_BACK", "rms_norm_back(x)", _rms_norm_back_kernel, n_tasks=tasks_by_rows,
-                         inplace=True, backward=_rms_norm_back_backward)
+                         inplace=True, backward=linear_in_dy(
+                             "rms_norm_back", "rms_norm",
+                             lambda ctx, t, g: rms_norm_back(ctx, t.src[0], g, param_f32_of(t, 0))))
 
 
 @reference_of(RMS_NORM_BACK)

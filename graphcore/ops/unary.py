@@ -13,7 +13,7 @@ import numpy as np
 from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import F32, exp_f32, inline
-from .common import (binary_kernel, check_f32, check_same_shape, define_unary, elementwise_node, shapes,
+from .common import (binary_kernel, linear_in_dy, check_f32, check_same_shape, define_unary, elementwise_node, shapes,
                      tasks_by_segments)
 from .elementwise import div, mul, scale
 from .refs import f64, sample_binary
@@ -211,16 +211,9 @@ def _gelu_back_f(x, dy):
     return dy * (s + x * s * (F32(1.0) - s) * du)
 
 
-def _gelu_back_backward(ctx, t, g, d):
-    if d.needs(0):
-        raise GraphError(f"gelu_back: no rule for the gradient with respect to x (gelu's second derivative), "
-                         f"needed for {shapes(t.src[0])}")
-    if d.needs(1):      # linear in dy
-        d.add(1, gelu_back(ctx, t.src[0], g))
-
-
 GELU_BACK = register("GELU_BACK", "gelu_back(x)", binary_kernel("_gelu_back_kernel", _gelu_back_f),
-                     n_tasks=tasks_by_segments, backward=_gelu_back_backward)
+                     n_tasks=tasks_by_segments,
+                     backward=linear_in_dy("gelu_back", "gelu", lambda ctx, t, g: gelu_back(ctx, t.src[0], g)))
 
 
 @reference_of(GELU_BACK)
@@ -263,16 +256,9 @@ def _silu_back_f(x, dy):
     return dy * s * (F32(1.0) + x * (F32(1.0) - s))
 
 
-def _silu_back_backward(ctx, t, g, d):
-    if d.needs(0):
-        raise GraphError(f"silu_back: no rule for the gradient with respect to x (silu's second derivative), "
-                         f"needed for {shapes(t.src[0])}")
-    if d.needs(1):      # linear in dy
-        d.add(1, silu_back(ctx, t.src[0], g))
-
-
 SILU_BACK = register("SILU_BACK", "silu_back(x)", binary_kernel("_silu_back_kernel", _silu_back_f),
-                     n_tasks=tasks_by_segments, inplace=True, backward=_silu_back_backward)
+                     n_tasks=tasks_by_segments, inplace=True,
+                     backward=linear_in_dy("silu_back", "silu", lambda ctx, t, g: silu_back(ctx, t.src[0], g)))
 
 
 @reference_of(SILU_BACK)
