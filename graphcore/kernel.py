@@ -14,6 +14,7 @@ A kernel never raises: it reports a data-dependent failure with `fail(r, code, a
 """
 from __future__ import annotations
 
+import hashlib
 import types
 
 import numpy as np
@@ -41,16 +42,31 @@ def specialise(template, name: str, **constants):
     """A copy of the module-level function `template` in which the global names `constants` have the
     given values (numba functions, numbers): numba freezes globals at compile time, so each copy
     compiles to its own kernel, e.g. one elementwise loop per scalar function. numba's disk cache
-    keeps each copy under `name` (a closure would be compiled again in every process: numba keys a
-    closure by pickling its cells, and a numba function pickles differently in every process).
-    Names must be unique; graphcore's cache folder is keyed on the sources (see _cache.py), so
-    editing a constant's code invalidates the copies too."""
+    keeps each copy under `name` plus a digest of the constants' code, so a changed scalar function
+    (an op defined outside graphcore, say) gets a new entry. (A closure would be compiled again in
+    every process: numba keys a closure by pickling its cells, and a numba function pickles
+    differently in every process.)"""
+    h = hashlib.sha256()
+    for key, value in sorted(constants.items()):
+        h.update(key.encode())
+        _hash_code(h, getattr(getattr(value, "py_func", value), "__code__", None) or repr(value))
     fn = types.FunctionType(template.__code__, {**template.__globals__, **constants}, name,
                             template.__defaults__)
-    fn.__qualname__ = name
+    fn.__qualname__ = f"{name}_{h.hexdigest()[:10]}"
     fn.__module__ = template.__module__
     fn.__doc__ = template.__doc__
     return fn
+
+
+def _hash_code(h, code):
+    """Feed h what a code object computes (bytecode, constants, names), nested code included."""
+    if not isinstance(code, types.CodeType):
+        h.update(str(code).encode())
+        return
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        _hash_code(h, c) if isinstance(c, types.CodeType) else h.update(repr(c).encode())
 
 
 @inline

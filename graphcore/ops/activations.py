@@ -12,7 +12,7 @@ import numpy as np
 
 from ..kernel import F32, exp_f32, inline, param_f32
 from .args import boolean, real
-from .common import check_f32, define_unary, elementwise_node, inplace_of, tasks_by_segments, unary_loop
+from .common import check_f32, define_unary, elementwise_node, grad_x, inplace_of, tasks_by_segments, unary_loop
 from .elementwise import add, mul, scale, sub
 from .refs import f64
 from .registry import param_f32 as param_f32_of
@@ -34,14 +34,10 @@ def _tanh_f(x, p):
     return small if a < F32(0.625) else big        # NaN: big is NaN
 
 
-def _tanh_backward(ctx, t, g, d):
-    if d.needs(0):      # (1 - tanh^2) g, from the result (which survives tanh_inplace)
-        d.add(0, sub(ctx, g, mul(ctx, g, sqr(ctx, t))))
-
-
 TANH, tanh, tanh_inplace = define_unary(
-    "TANH", "tanh(x)", _tanh_f, _tanh_backward, formula="tanh(x)",
-    reference=lambda x: np.tanh(x))
+    "TANH", "tanh(x)", _tanh_f, formula="tanh(x)", reference=lambda x: np.tanh(x),
+    # (1 - tanh^2) g, from the result (which survives tanh_inplace)
+    backward=grad_x(lambda ctx, t, g: sub(ctx, g, mul(ctx, g, sqr(ctx, t)))))
 
 
 # -- elu: x for x > 0, exp(x) - 1 otherwise --------------------------------------------------------------------
@@ -52,14 +48,11 @@ def _elu_f(x, p):
     return np.float32(math.expm1(np.float64(x)))
 
 
-def _elu_backward(ctx, t, g, d):
-    if d.needs(0):      # 1 for x > 0, exp(x) = y + 1 otherwise: g * (1 + y - relu(y)), from the result
-        d.add(0, add(ctx, g, mul(ctx, g, sub(ctx, t, relu(ctx, t)))))
-
-
 ELU, elu, elu_inplace = define_unary(
-    "ELU", "elu(x)", _elu_f, _elu_backward, formula="x for x > 0, exp(x) - 1 otherwise",
-    reference=lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))))
+    "ELU", "elu(x)", _elu_f, formula="x for x > 0, exp(x) - 1 otherwise",
+    reference=lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    # 1 for x > 0, exp(x) = y + 1 otherwise: g * (1 + y - relu(y)), from the result
+    backward=grad_x(lambda ctx, t, g: add(ctx, g, mul(ctx, g, sub(ctx, t, relu(ctx, t))))))
 
 
 # -- gelu_quick: x * sigmoid(1.702 x) --------------------------------------------------------------------------
@@ -73,14 +66,11 @@ def _gelu_quick_f(x, p):
     return x / (F32(1.0) + exp_f32(F32(GELU_QUICK_COEF) * x))     # float32 math, as ggml
 
 
-def _gelu_quick_backward(ctx, t, g, d):
-    if d.needs(0):      # x sigmoid(k x) = silu(k x) / k, so its derivative is silu'(k x)
-        d.add(0, silu_back(ctx, scale(ctx, t.src[0], -GELU_QUICK_COEF), g))
-
-
 GELU_QUICK, gelu_quick, gelu_quick_inplace = define_unary(     # the limit at -inf is 0, as for gelu and silu
-    "GELU_QUICK", "gelu_quick(x)", _gelu_quick_f, _gelu_quick_backward, formula="x / (1 + exp(-1.702 x))",
-    reference=lambda x: np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(GELU_QUICK_COEF * x))))
+    "GELU_QUICK", "gelu_quick(x)", _gelu_quick_f, formula="x / (1 + exp(-1.702 x))",
+    reference=lambda x: np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(GELU_QUICK_COEF * x))),
+    # x sigmoid(k x) = silu(k x) / k, so its derivative is silu'(k x)
+    backward=grad_x(lambda ctx, t, g: silu_back(ctx, scale(ctx, t.src[0], -GELU_QUICK_COEF), g)))
 
 
 # -- leaky_relu: max(x, 0) + slope * min(x, 0); op_params[0] = slope (float) ------------------------------------

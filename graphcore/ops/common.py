@@ -1,6 +1,7 @@
 """Shared pieces of op builders and kernels: argument checks and the elementwise loops."""
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 
@@ -128,6 +129,14 @@ def unary_builders(op: int, name: str, formula: str, note: str = "", module: str
                      f"a non-F32 a.")
     build_inplace.__doc__ = inplace_doc(name, build.__doc__)
     return build, build_inplace
+
+
+def grad_x(grad):
+    """The backward rule of a unary op whose source's gradient is grad(ctx, node, g)."""
+    def backward(ctx, t, g, d):
+        if d.needs(0):
+            d.add(0, grad(ctx, t, g))
+    return backward
 
 
 def linear_in_dy(op: str, forward: str, back):
@@ -287,16 +296,19 @@ def binary_kernel(name: str, element):
     return specialise(_binary_kernel, name, ELEMENT=element)
 
 
-def define_unary(name: str, symbol: str, element, backward, *, formula: str, reference, note: str = "",
+def define_unary(name: str, symbol: str, element, *, backward, formula: str, reference=None, note: str = "",
                  domain: str = "any"):
     """One unary F32 op, declared once: registers the kernel applying `element(x, p)` (an @inline
     scalar function; p is unused) over row segments (may run in place) with its `backward` rule,
-    attaches the numpy `reference` (a function of the float64 input array) and a sampler for the
-    testing kit, and returns (op code, builder, in-place builder) named after the op, documented
-    with `formula` and `note`, rebuildable from graph files. `domain` is where the sampler draws
-    inputs ("positive" for sqrt and log)."""
+    attaches the numpy `reference` (a function of the float64 input array; by default `element`
+    itself applied to the array) and a sampler for the testing kit, and returns (op code,
+    builder, in-place builder) named after the op, documented with `formula` and `note`,
+    rebuildable from graph files. `domain` is where the sampler draws inputs ("positive" for sqrt
+    and log)."""
     code = register(name, symbol, unary_kernel(f"_{name.lower()}_kernel", element), n_tasks=tasks_by_segments,
                     inplace=True, backward=backward)
+    if reference is None:
+        reference = functools.partial(element.py_func, p=None)
     module = sys._getframe(1).f_globals["__name__"]
     build, build_inplace = unary_builders(code, name.lower(), formula, note, module=module)
     reference_of(code)(lambda node, srcs: reference(f64(srcs[0])))

@@ -1,8 +1,10 @@
 """Unary elementwise functions: sqr sqrt log neg abs sgn step relu gelu silu, and the backward
 ops gelu_back and silu_back beside the functions they differentiate.
 
-Each op: its scalar function, its backward rule, then one define_unary declaration (registry
-record, kernel, builders f and f_inplace, numpy reference, sampler, graph-file rebuild).
+Each op is one define_unary declaration: its scalar function (a lambda, or a named function when it
+needs more than a line) and backward rule give the registry record, kernel, builders f and
+f_inplace, numpy reference (the scalar function itself, on float64 arrays, unless given), sampler
+and graph-file rebuild.
 Computed in float64 and rounded once to float32, except gelu, silu and their backward ops: float32 math
 with a vectorisable exp (kernel.exp_f32), as ggml. Any strides, the same bits for any thread count.
 """
@@ -13,65 +15,26 @@ import numpy as np
 from .. import tensor as TN
 from ..errors import GraphError
 from ..kernel import F32, exp_f32, inline
-from .common import (binary_kernel, linear_in_dy, check_f32, check_same_shape, define_unary, elementwise_node, shapes,
-                     tasks_by_segments)
+from .common import (binary_kernel, check_f32, check_same_shape, define_unary, elementwise_node, grad_x, linear_in_dy,
+                     shapes, tasks_by_segments)
 from .elementwise import div, mul, scale
 from .refs import f64, sample_binary
 from .registry import ZERO_GRADIENT, reference_of, register, sample_of
 from .registry import rebuild_by, rebuild_of
 
 
-# -- unary functions ---------------------------------------------------------------------------------
-@inline
-def _sqr_f(x, p):
-    return x * x
-
-
-def _sqr_backward(ctx, t, g, d):
-    if d.needs(0):      # 2 x g
-        d.add(0, scale(ctx, mul(ctx, t.src[0], g), 2.0))
-
-
+# -- unary functions: the scalar function (x, p; p unused), then the declaration ----------------------
 SQR, sqr, sqr_inplace = define_unary(
-    "SQR", "x^2", _sqr_f, _sqr_backward, formula="x*x",
-    reference=lambda x: x * x)
-
-
-@inline
-def _sqrt_f(x, p):
-    return np.sqrt(x)
-
-
-def _sqrt_backward(ctx, t, g, d):
-    if d.needs(0):      # g / (2 sqrt(x))
-        d.add(0, scale(ctx, div(ctx, g, t), 0.5))
-
+    "SQR", "x^2", inline(lambda x, p: x * x), formula="x*x",
+    backward=grad_x(lambda ctx, t, g: scale(ctx, mul(ctx, t.src[0], g), 2.0)))      # 2 x g
 
 SQRT, sqrt, sqrt_inplace = define_unary(
-    "SQRT", "√x", _sqrt_f, _sqrt_backward, formula="sqrt(x)", domain="positive",
-    reference=lambda x: np.sqrt(x),
-    note="NaN for x < 0.")
-
-
-@inline
-def _log_f(x, p):
-    return np.log(x)
-
-
-def _log_backward(ctx, t, g, d):
-    if d.needs(0):
-        d.add(0, div(ctx, g, t.src[0]))
-
+    "SQRT", "√x", inline(lambda x, p: np.sqrt(x)), formula="sqrt(x)", domain="positive", note="NaN for x < 0.",
+    backward=grad_x(lambda ctx, t, g: scale(ctx, div(ctx, g, t), 0.5)))      # g / (2 sqrt(x))
 
 LOG, log, log_inplace = define_unary(
-    "LOG", "log(x)", _log_f, _log_backward, formula="log(x)", domain="positive",
-    reference=lambda x: np.log(x),
-    note="-inf at 0, NaN for x < 0.")
-
-
-@inline
-def _neg_f(x, p):
-    return -x
+    "LOG", "log(x)", inline(lambda x, p: np.log(x)), formula="log(x)", domain="positive",
+    note="-inf at 0, NaN for x < 0.", backward=grad_x(lambda ctx, t, g: div(ctx, g, t.src[0])))
 
 
 def _neg_backward(ctx, t, g, d):
@@ -79,63 +42,30 @@ def _neg_backward(ctx, t, g, d):
         d.sub(0, g)
 
 
-NEG, neg, neg_inplace = define_unary(
-    "NEG", "-x", _neg_f, _neg_backward, formula="-x",
-    reference=lambda x: -x)
-
-
-@inline
-def _abs_f(x, p):
-    return abs(x)
-
-
-def _abs_backward(ctx, t, g, d):
-    if d.needs(0):      # sgn(x) g (0 at x = 0)
-        d.add(0, mul(ctx, sgn(ctx, t.src[0]), g))
-
+NEG, neg, neg_inplace = define_unary("NEG", "-x", inline(lambda x, p: -x), formula="-x", backward=_neg_backward)
 
 ABS, abs_, abs_inplace = define_unary(
-    "ABS", "abs(x)", _abs_f, _abs_backward, formula="|x|",
-    reference=lambda x: np.abs(x))
-
-
-@inline
-def _sgn_f(x, p):
-    return np.float32(1.0) if x > 0 else (np.float32(-1.0) if x < 0 else np.float32(0.0))
-
+    "ABS", "abs(x)", inline(lambda x, p: np.abs(x)), formula="|x|",
+    backward=grad_x(lambda ctx, t, g: mul(ctx, sgn(ctx, t.src[0]), g)))      # sgn(x) g (0 at x = 0)
 
 # piecewise constant: the derivative is 0 wherever it exists (ggml, PyTorch and JAX give 0)
 SGN, sgn, sgn_inplace = define_unary(
-    "SGN", "sgn(x)", _sgn_f, ZERO_GRADIENT, formula="sign(x): 1, -1 or 0",
+    "SGN", "sgn(x)",
+    inline(lambda x, p: np.float32(1.0) if x > 0 else (np.float32(-1.0) if x < 0 else np.float32(0.0))),
+    formula="sign(x): 1, -1 or 0", backward=ZERO_GRADIENT,
     reference=lambda x: np.where(x > 0, 1.0, np.where(x < 0, -1.0, 0.0)),
     note="Its gradient is zero (as in ggml, PyTorch and JAX).")
 
-
-@inline
-def _step_f(x, p):
-    return np.float32(1.0) if x > 0 else np.float32(0.0)
-
-
-# piecewise constant, as sgn
-STEP, step, step_inplace = define_unary(
-    "STEP", "step(x)", _step_f, ZERO_GRADIENT, formula="1 where x > 0, else 0",
-    reference=lambda x: np.where(x > 0, 1.0, 0.0),
+STEP, step, step_inplace = define_unary(     # piecewise constant, as sgn
+    "STEP", "step(x)", inline(lambda x, p: np.float32(1.0) if x > 0 else np.float32(0.0)),
+    formula="1 where x > 0, else 0", backward=ZERO_GRADIENT, reference=lambda x: np.where(x > 0, 1.0, 0.0),
     note="Its gradient is zero (as in ggml, PyTorch and JAX).")
 
-
-@inline
-def _relu_f(x, p):
-    return x if x > 0 else np.float32(0.0)
-
-
-def _relu_backward(ctx, t, g, d):
-    if d.needs(0):      # step(x) g; step(relu(x)) == step(x), and t survives relu_inplace
-        d.add(0, mul(ctx, step(ctx, t), g))
-
-
 RELU, relu, relu_inplace = define_unary(
-    "RELU", "relu(x)", _relu_f, _relu_backward, formula="max(x, 0)",
-    reference=lambda x: np.where(x > 0, x, 0.0))
+    "RELU", "relu(x)", inline(lambda x, p: x if x > 0 else np.float32(0.0)), formula="max(x, 0)",
+    reference=lambda x: np.where(x > 0, x, 0.0),
+    # step(x) g; step(relu(x)) == step(x), and t survives relu_inplace
+    backward=grad_x(lambda ctx, t, g: mul(ctx, step(ctx, t), g)))
 
 GELU_COEF_A = 0.044715
 SQRT_2_OVER_PI = 0.79788456080286535587989211986876
@@ -157,13 +87,9 @@ def _gelu_f(x, p):
     return x * _gelu_sigmoid(x)
 
 
-def _gelu_backward(ctx, t, g, d):
-    if d.needs(0):
-        d.add(0, gelu_back(ctx, t.src[0], g))
-
-
 GELU, gelu, gelu_inplace = define_unary(     # the reference's limit at -inf is 0
-    "GELU", "gelu(x)", _gelu_f, _gelu_backward, formula="gelu(x)",
+    "GELU", "gelu(x)", _gelu_f, formula="gelu(x)",
+    backward=grad_x(lambda ctx, t, g: gelu_back(ctx, t.src[0], g)),
     reference=lambda x: np.where(x == -np.inf, -0.0,
                                  0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)))),
     note="gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), ggml's tanh form, "
@@ -190,13 +116,9 @@ def _silu_f(x, p):
     return x / (F32(1.0) + e)
 
 
-def _silu_backward(ctx, t, g, d):
-    if d.needs(0):
-        d.add(0, silu_back(ctx, t.src[0], g))
-
-
 SILU, silu, silu_inplace = define_unary(     # the reference's limit at -inf is 0
-    "SILU", "silu(x)", _silu_f, _silu_backward, formula="x / (1 + exp(-x))",
+    "SILU", "silu(x)", _silu_f, formula="x / (1 + exp(-x))",
+    backward=grad_x(lambda ctx, t, g: silu_back(ctx, t.src[0], g)),
     reference=lambda x: np.where(x == -np.inf, -0.0, x / (1.0 + np.exp(-x))))
 
 
