@@ -321,16 +321,17 @@ def define_unary(name: str, symbol: str, element, *, backward, formula: str, ref
     return code, build, build_inplace
 
 
-def define_binary(name: str, symbol: str, element, backward, *, symbol_op: str, reference, note: str = "",
+def define_binary(name: str, symbol: str, element, backward, *, symbol_op: str, reference=None, note: str = "",
                   domain_b: str = "any"):
     """One binary F32 op whose src1 is tiled over src0 (ggml's can_repeat), declared once: registers
     the kernel applying `element(x, y)` (an @inline scalar function) over row segments (may run in
     place) with its `backward` rule, attaches the numpy `reference(a, b)` (float64, b already tiled
-    to a's shape) and a sampler, and returns (op code, builder, in-place builder) named and
-    documented after the op, rebuildable from graph files. `domain_b` is where the sampler draws
-    src1 ("nonzero" for div)."""
+    to a's shape; by default `element` itself) and a sampler, and returns (op code, builder,
+    in-place builder) named and documented after the op, rebuildable from graph files. `domain_b`
+    is where the sampler draws src1 ("nonzero" for div)."""
     code = register(name, symbol, binary_kernel(f"_{name.lower()}_kernel", element), n_tasks=tasks_by_segments,
                     inplace=True, backward=backward)
+    reference = reference or element.py_func
     module = sys._getframe(1).f_globals["__name__"]
     lname = name.lower()
 

@@ -25,11 +25,6 @@ from .registry import rebuild_of
 
 
 # -- binary ops: src1 is tiled over src0 when ggml's can_repeat(b, a) holds --------------------------
-@inline
-def _add_f(x, y):
-    return x + y
-
-
 def _add_backward(ctx, t, g, d, sign=1):
     if d.needs(0):
         d.add(0, g)
@@ -37,21 +32,13 @@ def _add_backward(ctx, t, g, d, sign=1):
         (d.add if sign > 0 else d.sub)(1, g, reduce=TILES)
 
 
-ADD, add, add_inplace = define_binary("ADD", "x+y", _add_f, _add_backward, symbol_op="+",
-                                       reference=lambda a, b: a + b)
+ADD, add, add_inplace = define_binary("ADD", "x+y", inline(lambda x, y: x + y), _add_backward, symbol_op="+")
+SUB, sub, sub_inplace = define_binary("SUB", "x-y", inline(lambda x, y: x - y),
+                                       functools.partial(_add_backward, sign=-1), symbol_op="-")
 
 
 @inline
-def _sub_f(x, y):
-    return x - y
-
-
-SUB, sub, sub_inplace = define_binary("SUB", "x-y", _sub_f, functools.partial(_add_backward, sign=-1), symbol_op="-",
-                                       reference=lambda a, b: a - b)
-
-
-@inline
-def _mul_f(x, y):
+def _mul_f(x, y):       # scale's too
     return x * y
 
 
@@ -63,13 +50,7 @@ def _mul_backward(ctx, t, g, d):
         d.add(1, mul(ctx, a, g), reduce=TILES)
 
 
-MUL, mul, mul_inplace = define_binary("MUL", "x*y", _mul_f, _mul_backward, symbol_op="*",
-                                       reference=lambda a, b: a * b)
-
-
-@inline
-def _div_f(x, y):
-    return x / y
+MUL, mul, mul_inplace = define_binary("MUL", "x*y", _mul_f, _mul_backward, symbol_op="*")
 
 
 def _div_backward(ctx, t, g, d):
@@ -80,9 +61,8 @@ def _div_backward(ctx, t, g, d):
         d.sub(1, mul(ctx, g, div(ctx, t, b)), reduce=TILES)
 
 
-DIV, div, div_inplace = define_binary("DIV", "x/y", _div_f, _div_backward, symbol_op="/",
-                                       reference=lambda a, b: a / b, domain_b="nonzero",
-                                       note="x/0 gives inf or NaN, as in IEEE.")
+DIV, div, div_inplace = define_binary("DIV", "x/y", inline(lambda x, y: x / y), _div_backward, symbol_op="/",
+                                       domain_b="nonzero", note="x/0 gives inf or NaN, as in IEEE.")
 
 
 # -- scale: a * s for a float s (ggml_scale at this commit takes a float) --------------------------------
