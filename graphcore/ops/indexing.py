@@ -127,12 +127,6 @@ def get_rows(ctx, a, b):
 rebuild_of(GET_ROWS)(rebuild_by(get_rows))
 
 
-@error_detail_of(GET_ROWS)
-def _describe_index_error(node, code, arg):
-    if code == ERR_INDEX:
-        return f"index {arg} out of range: src0 {TN.describe(node.src[0])} has {node.src[0].ne[1]} rows " \
-               f"(valid indices are 0..{node.src[0].ne[1] - 1})", None
-    return None
 
 
 
@@ -195,12 +189,15 @@ def _get_rows_back_sample(d):
     return get_rows_back(d.ctx, a, d.i32([a.ne[1]], 0, rows - 1), c)
 
 
-@error_detail_of(GET_ROWS_BACK)
-def _describe_back_index_error(node, code, arg):
-    if code == ERR_INDEX:
-        return f"index {arg} out of range: the result {node.ne[:2]} has {node.ne[1]} rows " \
-               f"(valid indices are 0..{node.ne[1] - 1})", None
-    return None
+@error_detail_of(GET_ROWS, GET_ROWS_BACK)
+def _describe_index_error(node, code, arg):
+    if code != ERR_INDEX:
+        return None
+    if node.op == GET_ROWS:     # indices of src0's rows
+        where, n = f"src0 {TN.describe(node.src[0])}", node.src[0].ne[1]
+    else:                       # indices of the result's rows
+        where, n = f"the result {node.ne[:2]}", node.ne[1]
+    return f"index {arg} out of range: {where} has {n} rows (valid indices are 0..{n - 1})", None
 
 
 

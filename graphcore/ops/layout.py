@@ -8,8 +8,8 @@ import numpy as np
 from .. import tensor as TN
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, row_addr, split, split_aligned,
-                      t_addr, t_nb, t_ne, view_f32, view_i32, view_u16)
+from ..kernel import (f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, record, row_addr, specialise, split,
+                      split_aligned, t_addr, t_nb, t_ne, view_f32, view_i32, view_u16)
 from ..native import f32_1d, i32_1d, u16_1d
 from . import quantized as QK
 from .common import (byte_range, inplace_of, inplace_view, next_row, refuse_overlap, row_index, same, same_view,
@@ -53,13 +53,7 @@ def _copy_loop(r, ith, nth, src, dst, conv, sflat, dflat):
             j0 += 1
             if j0 == d0:
                 j0 = 0
-                j1 += 1
-                if j1 == d1:
-                    j1 = 0
-                    j2 += 1
-                    if j2 == d2:
-                        j2 = 0
-                        j3 += 1
+                j1, j2, j3 = next_row(j1, j2, j3, d1, d2)
 
 
 @inline
@@ -132,49 +126,24 @@ def _copy_f32_f32(rec, ith, nth, phase, wdata, wsize):
         _copy_loop(r, ith, nth, view_f32(r, 1), view_f32(r, 0), same, _flat_f32(r, 1), _flat_f32(r, 0))
 
 
-@inline
-def _copy_as(rec, ith, nth, src_view, dst_view, convert, src_flat, dst_flat):
+SRC_VIEW = DST_VIEW = SRC_FLAT = DST_FLAT = CONVERT = None     # set in each copy of _copy_kernel
+
+
+def _copy_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
-    _copy_loop(r, ith, nth, src_view(r, 1), dst_view(r, 0), convert, src_flat(r, 1), dst_flat(r, 0))
+    _copy_loop(r, ith, nth, SRC_VIEW(r, 1), DST_VIEW(r, 0), CONVERT, SRC_FLAT(r, 1), DST_FLAT(r, 0))
 
 
-# the other pairs: one line each (module-level functions, so numba's disk cache keeps them; a
-# factory's closures would be compiled again in every process)
-def _copy_f32_f16(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_f32, view_u16, fp32_to_fp16, _flat_f32, _flat_u16)
-
-
-def _copy_f32_i32(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_f32, view_i32, _to_i32, _flat_f32, _flat_i32)
-
-
-def _copy_f16_f32(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_u16, view_f32, fp16_to_fp32, _flat_u16, _flat_f32)
-
-
-def _copy_f16_f16(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_u16, view_u16, same, _flat_u16, _flat_u16)
-
-
-def _copy_f16_i32(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_u16, view_i32, _f16_to_i32, _flat_u16, _flat_i32)
-
-
-def _copy_i32_f32(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_i32, view_f32, _to_f32, _flat_i32, _flat_f32)
-
-
-def _copy_i32_f16(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_i32, view_u16, _i32_to_f16, _flat_i32, _flat_u16)
-
-
-def _copy_i32_i32(rec, ith, nth, phase, wdata, wsize):
-    _copy_as(rec, ith, nth, view_i32, view_i32, same, _flat_i32, _flat_i32)
-
-
-_COPY_KERNELS = {(_F32, _F32): _copy_f32_f32, (_F32, _F16): _copy_f32_f16, (_F32, _I32): _copy_f32_i32,
-                 (_F16, _F32): _copy_f16_f32, (_F16, _F16): _copy_f16_f16, (_F16, _I32): _copy_f16_i32,
-                 (_I32, _F32): _copy_i32_f32, (_I32, _F16): _copy_i32_f16, (_I32, _I32): _copy_i32_i32}
+# the other pairs: _copy_kernel specialised to the pair's views and conversion (kernel.specialise)
+_STORAGE = {_F32: ("f32", view_f32, _flat_f32), _F16: ("f16", view_u16, _flat_u16),
+            _I32: ("i32", view_i32, _flat_i32)}
+_CONVERT = {(_F32, _F16): fp32_to_fp16, (_F32, _I32): _to_i32, (_F16, _F32): fp16_to_fp32, (_F16, _I32): _f16_to_i32,
+            (_I32, _F32): _to_f32, (_I32, _F16): _i32_to_f16}
+_COPY_KERNELS = {(a, b): specialise(_copy_kernel, f"_copy_{_STORAGE[a][0]}_{_STORAGE[b][0]}",
+                                    SRC_VIEW=_STORAGE[a][1], SRC_FLAT=_STORAGE[a][2], DST_VIEW=_STORAGE[b][1],
+                                    DST_FLAT=_STORAGE[b][2], CONVERT=_CONVERT.get((a, b), same))
+                 for a in _STORAGE for b in _STORAGE}
+_COPY_KERNELS[_F32, _F32] = _copy_f32_f32
 
 
 def _copy_variant(node):

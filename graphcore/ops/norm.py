@@ -14,7 +14,7 @@ from ..kernel import (dot_f64_lanes, f32_at, inline, is_dense, param_f32, record
                       t_addr, view_f32)
 from ..native import STACK_N, stack_f64
 from .args import real
-from .common import check_f32, linear_in_dy, check_same_shape, inplace_of, inplace_view, next_row, row_index
+from .common import check_f32, check_same_shape, inplace_doc, inplace_view, linear_in_dy, next_row, row_index
 from .elementwise import sub
 from .reduce import mean
 from .refs import f64
@@ -36,6 +36,24 @@ def _row_dot(a, b, n):
     for i in range(n):
         s += np.float64(a[i]) * np.float64(b[i])
     return s
+
+
+@inline
+def _group_sums(xg, zg, n, ne0, sxx, sxz, with_z):
+    """Over n dense rows of ne0 elements (xg, zg: the rows' elements, back to back), each row in
+    order: sxx[j] = sum(x^2) and, when with_z, sxz[j] = sum(x z). Taken across the rows at once,
+    so the loop vectorises; the same order as _row_dot's for short rows."""
+    for j in range(n):
+        sxx[j] = 0.0
+        sxz[j] = 0.0
+    for i0 in range(ne0):
+        xc = xg[i0::ne0]
+        zc = zg[i0::ne0]
+        for j in range(n):
+            v = np.float64(xc[j])
+            sxx[j] += v * v
+            if with_z:
+                sxz[j] += v * np.float64(zc[j])
 
 
 def _eps(op, eps):
@@ -89,36 +107,34 @@ def _norm_reference(node, srcs):
     return c / np.sqrt((c * c).mean(axis=3, keepdims=True) + param_f32_of(node, 0))
 
 
-@sample_of(NORM)
-def _norm_sample(d):
-    a, eps = d.f32(), d.choice([1e-5, 1e-6, 1e-3, 0.5])
-    return norm_inplace(d.ctx, a, eps) if d.inplace(a) else norm(d.ctx, a, eps)
+def _row_norm_builders(code, name, summary):
+    """norm's and rms_norm's builders `name(ctx, a, eps)` and `name_inplace` (eps, a float > 0, in
+    op_params[0]), with their sampler and graph-file rebuild."""
+    def builder(label, inplace):
+        def build(ctx, a, eps: float):
+            check_f32(label, a)
+            eps = _eps(label, eps)
+            if inplace:
+                return inplace_view(ctx, code, a, [a], [eps])
+            return new_node(ctx, code, a.type, a.ne, [a], [eps])
+        build.__name__ = build.__qualname__ = label
+        build.__module__ = __name__
+        return build
+
+    build, build_inplace = builder(name, False), builder(name + "_inplace", True)
+    build.__doc__ = f"{summary}\n\nF32 a [ne0, ne1, ne2, ne3] -> same shape; eps is a float > 0."
+    build_inplace.__doc__ = inplace_doc(name, build.__doc__)
+
+    def sample(d):
+        a, eps = d.f32(), d.choice([1e-5, 1e-6, 1e-3, 0.5])
+        return (build_inplace if d.inplace(a) else build)(d.ctx, a, eps)
+    sample_of(code)(sample)
+    rebuild_of(code)(lambda ctx, srcs, rec: (build_inplace if rec.inplace else build)(ctx, *srcs, rec.f32(0)))
+    return build, build_inplace
 
 
-def _row_norm(ctx, code, a, eps, inplace, op):
-    """The builder shared by norm and rms_norm: a row-wise op of a with eps in op_params[0]."""
-    check_f32(op, a)
-    eps = _eps(op, eps)
-    if inplace:
-        return inplace_view(ctx, code, a, [a], [eps])
-    return new_node(ctx, code, a.type, a.ne, [a], [eps])
-
-
-def norm(ctx, a, eps: float):
-    """Each row normalised to mean 0 and variance 1: (x - mean) / sqrt(var + eps) (ggml_norm).
-
-    F32 a [ne0, ne1, ne2, ne3] -> same shape; eps is a float > 0."""
-    return _row_norm(ctx, NORM, a, eps, False, "norm")
-
-
-@inplace_of(norm)
-def norm_inplace(ctx, a, eps: float):
-    return _row_norm(ctx, NORM, a, eps, True, "norm_inplace")
-
-
-@rebuild_of(NORM)
-def _norm_rebuild(ctx, srcs, rec):
-    return (norm_inplace if rec.inplace else norm)(ctx, *srcs, rec.f32(0))
+norm, norm_inplace = _row_norm_builders(
+    NORM, "norm", "Each row normalised to mean 0 and variance 1: (x - mean) / sqrt(var + eps) (ggml_norm).")
 
 
 # -- rms_norm: x / sqrt(mean(x^2) + eps) per row -------------------------------------------------------
@@ -136,13 +152,7 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
         for g0 in range(lo, hi, STACK_N):
             g = min(STACK_N, hi - g0)
             xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, g * ne0)
-            for j in range(g):
-                ss[j] = 0.0
-            for i0 in range(ne0):
-                xc = xg[i0::ne0]
-                for j in range(g):
-                    v = np.float64(xc[j])
-                    ss[j] += v * v
+            _group_sums(xg, xg, g, ne0, ss, ss, False)
             for j in range(g):
                 x = xg[j * ne0:j * ne0 + ne0]
                 y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
@@ -186,27 +196,8 @@ def _rms_norm_reference(node, srcs):
     return x / np.sqrt((x * x).mean(axis=3, keepdims=True) + param_f32_of(node, 0))
 
 
-@sample_of(RMS_NORM)
-def _rms_norm_sample(d):
-    a, eps = d.f32(), d.choice([1e-5, 1e-6, 1e-3, 0.5])
-    return rms_norm_inplace(d.ctx, a, eps) if d.inplace(a) else rms_norm(d.ctx, a, eps)
-
-
-def rms_norm(ctx, a, eps: float):
-    """Each row divided by its root mean square: x / sqrt(mean(x^2) + eps) (ggml_rms_norm).
-
-    F32 a [ne0, ne1, ne2, ne3] -> same shape; eps is a float > 0."""
-    return _row_norm(ctx, RMS_NORM, a, eps, False, "rms_norm")
-
-
-@inplace_of(rms_norm)
-def rms_norm_inplace(ctx, a, eps: float):
-    return _row_norm(ctx, RMS_NORM, a, eps, True, "rms_norm_inplace")
-
-
-@rebuild_of(RMS_NORM)
-def _rms_norm_rebuild(ctx, srcs, rec):
-    return (rms_norm_inplace if rec.inplace else rms_norm)(ctx, *srcs, rec.f32(0))
+rms_norm, rms_norm_inplace = _row_norm_builders(
+    RMS_NORM, "rms_norm", "Each row divided by its root mean square: x / sqrt(mean(x^2) + eps) (ggml_rms_norm).")
 
 
 # -- rms_norm_back: gradient of rms_norm at x (src0) for the output gradient dz (src1) -----------------
@@ -227,16 +218,7 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
             n = min(STACK_N, hi - g0)
             xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, n * ne0)
             zg = f32_at(t_addr(r, 2) + 4 * g0 * ne0, n * ne0)
-            for j in range(n):
-                sxx[j] = 0.0
-                sxdz[j] = 0.0
-            for i0 in range(ne0):
-                xc = xg[i0::ne0]
-                zc = zg[i0::ne0]
-                for j in range(n):
-                    v = np.float64(xc[j])
-                    sxx[j] += v * v
-                    sxdz[j] += v * np.float64(zc[j])
+            _group_sums(xg, zg, n, ne0, sxx, sxdz, True)
             for j in range(n):
                 x = xg[j * ne0:j * ne0 + ne0]
                 dz = zg[j * ne0:j * ne0 + ne0]

@@ -165,14 +165,19 @@ OP_NONE = register("NONE", "none", backward=NOT_DIFFERENTIABLE)
 
 
 # -- testing parts, kept beside each op's kernel (graphcore.testing uses them) ------------------------------
+def _attach(codes, field_name):
+    """A decorator setting OpDef.<field_name> of the ops `codes` to the function it decorates."""
+    def deco(fn):
+        for c in codes:
+            setattr(OPS[c], field_name, fn)
+        return fn
+    return deco
+
+
 def error_detail_of(*codes):
     """Attach `fn(node, code, arg) -> (message, cause) or None` explaining a failure the ops'
     kernels record (an index out of range, a custom function raising) in the ComputeError."""
-    def attach(fn):
-        for c in codes:
-            OPS[c].error_detail = fn
-        return fn
-    return attach
+    return _attach(codes, "error_detail")
 
 
 def reference_of(*codes, nmse: float | None = None):
@@ -180,24 +185,17 @@ def reference_of(*codes, nmse: float | None = None):
     sources' logical values, 4-D (ne3, ne2, ne1, ne0), as float32 / float16 / int32 copies (None for
     a missing source); fn computes in float64 and returns node's 4-D shape (the caller rounds to the
     node's type). `nmse`: the kernel's tolerance against it (default 1e-7, test-backend-ops')."""
-    def deco(fn):
-        for c in codes:
-            OPS[c].reference = fn
-            if nmse is not None:
-                OPS[c].reference_nmse = float(nmse)
-        return fn
-    return deco
+    for c in codes:
+        if nmse is not None:
+            OPS[c].reference_nmse = float(nmse)
+    return _attach(codes, "reference")
 
 
 def sample_of(*codes):
     """Decorator: `fn(d) -> Tensor` draws the inputs the ops `codes` accept and builds one node, using
     the drawing helper `d` that graphcore.testing.graphs passes (d.f32(...), d.int(...), ...).
     It may raise GraphError to reject a draw."""
-    def deco(fn):
-        for c in codes:
-            OPS[c].sample = fn
-        return fn
-    return deco
+    return _attach(codes, "sample")
 
 
 def rebuild_of(*codes, not_exportable: str | None = None):
@@ -209,12 +207,9 @@ def rebuild_of(*codes, not_exportable: str | None = None):
     for builders that take a shape from a tensor). The importer then checks the result's type, ne, nb,
     op_params, sources and view equal the file's, so the op's shape rule guards every imported node.
     `not_exportable`: why graph_export must refuse the op (the adapter is then never called)."""
-    def deco(fn):
-        for c in codes:
-            OPS[c].rebuild = fn
-            OPS[c].not_exportable = not_exportable
-        return fn
-    return deco
+    for c in codes:
+        OPS[c].not_exportable = not_exportable
+    return _attach(codes, "rebuild")
 
 
 def rebuild_by(build, build_inplace=None):

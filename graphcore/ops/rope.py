@@ -16,7 +16,7 @@ from ..kernel import (f32_at, inline, param_f32, param_i32, record, row_addr, ro
                       t_nb, view_f32, view_i32)
 from ..native import STACK_N, f64_1d, stack_f64
 from .args import boolean, check_types, integer, real
-from .common import check_f32, inplace_of, inplace_view, shapes
+from .common import check_f32, inplace_of, inplace_view, next_row, shapes
 from .refs import f64
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
 from .registry import param_f32 as param_f32_of, param_i32 as param_i32_of
@@ -143,13 +143,7 @@ def _rope_loop(rec, ith, nth, wdata, sin_sign):
         else:
             _rope_row(a[i3, i2, i1], d[i3, i2, i1], cache, half, n_dims, ne0, neox)
         u += 1
-        i1 += 1
-        if i1 == ne1:
-            i1 = 0
-            i3 += 1
-            if i3 == ne3:
-                i3 = 0
-                i2 += 1
+        i1, i3, i2 = next_row(i1, i3, i2, ne1, ne3)     # rows in ne1, ne3, ne2 order (see above)
 
 
 @inline
