@@ -38,6 +38,9 @@ RUNNING = {}
 inline = njit(inline="always", cache=True, error_model="numpy")
 
 
+SPECIALISED = {}     # qualname -> the kernels specialise() made (found by name, as module-level ones are)
+
+
 def specialise(template, name: str, **constants):
     """A copy of the module-level function `template` in which the global names `constants` have the
     given values (numba functions, numbers): numba freezes globals at compile time, so each copy
@@ -55,6 +58,7 @@ def specialise(template, name: str, **constants):
     fn.__qualname__ = f"{name}_{h.hexdigest()[:10]}"
     fn.__module__ = template.__module__
     fn.__doc__ = template.__doc__
+    SPECIALISED[fn.__qualname__] = fn
     return fn
 
 

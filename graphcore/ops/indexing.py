@@ -218,9 +218,7 @@ def get_rows_back(ctx, a, b, c):
     return new_node(ctx, GET_ROWS_BACK, _F32, [c.ne[0], c.ne[1]], [a, b])
 
 
-@rebuild_of(GET_ROWS_BACK)
-def _get_rows_back_rebuild(ctx, srcs, rec):
-    return get_rows_back(ctx, *srcs, rec.like())
+rebuild_of(GET_ROWS_BACK)(rebuild_by(get_rows_back, shaped=True))
 
 
 # -- diag: a [ne0, 1, ne2, ne3] -> [ne0, ne0, ne2, ne3] with a's row on the diagonal --------------------------

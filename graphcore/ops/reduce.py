@@ -276,9 +276,7 @@ def repeat(ctx, a, b):
     return new_node(ctx, REPEAT, a.type, b.ne, [a])
 
 
-@rebuild_of(REPEAT)
-def _repeat_rebuild(ctx, srcs, rec):
-    return repeat(ctx, *srcs, rec.like())
+rebuild_of(REPEAT)(rebuild_by(repeat, shaped=True))
 
 
 # -- repeat_back: the sum of a's tiles, a [k*ne] -> [ne] (undoes repeat's i % ne tiling) ---------------------
@@ -363,9 +361,7 @@ def repeat_back(ctx, a, b):
     return new_node(ctx, REPEAT_BACK, a.type, b.ne, [a])
 
 
-@rebuild_of(REPEAT_BACK)
-def _repeat_back_rebuild(ctx, srcs, rec):
-    return repeat_back(ctx, *srcs, rec.like())
+rebuild_of(REPEAT_BACK)(rebuild_by(repeat_back, shaped=True))
 
 
 # -- add1: a + b[0] for a scalar b (here because its gradient for b is a sum) ----------------------------

@@ -212,11 +212,13 @@ def rebuild_of(*codes, not_exportable: str | None = None):
     return _attach(codes, "rebuild")
 
 
-def rebuild_by(build, build_inplace=None):
-    """The rebuild adapter of an op whose builder takes (ctx, *srcs): build_inplace when the file says
-    the node's result is a view of its source (an _inplace form), build otherwise."""
+def rebuild_by(build, build_inplace=None, *, shaped: bool = False):
+    """The rebuild adapter of an op whose builder takes (ctx, *srcs), or with `shaped` (ctx, *srcs,
+    a tensor of the result's shape): build_inplace when the file says the node's result is a view
+    of its source (an _inplace form), build otherwise."""
     def rebuild(ctx, srcs, rec):
-        return (build_inplace if rec.inplace and build_inplace is not None else build)(ctx, *srcs)
+        extra = (rec.like(),) if shaped else ()
+        return (build_inplace if rec.inplace and build_inplace is not None else build)(ctx, *srcs, *extra)
     return rebuild
 
 
