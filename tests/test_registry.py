@@ -221,3 +221,36 @@ def test_cold_start_says_it_is_compiling(tmp_path, quiet):
     else:
         assert "graphcore: compiling 1 kernel (numba" in cold and "[1/1] NEG" in cold and "kernels ready" in cold
     assert "graphcore:" not in warm
+
+
+_USER_OP = """
+import numpy as np, graphcore as gc
+from graphcore.kernel import inline
+from graphcore.ops.common import define_unary
+from graphcore.ops.registry import ZERO_GRADIENT
+MY, my, my_inplace = define_unary("MY_SCALE", "k x", inline(lambda x, p: x * {k}), formula="k x",
+                                  backward=ZERO_GRADIENT)
+ctx = gc.init(1 << 16)
+y = my(ctx, gc.from_numpy(ctx, np.arange(4, dtype=np.float32)))
+gc.graph_compute_with_ctx(ctx, gc.build_forward(y), 1)
+print(y.numpy().tolist())
+"""
+
+
+def test_an_op_defined_outside_graphcore_never_loads_a_stale_kernel(tmp_path):
+    """define_unary's kernel is kernel.specialise's copy of one loop, cached by numba under the op's
+    name and a digest of the scalar function's code: the same name with another function (an edit
+    between runs) compiles anew and computes the new function; the same function loads."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "GRAPHCORE_QUIET")}
+    env["GRAPHCORE_CACHE_DIR"] = str(tmp_path)
+
+    def run(k):
+        script = tmp_path / "my_op.py"      # a module of the user's (numba caches nothing defined in -c code)
+        script.write_text(_USER_OP.format(k=k))
+        r = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout.strip(), "[1/1] MY_SCALE" in r.stderr
+
+    assert run(2) == ("[0.0, 2.0, 4.0, 6.0]", True)
+    assert run(3) == ("[0.0, 3.0, 6.0, 9.0]", True)      # compiled again, not the cached x * 2
+    assert run(2) == ("[0.0, 2.0, 4.0, 6.0]", False)     # x * 2's own entry, loaded
