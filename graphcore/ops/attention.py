@@ -14,7 +14,7 @@ from ..errors import GraphError
 from ..kernel import (F32, R_NSRC, exp_f32, f32_at, inline, max_f32_lanes, param_f32, param_i32, record, row_addr,
                       rows_contiguous, split, sum_f64_lanes, t_addr, t_ne, view_f32)
 from .args import integer, real
-from .common import check_f32, check_same_shape, inplace_of, inplace_view, next_row, row_index, shapes
+from .common import check_f32, check_same_shape, inplace_of, inplace_view, my_rows, next_row, row_index, shapes
 from .elementwise import mul, scale, sub
 from .refs import f64, tile
 from .registry import new_node, reference_of, register, sample_of, tasks_by_rows
@@ -32,29 +32,25 @@ def _node(ctx, op, a, srcs, params, inplace):
 # -- diag_mask_inf / diag_mask_zero: element i0 of row i1 replaced when i0 > n_past + i1 ----------------------
 @inline
 def _diag_mask_loop(rec, ith, nth, value):
-    r = record(rec)
-    d = view_f32(r, 0)
-    a = view_f32(r, 1)
+    r, d, a, lo, hi = my_rows(rec, ith, nth)
     n_past = param_i32(rec, 0)
     ne3, ne2, ne1, ne0 = a.shape
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     if rows_contiguous(r, 0) and rows_contiguous(r, 1):     # raw rows, no divisions per row
         i1, i2, i3 = row_index(lo, ne1, ne2)
         for _ in range(lo, hi):
-            x = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
-            y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
-            lim = n_past + i1
-            for i0 in range(ne0):
-                y[i0] = value if i0 > lim else x[i0]
+            _diag_mask_row(f32_at(row_addr(r, 1, i1, i2, i3), ne0), f32_at(row_addr(r, 0, i1, i2, i3), ne0),
+                           n_past + i1, value, ne0)
             i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     for ir in range(lo, hi):
         i1, i2, i3 = row_index(ir, ne1, ne2)
-        x = a[i3, i2, i1]
-        y = d[i3, i2, i1]
-        lim = n_past + i1
-        for i0 in range(ne0):
-            y[i0] = value if i0 > lim else x[i0]
+        _diag_mask_row(a[i3, i2, i1], d[i3, i2, i1], n_past + i1, value, ne0)
+
+
+@inline
+def _diag_mask_row(x, y, lim, value, n):
+    for i0 in range(n):
+        y[i0] = value if i0 > lim else x[i0]
 
 
 def _diag_mask_inf_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -326,26 +322,23 @@ def _soft_max_back_kernel(rec, ith, nth, phase, wdata, wsize):
     if rows_contiguous(r, 0) and rows_contiguous(r, 1) and rows_contiguous(r, 2):   # raw rows
         i1, i2, i3 = row_index(lo, ne1, ne2)
         for _ in range(lo, hi):
-            dy = f32_at(row_addr(r, 1, i1, i2, i3), ne0)
-            y = f32_at(row_addr(r, 2, i1, i2, i3), ne0)
-            dx = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
-            dot = 0.0
-            for i0 in range(ne0):
-                dot += np.float64(y[i0]) * np.float64(dy[i0])
-            for i0 in range(ne0):
-                dx[i0] = np.float32(np.float64(y[i0]) * (np.float64(dy[i0]) - dot))
+            _soft_max_back_row(f32_at(row_addr(r, 1, i1, i2, i3), ne0), f32_at(row_addr(r, 2, i1, i2, i3), ne0),
+                               f32_at(row_addr(r, 0, i1, i2, i3), ne0), ne0)
             i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     for ir in range(lo, hi):
         i1, i2, i3 = row_index(ir, ne1, ne2)
-        dy = g[i3, i2, i1]
-        y = yv[i3, i2, i1]
-        dx = d[i3, i2, i1]
-        dot = 0.0
-        for i0 in range(ne0):
-            dot += np.float64(y[i0]) * np.float64(dy[i0])
-        for i0 in range(ne0):
-            dx[i0] = np.float32(np.float64(y[i0]) * (np.float64(dy[i0]) - dot))
+        _soft_max_back_row(g[i3, i2, i1], yv[i3, i2, i1], d[i3, i2, i1], ne0)
+
+
+@inline
+def _soft_max_back_row(dy, y, dx, n):
+    """dx = y * (dy - sum(y * dy)), in float64."""
+    dot = 0.0
+    for i0 in range(n):
+        dot += np.float64(y[i0]) * np.float64(dy[i0])
+    for i0 in range(n):
+        dx[i0] = np.float32(np.float64(y[i0]) * (np.float64(dy[i0]) - dot))
 
 
 def _soft_max_back_backward(ctx, t, g, d):

@@ -162,6 +162,17 @@ def row_index(ir, ne1, ne2):
 
 
 @inline
+def my_rows(rec, ith, nth):
+    """How a row kernel starts: its record, dst and src0 as F32 arrays, and this thread's share
+    [lo, hi) of dst's rows."""
+    r = record(rec)
+    d = view_f32(r, 0)
+    ne3, ne2, ne1, ne0 = d.shape
+    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
+    return r, d, view_f32(r, 1), lo, hi
+
+
+@inline
 def same(x):
     return x
 

@@ -16,8 +16,8 @@ from ..kernel import (ERR_INDEX, f32_at, fail, fp16_to_fp32, inline, is_dense, p
                       rows_contiguous, split, split_aligned, t_addr, t_ne, t_type, view_f32, view_i32, view_u16)
 from ..native import f32_4d, i32_1d, i32_4d, u16_1d, u16_4d
 from .args import check_types, integer, region_overlaps
-from .common import (byte_range, check_f32, check_indices, inplace_of, inplace_view, next_row, refuse_overlap,
-                     row_index, same, shapes)
+from .common import (byte_range, check_f32, check_indices, inplace_of, inplace_view, my_rows, next_row,
+                     refuse_overlap, row_index, same, shapes)
 from .layout import cont, reshape_4d, view_4d
 from .quantized import FROM_QUANT
 from .refs import f64
@@ -223,11 +223,8 @@ rebuild_of(GET_ROWS_BACK)(rebuild_by(get_rows_back, shaped=True))
 
 # -- diag: a [ne0, 1, ne2, ne3] -> [ne0, ne0, ne2, ne3] with a's row on the diagonal --------------------------
 def _diag_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    d = view_f32(r, 0)
-    a = view_f32(r, 1)
+    r, d, a, lo, hi = my_rows(rec, ith, nth)
     ne3, ne2, ne1, ne0 = d.shape
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     for ir in range(lo, hi):
         i1, i2, i3 = row_index(ir, ne1, ne2)
         dst = d[i3, i2, i1]

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernel import (dot_f64_lanes, f32_at, inline, is_dense, param_f32, record, row_addr, rows_contiguous, split,
-                      t_addr, view_f32)
+from ..kernel import (dot_f64_lanes, f32_at, inline, is_dense, param_f32, row_addr, rows_contiguous, t_addr, view_f32)
 from ..native import STACK_N, stack_f64
 from .args import real
-from .common import check_f32, check_same_shape, inplace_doc, inplace_view, linear_in_dy, next_row, row_index
+from .common import check_f32, check_same_shape, inplace_doc, inplace_view, linear_in_dy, my_rows, next_row, row_index
 from .elementwise import sub
 from .reduce import mean
 from .refs import f64
@@ -56,18 +55,47 @@ def _group_sums(xg, zg, n, ne0, sxx, sxz, with_z):
                 sxz[j] += v * np.float64(zc[j])
 
 
+@inline
+def _row_setup(rec, ith, nth):
+    """common.my_rows and eps (op_params[0])."""
+    r, d, a, lo, hi = my_rows(rec, ith, nth)
+    return r, d, a, np.float64(param_f32(rec, 0)), lo, hi
+
+
 def _eps(op, eps):
     return real(op, "eps", eps, positive=True)
 
 
+def _row_norm_builders(code, name, summary):
+    """norm's and rms_norm's builders `name(ctx, a, eps)` and `name_inplace` (eps, a float > 0, in
+    op_params[0]), with their sampler and graph-file rebuild."""
+    def builder(label, inplace):
+        def build(ctx, a, eps: float):
+            check_f32(label, a)
+            eps = _eps(label, eps)
+            if inplace:
+                return inplace_view(ctx, code, a, [a], [eps])
+            return new_node(ctx, code, a.type, a.ne, [a], [eps])
+        build.__name__ = build.__qualname__ = label
+        build.__module__ = __name__
+        return build
+
+    build, build_inplace = builder(name, False), builder(name + "_inplace", True)
+    build.__doc__ = f"{summary}\n\nF32 a [ne0, ne1, ne2, ne3] -> same shape; eps is a float > 0."
+    build_inplace.__doc__ = inplace_doc(name, build.__doc__)
+
+    def sample(d):
+        a, eps = d.f32(), d.choice([1e-5, 1e-6, 1e-3, 0.5])
+        return (build_inplace if d.inplace(a) else build)(d.ctx, a, eps)
+    sample_of(code)(sample)
+    rebuild_of(code)(lambda ctx, srcs, rec: (build_inplace if rec.inplace else build)(ctx, *srcs, rec.f32(0)))
+    return build, build_inplace
+
+
 # -- norm: (x - mean) / sqrt(var + eps) per row -------------------------------------------------------
 def _norm_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    d = view_f32(r, 0)
-    a = view_f32(r, 1)
-    eps = np.float64(param_f32(rec, 0))
+    r, d, a, eps, lo, hi = _row_setup(rec, ith, nth)
     ne3, ne2, ne1, ne0 = a.shape
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     for ir in range(lo, hi):
         i1, i2, i3 = row_index(ir, ne1, ne2)
         x = a[i3, i2, i1]
@@ -100,6 +128,10 @@ def _norm_backward(ctx, t, g, d):
 NORM = register("NORM", "norm(x)", _norm_kernel, n_tasks=tasks_by_rows, inplace=True, backward=_norm_backward)
 
 
+norm, norm_inplace = _row_norm_builders(
+    NORM, "norm", "Each row normalised to mean 0 and variance 1: (x - mean) / sqrt(var + eps) (ggml_norm).")
+
+
 @reference_of(NORM)
 def _norm_reference(node, srcs):
     x = f64(srcs[0])
@@ -107,44 +139,10 @@ def _norm_reference(node, srcs):
     return c / np.sqrt((c * c).mean(axis=3, keepdims=True) + param_f32_of(node, 0))
 
 
-def _row_norm_builders(code, name, summary):
-    """norm's and rms_norm's builders `name(ctx, a, eps)` and `name_inplace` (eps, a float > 0, in
-    op_params[0]), with their sampler and graph-file rebuild."""
-    def builder(label, inplace):
-        def build(ctx, a, eps: float):
-            check_f32(label, a)
-            eps = _eps(label, eps)
-            if inplace:
-                return inplace_view(ctx, code, a, [a], [eps])
-            return new_node(ctx, code, a.type, a.ne, [a], [eps])
-        build.__name__ = build.__qualname__ = label
-        build.__module__ = __name__
-        return build
-
-    build, build_inplace = builder(name, False), builder(name + "_inplace", True)
-    build.__doc__ = f"{summary}\n\nF32 a [ne0, ne1, ne2, ne3] -> same shape; eps is a float > 0."
-    build_inplace.__doc__ = inplace_doc(name, build.__doc__)
-
-    def sample(d):
-        a, eps = d.f32(), d.choice([1e-5, 1e-6, 1e-3, 0.5])
-        return (build_inplace if d.inplace(a) else build)(d.ctx, a, eps)
-    sample_of(code)(sample)
-    rebuild_of(code)(lambda ctx, srcs, rec: (build_inplace if rec.inplace else build)(ctx, *srcs, rec.f32(0)))
-    return build, build_inplace
-
-
-norm, norm_inplace = _row_norm_builders(
-    NORM, "norm", "Each row normalised to mean 0 and variance 1: (x - mean) / sqrt(var + eps) (ggml_norm).")
-
-
 # -- rms_norm: x / sqrt(mean(x^2) + eps) per row -------------------------------------------------------
 def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    d = view_f32(r, 0)
-    a = view_f32(r, 1)
-    eps = np.float64(param_f32(rec, 0))
+    r, d, a, eps, lo, hi = _row_setup(rec, ith, nth)
     ne3, ne2, ne1, ne0 = a.shape
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     if ne0 <= ACROSS and is_dense(r, 1, 4) and rows_contiguous(r, 0):
         # short dense rows: the sums (same order) taken across a group of rows, then each row
         ss = stack_f64()
@@ -190,25 +188,21 @@ RMS_NORM = register("RMS_NORM", "rms_norm(x)", _rms_norm_kernel, n_tasks=tasks_b
                     backward=_rms_norm_backward)
 
 
+rms_norm, rms_norm_inplace = _row_norm_builders(
+    RMS_NORM, "rms_norm", "Each row divided by its root mean square: x / sqrt(mean(x^2) + eps) (ggml_rms_norm).")
+
+
 @reference_of(RMS_NORM)
 def _rms_norm_reference(node, srcs):
     x = f64(srcs[0])
     return x / np.sqrt((x * x).mean(axis=3, keepdims=True) + param_f32_of(node, 0))
 
 
-rms_norm, rms_norm_inplace = _row_norm_builders(
-    RMS_NORM, "rms_norm", "Each row divided by its root mean square: x / sqrt(mean(x^2) + eps) (ggml_rms_norm).")
-
-
 # -- rms_norm_back: gradient of rms_norm at x (src0) for the output gradient dz (src1) -----------------
 def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    d = view_f32(r, 0)
-    a = view_f32(r, 1)
+    r, d, a, eps, lo, hi = _row_setup(rec, ith, nth)
     g = view_f32(r, 2)
-    eps = np.float64(param_f32(rec, 0))
     ne3, ne2, ne1, ne0 = a.shape
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     if ne0 <= ACROSS and is_dense(r, 1, 4) and is_dense(r, 2, 4) and rows_contiguous(r, 0):
         # short dense rows: both sums (same order) taken across a group of rows, then each row
         sxx = stack_f64()
@@ -220,26 +214,25 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
             zg = f32_at(t_addr(r, 2) + 4 * g0 * ne0, n * ne0)
             _group_sums(xg, zg, n, ne0, sxx, sxdz, True)
             for j in range(n):
-                x = xg[j * ne0:j * ne0 + ne0]
-                dz = zg[j * ne0:j * ne0 + ne0]
-                y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
-                rrms = 1.0 / np.sqrt(sxx[j] / ne0 + eps)
-                c = -sxdz[j] / (sxx[j] + eps * ne0)
-                for i0 in range(ne0):
-                    y[i0] = np.float32((np.float64(dz[i0]) + np.float64(x[i0]) * c) * rrms)
+                _rms_norm_back_row(xg[j * ne0:j * ne0 + ne0], zg[j * ne0:j * ne0 + ne0],
+                                   f32_at(row_addr(r, 0, i1, i2, i3), ne0), ne0, sxx[j], sxdz[j], eps)
                 i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     for ir in range(lo, hi):
         i1, i2, i3 = row_index(ir, ne1, ne2)
         x = a[i3, i2, i1]
         dz = g[i3, i2, i1]
-        y = d[i3, i2, i1]
-        sxx = _row_dot(x, x, ne0)
-        sxdz = _row_dot(x, dz, ne0)
-        rrms = 1.0 / np.sqrt(sxx / ne0 + eps)
-        c = -sxdz / (sxx + eps * ne0)
-        for i0 in range(ne0):
-            y[i0] = np.float32((np.float64(dz[i0]) + np.float64(x[i0]) * c) * rrms)
+        _rms_norm_back_row(x, dz, d[i3, i2, i1], ne0, _row_dot(x, x, ne0), _row_dot(x, dz, ne0), eps)
+
+
+@inline
+def _rms_norm_back_row(x, dz, y, n, sxx, sxdz, eps):
+    """y = (dz + x c) / sqrt(sxx / n + eps), c = -sxdz / (sxx + n eps): the row's gradient given its
+    sums sxx = sum(x^2) and sxdz = sum(x dz)."""
+    rrms = 1.0 / np.sqrt(sxx / n + eps)
+    c = -sxdz / (sxx + eps * n)
+    for i0 in range(n):
+        y[i0] = np.float32((np.float64(dz[i0]) + np.float64(x[i0]) * c) * rrms)
 
 
 # rms_norm_back(x, dz) = J(x) dz with J, rms_norm's Jacobian, symmetric: linear in dz

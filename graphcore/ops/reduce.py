@@ -12,7 +12,7 @@ from .. import types as T
 from ..errors import GraphError
 from ..kernel import f32_at, inline, record, row_addr, rows_contiguous, split, view_f32, view_i32
 from ..native import f64_1d as _f64
-from .common import (check_f32, elementwise_node, inplace_of, next_row, row_index, shapes, tasks_by_segments,
+from .common import (check_f32, elementwise_node, inplace_of, my_rows, next_row, row_index, shapes, tasks_by_segments,
                      unary_loop)
 from .elementwise import scale
 from .refs import f64, shape4, tile
@@ -212,12 +212,9 @@ rebuild_of(ARGMAX)(rebuild_by(argmax))
 
 # -- repeat: tile a to b's shape ---------------------------------------------------------------------------
 def _repeat_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    a = view_f32(r, 1)
-    d = view_f32(r, 0)
+    r, d, a, lo, hi = my_rows(rec, ith, nth)
     ne3, ne2, ne1, ne0 = d.shape
     a3, a2, a1, a0 = a.shape
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
     if fast:                                 # raw rows, counters instead of divisions
         i1, i2, i3 = row_index(lo, ne1, ne2)
@@ -281,14 +278,11 @@ rebuild_of(REPEAT)(rebuild_by(repeat, shaped=True))
 
 # -- repeat_back: the sum of a's tiles, a [k*ne] -> [ne] (undoes repeat's i % ne tiling) ---------------------
 def _repeat_back_kernel(rec, ith, nth, phase, wdata, wsize):
-    r = record(rec)
-    a = view_f32(r, 1)
-    d = view_f32(r, 0)
+    r, d, a, lo, hi = my_rows(rec, ith, nth)
     ne3, ne2, ne1, ne0 = d.shape
     a3, a2, a1, a0 = a.shape
     n3, n2, n1, n0 = a3 // ne3, a2 // ne2, a1 // ne1, a0 // ne0
     acc = _f64(wdata + ith * _repeat_back_row_bytes(ne0), (ne0,), (8,))
-    lo, hi = split(ne1 * ne2 * ne3, ith, nth)
     fast = rows_contiguous(r, 1)
     for ir in range(lo, hi):
         k1, k2, k3 = row_index(ir, ne1, ne2)
