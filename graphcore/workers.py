@@ -1,0 +1,301 @@
+"""The executor's threads: one compiled node loop (run_nodes) run by the caller and by worker
+threads that live in compiled code, and the barrier between them.
+
+Workers. A worker thread enters `worker_loop` once and stays there without the GIL: it polls the
+job word of a shared control array (with the CPU's pause hint), runs its share of a posted job by
+calling run_nodes directly, adds one to the done counter and polls again; after SPIN_US of nothing
+it parks on a futex (Linux; elsewhere it naps 50 us at a time) until the next post wakes it. A
+compute is one compiled call (`run_job`): post the job, wake parked workers, run thread 0's share,
+wait for the workers. Waking a worker that still polls costs a cache-line transfer, where the
+Python semaphore it replaces cost about 0.1 ms per compute (as much as half a 256^3 product).
+
+The job word is generation * 2^16 + nth: a worker reads nth with the generation, so a worker not
+needed by a job (ith >= nth) never reads the job's other fields, which the next post may rewrite.
+
+Barrier. Thread i stores barrier number e + 1 in a cache line of its own and polls the others'
+lines until each holds at least e + 1: one store and nth - 1 loads per thread, no contended
+read-modify-write. The numbers only grow (sync[_EPOCH] carries the count from one compute to the
+next, written by thread 0 after the last barrier, when every thread has read it), so nothing is
+ever reset, and a thread that sat out some computes (fewer threads) is simply behind.
+
+Failures: a kernel that fails records it in its node record; the thread then stamps the sync
+array's abort slot with the number of the barrier it will reach next. After every barrier each
+thread asks "was a failure stamped for this barrier or an earlier one?", so all threads leave at
+the same barrier whatever the timing (a fast thread failing in the next node stamps a later
+number, which a slow thread leaving the previous barrier ignores).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+
+import numpy as np
+from numba import njit
+
+from . import kernel as K
+from .blas import set_thread_local_blas_threads, thread_local_blas_setter
+from .native import (FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE, atomic_add, atomic_load, atomic_store, call_i32,
+                     call_kernel, cpu_relax, futex, i64_1d, i64_2d, monotonic_ns, sched_yield)
+
+LINE = 8                # int64 slots per cache line
+# the sync array (one per lowered graph): the failure stamp, the barrier count, a flag line per thread
+_ABORT, _NODE, _EPOCH, _FLAGS = 0, 1, 8, 16
+ABORT_SLOTS = slice(_ABORT, _NODE + 1)     # cleared by the executor once it has read a failure
+# the control array (one per process): job word, parked workers, done counter, the job's fields
+_JOB, _SLEEPERS, _DONE, _F = 0, 8, 16, 24
+_RECS, _ROWS, _COLS, _FNS, _NTASKS, _NPHASES, _SYNC, _SYNCLEN, _WDATA, _WSIZE, _LO, _HI, _QUIT = range(_F, _F + 13)
+CTL_LEN = _F + 16
+NTH_BITS = 16
+_SPINS_BEFORE_YIELD = 2000    # a barrier polls this many times, then yields the core between polls
+# how long an idle worker polls before it parks (GRAPHCORE_SPIN_US): back-to-back computes (a
+# training loop, a benchmark) find it polling; a process that stops computing gets its core back
+SPIN_US = int(os.environ.get("GRAPHCORE_SPIN_US", "200"))
+_FUTEX_WORD = 0 if sys.byteorder == "little" else 4    # the job word's low 32 bits
+
+
+def sync_array(n_threads: int) -> np.ndarray:
+    """A zeroed sync array for up to n_threads threads, starting on a cache line."""
+    return aligned_zeros(_FLAGS + LINE * max(1, n_threads))
+
+
+def aligned_zeros(n: int) -> np.ndarray:
+    raw = np.zeros(n + LINE, dtype=np.int64)
+    skip = (-raw.__array_interface__["data"][0]) % 64 // 8
+    return raw[skip:skip + n]
+
+
+@njit(inline="always", cache=True)
+def _barrier(sync, ith, nth, e):
+    """Barrier number e: wait until all nth threads arrive. Returns the failed node's index if a
+    failure was stamped for this barrier or an earlier one, else -1."""
+    atomic_store(sync, _FLAGS + LINE * ith, e + 1)
+    for j in range(nth):
+        if j != ith:
+            spins = 0
+            while atomic_load(sync, _FLAGS + LINE * j) <= e:
+                spins += 1
+                if spins < _SPINS_BEFORE_YIELD:
+                    cpu_relax()
+                else:
+                    sched_yield()
+    a = atomic_load(sync, _ABORT)
+    if a != 0 and a - 1 <= e:
+        return atomic_load(sync, _NODE) - 1
+    return -1
+
+
+@njit(inline="always", cache=True)
+def _record_failure(sync, i, e):
+    # stamped with the number of the barrier this thread reaches next (it cannot complete without
+    # this thread), so only threads leaving that barrier or a later one see the failure
+    atomic_store(sync, _NODE, i + 1)
+    atomic_store(sync, _ABORT, e + 1)
+
+
+@njit(nogil=True, cache=True)
+def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi):
+    """Walk nodes lo..hi-1 on thread `ith` of `nth`. Returns the index of a failed node, or -1;
+    every thread returns the same value.
+
+    Nodes with one task run on thread 0 alone and need no barrier; the others wait at the next
+    barrier. A barrier is placed before a multi-task node only when a single-task node ran since
+    the last one, and after each phase of a multi-task node."""
+    base = recs.ctypes.data
+    stride = recs.shape[1] * 8
+    e = atomic_load(sync, _EPOCH)
+    pending = False          # a single-task node ran since the last barrier
+    failed = -1
+    for i in range(lo, hi):
+        fn = fns[i]
+        if fn == 0:
+            continue
+        rec = base + i * stride
+        nt = n_tasks[i]
+        if nt == 1 or nth == 1:
+            if ith == 0:
+                for ph in range(n_phases[i]):
+                    call_kernel(fn, rec, 0, 1, ph, wdata, wsize)
+                if recs[i, K.R_ERR] != 0:
+                    if nth == 1:
+                        return i
+                    _record_failure(sync, i, e)
+                    break            # the others wait at their next barrier: meet them there, leave together
+            pending = True
+            continue
+        if pending:
+            failed = _barrier(sync, ith, nth, e)
+            e += 1
+            if failed != -1:
+                break
+            pending = False
+        for ph in range(n_phases[i]):
+            if ith < nt:
+                call_kernel(fn, rec, ith, nt, ph, wdata, wsize)
+                if recs[i, K.R_ERR] != 0:
+                    _record_failure(sync, i, e)
+            failed = _barrier(sync, ith, nth, e)
+            e += 1
+            if failed != -1:
+                break
+        if failed != -1:
+            break
+    if nth > 1 and failed == -1:
+        failed = _barrier(sync, ith, nth, e)
+        e += 1
+    if ith == 0:
+        atomic_store(sync, _EPOCH, e)
+    return failed
+
+
+@njit(nogil=True, cache=True)
+def _next_job(ctl, seen, spin_ns):
+    """Poll the job word until it differs from `seen`; park on it after spin_ns of polling."""
+    t0 = monotonic_ns()
+    spins = 0
+    while True:
+        word = atomic_load(ctl, _JOB)
+        if word != seen:
+            return word
+        spins += 1
+        if spins & 255 != 0 or monotonic_ns() - t0 < spin_ns:
+            cpu_relax()
+            continue
+        # parking: announce it first, then look once more; the poster bumps the word, then reads
+        # the announcement (both seq_cst), so one of the two sees the other, and the kernel's
+        # compare in FUTEX_WAIT catches a bump between the look and the sleep
+        atomic_add(ctl, _SLEEPERS, 1)
+        if atomic_load(ctl, _JOB) == seen:
+            futex(FUTEX_WAIT_PRIVATE, ctl.ctypes.data + _JOB * 8 + _FUTEX_WORD, seen & 0xFFFFFFFF)
+        atomic_add(ctl, _SLEEPERS, -1)
+
+
+@njit(nogil=True, cache=True)
+def worker_loop(ctl, ith, seen, spin_ns):
+    """A worker thread's life: run its share of every job that needs it, until told to quit."""
+    while True:
+        word = _next_job(ctl, seen, spin_ns)
+        seen = word
+        if atomic_load(ctl, _QUIT) != 0:
+            return
+        nth = word & ((1 << NTH_BITS) - 1)
+        if ith >= nth:
+            continue                # not needed: the job's fields are none of our business
+        n, cols = ctl[_ROWS], ctl[_COLS]
+        recs = i64_2d(ctl[_RECS], (n, cols), (cols * 8, 8))
+        fns = i64_1d(ctl[_FNS], (n,), (8,))
+        n_tasks = i64_1d(ctl[_NTASKS], (n,), (8,))
+        n_phases = i64_1d(ctl[_NPHASES], (n,), (8,))
+        sync = i64_1d(ctl[_SYNC], (ctl[_SYNCLEN],), (8,))
+        run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, ctl[_WDATA], ctl[_WSIZE], ctl[_LO], ctl[_HI])
+        atomic_add(ctl, _DONE, 1)
+
+
+@njit(nogil=True, cache=True)
+def _post(ctl, nth):
+    """Publish the job (its fields already written) to workers 1..nth-1, waking parked ones."""
+    atomic_store(ctl, _DONE, 0)
+    word = atomic_load(ctl, _JOB)
+    atomic_store(ctl, _JOB, ((word >> NTH_BITS) + 1 << NTH_BITS) | nth)
+    if atomic_load(ctl, _SLEEPERS) > 0:
+        futex(FUTEX_WAKE_PRIVATE, ctl.ctypes.data + _JOB * 8 + _FUTEX_WORD, 1 << 30)
+
+
+@njit(nogil=True, cache=True)
+def run_job(ctl, recs, fns, n_tasks, n_phases, nth, sync, wdata, wsize, lo, hi, blas_setter):
+    """Nodes lo..hi-1 on the calling thread (thread 0) and workers 1..nth-1; BLAS held to one
+    thread on the caller meanwhile (blas_setter: openblas_set_num_threads_local, or 0)."""
+    old = call_i32(blas_setter, 1) if blas_setter != 0 else 0
+    if nth > 1:
+        ctl[_RECS], ctl[_ROWS], ctl[_COLS] = recs.ctypes.data, recs.shape[0], recs.shape[1]
+        ctl[_FNS], ctl[_NTASKS], ctl[_NPHASES] = fns.ctypes.data, n_tasks.ctypes.data, n_phases.ctypes.data
+        ctl[_SYNC], ctl[_SYNCLEN] = sync.ctypes.data, sync.shape[0]
+        ctl[_WDATA], ctl[_WSIZE], ctl[_LO], ctl[_HI] = wdata, wsize, lo, hi
+        _post(ctl, nth)
+    failed = run_nodes(recs, fns, n_tasks, n_phases, 0, nth, sync, wdata, wsize, lo, hi)
+    spins = 0
+    while atomic_load(ctl, _DONE) < nth - 1:     # they are past the last barrier: a few loads at most
+        spins += 1
+        if spins < _SPINS_BEFORE_YIELD:
+            cpu_relax()
+        else:
+            sched_yield()
+    if blas_setter != 0 and old > 0:
+        call_i32(blas_setter, old)
+    return failed
+
+
+@njit(cache=True)
+def _quit(ctl):
+    atomic_store(ctl, _QUIT, 1)
+    _post(ctl, 1)            # any nth: every worker reads _QUIT first
+
+
+class _Workers:
+    """The worker threads (1, 2, ...; thread 0 is always the caller), started when a compute first
+    needs them and kept for the process's life; one multi-threaded compute at a time uses them."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.ctl = aligned_zeros(CTL_LEN)
+        self.threads = []
+
+    def _start(self):
+        ith = len(self.threads) + 1
+        ready, failed = threading.Event(), []
+        th = threading.Thread(target=self._main, args=(ith, int(self.ctl[_JOB]), ready, failed),
+                              name=f"graphcore-worker-{ith}", daemon=True)
+        th.start()
+        ready.wait()
+        if failed:
+            raise failed[0]
+        self.threads.append(th)
+
+    def _main(self, ith, seen, ready, failed):
+        try:
+            set_thread_local_blas_threads(1)
+            local.inside = True      # a compute from a custom function on this thread runs on one thread
+        except BaseException as e:   # noqa: BLE001 - raised in the thread that started us
+            failed.append(e)
+            return
+        finally:
+            ready.set()
+        worker_loop(self.ctl, ith, seen, SPIN_US * 1000)
+
+    def run(self, args, nth, lo, hi):
+        """run_job on nth threads; returns the failed node's index or -1."""
+        if nth == 1:
+            return run_job(self.ctl, *args[:4], 1, *args[4:], lo, hi, thread_local_blas_setter())
+        with self.lock:
+            while len(self.threads) < nth - 1:
+                self._start()
+            return run_job(self.ctl, *args[:4], nth, *args[4:], lo, hi, thread_local_blas_setter())
+
+    def close(self, timeout=2.0):
+        """Tell the workers to leave their loop and wait for them (at interpreter exit)."""
+        if self.threads and self.lock.acquire(timeout=timeout):     # not while a compute runs
+            try:
+                _quit(self.ctl)
+                for th in self.threads:
+                    th.join(timeout)
+                self.threads = []
+            finally:
+                self.lock.release()
+
+
+local = threading.local()     # .inside: this thread runs a compute (a worker, or a caller mid-compute)
+pool = _Workers()
+
+
+def _after_fork_in_child():
+    global pool
+    pool = _Workers()         # the parent's workers do not exist here
+
+
+def run(args, nth, lo, hi):
+    return pool.run(args, nth, lo, hi)
+
+
+atexit.register(lambda: pool.close())
+os.register_at_fork(after_in_child=_after_fork_in_child)
