@@ -78,7 +78,7 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
             raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
     inside = getattr(W.local, "inside", False)
     lock = g._compute_lock
-    if not lock.acquire(blocking=False):
+    if not lock.acquire(False):
         if inside:     # waiting here could wait for ourselves
             raise GraphError("graph_compute: the graph is already being computed (a compute started from a "
                              "custom function cannot compute the graph it belongs to, nor wait for another "
@@ -90,7 +90,7 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
         wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
         K.RUNNING[low.address] = g._nodes            # Python custom functions find their tensors here
         W.local.inside = True
-        args = (low.recs, low.fns, low.n_tasks, low.n_phases, low.sync, wdata, wsize)
+        args = (low, wdata, wsize)
         if callback is None and cplan.abort_callback is None and not check_finite:
             _run(args, nth, 0, n, g)
             status = STATUS_SUCCESS
@@ -108,9 +108,10 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
 
 def _run(args, nth, lo, hi, g):
     """Nodes lo..hi-1 on nth threads; raises the ComputeError of a failed node."""
-    failed = W.run(args, nth, lo, hi)
+    low, wdata, wsize = args
+    failed = W.pool.run(low.job_address, nth, wdata, wsize, lo, hi)
     if failed >= 0:
-        recs, sync = args[0], args[4]
+        recs, sync = low.recs, low.sync
         node = g.nodes[failed]
         code, arg = int(recs[failed, K.R_ERR]), int(recs[failed, K.R_ERRARG])
         recs[:, K.R_ERR] = 0
@@ -125,7 +126,7 @@ def _run(args, nth, lo, hi, g):
 def _step(g, cplan, args, nth, callback, check_finite) -> int:
     """The debugging path: one node at a time (on as many threads as that node has tasks), then
     the finite check, the callback and the abort callback."""
-    n_tasks = args[2]
+    n_tasks = args[0].n_tasks
     abort = cplan.abort_callback
     for i, node in enumerate(g.nodes):
         _run(args, min(nth, int(n_tasks[i])), i, i + 1, g)

@@ -154,15 +154,37 @@ def atomic_load(typingctx, arr, idx):
 
 
 @intrinsic
-def atomic_store(typingctx, arr, idx, val):
-    sig = types.void(arr, idx, types.int64)
+def atomic_cas(typingctx, arr, idx, expected, new):
+    """Atomically set arr[idx] (int64 array) to `new` if it holds `expected`; True if it did (seq_cst)."""
+    sig = types.boolean(arr, idx, types.int64, types.int64)
 
     def codegen(context, builder, signature, args):
         ptr = _element_ptr(builder, args[0], context, signature.args[0], args[1])
-        builder.store_atomic(args[2], ptr, "seq_cst", 8)
-        return context.get_dummy_value()
+        pair = builder.cmpxchg(ptr, args[2], args[3], "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
 
     return sig, codegen
+
+
+def _atomic_store(ordering):
+    @intrinsic
+    def store(typingctx, arr, idx, val):
+        sig = types.void(arr, idx, types.int64)
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_ptr(builder, args[0], context, signature.args[0], args[1])
+            builder.store_atomic(args[2], ptr, ordering, 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return store
+
+
+atomic_store = _atomic_store("seq_cst")
+# a release store: what the storing thread wrote before is seen by a thread whose (acquire or
+# seq_cst) load reads the value; a plain move on x86 where seq_cst costs a locked exchange
+atomic_store_release = _atomic_store("release")
 
 
 @intrinsic

@@ -36,19 +36,29 @@ from numba import njit
 
 from . import kernel as K
 from .blas import set_thread_local_blas_threads, thread_local_blas_setter
-from .native import (FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE, atomic_add, atomic_load, atomic_store, call_i32,
-                     call_kernel, cpu_relax, futex, i64_1d, i64_2d, monotonic_ns, sched_yield)
+from .native import (FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE, atomic_add, atomic_cas, atomic_load, atomic_store,
+                     atomic_store_release, call_i32, call_kernel, cpu_relax, futex, i64_1d, i64_2d, monotonic_ns,
+                     sched_yield)
 
 LINE = 8                # int64 slots per cache line
+MAX_THREADS = 512       # ggml's GGML_MAX_N_THREADS
 # the sync array (one per lowered graph): the failure stamp, the barrier count, a flag line per thread
 _ABORT, _NODE, _EPOCH, _FLAGS = 0, 1, 8, 16
 ABORT_SLOTS = slice(_ABORT, _NODE + 1)     # cleared by the executor once it has read a failure
-# the control array (one per process): job word, parked workers, done counter, the job's fields
-_JOB, _SLEEPERS, _DONE, _F = 0, 8, 16, 24
-_RECS, _ROWS, _COLS, _FNS, _NTASKS, _NPHASES, _SYNC, _SYNCLEN, _WDATA, _WSIZE, _LO, _HI, _QUIT = range(_F, _F + 13)
-CTL_LEN = _F + 16
+# a job record (one per lowered graph): where the node loop's arrays are
+_RECS, _ROWS, _COLS, _FNS, _NTASKS, _NPHASES, _SYNC, _SYNCLEN = range(8)
+JOB_LEN = 8
+# the control array (one per process): job word, parked workers, done counter, the posted job
+# and a claim line per worker: the generation of the last job it started, or minus that of the
+# last one thread 0 took over from it (a compare-and-swap decides which came first)
+_JOB, _SLEEPERS, _DONE, _QUIT, _POSTED = 0, 8, 16, 24, 32
+_WDATA, _WSIZE, _LO, _HI = range(_POSTED + JOB_LEN, _POSTED + JOB_LEN + 4)
+_CLAIM = _POSTED + 16
+CTL_LEN = _CLAIM + LINE * MAX_THREADS
 NTH_BITS = 16
-_SPINS_BEFORE_YIELD = 2000    # a barrier polls this many times, then yields the core between polls
+# a barrier polls this many times (each poll a pause hint, ~25 ns on the AMD EPYC of the README),
+# then yields the core between polls: on a loaded machine the thread it waits for may need it
+_SPINS_BEFORE_YIELD = 200
 # how long an idle worker polls before it parks (GRAPHCORE_SPIN_US): back-to-back computes (a
 # training loop, a benchmark) find it polling; a process that stops computing gets its core back
 SPIN_US = int(os.environ.get("GRAPHCORE_SPIN_US", "200"))
@@ -60,30 +70,16 @@ def sync_array(n_threads: int) -> np.ndarray:
     return aligned_zeros(_FLAGS + LINE * max(1, n_threads))
 
 
+def job_record(recs, fns, n_tasks, n_phases, sync) -> np.ndarray:
+    """The job record of a lowered graph: its arrays' addresses and sizes, for run_job."""
+    return np.array([recs.ctypes.data, recs.shape[0], recs.shape[1], fns.ctypes.data, n_tasks.ctypes.data,
+                     n_phases.ctypes.data, sync.ctypes.data, sync.shape[0]], dtype=np.int64)
+
+
 def aligned_zeros(n: int) -> np.ndarray:
     raw = np.zeros(n + LINE, dtype=np.int64)
     skip = (-raw.__array_interface__["data"][0]) % 64 // 8
     return raw[skip:skip + n]
-
-
-@njit(inline="always", cache=True)
-def _barrier(sync, ith, nth, e):
-    """Barrier number e: wait until all nth threads arrive. Returns the failed node's index if a
-    failure was stamped for this barrier or an earlier one, else -1."""
-    atomic_store(sync, _FLAGS + LINE * ith, e + 1)
-    for j in range(nth):
-        if j != ith:
-            spins = 0
-            while atomic_load(sync, _FLAGS + LINE * j) <= e:
-                spins += 1
-                if spins < _SPINS_BEFORE_YIELD:
-                    cpu_relax()
-                else:
-                    sched_yield()
-    a = atomic_load(sync, _ABORT)
-    if a != 0 and a - 1 <= e:
-        return atomic_load(sync, _NODE) - 1
-    return -1
 
 
 @njit(inline="always", cache=True)
@@ -94,10 +90,56 @@ def _record_failure(sync, i, e):
     atomic_store(sync, _ABORT, e + 1)
 
 
+@njit(cache=True)
+def _take_over(ctl, gen, j):
+    """Thread 0 takes worker j's share of job `gen` if j has not started it (a parked worker still
+    waking, a worker the OS has not scheduled): True if it did, and then j skips the job."""
+    c = atomic_load(ctl, _CLAIM + LINE * j)
+    return c != gen and atomic_cas(ctl, _CLAIM + LINE * j, c, -gen)
+
+
+@njit(inline="always", cache=True)
+def _barrier(sync, ith, nth, e, ctl, gen, mine, i, fn, rec, nt, ph, wdata, wsize):
+    """Barrier number e: wait until all nth threads arrive. Returns (the failed node's index if a
+    failure was stamped for this barrier or an earlier one, else -1; mine).
+
+    `mine` is thread 0's mask of the shares it runs (bit 0: its own; bit j: it took worker j's
+    over); 0 on workers. Only thread 0 of a job (gen != 0) takes over, and only workers that have not started the
+    job: then no barrier of the job has completed, so this is its first one, and what j owes before
+    it is its task of phase ph of node i (fn, rec, nt; fn == 0 when only single-task nodes ran)."""
+    atomic_store_release(sync, _FLAGS + LINE * ith, e + 1)
+    for j in range(1, min(nth, 64) if mine > 1 else 1):     # the shares thread 0 took over arrive with it
+        if mine >> j & 1:
+            atomic_store_release(sync, _FLAGS + LINE * j, e + 1)
+    for j in range(nth):
+        if j == ith or (j < 64 and mine >> j & 1):     # itself, or a share it runs
+            continue
+        spins = 0
+        while atomic_load(sync, _FLAGS + LINE * j) <= e:
+            spins += 1
+            if spins == _SPINS_BEFORE_YIELD and gen != 0 and j < 64 and _take_over(ctl, gen, j):
+                mine |= 1 << j
+                if fn != 0 and j < nt:
+                    call_kernel(fn, rec, j, nt, ph, wdata, wsize)
+                    if K.record(rec)[K.R_ERR] != 0:
+                        _record_failure(sync, i, e)
+                atomic_store_release(sync, _FLAGS + LINE * j, e + 1)
+            elif spins < _SPINS_BEFORE_YIELD:
+                cpu_relax()
+            else:
+                sched_yield()
+    a = atomic_load(sync, _ABORT)
+    if a != 0 and a - 1 <= e:
+        return atomic_load(sync, _NODE) - 1, mine
+    return -1, mine
+
+
 @njit(nogil=True, cache=True)
-def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi):
+def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi, ctl, gen):
     """Walk nodes lo..hi-1 on thread `ith` of `nth`. Returns the index of a failed node, or -1;
-    every thread returns the same value.
+    every thread returns the same value. On thread 0, gen != 0 (the job's generation) lets it
+    take over the share of workers that have not started (see _barrier); results are the same
+    bits, since the kernels split work by (ith, nth) alone.
 
     Nodes with one task run on thread 0 alone and need no barrier; the others wait at the next
     barrier. A barrier is placed before a multi-task node only when a single-task node ran since
@@ -107,6 +149,7 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
     e = atomic_load(sync, _EPOCH)
     pending = False          # a single-task node ran since the last barrier
     failed = -1
+    mine = 1 if ith == 0 else 0
     for i in range(lo, hi):
         fn = fns[i]
         if fn == 0:
@@ -125,7 +168,7 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
             pending = True
             continue
         if pending:
-            failed = _barrier(sync, ith, nth, e)
+            failed, mine = _barrier(sync, ith, nth, e, ctl, gen, mine, i, 0, 0, 0, 0, wdata, wsize)
             e += 1
             if failed != -1:
                 break
@@ -133,16 +176,20 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
         for ph in range(n_phases[i]):
             if ith < nt:
                 call_kernel(fn, rec, ith, nt, ph, wdata, wsize)
-                if recs[i, K.R_ERR] != 0:
-                    _record_failure(sync, i, e)
-            failed = _barrier(sync, ith, nth, e)
+            if mine > 1:            # thread 0 runs the tasks of the workers it took over too
+                for t in range(1, min(nt, 64)):
+                    if mine >> t & 1:
+                        call_kernel(fn, rec, t, nt, ph, wdata, wsize)
+            if recs[i, K.R_ERR] != 0:
+                _record_failure(sync, i, e)
+            failed, mine = _barrier(sync, ith, nth, e, ctl, gen, mine, i, fn, rec, nt, ph, wdata, wsize)
             e += 1
             if failed != -1:
                 break
         if failed != -1:
             break
     if nth > 1 and failed == -1:
-        failed = _barrier(sync, ith, nth, e)
+        failed, mine = _barrier(sync, ith, nth, e, ctl, gen, mine, hi, 0, 0, 0, 0, wdata, wsize)
         e += 1
     if ith == 0:
         atomic_store(sync, _EPOCH, e)
@@ -171,6 +218,15 @@ def _next_job(ctl, seen, spin_ns):
         atomic_add(ctl, _SLEEPERS, -1)
 
 
+@njit(cache=True)
+def _share(job, ith, nth, wdata, wsize, lo, hi, ctl, gen):
+    """Thread ith's share of a job (run_nodes on the arrays of a job record)."""
+    n, cols = job[_ROWS], job[_COLS]
+    return run_nodes(i64_2d(job[_RECS], (n, cols), (cols * 8, 8)), i64_1d(job[_FNS], (n,), (8,)),
+                     i64_1d(job[_NTASKS], (n,), (8,)), i64_1d(job[_NPHASES], (n,), (8,)), ith, nth,
+                     i64_1d(job[_SYNC], (job[_SYNCLEN],), (8,)), wdata, wsize, lo, hi, ctl, gen)
+
+
 @njit(nogil=True, cache=True)
 def worker_loop(ctl, ith, seen, spin_ns):
     """A worker thread's life: run its share of every job that needs it, until told to quit."""
@@ -182,40 +238,45 @@ def worker_loop(ctl, ith, seen, spin_ns):
         nth = word & ((1 << NTH_BITS) - 1)
         if ith >= nth:
             continue                # not needed: the job's fields are none of our business
-        n, cols = ctl[_ROWS], ctl[_COLS]
-        recs = i64_2d(ctl[_RECS], (n, cols), (cols * 8, 8))
-        fns = i64_1d(ctl[_FNS], (n,), (8,))
-        n_tasks = i64_1d(ctl[_NTASKS], (n,), (8,))
-        n_phases = i64_1d(ctl[_NPHASES], (n,), (8,))
-        sync = i64_1d(ctl[_SYNC], (ctl[_SYNCLEN],), (8,))
-        run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, ctl[_WDATA], ctl[_WSIZE], ctl[_LO], ctl[_HI])
+        gen = word >> NTH_BITS
+        c = atomic_load(ctl, _CLAIM + LINE * ith)
+        if c == -gen or not atomic_cas(ctl, _CLAIM + LINE * ith, c, gen):
+            continue                # thread 0 took our share over: the job may be done already
+        _share(ctl[_POSTED:_POSTED + JOB_LEN], ith, nth, ctl[_WDATA], ctl[_WSIZE], ctl[_LO], ctl[_HI], ctl, 0)
         atomic_add(ctl, _DONE, 1)
 
 
 @njit(nogil=True, cache=True)
 def _post(ctl, nth):
-    """Publish the job (its fields already written) to workers 1..nth-1, waking parked ones."""
+    """Publish the job (its fields already written) to workers 1..nth-1, waking parked ones; returns
+    its generation."""
     atomic_store(ctl, _DONE, 0)
-    word = atomic_load(ctl, _JOB)
-    atomic_store(ctl, _JOB, ((word >> NTH_BITS) + 1 << NTH_BITS) | nth)
+    gen = (atomic_load(ctl, _JOB) >> NTH_BITS) + 1
+    atomic_store(ctl, _JOB, gen << NTH_BITS | nth)
     if atomic_load(ctl, _SLEEPERS) > 0:
         futex(FUTEX_WAKE_PRIVATE, ctl.ctypes.data + _JOB * 8 + _FUTEX_WORD, 1 << 30)
+    return gen
 
 
 @njit(nogil=True, cache=True)
-def run_job(ctl, recs, fns, n_tasks, n_phases, nth, sync, wdata, wsize, lo, hi, blas_setter):
-    """Nodes lo..hi-1 on the calling thread (thread 0) and workers 1..nth-1; BLAS held to one
-    thread on the caller meanwhile (blas_setter: openblas_set_num_threads_local, or 0)."""
+def run_job(ctl_addr, job_addr, nth, wdata, wsize, lo, hi, blas_setter):
+    """Nodes lo..hi-1 of a job record on the calling thread (thread 0) and workers 1..nth-1; BLAS
+    held to one thread on the caller meanwhile (blas_setter: openblas_set_num_threads_local, or 0).
+    Addresses, not arrays: numba unboxes an int several times faster than an array."""
+    ctl = i64_1d(ctl_addr, (CTL_LEN,), (8,))
+    job = i64_1d(job_addr, (JOB_LEN,), (8,))
     old = call_i32(blas_setter, 1) if blas_setter != 0 else 0
+    gen = 0
     if nth > 1:
-        ctl[_RECS], ctl[_ROWS], ctl[_COLS] = recs.ctypes.data, recs.shape[0], recs.shape[1]
-        ctl[_FNS], ctl[_NTASKS], ctl[_NPHASES] = fns.ctypes.data, n_tasks.ctypes.data, n_phases.ctypes.data
-        ctl[_SYNC], ctl[_SYNCLEN] = sync.ctypes.data, sync.shape[0]
+        ctl[_POSTED:_POSTED + JOB_LEN] = job
         ctl[_WDATA], ctl[_WSIZE], ctl[_LO], ctl[_HI] = wdata, wsize, lo, hi
-        _post(ctl, nth)
-    failed = run_nodes(recs, fns, n_tasks, n_phases, 0, nth, sync, wdata, wsize, lo, hi)
+        gen = _post(ctl, nth)
+    failed = _share(job, 0, nth, wdata, wsize, lo, hi, ctl, gen)
+    started = 0             # the workers that ran their share (the others', thread 0 ran)
+    for j in range(1, nth):
+        started += atomic_load(ctl, _CLAIM + LINE * j) == gen
     spins = 0
-    while atomic_load(ctl, _DONE) < nth - 1:     # they are past the last barrier: a few loads at most
+    while atomic_load(ctl, _DONE) < started:     # they are past the last barrier: a few loads at most
         spins += 1
         if spins < _SPINS_BEFORE_YIELD:
             cpu_relax()
@@ -239,6 +300,7 @@ class _Workers:
     def __init__(self):
         self.lock = threading.Lock()
         self.ctl = aligned_zeros(CTL_LEN)
+        self.address = self.ctl.ctypes.data
         self.threads = []
 
     def _start(self):
@@ -263,39 +325,31 @@ class _Workers:
             ready.set()
         worker_loop(self.ctl, ith, seen, SPIN_US * 1000)
 
-    def run(self, args, nth, lo, hi):
+    def run(self, job_address, nth, wdata, wsize, lo, hi):
         """run_job on nth threads; returns the failed node's index or -1."""
         if nth == 1:
-            return run_job(self.ctl, *args[:4], 1, *args[4:], lo, hi, thread_local_blas_setter())
+            return run_job(self.address, job_address, 1, wdata, wsize, lo, hi, thread_local_blas_setter())
         with self.lock:
             while len(self.threads) < nth - 1:
                 self._start()
-            return run_job(self.ctl, *args[:4], nth, *args[4:], lo, hi, thread_local_blas_setter())
+            return run_job(self.address, job_address, nth, wdata, wsize, lo, hi, thread_local_blas_setter())
 
     def close(self, timeout=2.0):
         """Tell the workers to leave their loop and wait for them (at interpreter exit)."""
-        if self.threads and self.lock.acquire(timeout=timeout):     # not while a compute runs
+        lock = self.lock
+        if self.threads and lock.acquire(timeout=timeout):     # not while a compute runs
             try:
                 _quit(self.ctl)
                 for th in self.threads:
                     th.join(timeout)
-                self.threads = []
+                self.__init__()      # a compute after this (a late atexit hook) starts new workers
             finally:
-                self.lock.release()
+                lock.release()
 
 
 local = threading.local()     # .inside: this thread runs a compute (a worker, or a caller mid-compute)
 pool = _Workers()
 
 
-def _after_fork_in_child():
-    global pool
-    pool = _Workers()         # the parent's workers do not exist here
-
-
-def run(args, nth, lo, hi):
-    return pool.run(args, nth, lo, hi)
-
-
-atexit.register(lambda: pool.close())
-os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(pool.close)
+os.register_at_fork(after_in_child=pool.__init__)     # the parent's workers do not exist in a child

@@ -181,3 +181,41 @@ def test_barrier_failures_at_every_phase_leave_together():
     gc.graph_compute_with_ctx(ctx, g, 3)
     assert g.nodes[-1].numpy()[0] == 31 * 64 * 1024
     """, timeout=120)
+
+
+def test_thread_0_takes_over_the_shares_of_workers_not_started():
+    # after a pause the workers are parked; a small job reaches its first barrier before they wake,
+    # and thread 0 runs their tasks itself (their claim line then holds minus the job's generation):
+    # the results are the same, and a failure in a share taken over stops the compute like any other
+    scenario("""
+    import time, numba
+    flag = gc.from_numpy(ctx, np.zeros(1, np.float32))
+
+    @numba.njit
+    def fails_when_flag(dst, x, f, ith, nth):
+        if f[0, 0, 0, 0] == ith + 1:
+            raise ValueError("boom")
+        dst[...] = x
+    c = gc.map_custom2(ctx, s, flag, fails_when_flag)
+    g2 = gc.build_forward(gc.sum(ctx, c))
+    want2 = float(2 * an.astype(np.float64).sum())
+    took = failures = 0
+    for k in range(200):
+        time.sleep(0.001)
+        if k % 2:
+            check(4)
+        else:
+            flag.numpy()[0] = 1 + k % 5             # 5: no task fails
+            try:
+                gc.graph_compute_with_ctx(ctx, g2, 4)
+                assert flag.numpy()[0] == 5 and np.isclose(g2.nodes[-1].numpy()[0], want2, rtol=1e-5), k
+            except gc.ComputeError as e:
+                assert "MAP_CUSTOM2" in str(e) and flag.numpy()[0] <= 4, (k, e)
+                failures += 1
+        took += sum(int(W.pool.ctl[W._CLAIM + W.LINE * j] < 0) for j in (1, 2, 3))
+    assert failures == 80, failures
+    assert took > 0, "no share was ever taken over"
+    flag.numpy()[0] = 0
+    for nth in (1, 2, 3, 4):
+        check(nth)
+    """, env=SHORT_SPIN, timeout=120)
