@@ -59,6 +59,11 @@ NTH_BITS = 16
 # a barrier polls this many times (each poll a pause hint, ~25 ns on the AMD EPYC of the README),
 # then yields the core between polls: on a loaded machine the thread it waits for may need it
 _SPINS_BEFORE_YIELD = 200
+# how long thread 0 waits at a job's first barrier for a worker that has not started the job
+# before running its share itself: longer than a parked worker takes to wake on a quiet machine
+# (so a long job keeps its threads), far shorter than the time slice a busy machine may keep a
+# runnable worker waiting
+_TAKE_OVER_NS = 50_000
 # how long an idle worker polls before it parks (GRAPHCORE_SPIN_US): back-to-back computes (a
 # training loop, a benchmark) find it polling; a process that stops computing gets its core back
 SPIN_US = int(os.environ.get("GRAPHCORE_SPIN_US", "200"))
@@ -114,20 +119,24 @@ def _barrier(sync, ith, nth, e, ctl, gen, mine, i, fn, rec, nt, ph, wdata, wsize
     for j in range(nth):
         if j == ith or (j < 64 and mine >> j & 1):     # itself, or a share it runs
             continue
-        spins = 0
+        spins = t0 = 0
         while atomic_load(sync, _FLAGS + LINE * j) <= e:
             spins += 1
-            if spins == _SPINS_BEFORE_YIELD and gen != 0 and j < 64 and _take_over(ctl, gen, j):
-                mine |= 1 << j
-                if fn != 0 and j < nt:
-                    call_kernel(fn, rec, j, nt, ph, wdata, wsize)
-                    if K.record(rec)[K.R_ERR] != 0:
-                        _record_failure(sync, i, e)
-                atomic_store_release(sync, _FLAGS + LINE * j, e + 1)
-            elif spins < _SPINS_BEFORE_YIELD:
+            if spins < _SPINS_BEFORE_YIELD:
                 cpu_relax()
-            else:
-                sched_yield()
+                continue
+            if gen != 0 and j < 64:
+                t = monotonic_ns()
+                t0 = t if t0 == 0 else t0
+                if t - t0 > _TAKE_OVER_NS and _take_over(ctl, gen, j):
+                    mine |= 1 << j
+                    if fn != 0 and j < nt:
+                        call_kernel(fn, rec, j, nt, ph, wdata, wsize)
+                        if K.record(rec)[K.R_ERR] != 0:
+                            _record_failure(sync, i, e)
+                    atomic_store_release(sync, _FLAGS + LINE * j, e + 1)
+                    continue
+            sched_yield()
     a = atomic_load(sync, _ABORT)
     if a != 0 and a - 1 <= e:
         return atomic_load(sync, _NODE) - 1, mine

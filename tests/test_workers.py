@@ -89,14 +89,16 @@ def test_ctrl_c_during_multithreaded_computes():
     # KeyboardInterrupt comes out in the caller, never a hang, and later computes are right
     scenario("""
     import os, signal, threading, time
-    done = threading.Event()
+    go, done = threading.Event(), threading.Event()
 
     def interrupter():
+        go.wait()                             # not while the main thread is still starting us
         for k in range(30):
             time.sleep(0.001 * (1 + k % 5))
             os.kill(os.getpid(), signal.SIGINT)
         done.set()
     threading.Thread(target=interrupter).start()
+    go.set()
     interrupted = k = 0
     while True:
         try:

@@ -33,9 +33,6 @@ def chunking(M, N):
     if N >= 2 * CHUNK:
         size = max(2 * CHUNK, -(-N // 4))
         return True, size, -(-N // size)
-    if N >= CHUNK and M >= CHUNK:       # 64..127 columns: halves, so two threads share a small product
-        size = CHUNK // 2
-        return True, size, -(-N // size)
     size = max(2 * CHUNK, -(-M // 4))
     return False, size, -(-M // size)
 
