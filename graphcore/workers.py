@@ -56,9 +56,11 @@ _WDATA, _WSIZE, _LO, _HI = range(_POSTED + JOB_LEN, _POSTED + JOB_LEN + 4)
 _CLAIM = _POSTED + 16
 CTL_LEN = _CLAIM + LINE * MAX_THREADS
 NTH_BITS = 16
-# a barrier polls this many times (each poll a pause hint, ~25 ns on the AMD EPYC of the README),
-# then yields the core between polls: on a loaded machine the thread it waits for may need it
-_SPINS_BEFORE_YIELD = 200
+# a waiting thread polls this many times (each poll a pause hint, ~25 ns on the AMD EPYC of the
+# README), then yields the core between polls: on a busy machine the thread it waits for may be
+# queued behind it on the same core (a longer spin cost 15 us a barrier there), and on an idle
+# one sched_yield returns at once
+_SPINS_BEFORE_YIELD = 40
 # how long thread 0 waits at a job's first barrier for a worker that has not started the job
 # before running its share itself: longer than a parked worker takes to wake on a quiet machine
 # (so a long job keeps its threads), far shorter than the time slice a busy machine may keep a
@@ -207,7 +209,8 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
 
 @njit(nogil=True, cache=True)
 def _next_job(ctl, seen, spin_ns):
-    """Poll the job word until it differs from `seen`; park on it after spin_ns of polling."""
+    """Poll the job word until it differs from `seen` (spinning, then yielding between polls); park
+    on it after spin_ns of polling."""
     t0 = monotonic_ns()
     spins = 0
     while True:
@@ -215,8 +218,11 @@ def _next_job(ctl, seen, spin_ns):
         if word != seen:
             return word
         spins += 1
-        if spins & 255 != 0 or monotonic_ns() - t0 < spin_ns:
+        if spins < _SPINS_BEFORE_YIELD:
             cpu_relax()
+            continue
+        if monotonic_ns() - t0 < spin_ns:
+            sched_yield()           # a busy machine's other work runs; an idle core comes right back
             continue
         # parking: announce it first, then look once more; the poster bumps the word, then reads
         # the announcement (both seq_cst), so one of the two sees the other, and the kernel's
