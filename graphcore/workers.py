@@ -64,8 +64,8 @@ _SPINS_BEFORE_YIELD = 40
 # how long thread 0 waits at a job's first barrier for a worker that has not started the job
 # before running its share itself: longer than a parked worker takes to wake on a quiet machine
 # (so a long job keeps its threads), far shorter than the time slice a busy machine may keep a
-# runnable worker waiting
-_TAKE_OVER_NS = 50_000
+# runnable worker waiting (GRAPHCORE_TAKE_OVER_US)
+_TAKE_OVER_NS = 1000 * int(os.environ.get("GRAPHCORE_TAKE_OVER_US", "50"))
 # how long an idle worker polls before it parks (GRAPHCORE_SPIN_US): back-to-back computes (a
 # training loop, a benchmark) find it polling; a process that stops computing gets its core back
 SPIN_US = int(os.environ.get("GRAPHCORE_SPIN_US", "200"))
