@@ -25,6 +25,15 @@ want = float(((2 * an.astype(np.float64)) ** 3).sum())
 def check(nth):
     gc.graph_compute_with_ctx(ctx, g, nth)
     assert np.isclose(out.numpy()[0], want, rtol=1e-5), (nth, out.numpy()[0], want)
+
+import numba
+flag = gc.from_numpy(ctx, np.zeros(1, np.float32))
+
+@numba.njit
+def fails_when_flag(dst, x, f, ith, nth):        # for map_custom2(ctx, x, flag, ...): task flag - 1 fails
+    if f[0, 0, 0, 0] == ith + 1:
+        raise ValueError("boom")
+    dst[...] = x
 """
 
 
@@ -153,18 +162,8 @@ def test_interpreter_exits_with_workers(when):
 def test_barrier_failures_at_every_phase_leave_together():
     # a jitted custom op failing on one task of a node in the middle of a long chain of split nodes,
     # at 2-4 threads: each compute raises the op's error, and every thread is back for the next one
-    child("""
-    import numba
-    ctx = gc.init(64 << 20)
+    scenario("""
     x = gc.from_numpy(ctx, np.ones((64, 1024), np.float32))
-    flag = gc.from_numpy(ctx, np.zeros(1, np.float32))
-
-    @numba.njit
-    def fails_when_flag(dst, a, f, ith, nth):
-        if f[0, 0, 0, 0] == ith + 1:
-            raise ValueError("boom")
-        dst[...] = a
-
     t = x
     for i in range(30):
         t = gc.add(ctx, t, x)
@@ -190,14 +189,7 @@ def test_thread_0_takes_over_the_shares_of_workers_not_started():
     # and thread 0 runs their tasks itself (their claim line then holds minus the job's generation):
     # the results are the same, and a failure in a share taken over stops the compute like any other
     scenario("""
-    import time, numba
-    flag = gc.from_numpy(ctx, np.zeros(1, np.float32))
-
-    @numba.njit
-    def fails_when_flag(dst, x, f, ith, nth):
-        if f[0, 0, 0, 0] == ith + 1:
-            raise ValueError("boom")
-        dst[...] = x
+    import time
     c = gc.map_custom2(ctx, s, flag, fails_when_flag)
     g2 = gc.build_forward(gc.sum(ctx, c))
     want2 = float(2 * an.astype(np.float64).sum())
