@@ -208,7 +208,12 @@ _PAUSE = ("llvm.x86.sse2.pause" if _ARCH in ("x86_64", "amd64", "i686", "x86")
 _SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98,
               "ppc64le": 221, "ppc64": 221, "s390x": 238}.get(_ARCH, 0) if sys.platform.startswith("linux") else 0
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
-PARKS_ON_FUTEX = _SYS_FUTEX != 0
+
+
+def _libc_call(builder, name, ret, args, var_arg=False):
+    """Call the C function (or LLVM intrinsic) `name`."""
+    fnty = ir.FunctionType(ret, [a.type for a in args] if not var_arg else [args[0].type], var_arg=var_arg)
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
 
 
 @intrinsic
@@ -222,12 +227,6 @@ def cpu_relax(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
-
-
-def _libc_call(builder, name, ret, args, var_arg=False):
-    """Call the C function (or LLVM intrinsic) `name`."""
-    fnty = ir.FunctionType(ret, [a.type for a in args] if not var_arg else [args[0].type], var_arg=var_arg)
-    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
 
 
 @intrinsic

@@ -2,15 +2,19 @@
 threads that live in compiled code, and the barrier between them.
 
 Workers. A worker thread enters `worker_loop` once and stays there without the GIL: it polls the
-job word of a shared control array (with the CPU's pause hint), runs its share of a posted job by
-calling run_nodes directly, adds one to the done counter and polls again; after SPIN_US of nothing
-it parks on a futex (Linux; elsewhere it naps 50 us at a time) until the next post wakes it. A
+job word of a shared control array (a few polls with the CPU's pause hint, then yielding the core
+between polls), runs its share of a posted job by calling run_nodes directly, adds one to the done
+counter and polls again; after SPIN_US of nothing it parks on a futex (Linux; elsewhere it naps
+50 us at a time) until the next post wakes it. A
 compute is one compiled call (`run_job`): post the job, wake parked workers, run thread 0's share,
 wait for the workers. Waking a worker that still polls costs a cache-line transfer, where the
 Python semaphore it replaces cost about 0.1 ms per compute (as much as half a 256^3 product).
 
 The job word is generation * 2^16 + nth: a worker reads nth with the generation, so a worker not
 needed by a job (ith >= nth) never reads the job's other fields, which the next post may rewrite.
+A worker that is needed claims the job (a compare-and-swap of its claim line to the generation)
+before reading them; thread 0 may claim it first (minus the generation) when the worker is late,
+and then runs the worker's tasks itself (see _barrier).
 
 Barrier. Thread i stores barrier number e + 1 in a cache line of its own and polls the others'
 lines until each holds at least e + 1: one store and nth - 1 loads per thread, no contended
