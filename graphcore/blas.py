@@ -15,6 +15,7 @@ from numba.core.extending import get_cython_function_address
 _sgemm = 0
 _set_local = None
 _searched = False
+_setter = None
 
 
 def sgemm_address() -> int:
@@ -43,6 +44,15 @@ def _find_set_local():
             _set_local = fn
             break
     return _set_local
+
+
+def thread_local_blas_setter() -> int:
+    """The address of openblas_set_num_threads_local (int(int)), for compiled code; 0 when unknown."""
+    global _setter
+    if _setter is None:
+        fn = _find_set_local()
+        _setter = 0 if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
+    return _setter
 
 
 def set_thread_local_blas_threads(n: int) -> int:

@@ -1,15 +1,9 @@
-"""The executor: one compiled, nogil node loop run by every thread, with a native barrier.
+"""The executor: one compiled, nogil node loop run by every thread (graphcore.workers: the loop,
+its barrier, the worker threads that live in compiled code).
 
-Nodes with one task run on thread 0 alone and need no barrier; the others wait at the next
-barrier (spinning briefly, then yielding the core). A barrier is placed before a multi-task
-node only when a single-task node ran since the last one, and after each phase of a
-multi-task node.
-
-Failures: a kernel that fails records it in its node record; the thread then stamps the sync
-array's abort slot with the generation of the barrier it will reach next. After every barrier
-each thread asks "was a failure stamped before this barrier completed?", so all threads leave at
-the same barrier whatever the timing (a fast thread failing in the next node stamps a later
-generation, which a slow thread leaving the previous barrier ignores).
+Failures: a kernel that fails records it in its node record, and every thread leaves the loop at
+the same barrier (see workers.py); graph_compute then raises the node's ComputeError, and the
+graph can be computed again.
 
 Debugging (`callback`, `check_finite`, `CPlan.abort_callback`) steps through the graph one node
 at a time from Python; without them the compiled loop runs the whole graph in one call.
@@ -17,17 +11,14 @@ at a time from Python; without them the compiled loop runs the whole graph in on
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
-from numba import njit
 
 from . import kernel as K
 from . import tensor as TN
 from . import types as T
-from .blas import set_thread_local_blas_threads
+from . import workers as W
 from .errors import ComputeError, GraphError, NonFiniteError
-from .native import atomic_add, atomic_load, atomic_store, call_kernel, sched_yield
 from .graph import Graph
 from .ops.registry import OPS, op_name
 from .planner import CPlan, graph_plan, lowered
@@ -38,157 +29,6 @@ STATUS_ABORTED = 1     # ggml's GGML_STATUS_ABORTED: a callback asked to stop
 
 # GRAPHCORE_CHECK_FINITE=1 turns on check_finite for every compute (read once, at import)
 CHECK_FINITE = os.environ.get("GRAPHCORE_CHECK_FINITE", "").strip().lower() not in ("", "0", "false", "no")
-
-_COUNT, _GEN, _ABORT, _NODE = 0, 8, 16, 24     # slots of the sync array, a cache line apart
-_CANCEL = 17           # set from Python when a thread never entered (or left) the loop: all leave
-CANCELLED = -2
-SYNC_LEN = 32
-_SPINS_BEFORE_YIELD = 2000
-
-
-@njit(inline="always", cache=True)
-def _wait(sync, nth):
-    """The barrier: wait until all nth threads arrive."""
-    gen = atomic_load(sync, _GEN)
-    if atomic_add(sync, _COUNT, 1) == nth - 1:
-        atomic_store(sync, _COUNT, 0)
-        atomic_add(sync, _GEN, 1)
-    else:
-        spins = 0
-        while atomic_load(sync, _GEN) == gen:
-            spins += 1
-            if spins > _SPINS_BEFORE_YIELD:
-                if atomic_load(sync, _CANCEL) != 0:     # a thread that will never come: leave
-                    break
-                sched_yield()
-
-
-@njit(inline="always", cache=True)
-def _barrier(sync, nth):
-    """The barrier; returns the generation it completed (the value _GEN had on arrival)."""
-    gen = atomic_load(sync, _GEN)
-    _wait(sync, nth)
-    return gen
-
-
-@njit(inline="always", cache=True)
-def _record_failure(sync, i):
-    # the generation stamped is that of the barrier this thread reaches next (it cannot complete
-    # without this thread), so only threads leaving that barrier or a later one see the failure
-    atomic_store(sync, _NODE, i + 1)
-    atomic_store(sync, _ABORT, atomic_load(sync, _GEN) + 1)
-
-
-@njit(inline="always", cache=True)
-def _failed_before(sync, gen):
-    """The failed node's index if a failure was stamped before barrier `gen` completed, CANCELLED
-    if the compute was cancelled, else -1."""
-    if atomic_load(sync, _CANCEL) != 0:
-        return CANCELLED
-    a = atomic_load(sync, _ABORT)
-    if a != 0 and a - 1 <= gen:
-        return atomic_load(sync, _NODE) - 1
-    return -1
-
-
-@njit(nogil=True, cache=True)
-def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi):
-    """Walk nodes lo..hi-1 on thread `ith` of `nth`. Returns the index of a failed node, or -1;
-    every thread returns the same value."""
-    base = recs.ctypes.data
-    stride = recs.shape[1] * 8
-    pending = False          # a single-task node ran since the last barrier
-    for i in range(lo, hi):
-        fn = fns[i]
-        if fn == 0:
-            continue
-        rec = base + i * stride
-        nt = n_tasks[i]
-        if nt == 1 or nth == 1:
-            if ith == 0:
-                for ph in range(n_phases[i]):
-                    call_kernel(fn, rec, 0, 1, ph, wdata, wsize)
-                if recs[i, K.R_ERR] != 0:
-                    if nth == 1:
-                        return i
-                    _record_failure(sync, i)
-                    # the others wait at their next barrier; meet them there and leave together
-                    return _failed_before(sync, _barrier(sync, nth))
-            pending = True
-            continue
-        if pending:
-            failed = _failed_before(sync, _barrier(sync, nth))
-            if failed != -1:
-                return failed
-            pending = False
-        for ph in range(n_phases[i]):
-            if ith < nt:
-                call_kernel(fn, rec, ith, nt, ph, wdata, wsize)
-                if recs[i, K.R_ERR] != 0:
-                    _record_failure(sync, i)
-            failed = _failed_before(sync, _barrier(sync, nth))
-            if failed != -1:
-                return failed
-    if nth > 1:
-        return _failed_before(sync, _barrier(sync, nth))
-    return -1
-
-
-_local = threading.local()     # .inside: this thread runs a compute (a pool worker, or a caller mid-compute)
-
-
-class _Pool:
-    """Worker threads kept between computes; thread 0 is always the caller."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.workers = []
-        self.done = threading.Semaphore(0)
-        self.job = self.cancel = None
-        self.errors = []
-
-    def _loop(self, start: threading.Semaphore, ith: int):
-        set_thread_local_blas_threads(1)
-        _local.inside = True
-        while True:
-            start.acquire()
-            try:
-                self.job(ith)
-            except BaseException as e:  # surfaced in the caller; the others must not wait for us
-                self.errors.append(e)
-                self.cancel()
-            finally:
-                self.done.release()
-
-    def run(self, n_threads: int, job, cancel):
-        """job(ith) on threads 0..n_threads-1 (0: the caller). When one raises (say a
-        KeyboardInterrupt before it reached the compiled loop), cancel() releases the others from
-        their barriers; the first exception is raised once all are back."""
-        with self.lock:
-            while len(self.workers) < n_threads - 1:
-                sem = threading.Semaphore(0)
-                th = threading.Thread(target=self._loop, args=(sem, len(self.workers) + 1),
-                                      name=f"graphcore-worker-{len(self.workers) + 1}", daemon=True)
-                th.start()
-                self.workers.append(sem)
-            self.job, self.cancel, self.errors = job, cancel, []
-            for sem in self.workers[:n_threads - 1]:
-                sem.release()
-            try:
-                job(0)
-            except BaseException:
-                cancel()
-                raise
-            finally:
-                for _ in range(n_threads - 1):
-                    self.done.acquire()
-                self.job = None
-            if self.errors:
-                raise self.errors[0]
-
-
-_pool = _Pool()
-
 
 def _check_plan(g, cplan: CPlan):
     if not isinstance(g, Graph):
@@ -236,22 +76,21 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
     for ctx in low.contexts:
         if ctx.freed:
             raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
-    inside = getattr(_local, "inside", False)
+    inside = getattr(W.local, "inside", False)
     lock = g._compute_lock
-    if not lock.acquire(blocking=False):
+    if not lock.acquire(False):
         if inside:     # waiting here could wait for ourselves
             raise GraphError("graph_compute: the graph is already being computed (a compute started from a "
                              "custom function cannot compute the graph it belongs to, nor wait for another "
                              "thread's compute)")
         lock.acquire()
-    nth = 1 if inside else min(cplan._n_threads, low.most_tasks)   # no waking threads that would only wait
-    wd = cplan.work_data
-    wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
-    K.RUNNING[low.address] = g._nodes            # Python custom functions find their tensors here
-    old = set_thread_local_blas_threads(1)
-    _local.inside = True
-    try:
-        args = (low.recs, low.fns, low.n_tasks, low.n_phases, low.sync, wdata, wsize)
+    try:                    # from right after the acquire: a Ctrl-C anywhere below releases the lock
+        nth = 1 if inside else min(cplan._n_threads, low.most_tasks)   # no waking threads that would only wait
+        wd = cplan.work_data
+        wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
+        K.RUNNING[low.address] = g._nodes            # Python custom functions find their tensors here
+        W.local.inside = True
+        args = (low, wdata, wsize)
         if callback is None and cplan.abort_callback is None and not check_finite:
             _run(args, nth, 0, n, g)
             status = STATUS_SUCCESS
@@ -262,36 +101,21 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
             g.computed_version = g.version   # warns (gc.NotComputedWarning)
         return status
     finally:
-        _local.inside = inside
-        if old > 0:
-            set_thread_local_blas_threads(old)
+        W.local.inside = inside
         K.RUNNING.pop(low.address, None)
         lock.release()
 
 
 def _run(args, nth, lo, hi, g):
     """Nodes lo..hi-1 on nth threads; raises the ComputeError of a failed node."""
-    if nth == 1:
-        failed = run_nodes(*args[:4], 0, 1, *args[4:], lo, hi)
-    else:
-        result = [-1] * nth
-
-        def job(ith):
-            result[ith] = run_nodes(*args[:4], ith, nth, *args[4:], lo, hi)
-        sync = args[4]
-        try:
-            _pool.run(nth, job, lambda: sync.__setitem__(_CANCEL, 1))
-        except BaseException:
-            sync[:] = 0             # every thread is back: a clean slate for the next compute
-            args[0][:, K.R_ERR] = 0
-            raise
-        failed = result[0]
+    low, wdata, wsize = args
+    failed = W.pool.run(low.job_address, nth, wdata, wsize, lo, hi)
     if failed >= 0:
-        recs, sync = args[0], args[4]
+        recs, sync = low.recs, low.sync
         node = g.nodes[failed]
         code, arg = int(recs[failed, K.R_ERR]), int(recs[failed, K.R_ERRARG])
         recs[:, K.R_ERR] = 0
-        sync[_ABORT] = sync[_NODE] = 0
+        sync[W.ABORT_SLOTS] = 0
         err = compute_error(node, failed, code, arg)
         cause = err.__cause__
         if cause is not None and not isinstance(cause, Exception):
@@ -302,7 +126,7 @@ def _run(args, nth, lo, hi, g):
 def _step(g, cplan, args, nth, callback, check_finite) -> int:
     """The debugging path: one node at a time (on as many threads as that node has tasks), then
     the finite check, the callback and the abort callback."""
-    n_tasks = args[2]
+    n_tasks = args[0].n_tasks
     abort = cplan.abort_callback
     for i, node in enumerate(g.nodes):
         _run(args, min(nth, int(n_tasks[i])), i, i + 1, g)

@@ -6,6 +6,9 @@ Nothing here allocates or checks bounds: the builders and the planner check ever
 """
 from __future__ import annotations
 
+import platform
+import sys
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -49,6 +52,7 @@ f32_1d = _array_intrinsic(types.float32, 1, "C")
 f64_1d = _array_intrinsic(types.float64, 1, "C")
 i32_1d = _array_intrinsic(types.int32, 1, "C")
 i64_1d = _array_intrinsic(types.int64, 1, "C")
+i64_2d = _array_intrinsic(types.int64, 2, "C")
 u16_1d = _array_intrinsic(types.uint16, 1, "C")
 f32_2d = _array_intrinsic(types.float32, 2, "C")
 u8_1d = _array_intrinsic(types.uint8, 1, "C")       # quantized blocks, as bytes (graphcore.quants)
@@ -150,15 +154,37 @@ def atomic_load(typingctx, arr, idx):
 
 
 @intrinsic
-def atomic_store(typingctx, arr, idx, val):
-    sig = types.void(arr, idx, types.int64)
+def atomic_cas(typingctx, arr, idx, expected, new):
+    """Atomically set arr[idx] (int64 array) to `new` if it holds `expected`; True if it did (seq_cst)."""
+    sig = types.boolean(arr, idx, types.int64, types.int64)
 
     def codegen(context, builder, signature, args):
         ptr = _element_ptr(builder, args[0], context, signature.args[0], args[1])
-        builder.store_atomic(args[2], ptr, "seq_cst", 8)
-        return context.get_dummy_value()
+        pair = builder.cmpxchg(ptr, args[2], args[3], "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
 
     return sig, codegen
+
+
+def _atomic_store(ordering):
+    @intrinsic
+    def store(typingctx, arr, idx, val):
+        sig = types.void(arr, idx, types.int64)
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_ptr(builder, args[0], context, signature.args[0], args[1])
+            builder.store_atomic(args[2], ptr, ordering, 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return store
+
+
+atomic_store = _atomic_store("seq_cst")
+# a release store: what the storing thread wrote before is seen by a thread whose (acquire or
+# seq_cst) load reads the value; a plain move on x86 where seq_cst costs a locked exchange
+atomic_store_release = _atomic_store("release")
 
 
 @intrinsic
@@ -170,6 +196,84 @@ def sched_yield(typingctx):
         fnty = ir.FunctionType(ir.IntType(32), [])
         builder.call(cgutils.get_or_insert_function(builder.module, fnty, "sched_yield"), [])
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_ARCH = platform.machine().lower()
+# the CPU's spin-wait hint: lets the sibling hyperthread run and saves power while a thread polls
+_PAUSE = ("llvm.x86.sse2.pause" if _ARCH in ("x86_64", "amd64", "i686", "x86")
+          else "llvm.aarch64.hint" if _ARCH in ("aarch64", "arm64") else "")
+# futex(2)'s syscall number where threads park on one (Linux); elsewhere a parked thread polls with usleep
+_SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98,
+              "ppc64le": 221, "ppc64": 221, "s390x": 238}.get(_ARCH, 0) if sys.platform.startswith("linux") else 0
+FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
+
+
+def _libc_call(builder, name, ret, args, var_arg=False):
+    """Call the C function (or LLVM intrinsic) `name`."""
+    fnty = ir.FunctionType(ret, [a.type for a in args] if not var_arg else [args[0].type], var_arg=var_arg)
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+@intrinsic
+def cpu_relax(typingctx):
+    """One spin-wait hint instruction (x86 pause, arm yield) in a polling loop."""
+    def codegen(context, builder, signature, args):
+        if _PAUSE == "llvm.x86.sse2.pause":
+            _libc_call(builder, _PAUSE, ir.VoidType(), [])
+        elif _PAUSE:
+            _libc_call(builder, _PAUSE, ir.VoidType(), [ir.Constant(ir.IntType(32), 1)])   # hint #1: yield
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def futex(typingctx, op, addr, val):
+    """Linux futex(addr, op, val) on the 32-bit word at addr: FUTEX_WAIT_PRIVATE sleeps while the word
+    equals val (the kernel compares, so a wake between the caller's check and the sleep is never
+    lost); FUTEX_WAKE_PRIVATE wakes up to val sleepers. Without futexes a wait sleeps 50 us instead."""
+    sig = types.void(types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        op_, addr_, val_ = args
+        if _SYS_FUTEX:
+            null = ir.Constant(_I64, 0)
+            _libc_call(builder, "syscall", _I64, [ir.Constant(_I64, _SYS_FUTEX), addr_, op_, val_, null, null, null],
+                       var_arg=True)
+        else:
+            with builder.if_then(builder.icmp_signed("==", op_, ir.Constant(_I64, FUTEX_WAIT_PRIVATE))):
+                _libc_call(builder, "usleep", ir.IntType(32), [ir.Constant(ir.IntType(32), 50)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def monotonic_ns(typingctx):
+    """clock_gettime(CLOCK_MONOTONIC) in nanoseconds (a vDSO call: tens of nanoseconds)."""
+    def codegen(context, builder, signature, args):
+        ts = cgutils.alloca_once(builder, ir.ArrayType(_I64, 2))
+        clock = 1 if sys.platform.startswith("linux") else 6      # CLOCK_MONOTONIC (macOS: 6)
+        _libc_call(builder, "clock_gettime", ir.IntType(32),
+                   [ir.Constant(ir.IntType(32), clock), builder.bitcast(ts, ir.IntType(8).as_pointer())])
+        sec = builder.load(builder.gep(ts, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 0)]))
+        nsec = builder.load(builder.gep(ts, [ir.Constant(ir.IntType(32), 0), ir.Constant(ir.IntType(32), 1)]))
+        return builder.add(builder.mul(sec, ir.Constant(_I64, 1_000_000_000)), nsec)
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def call_i32(typingctx, fn, x):
+    """int fn(int x) through its address (OpenBLAS's openblas_set_num_threads_local)."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        f = builder.inttoptr(args[0], ir.FunctionType(i32, [i32]).as_pointer())
+        return builder.sext(builder.call(f, [builder.trunc(args[1], i32)]), _I64)
 
     return sig, codegen
 

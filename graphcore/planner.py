@@ -12,9 +12,9 @@ from .errors import GraphError
 from .graph import Graph
 from .ops.registry import OPS, compile_kernels
 from .blas import sgemm_address
+from .workers import MAX_THREADS, job_record, sync_array
 
 CACHE_LINE = 64
-MAX_THREADS = 512   # ggml's GGML_MAX_N_THREADS
 
 
 def default_n_threads() -> int:
@@ -112,13 +112,8 @@ class Lowered:
     sync: np.ndarray        # the executor's barrier slots (the graph's computes are serialized)
     key: tuple              # (graph version, tensor.data_moves()) it was lowered for
     address: int            # recs' address (kept: numpy's .ctypes costs microseconds a call)
-
-
-def _sync_array():
-    """32 int64 starting on a cache line: the executor's slots 0, 8, 16, 24 each get a line of their own."""
-    raw = np.zeros(32 + 64 // 8, dtype=np.int64)
-    skip = (-raw.__array_interface__["data"][0]) % 64 // 8
-    return raw[skip:skip + 32]
+    job: np.ndarray         # the arrays' addresses for the executor's threads (workers.job_record)
+    job_address: int
 
 
 def lower(plan: CPlan) -> Lowered:
@@ -157,9 +152,11 @@ def lower(plan: CPlan) -> Lowered:
             r[K.R_BLAS] = blas
     contexts = {id(t.ctx): t.ctx for node in g.nodes for t in (node, *node.src) if t is not None}
     n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
-    sync = cached.sync if cached is not None else _sync_array()
+    most = int(n_tasks.max())
+    sync = cached.sync if cached is not None and cached.most_tasks >= most else sync_array(most)
+    job = job_record(recs, fns, n_tasks, phases, sync)
     plan._lowered = g._lowered_cache = Lowered(recs, fns, n_tasks, phases, tuple(contexts.values()),
-                                               int(n_tasks.max()), sync, key, recs.ctypes.data)
+                                               most, sync, key, recs.ctypes.data, job, job.ctypes.data)
     return plan._lowered
 
 

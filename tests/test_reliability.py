@@ -84,32 +84,30 @@ def test_failing_multithreaded_computes_never_hang():
     """, timeout=180)
 
 
-def test_a_thread_that_never_reaches_the_loop_releases_the_others():
-    # a KeyboardInterrupt on the caller (or an error on a worker) before the compiled loop: the
-    # threads already waiting at a barrier are released, the exception comes out, and the graph
-    # computes right afterwards
+def test_a_worker_that_never_reaches_the_loop_is_an_error_not_a_hang():
+    # a worker thread failing on its way into the compiled loop: the compute that needed it raises
+    # that error before posting any work (no thread waits at a barrier for it), and the graph
+    # computes right afterwards, on new workers
     child("""
-    from graphcore import executor as E
+    from graphcore import workers as W
     ctx = gc.init(64 << 20)
     a = gc.from_numpy(ctx, np.ones((64, 1024), np.float32))
     out = gc.sum(ctx, gc.add(ctx, gc.sqr(ctx, a), a))
     g = gc.build_forward(out)
-    real = E.run_nodes
-    for bad in (0, 1, 2):
-        def flaky(*args):
-            if args[4] == bad:                 # thread `bad` is interrupted on its way in
-                raise KeyboardInterrupt("simulated")
-            return real(*args)
-        E.run_nodes = flaky
-        try:
-            gc.graph_compute_with_ctx(ctx, g, 3)
-            raise SystemExit("no exception")
-        except KeyboardInterrupt:
-            pass
-        E.run_nodes = real
-        for nth in (1, 2, 3):
-            gc.graph_compute_with_ctx(ctx, g, nth)
-            assert out.numpy()[0] == 2 * 64 * 1024, out.numpy()
+    real = W.set_thread_local_blas_threads
+
+    def flaky(n):
+        raise KeyboardInterrupt("simulated")
+    W.set_thread_local_blas_threads = flaky
+    try:
+        gc.graph_compute_with_ctx(ctx, g, 3)
+        raise SystemExit("no exception")
+    except KeyboardInterrupt:
+        pass
+    W.set_thread_local_blas_threads = real
+    for nth in (1, 2, 3):
+        gc.graph_compute_with_ctx(ctx, g, nth)
+        assert out.numpy()[0] == 2 * 64 * 1024, out.numpy()
     """, timeout=60)
 
 
