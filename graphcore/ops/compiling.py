@@ -45,6 +45,8 @@ def jobs_for(n_kernels: int) -> int:
     GRAPHCORE_COMPILE_JOBS if set; one under MPI (every rank is a process already)."""
     env = os.environ.get("GRAPHCORE_COMPILE_JOBS", "").strip()
     if env:
+        if not env.isdigit():
+            raise ValueError(f"GRAPHCORE_COMPILE_JOBS must be a whole number of processes, got {env!r}")
         jobs = int(env)
     elif "mpi4py" in sys.modules:
         jobs = 1
@@ -93,9 +95,9 @@ class _Worker:
     """A compiling process: reads "module qualname" lines, compiles each kernel into the disk cache
     and answers "ok SECONDS" (or "error ..."); its stdout carries nothing else."""
 
-    def __init__(self):
+    def __init__(self, cache_dir: str | None = None):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, NUMBA_CACHE_DIR=numba.config.CACHE_DIR, GRAPHCORE_COMPILE_JOBS="1",
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir or numba.config.CACHE_DIR, GRAPHCORE_COMPILE_JOBS="1",
                    PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         self.proc = subprocess.Popen([sys.executable, "-c", "from graphcore.ops.compiling import serve; serve()"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
@@ -127,9 +129,9 @@ def serve():
     out, sys.stdout = sys.stdout, sys.stderr       # whatever else prints must not reach the answers
     print("ready", file=out, flush=True)
     for line in sys.stdin:
-        module, name = line.split()
         t0 = time.perf_counter()
         try:
+            module, name = line.split()
             compile_cfunc(getattr(importlib.import_module(module), name))
         except Exception as e:      # noqa: BLE001 (the parent compiles it again and raises it)
             print(f"error {type(e).__name__}", file=out, flush=True)
