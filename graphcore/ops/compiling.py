@@ -171,15 +171,23 @@ def _compile_parallel(todo: dict, missing: list, jobs: int, progress: _Progress)
             break
         threads.append(threading.Thread(target=feed, args=(worker,), daemon=True))
         threads[-1].start()
-    for fn in local:
-        queue.append(fn)
-    while (fn := take()) is not None:
+
+    def here(fn):
         op, node = todo[fn]
         t0 = time.perf_counter()
         op.kernel_address(node)
         progress.report(fn, op.name, time.perf_counter() - t0)
-    for t in threads:
-        t.join()
+
+    try:
+        for fn in local:
+            here(fn)
+        while (fn := take()) is not None:
+            here(fn)
+    finally:              # (a kernel that fails to compile here: the workers stop after their current one)
+        with lock:
+            queue.clear()
+        for t in threads:
+            t.join()
 
 
 def compile_kernels(nodes):
