@@ -110,6 +110,16 @@ def test_jobs_for(monkeypatch, value, jobs):
     assert compiling.jobs_for(1) == 1
 
 
+@pytest.mark.parametrize("load, jobs", [(0.2, 4), (1.6, 2), (3.9, 1), (9.0, 1)])
+def test_jobs_for_idle_cores(monkeypatch, load, jobs):
+    """Without GRAPHCORE_COMPILE_JOBS: one process per idle core (4 cores here, less the load)."""
+    monkeypatch.delenv("GRAPHCORE_COMPILE_JOBS", raising=False)
+    monkeypatch.delitem(sys.modules, "mpi4py", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert compiling.jobs_for(100) == jobs
+
+
 def test_jobs_for_bad_value(monkeypatch):
     monkeypatch.setenv("GRAPHCORE_COMPILE_JOBS", "many")
     with pytest.raises(ValueError, match="GRAPHCORE_COMPILE_JOBS"):
