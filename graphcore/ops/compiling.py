@@ -3,7 +3,7 @@
 A kernel takes numba seconds to compile and milliseconds to load from its disk cache. When a graph
 needs several kernels the cache lacks (a cold start), `compile_kernels` compiles them in this
 process and, at the same time, in worker processes (`python -c "...compiling import serve..."`,
-one per spare core) that each take the next kernel from a shared list and write it into the same
+one per idle core: see jobs_for) that each take the next kernel from a shared list and write it into the same
 cache; this process then loads theirs from the cache. numba's cache keeps one index file per
 function and writes each file whole (a temporary file, then a rename), so processes compiling
 different kernels never touch the same file, and two compiling the same helper write the same
