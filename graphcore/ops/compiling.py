@@ -41,10 +41,10 @@ def in_disk_cache(fn) -> bool | None:
 
 
 def jobs_for(n_kernels: int) -> int:
-    """How many processes should compile n_kernels at once: GRAPHCORE_COMPILE_JOBS if set; else one
-    per idle core (the cores this process may use less the load average: on a machine whose cores
-    are all busy a second compiling process only takes turns with the first), one under MPI
-    (every rank is a process already)."""
+    """How many processes should compile n_kernels at once: GRAPHCORE_COMPILE_JOBS if set; else this
+    one plus one per idle core (the cores this process may use less the load average, to which this
+    busy process adds about 1: on a machine whose cores are all busy a second compiling process only
+    takes turns with the first); one under MPI (every rank is a process already)."""
     env = os.environ.get("GRAPHCORE_COMPILE_JOBS", "").strip()
     if env:
         if not env.isdigit():
@@ -54,7 +54,8 @@ def jobs_for(n_kernels: int) -> int:
         jobs = 1
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        jobs = cores - round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else cores
+        jobs = cores + 1 - round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else cores
+        jobs = min(jobs, cores)
     return max(1, min(jobs, MAX_JOBS, n_kernels))
 
 
