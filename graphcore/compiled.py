@@ -2,13 +2,15 @@
 
 What every loop that recomputes a graph needs (the optimizer, the checkers, the models, the tools):
 ggml's graph_plan + a work buffer + graph_compute in one object, re-planned only when the graph
-changed since. Its lowered node records are made on the first compute and kept (planner.Lowered).
+changed since. Its kernels are compiled (or loaded from the disk cache) when it is made, all at once;
+its lowered node records are made on the first compute and kept (planner.Lowered).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .executor import graph_compute
+from .ops.compiling import compile_kernels
 from .planner import CPlan, graph_plan
 
 
@@ -24,6 +26,7 @@ class CompiledGraph:
         self.n_threads = n_threads
         self.work_data = None
         self.plan: CPlan = self._replan()
+        compile_kernels(graph.nodes)        # now, all at once (in parallel on a cold start)
 
     def _replan(self) -> CPlan:
         plan = graph_plan(self.graph, self.n_threads)
@@ -53,7 +56,7 @@ class CompiledGraph:
 
 
 def graph_compile(graph, n_threads: int | None = None) -> CompiledGraph:
-    """Plan `graph` on n_threads threads and give it a work buffer: a CompiledGraph whose compute()
-    runs it again and again (graph_plan + work buffer + graph_compute, the plan and its lowering
-    made once)."""
+    """Plan `graph` on n_threads threads, compile its kernels and give it a work buffer: a CompiledGraph
+    whose compute() runs it again and again (graph_plan + work buffer + graph_compute, the plan and
+    its lowering made once)."""
     return CompiledGraph(graph, n_threads)

@@ -20,6 +20,7 @@ import types
 import numpy as np
 from numba import njit
 
+from ._inline_copy import install as _install_inline_copy
 from .native import (f32_1d, f32_4d, f32_bits, f32_from_bits, f64_from_bits, fma_f32, fma_f64, i32_1d, i32_4d, i64_1d,
                      u16_4d)
 
@@ -36,6 +37,7 @@ ERRORS = {ERR_INDEX: "index out of range", ERR_CUSTOM: "custom function failed"}
 # functions build their arrays from the tensors, which keep the memory alive; see ops/custom.py)
 RUNNING = {}
 inline = njit(inline="always", cache=True, error_model="numpy")
+_install_inline_copy()     # numba copies an inlined helper's IR in B x V steps; once is enough (see _inline_copy)
 
 
 SPECIALISED = {}     # qualname -> the kernels specialise() made (found by name, as module-level ones are)

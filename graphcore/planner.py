@@ -10,7 +10,8 @@ from . import kernel as K
 from . import tensor as TN
 from .errors import GraphError
 from .graph import Graph
-from .ops.registry import OPS, compile_kernels
+from .ops.compiling import compile_kernels
+from .ops.registry import OPS
 from .blas import sgemm_address
 from .workers import MAX_THREADS, job_record, sync_array
 

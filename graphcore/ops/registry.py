@@ -6,8 +6,6 @@ sits in one place; dispatch tables, docs and dot symbols are derived from OPS.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -62,7 +60,7 @@ class OpDef:
     # (node, code, arg) -> (message, cause) or None: what a kernel's failure means (@error_detail_of)
     error_detail: Optional[Callable] = field(default=None, repr=False)
     # (node) -> the kernel function for this node, when an op has several (one per type pair, say):
-    # only the variants a graph uses get compiled, which keeps a cold start short
+    # only the variants a graph uses get compiled (ops/compiling.py), which keeps a cold start short
     variant: Optional[Callable] = field(default=None, repr=False)
     uses_blas: bool = False                      # the kernel reads BLAS sgemm's address from its record (R_BLAS)
     _addresses: dict = field(default_factory=dict, repr=False)
@@ -85,7 +83,7 @@ class OpDef:
                 address = self._addresses.get(fn)
                 if address is None:
                     t0 = time.perf_counter()
-                    compiled = cfunc(KERNEL_SIG, cache=True, error_model="numpy")(fn)
+                    compiled = compile_cfunc(fn)
                     _keep_alive.append(compiled)
                     address = self._addresses[fn] = compiled.address
                     dt = time.perf_counter() - t0
@@ -98,32 +96,9 @@ class OpDef:
         return address
 
 
-def compile_kernels(nodes):
-    """Compile (or load from numba's disk cache) the kernels `nodes` need that this process has not
-    loaded yet. A cold start compiles each for seconds, so once one is found missing from the cache,
-    progress goes to stderr ("compiling N kernels ...", then one line per kernel compiled,
-    numbered among the N) and the run never looks hung; GRAPHCORE_QUIET=1 silences it."""
-    todo = {}
-    for node in nodes:
-        op = OPS[node.op]
-        fn = op.kernel_function(node)
-        if fn is not None and fn not in op._addresses and fn not in todo:
-            todo[fn] = (op, node)
-    shown, t_start, out = False, time.perf_counter(), sys.stderr
-    quiet = os.environ.get("GRAPHCORE_QUIET", "").strip() not in ("", "0")
-    for k, (fn, (op, node)) in enumerate(todo.items()):
-        t0 = time.perf_counter()
-        op.kernel_address(node)
-        if quiet or fn not in _compiled_now:       # loaded from the cache
-            continue
-        if not shown:
-            shown = True
-            many = "s" if len(todo) > 1 else ""
-            print(f"graphcore: compiling {len(todo)} kernel{many} (numba: this once, they are cached on disk) ...",
-                  file=out, flush=True)
-        print(f"graphcore:   [{k + 1}/{len(todo)}] {op.name} {time.perf_counter() - t0:.1f} s", file=out, flush=True)
-    if shown:
-        print(f"graphcore: kernels ready in {time.perf_counter() - t_start:.1f} s", file=out, flush=True)
+def compile_cfunc(fn):
+    """numba's C function of kernel `fn`, compiled, or loaded from numba's disk cache (cache=True)."""
+    return cfunc(KERNEL_SIG, cache=True, error_model="numpy")(fn)
 
 
 OPS: list[OpDef] = []

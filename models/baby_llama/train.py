@@ -147,6 +147,7 @@ def train(model, kv_self, args, out=sys.stdout, history=None, world=None):
     if args.dump_graphs and (world is None or world.rank == 0):
         dump_graphs(args.dump_graphs, "forward", gf)
         dump_graphs(args.dump_graphs, "backward", gb, gf)
+    gc.graph_compile(gb, args.threads)    # compiles gb's kernels, gf's among them: a cold start does all at once
     compute_gf = gc.graph_compile(gf, args.threads)
     reducer, loss_sum = (None, None) if world is None else (world.reducer(1.0), world.reducer(1.0))
 
