@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from .kquants import scale_min_k4
-from .native import f16_to_f32, opaque
+from .native import f16_to_f32, fma_f32, opaque, stack_f32, stack_i32
 from .quants import _F, inline, rd_f32, rd_u32
 from .quants import rd_f16 as quants_rd_f16
 
@@ -88,74 +88,91 @@ def _gdot2s(x, qo, s1, s2, qm, ho, hs1, hs2, hm, hsh, off, y, y1, y2, a0, a1, b0
 
 
 @inline
-def _q5dot(x, qo, qh, off, y, yo, n):
-    """Q5_0/Q5_1's block: nibbles of x[qo:qo + 16], fifth bits in the 32-bit qh (bit l, then l + 16)."""
-    s = I32(0)
-    for l in range(n):
-        q = x[qo + l]
-        va = _i8(I32(_lvl(q, 0, 15) | I32(I32(I32(qh >> np.uint32(l)) & 1) << 4)) - off)
-        vb = _i8(I32(_lvl(q, 4, 15) | I32(I32(I32(qh >> np.uint32(l + 16)) & 1) << 4)) - off)
-        s = I32(s + I32(I32(va) * _i8(y[yo + l])) + I32(I32(vb) * _i8(y[yo + 16 + l])))
-    return s
-
-
-@inline
 def _bsum(y, p, j):
     return I32(np.int16(np.uint16(y[p + 260 + 2 * j]) | (np.uint16(y[p + 261 + 2 * j]) << np.uint16(8))))
 
 
-# -- 32-element blocks ------------------------------------------------------------------------------------
+# -- 32-element blocks: ggml's AVX2 dots, bit for bit ----------------------------------------------------
+# Each block's 32 products level * y (int32) are summed in 8 lanes of 4 consecutive elements (vpmaddubsw +
+# vpmaddwd), converted to float and accumulated per lane with one fused multiply-add by the block's
+# float32 d = dx * dy; the 8 lanes are then added as hsum_float_8 does. Q4_1/Q5_1 add the sum over
+# blocks of min * y's s (float32) at the end.
+@inline
+def _nibble_products(x, qo, qh, hb, off, y, yo, p):
+    """p[e] = level(e) * y[yo + e] for a block whose levels are the nibbles of x[qo:qo + 16] (low ones
+    elements 0-15, high ones 16-31), with bit e of qh as a fifth bit when hb = 1, minus off."""
+    n = opaque(16)
+    for l in range(n):
+        q = I32(x[qo + l])
+        va = I32(I32(q & 15) | I32(I32(I32(qh >> np.uint32(l)) & hb) << 4)) - off
+        vb = I32(I32(q >> 4) | I32(I32(I32(qh >> np.uint32(l + 16)) & hb) << 4)) - off
+        p[l] = I32(va * _i8(y[yo + l]))
+        p[l + 16] = I32(vb * _i8(y[yo + 16 + l]))
+
+
+@inline
+def _fma_lanes(acc, d, p):
+    for j in range(8):
+        acc[j] = fma_f32(d, _F(I32(I32(p[4 * j] + p[4 * j + 1]) + I32(p[4 * j + 2] + p[4 * j + 3]))), acc[j])
+
+
+@inline
+def _hsum8(acc):
+    """hsum_float_8: the upper 4 lanes onto the lower, then (0 + 2) + (1 + 3)."""
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+
+
+@inline
+def _dot32(x, y, nb, xs, ys, qo, ho, off, hb, minus):
+    """The dot of nb blocks of a 32-element type (block xs bytes: fp16 d at 0, fp16 min at 2 when minus,
+    the 32 fifth bits at ho when hb, nibbles at qo) with Q8_0 (ys = 34) or Q8_1 (ys = 40: f32 d, s) rows."""
+    acc, p = stack_f32(), stack_i32()
+    for j in range(8):
+        acc[j] = _F(0)
+    summs = _F(0)
+    for i in range(nb):
+        o, q = xs * i, ys * i
+        dy = rd_f16(y, q) if ys == 34 else rd_f32(y, q)
+        qh = rd_u32(x, o + ho) if hb else np.uint32(0)
+        _nibble_products(x, o + qo, qh, hb, off, y, q + ys - 32, p)
+        _fma_lanes(acc, np.float32(rd_f16(x, o) * dy), p)
+        if minus:
+            summs += np.float32(rd_f16(x, o + 2) * rd_f32(y, q + 4))
+    return _hsum8(acc) + summs if minus else _hsum8(acc)
+
+
 @vjit
 def vdot_q4_0(x, y, nb):
-    n, sumf = opaque(16), _F(0)
-    for i in range(nb):
-        o, p = 18 * i, 34 * i
-        a, b = _gdot2(x, o + 2, 0, 4, 15, o + 2, 0, 0, 0, 0, 8, y, p + 2, p + 18, n)
-        sumf += np.float32(rd_f16(x, o) * rd_f16(y, p)) * _F(I32(a + b))
-    return sumf
+    return _dot32(x, y, nb, 18, 34, 2, 0, 8, 0, False)
 
 
 @vjit
 def vdot_q4_1(x, y, nb):
-    n, sumf = opaque(16), _F(0)
-    for i in range(nb):
-        o, p = 20 * i, 40 * i
-        a, b = _gdot2(x, o + 4, 0, 4, 15, o + 4, 0, 0, 0, 0, 0, y, p + 8, p + 24, n)
-        m = np.float32(rd_f16(x, o + 2) * rd_f32(y, p + 4))       # the block's min times y's d * sum
-        sumf += np.float32(rd_f16(x, o) * rd_f32(y, p)) * _F(I32(a + b)) + m
-    return sumf
+    return _dot32(x, y, nb, 20, 40, 4, 0, 0, 0, True)
 
 
 @vjit
 def vdot_q5_0(x, y, nb):
-    n, sumf = opaque(16), _F(0)
-    for i in range(nb):
-        o, p = 22 * i, 34 * i
-        s = _q5dot(x, o + 6, rd_u32(x, o + 2), 16, y, p + 2, n)
-        sumf += np.float32(rd_f16(x, o) * rd_f16(y, p)) * _F(s)
-    return sumf
+    return _dot32(x, y, nb, 22, 34, 6, 2, 16, 1, False)
 
 
 @vjit
 def vdot_q5_1(x, y, nb):
-    n, sumf = opaque(16), _F(0)
-    for i in range(nb):
-        o, p = 24 * i, 40 * i
-        s = _q5dot(x, o + 8, rd_u32(x, o + 4), 0, y, p + 8, n)
-        sumf += np.float32(rd_f16(x, o) * rd_f32(y, p)) * _F(s) + np.float32(rd_f16(x, o + 2) * rd_f32(y, p + 4))
-    return sumf
+    return _dot32(x, y, nb, 24, 40, 8, 4, 0, 1, True)
 
 
 @vjit
 def vdot_q8_0(x, y, nb):
-    n, sumf = opaque(32), _F(0)
+    acc, p = stack_f32(), stack_i32()
+    for j in range(8):
+        acc[j] = _F(0)
+    n = opaque(32)
     for i in range(nb):
         o = 34 * i
-        s = I32(0)
-        for l in range(n):
-            s = I32(s + I32(_i8(x[o + 2 + l]) * _i8(y[o + 2 + l])))
-        sumf += np.float32(rd_f16(x, o) * rd_f16(y, o)) * _F(s)
-    return sumf
+        for e in range(n):
+            p[e] = I32(_i8(x[o + 2 + e]) * _i8(y[o + 2 + e]))
+        _fma_lanes(acc, np.float32(rd_f16(x, o) * rd_f16(y, o)), p)
+    return _hsum8(acc)
 
 
 # -- k-quants (y: Q8_K, d f32 at 0, 256 int8 at 4, 16 int16 group sums at 260) ------------------------

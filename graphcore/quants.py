@@ -381,6 +381,38 @@ def dot_q8_0(xq, yq, nb):
     return sumf
 
 
+@inline
+def _q8_block_x86(x, xo, y, qo):
+    """ggml's quantize_row_q8_0/q8_1 on x86 (AVX2), what mul_mat quantizes src1 with (its from_float):
+    d = amax / 127 and levels rint(x * (127 / amax)), ties to even, saturated to int8; returns d and the
+    levels' sum. (The reference quantizer above divides by d and rounds half away from zero.)"""
+    amax = _amax(x, xo, 32)
+    d = np.float32(amax / _F(127))
+    idd = np.float32(_F(127) / amax) if amax != 0 else _F(0)
+    s = 0
+    for j in range(32):
+        v = np.rint(np.float32(x[xo + j] * idd))
+        q = max(-128, min(127, np.int64(v))) if -2147483648.0 <= v < 2147483648.0 else -128
+        y[qo + j] = np.uint8(q & 255)
+        s += q
+    return d, s
+
+
+@qjit
+def quantize_q8_0_x86(x, y):
+    for i in range(y.shape[0] // 34):
+        d, _ = _q8_block_x86(x, 32 * i, y, 34 * i + 2)
+        wr_f16(y, 34 * i, d)
+
+
+@qjit
+def quantize_q8_1_x86(x, y):
+    for i in range(y.shape[0] // 40):
+        d, s = _q8_block_x86(x, 32 * i, y, 40 * i + 8)
+        wr_f32(y, 40 * i, d)
+        wr_f32(y, 40 * i + 4, np.float32(_F(s) * d))
+
+
 @qjit
 def quantize_q8_1(x, y):
     for i in range(y.shape[0] // 40):

@@ -52,7 +52,7 @@ def test_mul_mat(t, N):
     wd = QR.dequantize(QR.quantize(w, t), t).astype(np.float64)
     assert_close_nmse(results[0], x.astype(np.float64) @ np.swapaxes(wd, 2, 3), 5e-4)
     # ggml's arithmetic: x's rows quantized to the vec_dot type, then the products of the blocks
-    xd = QR.dequantize(QR.quantize(x, Q.VEC_DOT_TYPE[t]), Q.VEC_DOT_TYPE[t]).astype(np.float64)
+    xd = QR.dequantize(QR.quantize_src1(x, t), Q.VEC_DOT_TYPE[t]).astype(np.float64)
     assert_close_nmse(results[0], xd @ np.swapaxes(wd, 2, 3), 1e-11)
 
 

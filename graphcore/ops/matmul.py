@@ -146,13 +146,13 @@ MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_si
 @reference_of(MUL_MAT, nmse=1e-6)
 def _mul_mat_reference(node, srcs):
     # dst[n, m] = sum_k a[m, k] b[n, k]; a's batches broadcast by blocks. A quantized a (its values
-    # here) multiplies b as ggml does, b's rows first stored in a's vec_dot type (Q8_0, Q8_1, Q8_K): so
+    # here) multiplies b as ggml does, b's rows first stored in a's vec_dot type (Q8_0, Q8_1, Q8_K, x86's): so
     # does the reference, leaving float32 rounding only (tests/test_ops_quant.py also checks the
     # plain product, within test-backend-ops' 5e-4)
     a, b = f64(srcs[0]), f64(srcs[1])
     vt = Q.VEC_DOT_TYPE.get(node.src[0].type)
     if vt is not None:
-        b = f64(QR.dequantize(QR.quantize(b.astype(np.float32), vt), vt))
+        b = f64(QR.dequantize(QR.quantize_src1(b.astype(np.float32), node.src[0].type), vt))
     return np.einsum("ijnk,ijmk->ijnm", b, blocks(a, b.shape[:2]))
 
 

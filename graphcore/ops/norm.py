@@ -167,9 +167,13 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
 
 @inline
 def _rms_norm_row(x, y, n, eps):
-    rs = 1.0 / np.sqrt(_row_dot(x, x, n) / n + eps)
+    s = 0.0
     for i0 in range(n):
-        y[i0] = np.float32(np.float64(x[i0]) * rs)
+        s += np.float64(np.float32(x[i0] * x[i0]))
+    mean = np.float32(s / n)
+    rs = np.float32(np.float32(1.0) / np.float32(np.sqrt(np.float32(mean + np.float32(eps)))))
+    for i0 in range(n):
+        y[i0] = np.float32(x[i0] * rs)
 
 
 def _rms_norm_backward(ctx, t, g, d):

@@ -122,7 +122,8 @@ def mul_mat_work(a, b, n_tasks) -> int:
 @Q.inline
 def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantize, vdot, bs, ts, vts):
     """dst[n, m] = sum_k a[m, k] b[n, k] with b's rows first quantized to the vec_dot type, as ggml
-    (its from_float is the reference quantizer). Fewer than MM_BLAS_N columns (token generation):
+    (its from_float: on x86, quantize_row_q8_0/q8_1's AVX2 code; Q8_K's reference quantizer). Fewer than
+    MM_BLAS_N columns (token generation):
     ggml's integer block dots (graphcore.qdot). More: the blocks' values dequantized (the terms of
     those dots, each exact in float32 but for one rounding) and multiplied by BLAS sgemm in tiles."""
     r = record(rec)
@@ -264,27 +265,27 @@ def _from_q8_k(rec, ith, nth, phase, wdata, wsize):
 
 def _mm_q4_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q4_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
+                  Q.dequantize_q4_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
 
 
 def _mm_q4_1(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q4_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
+                  Q.dequantize_q4_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
 
 
 def _mm_q5_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q5_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
+                  Q.dequantize_q5_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
 
 
 def _mm_q5_1(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q5_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
+                  Q.dequantize_q5_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
 
 
 def _mm_q8_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q8_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
+                  Q.dequantize_q8_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
 
 
 def _mm_q2_k(rec, ith, nth, phase, wdata, wsize):

@@ -14,8 +14,9 @@ ggml_rounding (on by default) reproduces the F16 roundings llama.cpp's numbers g
 cached as F16 values (held in an F32 cache, so reading them back costs no widening); Q and the softmax
 are rounded to F16 before their products with the cache, and activations before products with F16
 weights (ggml's F16 dot products convert their F32 operand); SiLU sees F16-rounded inputs and gives
-F16-rounded outputs (ggml's lookup table). What remains different is ggml's softmax taking exp from an
-F16 table, and the order of float sums: perplexities agree to about 1e-5 relative (see the tests).
+F16-rounded outputs (ggml's lookup table); the softmax takes exp from ggml's F16 table (soft_max_ext's
+exp_f16). What remains different is the order of float sums: perplexities agree to about 1e-5 relative
+(see the tests).
 """
 from __future__ import annotations
 
@@ -267,7 +268,8 @@ class LlamaSession:
                 q = self._f16(ctx, q)
             qq = gc.permute(ctx, q, 0, 2, 1, 3)                                   # [D, n_tokens, H]
             kq = gc.mul_mat(ctx, kk, qq)                                          # [n_kv, n_tokens, H]
-            kq = gc.soft_max_ext(ctx, kq, kq_mask, None, 1.0 / float(np.sqrt(np.float32(D))), 0.0)
+            kq = gc.soft_max_ext(ctx, kq, kq_mask, None, 1.0 / float(np.sqrt(np.float32(D))), 0.0,
+                                 exp_f16=self.rounding)
             if self.rounding:
                 kq = self._f16(ctx, kq)
             vv = gc.view_3d(ctx, vc, n_kv, D, Hkv, rows * es, rows * D * es, 0)   # [n_kv, D, Hkv]
