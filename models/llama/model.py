@@ -247,7 +247,7 @@ class LlamaSession:
         es = gc.type_size(self.kv_type)
         yarn = hp.rope_scaling == "yarn"
         rope_args = (hp.n_rot, 0, 0, hp.n_orig_ctx, hp.rope_freq_base, hp.rope_freq_scale,
-                     1.0 if yarn else 0.0, 1.0, 32.0 if yarn else 0.0, 1.0 if yarn else 0.0)
+                     1.0 if yarn else 0.0, 1.0, 32.0 if yarn else 0.0, 1.0 if yarn else 0.0, self.rounding and not yarn)
         x = gc.get_rows(ctx, m.tok_embd, inp)                                # [E, n_tokens]
         for il, L in enumerate(m.layers):
             cur = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), L["attn_norm"])
@@ -267,13 +267,13 @@ class LlamaSession:
             if self.rounding:
                 q = self._f16(ctx, q)
             qq = gc.permute(ctx, q, 0, 2, 1, 3)                                   # [D, n_tokens, H]
-            kq = gc.mul_mat(ctx, kk, qq)                                          # [n_kv, n_tokens, H]
+            kq = gc.mul_mat(ctx, kk, qq, ggml_dots=self.rounding)                 # [n_kv, n_tokens, H]
             kq = gc.soft_max_ext(ctx, kq, kq_mask, None, 1.0 / float(np.sqrt(np.float32(D))), 0.0,
                                  exp_f16=self.rounding)
             if self.rounding:
                 kq = self._f16(ctx, kq)
             vv = gc.view_3d(ctx, vc, n_kv, D, Hkv, rows * es, rows * D * es, 0)   # [n_kv, D, Hkv]
-            kqv = gc.mul_mat(ctx, vv, kq)                                         # [D, n_tokens, H]
+            kqv = gc.mul_mat(ctx, vv, kq, ggml_dots=self.rounding)                # [D, n_tokens, H]
             att = gc.cont_2d(ctx, gc.permute(ctx, kqv, 0, 2, 1, 3), E, n_tokens)
             x = gc.add_inplace(ctx, self._mm(ctx, L["wo"], att), x)
             cur = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), L["ffn_norm"])
@@ -296,7 +296,8 @@ class LlamaSession:
             if id(x) not in self._rounded:          # Q, K and V share one rounded input
                 self._rounded[id(x)] = (x, self._f16(ctx, x))
             x = self._rounded[id(x)][1]
-        return gc.mul_mat(ctx, w, x)
+        # quantized weights: ggml's block dots for every column, as llama.cpp (its results bit for bit)
+        return gc.mul_mat(ctx, w, x, ggml_dots=self.rounding)
 
     @staticmethod
     def _f16(ctx, t):
