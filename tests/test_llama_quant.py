@@ -91,7 +91,7 @@ def test_perplexity_of_quantized_model_equals_llama_cpp(sources, quantized, t):
         assert gc.is_quantized(m.tok_embd.type) and gc.is_quantized(m.layers[0]["wq"].type)
     n_ctx = rec["n_ctx"]
     tokens = m.tokenizer.encode(open(TEXT, "rb").read())
-    r = perplexity(LlamaSession(m, n_ctx, 2), tokens, n_ctx, m.tokenizer.bos_id)
+    r = perplexity(LlamaSession(m, n_ctx, 2, ggml_dots=True), tokens, n_ctx, m.tokenizer.bos_id)
     running, ppl, err = _llama_cpp_ppl(rec["perplexity_stdout"])
     assert len(r.chunks) == len(running)
     # printed with 4 decimals (the error 5); 1e-7 for the final log-softmax, which runs in numpy (its float32
