@@ -3,6 +3,8 @@ checked against ggml's C in test_quants.py): mul_mat within test-backend-ops' NM
 product with the dequantized src0, and within float32 rounding of ggml's own arithmetic (src1
 quantized to the vec_dot type first), batches broadcast by blocks, few and many columns (dot products
 and the BLAS path), the same bits for 1, 2 and 4 threads; copies and get_rows bit for bit; bad input."""
+import os
+
 import numpy as np
 import pytest
 from numba import njit
@@ -16,6 +18,7 @@ from graphcore import types as T
 from graphcore.native import f16_to_f32
 from graphcore.ops.quantized import MM_BLAS_N, MM_BLAS_ROWS
 from graphcore.testing import assert_close_nmse, compute_guarded, sentinel_context
+from graphcore_tools.record_ggml_dots import QUANT_TYPES, case
 
 MM_TYPES = list(Q.VEC_DOT_TYPE)
 
@@ -54,6 +57,28 @@ def test_mul_mat(t, N):
     # ggml's arithmetic: x's rows quantized to the vec_dot type, then the products of the blocks
     xd = QR.dequantize(QR.quantize_src1(x, t), Q.VEC_DOT_TYPE[t]).astype(np.float64)
     assert_close_nmse(results[0], xd @ np.swapaxes(wd, 2, 3), 1e-11)
+
+
+GGML_DOTS = np.load(os.path.join(os.path.dirname(__file__), "data", "ggml_dots_4480542.npz"))
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES + ("f16",))
+def test_mul_mat_ggml_dots_equal_ggml_s_c(name):
+    # mul_mat(ggml_dots=True) against ggml's own mul_mat on the same bytes (recorded from its C by
+    # tools/record_ggml_dots.py): every bit, for 5 columns (the batched path) and for each column alone (the
+    # one-token path); F16 as an F32 src0 of F16-rounded values, K = 200 (lanes and a float64 remainder)
+    w, x = case(name)
+    want = GGML_DOTS[name]
+    for cols in (slice(0, 5), slice(2, 3)):
+        ctx = sentinel_context(8 << 20)
+        if name == "f16":
+            a = gc.from_numpy(ctx, w.astype(np.float16).astype(np.float32))
+            b = x.astype(np.float16).astype(np.float32)       # ggml's vec_dot_type F16 rounds src1
+        else:
+            a, b = quantized_leaf(ctx, getattr(gc, "TYPE_" + name.upper()), w), x
+        out = gc.mul_mat(ctx, a, gc.from_numpy(ctx, np.ascontiguousarray(b[cols])), ggml_dots=True)
+        compute_guarded(ctx, out, 2)
+        np.testing.assert_array_equal(out.numpy().reshape(-1, 40).view(np.uint32), want[cols].view(np.uint32))
 
 
 @pytest.mark.parametrize("N", [3, 4])
