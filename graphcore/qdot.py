@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import types as T
 from .kquants import scale_min_k4
 from .native import f16_to_f32, fma_f32, opaque, stack_f32, stack_i32
 from .quants import _F, inline, rd_f32, rd_u32
@@ -305,28 +306,8 @@ def _dot32(x, y, nb, xs, ys, qo, ho, off, hb, minus):
     return _hsum8(acc) + summs if minus else _hsum8(acc)
 
 
-@vjit
-def xdot_q4_0(x, y, nb):
-    return _dot32(x, y, nb, 18, 34, 2, 0, 8, 0, False)
-
-
-@vjit
-def xdot_q4_1(x, y, nb):
-    return _dot32(x, y, nb, 20, 40, 4, 0, 0, 0, True)
-
-
-@vjit
-def xdot_q5_0(x, y, nb):
-    return _dot32(x, y, nb, 22, 34, 6, 2, 16, 1, False)
-
-
-@vjit
-def xdot_q5_1(x, y, nb):
-    return _dot32(x, y, nb, 24, 40, 8, 4, 0, 1, True)
-
-
-@vjit
-def xdot_q8_0(x, y, nb):
+@inline
+def _dot_q8_0(x, y, nb):
     acc = stack_f32()
     for j in range(8):
         acc[j] = _F(0)
@@ -429,25 +410,25 @@ def _kdot(x, y, nb, kind, xs, do):
 
 
 @vjit
-def xdot_q2_k(x, y, nb):
-    return _kdot(x, y, nb, 2, 84, 80)
-
-
-@vjit
-def xdot_q3_k(x, y, nb):
-    return _kdot(x, y, nb, 3, 110, 108)
-
-
-@vjit
-def xdot_q4_k(x, y, nb):
-    return _kdot(x, y, nb, 4, 144, 0)
-
-
-@vjit
-def xdot_q5_k(x, y, nb):
-    return _kdot(x, y, nb, 5, 176, 0)
-
-
-@vjit
-def xdot_q6_k(x, y, nb):
-    return _kdot(x, y, nb, 6, 210, 208)
+def xdot(x, y, nb, t):
+    """ggml's AVX2 ggml_vec_dot_X_q8_Y for a row x of nb blocks of type t (a ggml type id), bit for bit: one
+    function for all types (mul_mat's ggml_dots option; compiled once, on its first use)."""
+    if t == T.TYPE_Q4_0:
+        return _dot32(x, y, nb, 18, 34, 2, 0, 8, 0, False)
+    if t == T.TYPE_Q4_1:
+        return _dot32(x, y, nb, 20, 40, 4, 0, 0, 0, True)
+    if t == T.TYPE_Q5_0:
+        return _dot32(x, y, nb, 22, 34, 6, 2, 16, 1, False)
+    if t == T.TYPE_Q5_1:
+        return _dot32(x, y, nb, 24, 40, 8, 4, 0, 1, True)
+    if t == T.TYPE_Q8_0:
+        return _dot_q8_0(x, y, nb)
+    if t == T.TYPE_Q2_K:
+        return _kdot(x, y, nb, 2, 84, 80)
+    if t == T.TYPE_Q3_K:
+        return _kdot(x, y, nb, 3, 110, 108)
+    if t == T.TYPE_Q4_K:
+        return _kdot(x, y, nb, 4, 144, 0)
+    if t == T.TYPE_Q5_K:
+        return _kdot(x, y, nb, 5, 176, 0)
+    return _kdot(x, y, nb, 6, 210, 208)        # Q6_K

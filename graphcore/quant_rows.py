@@ -10,8 +10,9 @@ from . import kquants as K
 from . import types as T
 from .errors import GraphError
 from .quants import (VEC_DOT_TYPE, dequantize_q4_0, dequantize_q4_1, dequantize_q5_0, dequantize_q5_1,
-                     dequantize_q8_0, dequantize_q8_1, dequantize_q8_k, quantize_q4_0, quantize_q4_1, quantize_q5_0, quantize_q5_1,
-                     quantize_q8_0, quantize_q8_0_x86, quantize_q8_1, quantize_q8_1_x86, quantize_q8_k)
+                     dequantize_q8_0, dequantize_q8_1, dequantize_q8_k, quantize_q4_0, quantize_q4_1,
+                     quantize_q5_0, quantize_q5_1, quantize_q8_0, quantize_q8_0_x86, quantize_q8_1,
+                     quantize_q8_1_x86, quantize_q8_k)
 
 
 # -- rows of a whole array (the numpy-side API) ------------------------------------------------------

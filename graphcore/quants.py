@@ -335,23 +335,49 @@ def _amax(x, xo, n):
 
 
 @inline
-def _q8_block(x, xo, y, qo):
-    """The 32 int8 levels of a Q8_0/Q8_1 block at y[qo]; returns d and the levels' sum."""
-    d = np.float32(_amax(x, xo, 32) / _F(127))
-    idd = np.float32(_F(1) / d) if d != 0 else _F(0)
+def _q8_block(x, xo, y, qo, x86):
+    """The 32 int8 levels of a Q8_0/Q8_1 block at y[qo]; returns d and the levels' sum. The reference
+    quantizer (x86 = False) rounds x / d half away from zero; ggml's quantize_row_q8_0/q8_1 on x86 (AVX2),
+    mul_mat's from_float for src1, rounds x * (127 / amax) half to even (saturated to int8)."""
+    amax = _amax(x, xo, 32)
+    d = np.float32(amax / _F(127))
+    if x86:
+        idd = np.float32(_F(127) / amax) if amax != 0 else _F(0)
+    else:
+        idd = np.float32(_F(1) / d) if d != 0 else _F(0)
     s = 0
     for j in range(32):
-        q = i8(c_int(roundf(np.float32(x[xo + j] * idd))))
+        v = np.float32(x[xo + j] * idd)
+        if x86:
+            r = np.rint(v)
+            q = max(-128, min(127, np.int64(r))) if -2147483648.0 <= r < 2147483648.0 else -128
+        else:
+            q = i8(c_int(roundf(v)))
         y[qo + j] = np.uint8(q & 255)
         s += q
     return d, s
 
 
+@inline
+def _quantize_q8(x, y, x86, bs):
+    """Rows of Q8_0 (bs = 34: fp16 d) or Q8_1 (bs = 40: float d and d * sum of the levels)."""
+    for i in range(y.shape[0] // bs):
+        d, s = _q8_block(x, 32 * i, y, bs * i + bs - 32, x86)
+        if bs == 34:
+            wr_f16(y, 34 * i, d)
+        else:
+            wr_f32(y, 40 * i, d)
+            wr_f32(y, 40 * i + 4, np.float32(_F(s) * d))
+
+
 @qjit
 def quantize_q8_0(x, y):
-    for i in range(y.shape[0] // 34):
-        d, _ = _q8_block(x, 32 * i, y, 34 * i + 2)
-        wr_f16(y, 34 * i, d)
+    _quantize_q8(x, y, False, 34)
+
+
+@qjit
+def quantize_q8_0_x86(x, y):
+    _quantize_q8(x, y, True, 34)
 
 
 @qjit
@@ -381,44 +407,14 @@ def dot_q8_0(xq, yq, nb):
     return sumf
 
 
-@inline
-def _q8_block_x86(x, xo, y, qo):
-    """ggml's quantize_row_q8_0/q8_1 on x86 (AVX2), what mul_mat quantizes src1 with (its from_float):
-    d = amax / 127 and levels rint(x * (127 / amax)), ties to even, saturated to int8; returns d and the
-    levels' sum. (The reference quantizer above divides by d and rounds half away from zero.)"""
-    amax = _amax(x, xo, 32)
-    d = np.float32(amax / _F(127))
-    idd = np.float32(_F(127) / amax) if amax != 0 else _F(0)
-    s = 0
-    for j in range(32):
-        v = np.rint(np.float32(x[xo + j] * idd))
-        q = max(-128, min(127, np.int64(v))) if -2147483648.0 <= v < 2147483648.0 else -128
-        y[qo + j] = np.uint8(q & 255)
-        s += q
-    return d, s
-
-
 @qjit
-def quantize_q8_0_x86(x, y):
-    for i in range(y.shape[0] // 34):
-        d, _ = _q8_block_x86(x, 32 * i, y, 34 * i + 2)
-        wr_f16(y, 34 * i, d)
+def quantize_q8_1(x, y):
+    _quantize_q8(x, y, False, 40)
 
 
 @qjit
 def quantize_q8_1_x86(x, y):
-    for i in range(y.shape[0] // 40):
-        d, s = _q8_block_x86(x, 32 * i, y, 40 * i + 8)
-        wr_f32(y, 40 * i, d)
-        wr_f32(y, 40 * i + 4, np.float32(_F(s) * d))
-
-
-@qjit
-def quantize_q8_1(x, y):
-    for i in range(y.shape[0] // 40):
-        d, s = _q8_block(x, 32 * i, y, 40 * i + 8)
-        wr_f32(y, 40 * i, d)
-        wr_f32(y, 40 * i + 4, np.float32(_F(s) * d))
+    _quantize_q8(x, y, True, 40)
 
 
 @qjit

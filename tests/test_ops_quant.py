@@ -66,13 +66,16 @@ GGML_DOTS = np.load(os.path.join(os.path.dirname(__file__), "data", "ggml_dots_4
 def test_mul_mat_ggml_dots_equal_ggml_s_c(name):
     # mul_mat(ggml_dots=True) against ggml's own mul_mat on the same bytes (recorded from its C by
     # tools/record_ggml_dots.py): every bit, for 5 columns (the batched path) and for each column alone (the
-    # one-token path); F16 as an F32 src0 of F16-rounded values, K = 200 (lanes and a float64 remainder)
+    # one-token path); F16 as an F16 src0 and as an F32 src0 of F16-rounded values (the llama model's cache),
+    # K = 200 (lanes and a float64 remainder)
     w, x = case(name)
     want = GGML_DOTS[name]
-    for cols in (slice(0, 5), slice(2, 3)):
+    for cols, f16 in ((slice(0, 5), False), (slice(2, 3), False), (slice(0, 5), True))[:3 if name == "f16" else 2]:
         ctx = sentinel_context(8 << 20)
         if name == "f16":
             a = gc.from_numpy(ctx, w.astype(np.float16).astype(np.float32))
+            if f16:                                            # an F16 tensor itself
+                a = gc.cpy(ctx, a, gc.new_tensor(ctx, gc.TYPE_F16, a.ne))
             b = x.astype(np.float16).astype(np.float32)       # ggml's vec_dot_type F16 rounds src1
         else:
             a, b = quantized_leaf(ctx, getattr(gc, "TYPE_" + name.upper()), w), x

@@ -71,27 +71,27 @@ def _mul_mat_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     K, M, N = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 2, 1)
     if param_i32(rec, 0) != 0:
-        _ggml_dots_f32(r, ith, nth, K, M, N)
+        _ggml_dots_f32(r, ith, nth, K, M, N, t_addr(r, 1), t_nb(r, 1, 1), t_nb(r, 1, 0), t_nb(r, 1, 2),
+                       t_nb(r, 1, 3))
         return
     batched_gemm(r, ith, nth, M, N, K, t_addr(r, 1), t_nb(r, 1, 1), t_nb(r, 1, 0), t_nb(r, 1, 2),
                  t_nb(r, 1, 3), t_nb(r, 2, 0), t_nb(r, 2, 1), t_nb(r, 0, 1))
 
 
 @njit(cache=True, nogil=True)
-def _ggml_dots_f32(r, ith, nth, K, M, N):
+def _ggml_dots_f32(r, ith, nth, K, M, N, a, a_sm, a_sk, a_s2, a_s3):
     """mul_mat's ggml_dots option for F32 src0: each result is ggml_vec_dot_f32 (AVX2, 4480542) of a src0
     row and a src1 row, bit for bit: 32 float32 lanes of fused multiply-adds over the first K & ~31
     elements, reduced as GGML_F32x8_REDUCE does, then the rest added in float64 (ggml_vec_dot_f16 is the
-    same arithmetic on fp16 values, whose products are exact)."""
+    same arithmetic on fp16 values, whose products are exact). src0 at a with batched_gemm's strides."""
     ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
-    r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)
+    r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)      # src0's batches broadcast by blocks
     acc = stack_f32()
     np_ = K - K % 32
     lo, hi = split(M * ne2 * ne3, ith, nth)
     for u in range(lo, hi):
         m, i2, i3 = u % M, (u // M) % ne2, u // (M * ne2)
-        x = f32_1d(t_addr(r, 1) + m * t_nb(r, 1, 1) + (i2 // r2) * t_nb(r, 1, 2) + (i3 // r3) * t_nb(r, 1, 3),
-                   (K,), (t_nb(r, 1, 0),))
+        x = f32_1d(a + m * a_sm + (i2 // r2) * a_s2 + (i3 // r3) * a_s3, (K,), (a_sk,))
         for n in range(N):
             y = f32_1d(t_addr(r, 2) + n * t_nb(r, 2, 1) + i2 * t_nb(r, 2, 2) + i3 * t_nb(r, 2, 3), (K,),
                        (t_nb(r, 2, 0),))
@@ -124,6 +124,9 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
                                  (1, K), (0, t_nb(r, 1, 0)))
             for k in range(K):
                 W[ir, k] = fp16_to_fp32(src[0, k])
+        return
+    if param_i32(rec, 0) != 0:      # ggml_vec_dot_f16 (src1 F16-rounded by the caller, as ggml's vec_dot_type)
+        _ggml_dots_f32(r, ith, nth, K, M, N, wdata, K * 4, 4, M * K * 4, M * K * 4 * ne02)
         return
     batched_gemm(r, ith, nth, M, N, K, wdata, K * 4, 4, M * K * 4, M * K * 4 * ne02,
                  t_nb(r, 2, 0), t_nb(r, 2, 1), t_nb(r, 0, 1))
@@ -219,9 +222,10 @@ def mul_mat(ctx, a, b, ggml_dots: bool = False):
     (Q8_0, Q8_1 or Q8_K) in the work buffer, then integer dot products block by block for fewer than
     4 columns; from 4 columns on, dequantized tiles of a through BLAS (faster; other float roundings).
     ggml_dots (a graphcore option, op_params[0]) computes as ggml 4480542's CPU code does, for its
-    results bit for bit: a quantized a keeps the block dots for any number of columns (bit for bit for
-    the 32-element types), an F32 a takes ggml_vec_dot_f32's order of sums instead of BLAS (also
-    ggml_vec_dot_f16's on fp16 values: a cache of F16-rounded K/V)."""
+    results bit for bit (tests/test_ops_quant.py): a quantized a keeps the block dots (ggml's AVX2 order
+    of sums) for any number of columns, an F32 a takes ggml_vec_dot_f32's order of sums instead of BLAS (also
+    ggml_vec_dot_f16's on fp16 values: a cache of F16-rounded K/V), an F16 a ggml_vec_dot_f16's (b's
+    values must be F16 values, as ggml rounds them; graphcore does not round b)."""
     TN.check_tensor("mul_mat", a, b)
     if (a.type not in (T.TYPE_F32, T.TYPE_F16) and a.type not in Q.VEC_DOT_TYPE) or b.type != T.TYPE_F32:
         raise GraphError(f"mul_mat: src0 must be F32, F16 or one of "

@@ -126,7 +126,7 @@ def mul_mat_work(a, b, n_tasks, dots) -> int:
 
 
 @Q.inline
-def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantize, vdot, xdot, bs, ts, vts):
+def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantize, vdot, bs, ts, vts):
     """dst[n, m] = sum_k a[m, k] b[n, k] with b's rows first quantized to the vec_dot type, as ggml
     (its from_float: on x86, quantize_row_q8_0/q8_1's AVX2 code; Q8_K's reference quantizer). Fewer than
     MM_BLAS_N columns (token generation): ggml's integer block dots (graphcore.qdot: vdot, the float
@@ -167,8 +167,8 @@ def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantiz
                 x = u8_1d(a + (m0 + m) * t_nb(r, 1, 1), (xrow,), (1,))
                 for n in range(N):
                     y = u8_1d(yq + n * vrow, (vrow,), (1,))
-                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = (xdot(x, y, K // bs) if exact
-                                                                             else vdot(x, y, K // bs))
+                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = (D.xdot(x, y, K // bs, t_type(r, 1))
+                                                                             if exact else vdot(x, y, K // bs))
             continue
         for m in range(m0, m1):
             dequantize(u8_1d(a + m * t_nb(r, 1, 1), (xrow,), (1,)), f32_1d(tile + (m - m0) * K * 4, (K,), (4,)))
@@ -275,62 +275,52 @@ def _from_q8_k(rec, ith, nth, phase, wdata, wsize):
 
 def _mm_q4_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q4_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q4_0, D.xdot_q4_0,
-                  QK, 18, 34)
+                  Q.dequantize_q4_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
 
 
 def _mm_q4_1(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q4_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q4_1, D.xdot_q4_1,
-                  QK, 20, 40)
+                  Q.dequantize_q4_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
 
 
 def _mm_q5_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q5_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q5_0, D.xdot_q5_0,
-                  QK, 22, 34)
+                  Q.dequantize_q5_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
 
 
 def _mm_q5_1(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q5_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q5_1, D.xdot_q5_1,
-                  QK, 24, 40)
+                  Q.dequantize_q5_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
 
 
 def _mm_q8_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q8_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q8_0, D.xdot_q8_0,
-                  QK, 34, 34)
+                  Q.dequantize_q8_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
 
 
 def _mm_q2_k(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q2_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q2_k, D.xdot_q2_k,
-                  QK_K, 84, 292)
+                  KQ.dequantize_q2_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q2_k, QK_K, 84, 292)
 
 
 def _mm_q3_k(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q3_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q3_k, D.xdot_q3_k,
-                  QK_K, 110, 292)
+                  KQ.dequantize_q3_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q3_k, QK_K, 110, 292)
 
 
 def _mm_q4_k(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q4_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q4_k, D.xdot_q4_k,
-                  QK_K, 144, 292)
+                  KQ.dequantize_q4_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q4_k, QK_K, 144, 292)
 
 
 def _mm_q5_k(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q5_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q5_k, D.xdot_q5_k,
-                  QK_K, 176, 292)
+                  KQ.dequantize_q5_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q5_k, QK_K, 176, 292)
 
 
 def _mm_q6_k(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q6_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q6_k, D.xdot_q6_k,
-                  QK_K, 210, 292)
+                  KQ.dequantize_q6_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q6_k, QK_K, 210, 292)
 
 
 _TYPES = (T.TYPE_Q4_0, T.TYPE_Q4_1, T.TYPE_Q5_0, T.TYPE_Q5_1, T.TYPE_Q8_0, T.TYPE_Q8_1,
