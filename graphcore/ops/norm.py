@@ -1,9 +1,10 @@
 """Row normalisation: norm, rms_norm and rms_norm_back (ggml's definitions, any strides).
 
-Each row of ne0 elements is reduced in float64. rms_norm and rms_norm_back: short rows (ne0 <=
-ACROSS) in order, taken across a group of rows at once; longer ones in 8 fixed lanes
-(kernel.dot_f64_lanes: the sums vectorise); norm: in order. The order depends on ne0 only, so
-results are the same bits for any thread count and layout. eps is stored as op_params[0] (float32
+Each row of ne0 elements is reduced in float64. rms_norm is ggml's arithmetic bit for bit (float32
+squares summed in order in float64, scale and product in float32; short rows, ne0 <= ACROSS, summed
+across a group of rows at once). rms_norm_back: short rows in order, taken across a group of rows,
+longer ones in 8 fixed lanes (kernel.dot_f64_lanes: the sums vectorise); norm: in order. The order
+depends on ne0 only, so results are the same bits for any thread count and layout. eps is stored as op_params[0] (float32
 bits), as in ggml.
 """
 from __future__ import annotations
@@ -142,14 +143,13 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
             for i0 in range(ne0):
                 xc = xg[i0::ne0]
                 for j in range(g):
-                    v = np.float64(xc[j])
-                    ss[j] += v * v
+                    ss[j] += np.float64(xc[j] * xc[j])
             for j in range(g):
                 x = xg[j * ne0:j * ne0 + ne0]
                 y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
-                rs = 1.0 / np.sqrt(ss[j] / ne0 + eps)
+                rs = _rms_scale(ss[j], ne0, eps)
                 for i0 in range(ne0):
-                    y[i0] = np.float32(np.float64(x[i0]) * rs)
+                    y[i0] = x[i0] * rs
                 i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
@@ -166,14 +166,22 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 @inline
+def _rms_scale(sum_sq, n, eps):
+    """ggml's rms_norm scale in its float32 arithmetic: 1 / sqrtf((float)(sum / n) + eps)."""
+    mean = np.float32(sum_sq / n)
+    return np.float32(1.0) / np.float32(np.sqrt(np.float32(mean + np.float32(eps))))
+
+
+@inline
 def _rms_norm_row(x, y, n, eps):
+    # as ggml computes it, bit for bit: float32 squares summed in order in float64 (one chain: lanes would
+    # change the sum's last bits, and now and then the float32 mean), x * scale in float32
     s = 0.0
     for i0 in range(n):
-        s += np.float64(np.float32(x[i0] * x[i0]))
-    mean = np.float32(s / n)
-    rs = np.float32(np.float32(1.0) / np.float32(np.sqrt(np.float32(mean + np.float32(eps)))))
+        s += np.float64(x[i0] * x[i0])
+    rs = _rms_scale(s, n, eps)
     for i0 in range(n):
-        y[i0] = np.float32(x[i0] * rs)
+        y[i0] = x[i0] * rs
 
 
 def _rms_norm_backward(ctx, t, g, d):
