@@ -4,8 +4,8 @@ Each row of ne0 elements is reduced in float64. rms_norm is ggml's arithmetic bi
 squares summed in order in float64, scale and product in float32; short rows, ne0 <= ACROSS, summed
 across a group of rows at once). rms_norm_back: short rows in order, taken across a group of rows,
 longer ones in 8 fixed lanes (kernel.dot_f64_lanes: the sums vectorise); norm: in order. The order
-depends on ne0 only, so results are the same bits for any thread count and layout. eps is stored as op_params[0] (float32
-bits), as in ggml.
+depends on ne0 only, so results are the same bits for any thread count and layout. eps is stored as
+op_params[0] (float32 bits), as in ggml.
 """
 from __future__ import annotations
 
