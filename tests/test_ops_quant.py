@@ -73,9 +73,7 @@ def test_mul_mat_ggml_dots_equal_ggml_s_c(name):
     for cols, f16 in ((slice(0, 5), False), (slice(2, 3), False), (slice(0, 5), True))[:3 if name == "f16" else 2]:
         ctx = sentinel_context(8 << 20)
         if name == "f16":
-            a = gc.from_numpy(ctx, w.astype(np.float16).astype(np.float32))
-            if f16:                                            # an F16 tensor itself
-                a = gc.cpy(ctx, a, gc.new_tensor(ctx, gc.TYPE_F16, a.ne))
+            a = gc.from_numpy(ctx, w.astype(np.float16) if f16 else w.astype(np.float16).astype(np.float32))
             b = x.astype(np.float16).astype(np.float32)       # ggml's vec_dot_type F16 rounds src1
         else:
             a, b = quantized_leaf(ctx, getattr(gc, "TYPE_" + name.upper()), w), x
