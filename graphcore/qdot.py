@@ -4,11 +4,10 @@
 
 Each block's levels times y's int8 levels are summed in int32 (exact), then scaled by the two block
 scales in float32, as ggml does; only the float32 sum over blocks runs in another order than ggml's
-AVX2 lanes (one running sum; a few ulp apart). quants.dot_X / kquants.dot_X are ggml's scalar code,
-kept as the reference these are tested against. `xdot(x, y, nb, type)` (below the vdot_X) is ggml's
-AVX2 code itself, bit for bit: the same integer products summed in its 8 lanes, each lane accumulated
-with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's ggml_dots option); it is
-several times slower than vdot_X (scalar lane sums).
+AVX2 lanes (one running sum; a few ulp apart). They are tested against `xdot(x, y, nb, type)` (below
+the vdot_X), ggml's AVX2 code itself, bit for bit: the same integer products summed in its 8 lanes,
+each lane accumulated with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's
+ggml_dots option); it is several times slower than vdot_X (scalar lane sums).
 
 Written for LLVM's loop vectoriser: the inner loops run over a block's elements with a trip count
 it cannot see (native.opaque: with a constant 16 or 32 it unrolls the loop into scalar code instead),

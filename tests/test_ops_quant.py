@@ -10,7 +10,6 @@ import pytest
 from numba import njit
 
 import graphcore as gc
-from graphcore import kquants as KQ
 from graphcore import qdot as D
 from graphcore import quant_rows as QR
 from graphcore import quants as Q
@@ -94,10 +93,10 @@ def test_mul_mat_plan_has_work_for_src1(N):
 
 
 @pytest.mark.parametrize("t", MM_TYPES)
-def test_integer_dots_match_ggml_scalar_dots(t):
-    """qdot.vdot_X (mul_mat's one-token path) against ggml's scalar vec_dot (quants/kquants.dot_X): the
-    same integer block sums, scaled in float32 (summed in another order: within a few ulp), on random
-    rows and on rows at the formats' extreme levels (int16/int32 overflow would show there)."""
+def test_integer_dots_match_ggml_s_dots(t):
+    """qdot.vdot_X (mul_mat's one-token path) against ggml's AVX2 vec_dot (qdot.xdot, bit for bit ggml's:
+    test_quants.py): the same integer block sums, scaled in float32 (summed in another order: within a
+    few ulp), on random rows and on rows at the formats' extreme levels (int16/int32 overflow would show)."""
     rng = np.random.default_rng(t)
     K = 512
     sign = np.where(np.arange(K) % 3 == 0, -1.0, 1.0).astype(np.float32)
@@ -107,11 +106,11 @@ def test_integer_dots_match_ggml_scalar_dots(t):
     ys = np.stack([rng.standard_normal(K), sign, -sign * 7, rng.uniform(-1, 1, K) ** 3]).astype(np.float32)
     xq, yq = QR.quantize(xs, t), QR.quantize(ys, vt)
     name = T.type_name(t).lower()
-    vdot, ref = getattr(D, "vdot_" + name), getattr(Q, "dot_" + name, None) or getattr(KQ, "dot_" + name)
+    vdot = getattr(D, "vdot_" + name)
     nb = K // T.blck_size(t)
     for xr in xq:
         for yr in yq:
-            want, got = ref(xr, yr, nb), vdot(xr, yr, nb)
+            want, got = D.xdot(xr, yr, nb, t), vdot(xr, yr, nb)
             scale = float(np.abs(QR.dequantize(xr, t)) @ np.abs(QR.dequantize(yr, vt)))
             assert abs(got - want) <= 1e-6 * scale, (T.type_name(t), got, want)
 
