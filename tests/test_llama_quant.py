@@ -100,6 +100,20 @@ def test_perplexity_of_quantized_model_equals_llama_cpp(sources, quantized, t):
     assert abs(r.ppl - ppl) <= 5e-5 + 1e-7 * ppl and abs(r.error - err) <= 5e-6 + 1e-7 * err
 
 
+def test_perplexity_of_f16_gqa_model_equals_llama_cpp(sources):
+    # F16 weights (ggml_vec_dot_f16 on F16-rounded activations), grouped-query attention, rope base 50000
+    # and linear scale 2: with ggml_dots the same digits as llama.cpp's perplexity (tests/test_llama.py
+    # checks the default to 1e-4)
+    rec = json.load(open(os.path.join(DATA, "llama_reference.json")))["models"]["rand_gqa_f16"]
+    m = LlamaModel(sources[0] / "rand_gqa_f16.gguf")
+    n_ctx = ALL["rand_gqa_f16"][1]
+    r = perplexity(LlamaSession(m, n_ctx, 2, ggml_dots=True), m.tokenizer.encode(open(TEXT, "rb").read()), n_ctx,
+                   m.tokenizer.bos_id)
+    running, ppl, err = _llama_cpp_ppl(rec["perplexity_stdout"])
+    np.testing.assert_allclose(r.chunks, running, rtol=1e-7, atol=5e-5)
+    assert abs(r.ppl - ppl) <= 5e-5 + 1e-7 * ppl and abs(r.error - err) <= 5e-6 + 1e-7 * err
+
+
 def test_quantized_model_generates_and_threads_agree(quantized):
     m = LlamaModel(quantized["rand_q", "q4_k_m"])
     ids = m.tokenizer.encode("The lighthouse keeper", special=True)
