@@ -8,15 +8,14 @@ Byte layouts of one 256-element super-block (ggml-quants.h):
     Q5_K 176: d, dmin, scales[12], qh[32] (fifth bits), qs[128]
     Q6_K 210: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8), d (f16)
 The quantizers are the reference ones (quantize_row_*_reference, which llama.cpp's quantize uses
-without an importance matrix); the dots follow ggml's scalar vec_dot_*_q8_K with one float32 sum
-per super-block (the C keeps 8 lane sums; the integer parts are the same).
+without an importance matrix); the dots with Q8_K rows are in qdot.py.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .native import stack_f32, stack_i8, stack_u8
-from .quants import _F, _absmax, fastdot, i8, inline, nearest_int, qjit, rd_f16, rd_f32, wr_f16
+from .quants import _F, _absmax, i8, inline, nearest_int, qjit, rd_f16, wr_f16
 
 
 # -- helpers shared by the quantizers (ggml's make_*_quants) -------------------------------------------
@@ -238,36 +237,6 @@ def dequantize_q2_k(y, x):
                 x[256 * i + p0 + l] = np.float32(dl * _F(np.int32(q))) - ml
 
 
-@fastdot
-def _gdot_q2(xq, qo, shift, yq, yo):
-    s = _F(0)
-    for l in range(16):
-        s += _F((np.int32(xq[qo + l]) >> shift) & 3) * _F(np.int8(yq[yo + l]))
-    return s
-
-
-@inline
-def _bsum(yq, p, j):
-    return np.int64(np.int16(np.uint16(yq[p + 260 + 2 * j]) | (np.uint16(yq[p + 261 + 2 * j]) << np.uint16(8))))
-
-
-@qjit
-def dot_q2_k(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        o, p = 84 * i, 292 * i
-        summs, isum = 0, 0
-        for g in range(16):
-            sc = np.int64(xq[o + g])
-            summs += _bsum(yq, p, g) * (sc >> 4)
-            n, j, half = g // 8, (g % 8) // 2, g % 2
-            isum += (sc & 15) * np.int64(_gdot_q2(xq, o + 16 + 32 * n + 16 * half, 2 * j, yq, p + 4 + 16 * g))
-        yd = rd_f32(yq, p)
-        dall, dmin = np.float32(yd * rd_f16(xq, o + 80)), np.float32(yd * rd_f16(xq, o + 82))
-        sumf += np.float32(np.float32(dall * _F(isum)) - np.float32(dmin * _F(summs)))
-    return sumf
-
-
 # -- Q3_K -----------------------------------------------------------------------------------------------
 @inline
 def _q3_scale(y, so, j):
@@ -329,29 +298,6 @@ def dequantize_q3_k(y, x):
                 q = (np.int64(y[o + 32 + 32 * n + 16 * half + l]) >> (2 * j)) & 3
                 h = 0 if np.int64(y[o + 16 * half + l]) & m else 4
                 x[256 * i + 16 * g + l] = np.float32(dl * _F(np.int32(q - h)))
-
-
-@fastdot
-def _gdot_q3(xq, qo, ho, shift, m, yq, yo):
-    s = _F(0)
-    for l in range(16):
-        a = ((np.int32(xq[qo + l]) >> shift) & 3) - (0 if np.int32(xq[ho + l]) & m else 4)
-        s += _F(a) * _F(np.int8(yq[yo + l]))
-    return s
-
-
-@qjit
-def dot_q3_k(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        o, p = 110 * i, 292 * i
-        isum = 0
-        for g in range(16):
-            n, j, half = g // 8, (g % 8) // 2, g % 2
-            isum += _q3_scale(xq, o + 96, g) * np.int64(_gdot_q3(xq, o + 32 + 32 * n + 16 * half, o + 16 * half,
-                                                                2 * j, 1 << (4 * n + j), yq, p + 4 + 16 * g))
-        sumf += np.float32(np.float32(rd_f16(xq, o + 108) * rd_f32(yq, p)) * _F(isum))
-    return sumf
 
 
 # -- Q4_K and Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins --------------------------------------
@@ -456,54 +402,13 @@ def dequantize_q5_k(y, x):
         _dequantize_k45(y, 176 * i, 176 * i + 48, 176 * i + 16, x, 256 * i)
 
 
-@fastdot
-def _gdot_k45(xq, qo, shift, ho, bit, yq, yo):
-    s = _F(0)
-    for l in range(32):
-        q = (np.int32(xq[qo + l]) >> shift) & 15
-        if ho >= 0:
-            q += ((np.int32(xq[ho + l]) >> bit) & 1) << 4
-        s += _F(q) * _F(np.int8(yq[yo + l]))
-    return s
-
-
-@inline
-def _dot_k45(xq, o, qo, ho, yq, p):
-    """d * sum(scale * q . y) - dmin * sum(min * bsums) of one Q4_K/Q5_K super-block."""
-    isum, msum = 0, 0
-    for s in range(8):
-        sc, m = scale_min_k4(s, xq, o + 4)
-        msum += m * (_bsum(yq, p, 2 * s) + _bsum(yq, p, 2 * s + 1))
-        isum += sc * np.int64(_gdot_k45(xq, qo + 32 * (s // 2), 4 * (s % 2), ho, s, yq, p + 4 + 32 * s))
-    yd = rd_f32(yq, p)
-    d, dmin = np.float32(rd_f16(xq, o) * yd), np.float32(rd_f16(xq, o + 2) * yd)
-    return np.float32(d * _F(isum)), np.float32(dmin * _F(msum))
-
-
-@qjit
-def dot_q4_k(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        a, b = _dot_k45(xq, 144 * i, 144 * i + 16, -1, yq, 292 * i)
-        sumf = np.float32(np.float32(sumf + a) - b)
-    return sumf
-
-
-@qjit
-def dot_q5_k(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        a, b = _dot_k45(xq, 176 * i, 176 * i + 48, 176 * i + 16, yq, 292 * i)
-        sumf = np.float32(np.float32(sumf + a) - b)
-    return sumf
-
-
 # -- Q6_K: 16 groups of 16 with int8 scales, 6-bit levels - 32 ----------------------------------------
 @inline
 def _q6_where(g):
     """Group g's low nibble (byte offset, shift) in ql and its 2 high bits (offset, shift) in qh."""
     n, quarter, half = g // 8, (g % 8) // 2, g % 2
     return (64 * n + 32 * (quarter % 2) + 16 * half, 4 * (quarter // 2), 32 * n + 16 * half, 2 * quarter)
+
 
 
 @qjit
@@ -555,24 +460,3 @@ def dequantize_q6_k(y, x):
                 q = (((np.int64(y[o + lo + l]) >> ls) & 15) | (((np.int64(y[o + 128 + ho + l]) >> hs) & 3) << 4)) - 32
                 x[256 * i + 16 * g + l] = np.float32(ds * _F(np.int32(q)))
 
-
-@fastdot
-def _gdot_q6(xq, lo, ls, ho, hs, yq, yo):
-    s = _F(0)
-    for l in range(16):
-        q = (((np.int32(xq[lo + l]) >> ls) & 15) | (((np.int32(xq[ho + l]) >> hs) & 3) << 4)) - 32
-        s += _F(q) * _F(np.int8(yq[yo + l]))
-    return s
-
-
-@qjit
-def dot_q6_k(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        o, p = 210 * i, 292 * i
-        isum = 0
-        for g in range(16):
-            lo, ls, ho, hs = _q6_where(g)
-            isum += np.int64(np.int8(xq[o + 192 + g])) * np.int64(_gdot_q6(xq, o + lo, ls, o + 128 + ho, hs, yq, p + 4 + 16 * g))  # noqa: E501
-        sumf += np.float32(np.float32(rd_f16(xq, o + 208) * rd_f32(yq, p)) * _F(isum))
-    return sumf

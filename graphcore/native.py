@@ -340,6 +340,7 @@ stack_f64 = _stack_array(types.float64, STACK_N)     # kernels' small float64 sc
 stack_u8 = _stack_array(types.uint8, 256)
 stack_i8 = _stack_array(types.int8, 256)
 stack_f32 = _stack_array(types.float32, 256)
+stack_i32 = _stack_array(types.int32, 256)
 
 
 def _splat(builder, val, vty):

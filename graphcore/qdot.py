@@ -4,8 +4,10 @@
 
 Each block's levels times y's int8 levels are summed in int32 (exact), then scaled by the two block
 scales in float32, as ggml does; only the float32 sum over blocks runs in another order than ggml's
-AVX2 lanes (one running sum; a few ulp apart). quants.dot_X / kquants.dot_X are ggml's scalar code,
-kept as the reference these are tested against.
+AVX2 lanes (one running sum; a few ulp apart). They are tested against `xdot(x, y, nb, type)` (below
+the vdot_X), ggml's AVX2 code itself, bit for bit: the same integer products summed in its 8 lanes,
+each lane accumulated with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's
+ggml_dots option); it is several times slower than vdot_X (scalar lane sums).
 
 Written for LLVM's loop vectoriser: the inner loops run over a block's elements with a trip count
 it cannot see (native.opaque: with a constant 16 or 32 it unrolls the loop into scalar code instead),
@@ -19,8 +21,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from . import types as T
 from .kquants import scale_min_k4
-from .native import f16_to_f32, opaque
+from .native import f16_to_f32, fma_f32, opaque, stack_f32, stack_i32
 from .quants import _F, inline, rd_f32, rd_u32
 from .quants import rd_f16 as quants_rd_f16
 
@@ -245,3 +248,189 @@ def vdot_q6_k(x, y, nb):
                             _i8(x[sc + 5]), n)
         sumf += np.float32(rd_f16(x, o + 208) * rd_f32(y, p)) * _F(isum)
     return sumf
+
+
+# -- 32-element blocks: ggml's AVX2 dots, bit for bit ----------------------------------------------------
+# Each block's 32 products level * y (int32) are summed in 8 lanes of 4 consecutive elements (vpmaddubsw +
+# vpmaddwd), converted to float and accumulated per lane with one fused multiply-add by the block's
+# float32 d = dx * dy; the 8 lanes are then added as hsum_float_8 does. Q4_1/Q5_1 add the sum over
+# blocks of min * y's s (float32) at the end.
+@inline
+def _nibble_lanes(x, qo, qh, hb, off, y, yo, acc, d):
+    """One block's 8 lanes into acc: lane j < 4 the levels of elements 4j..4j+3 (low nibbles of
+    x[qo + 4j..]), lane j + 4 those of elements 16 + 4j.. (high nibbles), each with bit e of qh as a fifth
+    bit when hb = 1, minus off, times y's levels; acc[j] = fma(d, lane j, acc[j])."""
+    for j in range(4):
+        a, b = I32(0), I32(0)
+        for t in range(4):
+            e = 4 * j + t
+            q = I32(x[qo + e])
+            va = I32(I32(q & 15) | I32(I32(I32(qh >> np.uint32(e)) & hb) << 4)) - off
+            vb = I32(I32(q >> 4) | I32(I32(I32(qh >> np.uint32(e + 16)) & hb) << 4)) - off
+            a = I32(a + I32(va * _i8(y[yo + e])))
+            b = I32(b + I32(vb * _i8(y[yo + 16 + e])))
+        acc[j] = fma_f32(d, _F(a), acc[j])
+        acc[j + 4] = fma_f32(d, _F(b), acc[j + 4])
+
+
+@inline
+def _fma_lanes(acc, d, p, chunks):
+    """acc[l] = fma(d, lane l, acc[l]), lane l the int32 sum of p[32c + 4l .. 32c + 4l + 3] over c < chunks."""
+    for j in range(8):
+        s = I32(0)
+        for c in range(chunks):
+            b = 32 * c + 4 * j
+            s = I32(s + I32(I32(p[b] + p[b + 1]) + I32(p[b + 2] + p[b + 3])))
+        acc[j] = fma_f32(d, _F(s), acc[j])
+
+
+@inline
+def _hsum8(acc):
+    """hsum_float_8: the upper 4 lanes onto the lower, then (0 + 2) + (1 + 3)."""
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+
+
+@inline
+def _dot32(x, y, nb, xs, ys, qo, ho, off, hb, minus):
+    """The dot of nb blocks of a 32-element type (block xs bytes: fp16 d at 0, fp16 min at 2 when minus,
+    the 32 fifth bits at ho when hb, nibbles at qo) with Q8_0 (ys = 34) or Q8_1 (ys = 40: f32 d, s) rows."""
+    acc = stack_f32()
+    for j in range(8):
+        acc[j] = _F(0)
+    summs = _F(0)
+    for i in range(nb):
+        o, q = xs * i, ys * i
+        dy = rd_f16(y, q) if ys == 34 else rd_f32(y, q)
+        qh = rd_u32(x, o + ho) if hb else np.uint32(0)
+        _nibble_lanes(x, o + qo, qh, hb, off, y, q + ys - 32, acc, np.float32(rd_f16(x, o) * dy))
+        if minus:
+            summs += np.float32(rd_f16(x, o + 2) * rd_f32(y, q + 4))
+    return _hsum8(acc) + summs if minus else _hsum8(acc)
+
+
+@inline
+def _dot_q8_0(x, y, nb):
+    acc = stack_f32()
+    for j in range(8):
+        acc[j] = _F(0)
+    for i in range(nb):
+        o = 34 * i
+        d = np.float32(rd_f16(x, o) * rd_f16(y, o))
+        for j in range(8):
+            s = I32(0)
+            for t in range(4):
+                s = I32(s + I32(_i8(x[o + 2 + 4 * j + t]) * _i8(y[o + 2 + 4 * j + t])))
+            acc[j] = fma_f32(d, _F(s), acc[j])
+    return _hsum8(acc)
+
+
+# -- k-quants: ggml's AVX2 dots ------------------------------------------------------------------------
+# Per super-block, the products scale * level * y of its 256 elements are summed (int32, exact) in the
+# same 8 lanes (element e in lane e % 32 // 4), then acc = fma(d, lane, acc) with d = y.d * x.d; the
+# mins' part (Q2_K, Q4_K, Q5_K) as each of ggml's functions adds it.
+@inline
+def _y8(y, p, e):
+    return _i8(y[p + 4 + e])
+
+
+@inline
+def _k_products(x, o, y, p, kind, pr):
+    """pr[e] = scale(e) * level(e) * y's level e for the 256 elements of the super-block at x[o]."""
+    n = opaque(32)
+    for c in range(8):              # 32 elements a step: level from byte qo + t, bit shift sh
+        if kind == 2 or kind == 3:  # Q2_K/Q3_K: 2-bit levels, byte t of each 32 holds elements t + 32k
+            j, k = c // 4, c % 4
+            qo, sh = o + (16 if kind == 2 else 32) + 32 * j, 2 * k
+        elif kind == 6:             # Q6_K: nibbles of ql (64 bytes a half) and 2 bits of qh
+            j, k = c // 4, c % 4
+            qo, sh = o + 64 * j + 32 * (k % 2), 4 * (k // 2)
+        else:                       # Q4_K/Q5_K: nibbles, sub-block c = low (even c) or high (odd) of 32 bytes
+            qo, sh = o + (16 if kind == 4 else 48) + 32 * (c // 2), 4 * (c % 2)
+        for t in range(n):
+            e = 32 * c + t
+            q = I32(x[qo + t])
+            if kind == 2:
+                v = I32(I32(q >> sh) & 3) * I32(x[o + e // 16] & 15)
+            elif kind == 3:
+                hb = I32(I32(x[o + t]) >> (4 * j + k)) & 1
+                v = I32(I32(I32(q >> sh) & 3) - 4 * (1 - hb)) * _q3_scale(x, o + 96, e // 16)
+            elif kind == 6:
+                hb = I32(I32(x[o + 128 + 32 * j + t]) >> (2 * k)) & 3
+                v = I32(I32(I32(q >> sh) & 15) | (hb << 4)) - 32
+                v = v * _i8(x[o + 192 + e // 16])
+            else:
+                hb = (I32(I32(x[o + 16 + t]) >> c) & 1) if kind == 5 else 0
+                sc, _ = scale_min_k4(c, x, o + 4)
+                v = I32(I32(I32(q >> sh) & 15) | (hb << 4)) * I32(sc)
+            pr[e] = I32(v * _y8(y, p, e))
+
+
+@inline
+def _mins(x, o, y, p, kind, pm):
+    """Q2_K: pm[l] = m[2l] * bsum[2l] + m[2l + 1] * bsum[2l + 1] (16 groups); Q4_K/Q5_K: the same over
+    the 8 sub-blocks' mins and group-pair sums (4 lanes)."""
+    for l in range(8 if kind == 2 else 4):
+        a, b = 2 * l, 2 * l + 1
+        if kind == 2:
+            pm[l] = I32(I32(x[o + a] >> 4) * _bsum(y, p, a) + I32(x[o + b] >> 4) * _bsum(y, p, b))
+        else:
+            _, ma = scale_min_k4(a, x, o + 4)
+            _, mb = scale_min_k4(b, x, o + 4)
+            pm[l] = I32(I32(ma) * I32(_bsum(y, p, 2 * a) + _bsum(y, p, 2 * a + 1))
+                        + I32(mb) * I32(_bsum(y, p, 2 * b) + _bsum(y, p, 2 * b + 1)))
+
+
+@inline
+def _kdot(x, y, nb, kind, xs, do):
+    """ggml_vec_dot_qK_q8_K (AVX2) over nb super-blocks of xs bytes, fp16 d at do (dmin at do + 2)."""
+    acc, pr, pm = stack_f32(), stack_i32(), stack_i32()
+    acc_m = stack_f32()
+    for j in range(8):
+        acc[j] = _F(0)
+        acc_m[j] = _F(0)
+    summs = _F(0)
+    for i in range(nb):
+        o, p = xs * i, 292 * i
+        yd = rd_f32(y, p)
+        d = np.float32(yd * rd_f16(x, o + do))
+        if kind == 2 or kind == 4 or kind == 5:
+            dmin = np.float32(-yd * rd_f16(x, o + do + 2))
+            _mins(x, o, y, p, kind, pm)
+            if kind == 2:               # into the same lanes, before the scales' part
+                for j in range(8):
+                    acc[j] = fma_f32(dmin, _F(pm[j]), acc[j])
+            elif kind == 4:             # a 4-lane accumulator of its own
+                for j in range(4):
+                    acc_m[j] = fma_f32(dmin, _F(pm[j]), acc_m[j])
+            else:                       # a float sum of the whole super-block's integer
+                summs += dmin * _F(I32(I32(pm[0] + pm[1]) + I32(pm[2] + pm[3])))
+        _k_products(x, o, y, p, kind, pr)
+        _fma_lanes(acc, d, pr, 8)
+    if kind == 4:
+        return _hsum8(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]))
+    return _hsum8(acc) + summs
+
+
+@vjit
+def xdot(x, y, nb, t):
+    """ggml's AVX2 ggml_vec_dot_X_q8_Y for a row x of nb blocks of type t (a ggml type id), bit for bit: one
+    function for all types (mul_mat's ggml_dots option; compiled once, on its first use)."""
+    if t == T.TYPE_Q4_0:
+        return _dot32(x, y, nb, 18, 34, 2, 0, 8, 0, False)
+    if t == T.TYPE_Q4_1:
+        return _dot32(x, y, nb, 20, 40, 4, 0, 0, 0, True)
+    if t == T.TYPE_Q5_0:
+        return _dot32(x, y, nb, 22, 34, 6, 2, 16, 1, False)
+    if t == T.TYPE_Q5_1:
+        return _dot32(x, y, nb, 24, 40, 8, 4, 0, 1, True)
+    if t == T.TYPE_Q8_0:
+        return _dot_q8_0(x, y, nb)
+    if t == T.TYPE_Q2_K:
+        return _kdot(x, y, nb, 2, 84, 80)
+    if t == T.TYPE_Q3_K:
+        return _kdot(x, y, nb, 3, 110, 108)
+    if t == T.TYPE_Q4_K:
+        return _kdot(x, y, nb, 4, 144, 0)
+    if t == T.TYPE_Q5_K:
+        return _kdot(x, y, nb, 5, 176, 0)
+    return _kdot(x, y, nb, 6, 210, 208)        # Q6_K

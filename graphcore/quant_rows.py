@@ -9,9 +9,10 @@ from numba import njit
 from . import kquants as K
 from . import types as T
 from .errors import GraphError
-from .quants import (dequantize_q4_0, dequantize_q4_1, dequantize_q5_0, dequantize_q5_1, dequantize_q8_0,
-                     dequantize_q8_1, dequantize_q8_k, quantize_q4_0, quantize_q4_1, quantize_q5_0, quantize_q5_1,
-                     quantize_q8_0, quantize_q8_1, quantize_q8_k)
+from .quants import (VEC_DOT_TYPE, dequantize_q4_0, dequantize_q4_1, dequantize_q5_0, dequantize_q5_1,
+                     dequantize_q8_0, dequantize_q8_1, dequantize_q8_k, quantize_q4_0, quantize_q4_1,
+                     quantize_q5_0, quantize_q5_1, quantize_q8_0, quantize_q8_0_x86, quantize_q8_1,
+                     quantize_q8_1_x86, quantize_q8_k)
 
 
 # -- rows of a whole array (the numpy-side API) ------------------------------------------------------
@@ -46,6 +47,21 @@ def quantize(x, type_) -> np.ndarray:
     n = x.shape[-1] if x.ndim else 1
     out = np.zeros(x.shape[:-1] + (T.row_size(type_, n, "quantize"),), dtype=np.uint8)
     _rows(q, x.reshape(-1, n), out.reshape(-1, out.shape[-1]))
+    return out
+
+
+def quantize_src1(x, type_) -> np.ndarray:
+    """x's rows as mul_mat stores src1 for a `type_` src0 (in its vec_dot type): ggml's from_float, which
+    on x86 is quantize_row_q8_0/q8_1's AVX2 code (127 / amax, ties to even), not the reference; Q8_K's is
+    the reference."""
+    vt = VEC_DOT_TYPE[type_]
+    if vt == T.TYPE_Q8_K:
+        return quantize(x, vt)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[-1] if x.ndim else 1
+    out = np.zeros(x.shape[:-1] + (T.row_size(vt, n, "quantize"),), dtype=np.uint8)
+    _rows(quantize_q8_0_x86 if vt == T.TYPE_Q8_0 else quantize_q8_1_x86, x.reshape(-1, n),
+          out.reshape(-1, out.shape[-1]))
     return out
 
 

@@ -3,12 +3,9 @@ Q5_0, Q5_1, Q8_0, Q8_1 and the shared parts; the k-quants (256-element super-blo
 
 Every function here is one row: `quantize_X(x, y)` writes the blocks of the float32 row x into the
 bytes y (ggml's quantize_row_X_reference, bit for bit), `dequantize_X(y, x)` reads them back
-(dequantize_row_X), and `dot_X(xq, yq, nb)` is ggml's scalar ggml_vec_dot_X_q8_Y over nb blocks: the
-integer sum of each block, then float32 scaling in ggml's order. They are numba functions over byte
-arrays so that the kernels (ops/quantized.py) and the numpy-side `quantize` / `dequantize` below run
-the same code; a row is as many blocks as y holds (x may be longer: the kernels' scratch). The
-dots are ggml's scalar arithmetic, kept as the reference the mul_mat kernel is tested against (it
-sums the same products in a vectorised order, see ops/quantized.py).
+(dequantize_row_X). They are numba functions over byte arrays so that the kernels (ops/quantized.py)
+and the numpy-side `quantize` / `dequantize` (quant_rows.py) run the same code; a row is as many blocks
+as y holds (x may be longer: the kernels' scratch). The dot products with the Q8 rows are in qdot.py.
 
 Arithmetic is float32 as in C: int operands are converted with np.float32 first (numba would widen
 int * float32 to float64), and C's float -> int8 casts are x86's (cvttss2si: NaN or out of range
@@ -27,10 +24,6 @@ from .native import f32_bits, f32_from_bits
 
 _F = np.float32
 qjit = njit(cache=True, nogil=True, error_model="numpy")
-# the integer part of a block's dot product, as float32: every partial sum is an integer below 2^24,
-# so float32 is exact in any order and LLVM may vectorise the reduction (reassoc)
-# (not numba-inlined: its flags would be the caller's; LLVM still inlines it, flags kept)
-fastdot = njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 
 
 # -- scalars in a block's bytes (little-endian, as on x86) --------------------------------------------
@@ -138,25 +131,6 @@ def dequantize_q4_0(y, x):
             x[xo + 16 + j] = _F(np.int32((b >> 4) - 8)) * d
 
 
-@qjit
-def dot_q4_0(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        o, p = 18 * i, 34 * i
-        sumi = _isum_q4(xq, o + 2, yq, p + 2, 8)
-        sumf += np.float32(np.float32(sumi * rd_f16(xq, o)) * rd_f16(yq, p))
-    return sumf
-
-
-@fastdot
-def _isum_q4(xq, o, yq, p, off):
-    s = _F(0)
-    for j in range(16):
-        b = np.int32(xq[o + j])
-        s += _F((b & 15) - off) * _F(np.int8(yq[p + j])) + _F((b >> 4) - off) * _F(np.int8(yq[p + 16 + j]))
-    return s
-
-
 # -- Q4_1: d, m (f16), nibbles; value = q * d + m ------------------------------------------------------
 @inline
 def _min_max(x, xo):
@@ -196,17 +170,6 @@ def dequantize_q4_1(y, x):
             b = np.int64(y[o + 4 + j])
             x[xo + j] = np.float32(_F(np.int32(b & 15)) * d) + m
             x[xo + 16 + j] = np.float32(_F(np.int32(b >> 4)) * d) + m
-
-
-@qjit
-def dot_q4_1(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        o, p = 20 * i, 40 * i
-        sumi = _isum_q4(xq, o + 4, yq, p + 8, 0)
-        dd = np.float32(rd_f16(xq, o) * rd_f32(yq, p))
-        sumf += np.float32(np.float32(dd * sumi) + np.float32(rd_f16(xq, o + 2) * rd_f32(yq, p + 4)))
-    return sumf
 
 
 # -- Q5_0: d (f16), qh (32 fifth bits), nibbles; value = (q - 16) * d ---------------------------------
@@ -260,27 +223,6 @@ def dequantize_q5_0(y, x):
             x[xo + 16 + j] = _F(np.int32(((b >> 4) | h1) - 16)) * d
 
 
-@fastdot
-def _isum_q5(xq, o, qh, yq, p, off):
-    s = _F(0)
-    for j in range(16):
-        b = np.int32(xq[o + j])
-        h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
-        h1 = np.int32((qh >> np.uint32(j + 16)) & np.uint32(1)) << 4
-        s += _F(((b & 15) | h0) - off) * _F(np.int8(yq[p + j])) + _F(((b >> 4) | h1) - off) * _F(np.int8(yq[p + 16 + j]))  # noqa: E501
-    return s
-
-
-@qjit
-def dot_q5_0(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        o, p = 22 * i, 34 * i
-        sumi = _isum_q5(xq, o + 6, rd_u32(xq, o + 2), yq, p + 2, 16)
-        sumf += np.float32(np.float32(rd_f16(xq, o) * rd_f16(yq, p)) * sumi)
-    return sumf
-
-
 # -- Q5_1: d, m (f16), qh, nibbles; value = q * d + m -------------------------------------------------
 @qjit
 def quantize_q5_1(x, y):
@@ -314,17 +256,6 @@ def dequantize_q5_1(y, x):
             x[xo + 16 + j] = np.float32(_F(np.int32((b >> 4) | h1)) * d) + m
 
 
-@qjit
-def dot_q5_1(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        o, p = 24 * i, 40 * i
-        sumi = _isum_q5(xq, o + 8, rd_u32(xq, o + 4), yq, p + 8, 0)
-        dd = np.float32(rd_f16(xq, o) * rd_f32(yq, p))
-        sumf += np.float32(np.float32(dd * sumi) + np.float32(rd_f16(xq, o + 2) * rd_f32(yq, p + 4)))
-    return sumf
-
-
 # -- Q8_0: d (f16), 32 int8; value = q * d.  Q8_1: d, s = d * sum(q) (float32), 32 int8 --------------
 @inline
 def _amax(x, xo, n):
@@ -335,23 +266,49 @@ def _amax(x, xo, n):
 
 
 @inline
-def _q8_block(x, xo, y, qo):
-    """The 32 int8 levels of a Q8_0/Q8_1 block at y[qo]; returns d and the levels' sum."""
-    d = np.float32(_amax(x, xo, 32) / _F(127))
-    idd = np.float32(_F(1) / d) if d != 0 else _F(0)
+def _q8_block(x, xo, y, qo, x86):
+    """The 32 int8 levels of a Q8_0/Q8_1 block at y[qo]; returns d and the levels' sum. The reference
+    quantizer (x86 = False) rounds x / d half away from zero; ggml's quantize_row_q8_0/q8_1 on x86 (AVX2),
+    mul_mat's from_float for src1, rounds x * (127 / amax) half to even (saturated to int8)."""
+    amax = _amax(x, xo, 32)
+    d = np.float32(amax / _F(127))
+    if x86:
+        idd = np.float32(_F(127) / amax) if amax != 0 else _F(0)
+    else:
+        idd = np.float32(_F(1) / d) if d != 0 else _F(0)
     s = 0
     for j in range(32):
-        q = i8(c_int(roundf(np.float32(x[xo + j] * idd))))
+        v = np.float32(x[xo + j] * idd)
+        if x86:
+            r = np.rint(v)
+            q = max(-128, min(127, np.int64(r))) if -2147483648.0 <= r < 2147483648.0 else -128
+        else:
+            q = i8(c_int(roundf(v)))
         y[qo + j] = np.uint8(q & 255)
         s += q
     return d, s
 
 
+@inline
+def _quantize_q8(x, y, x86, bs):
+    """Rows of Q8_0 (bs = 34: fp16 d) or Q8_1 (bs = 40: float d and d * sum of the levels)."""
+    for i in range(y.shape[0] // bs):
+        d, s = _q8_block(x, 32 * i, y, bs * i + bs - 32, x86)
+        if bs == 34:
+            wr_f16(y, 34 * i, d)
+        else:
+            wr_f32(y, 40 * i, d)
+            wr_f32(y, 40 * i + 4, np.float32(_F(s) * d))
+
+
 @qjit
 def quantize_q8_0(x, y):
-    for i in range(y.shape[0] // 34):
-        d, _ = _q8_block(x, 32 * i, y, 34 * i + 2)
-        wr_f16(y, 34 * i, d)
+    _quantize_q8(x, y, False, 34)
+
+
+@qjit
+def quantize_q8_0_x86(x, y):
+    _quantize_q8(x, y, True, 34)
 
 
 @qjit
@@ -363,30 +320,14 @@ def dequantize_q8_0(y, x):
             x[xo + j] = _F(np.int8(y[o + 2 + j])) * d
 
 
-@fastdot
-def _isum_q8(xq, o, yq, p, n):
-    s = _F(0)
-    for j in range(n):
-        s += _F(np.int8(xq[o + j])) * _F(np.int8(yq[p + j]))
-    return s
-
-
-@qjit
-def dot_q8_0(xq, yq, nb):
-    sumf = _F(0)
-    for i in range(nb):
-        o = 34 * i
-        sumi = _isum_q8(xq, o + 2, yq, o + 2, 32)
-        sumf += np.float32(sumi * np.float32(rd_f16(xq, o) * rd_f16(yq, o)))
-    return sumf
-
-
 @qjit
 def quantize_q8_1(x, y):
-    for i in range(y.shape[0] // 40):
-        d, s = _q8_block(x, 32 * i, y, 40 * i + 8)
-        wr_f32(y, 40 * i, d)
-        wr_f32(y, 40 * i + 4, np.float32(_F(s) * d))
+    _quantize_q8(x, y, False, 40)
+
+
+@qjit
+def quantize_q8_1_x86(x, y):
+    _quantize_q8(x, y, True, 40)
 
 
 @qjit

@@ -529,7 +529,7 @@ def test_a_mul_mat_with_short_rows_is_refused_by_its_builder(tmp_path):
     assert "MUL_MAT" in msg and "ne00 == ne10" in msg
     # the node's own record lying about its shape, type or params
     for field, value, match in (("ne", [3, 6, 1, 1], "makes ne="), ("type", F16, "makes type"),
-                                ("op_params", [1] + [0] * 15, "makes op_params"), ("src", [1, 0], "builder"),
+                                ("op_params", [2] + [0] * 15, "makes op_params"), ("src", [1, 0], "builder"),
                                 ("view_src", 0, "reaches outside|makes a tensor of its own")):
         recs, gs = decode(p.read_bytes())
         mm = [r for r in recs if r["op"] == "MUL_MAT"][0]

@@ -3,12 +3,13 @@ checked against ggml's C in test_quants.py): mul_mat within test-backend-ops' NM
 product with the dequantized src0, and within float32 rounding of ggml's own arithmetic (src1
 quantized to the vec_dot type first), batches broadcast by blocks, few and many columns (dot products
 and the BLAS path), the same bits for 1, 2 and 4 threads; copies and get_rows bit for bit; bad input."""
+import os
+
 import numpy as np
 import pytest
 from numba import njit
 
 import graphcore as gc
-from graphcore import kquants as KQ
 from graphcore import qdot as D
 from graphcore import quant_rows as QR
 from graphcore import quants as Q
@@ -16,6 +17,7 @@ from graphcore import types as T
 from graphcore.native import f16_to_f32
 from graphcore.ops.quantized import MM_BLAS_N, MM_BLAS_ROWS
 from graphcore.testing import assert_close_nmse, compute_guarded, sentinel_context
+from graphcore_tools.record_ggml_dots import QUANT_TYPES, case
 
 MM_TYPES = list(Q.VEC_DOT_TYPE)
 
@@ -52,8 +54,31 @@ def test_mul_mat(t, N):
     wd = QR.dequantize(QR.quantize(w, t), t).astype(np.float64)
     assert_close_nmse(results[0], x.astype(np.float64) @ np.swapaxes(wd, 2, 3), 5e-4)
     # ggml's arithmetic: x's rows quantized to the vec_dot type, then the products of the blocks
-    xd = QR.dequantize(QR.quantize(x, Q.VEC_DOT_TYPE[t]), Q.VEC_DOT_TYPE[t]).astype(np.float64)
+    xd = QR.dequantize(QR.quantize_src1(x, t), Q.VEC_DOT_TYPE[t]).astype(np.float64)
     assert_close_nmse(results[0], xd @ np.swapaxes(wd, 2, 3), 1e-11)
+
+
+GGML_DOTS = np.load(os.path.join(os.path.dirname(__file__), "data", "ggml_dots_4480542.npz"))
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES + ("f16",))
+def test_mul_mat_ggml_dots_equal_ggml_s_c(name):
+    # mul_mat(ggml_dots=True) against ggml's own mul_mat on the same bytes (recorded from its C by
+    # tools/record_ggml_dots.py): every bit, for 5 columns (the batched path) and for each column alone (the
+    # one-token path); F16 as an F16 src0 and as an F32 src0 of F16-rounded values (the llama model's cache),
+    # K = 200 (lanes and a float64 remainder)
+    w, x = case(name)
+    want = GGML_DOTS[name]
+    for cols, f16 in ((slice(0, 5), False), (slice(2, 3), False), (slice(0, 5), True))[:3 if name == "f16" else 2]:
+        ctx = sentinel_context(8 << 20)
+        if name == "f16":
+            a = gc.from_numpy(ctx, w.astype(np.float16) if f16 else w.astype(np.float16).astype(np.float32))
+            b = x.astype(np.float16).astype(np.float32)       # ggml's vec_dot_type F16 rounds src1
+        else:
+            a, b = quantized_leaf(ctx, getattr(gc, "TYPE_" + name.upper()), w), x
+        out = gc.mul_mat(ctx, a, gc.from_numpy(ctx, np.ascontiguousarray(b[cols])), ggml_dots=True)
+        compute_guarded(ctx, out, 2)
+        np.testing.assert_array_equal(out.numpy().reshape(-1, 40).view(np.uint32), want[cols].view(np.uint32))
 
 
 @pytest.mark.parametrize("N", [3, 4])
@@ -68,10 +93,10 @@ def test_mul_mat_plan_has_work_for_src1(N):
 
 
 @pytest.mark.parametrize("t", MM_TYPES)
-def test_integer_dots_match_ggml_scalar_dots(t):
-    """qdot.vdot_X (mul_mat's one-token path) against ggml's scalar vec_dot (quants/kquants.dot_X): the
-    same integer block sums, scaled in float32 (summed in another order: within a few ulp), on random
-    rows and on rows at the formats' extreme levels (int16/int32 overflow would show there)."""
+def test_integer_dots_match_ggml_s_dots(t):
+    """qdot.vdot_X (mul_mat's one-token path) against ggml's AVX2 vec_dot (qdot.xdot, bit for bit ggml's:
+    test_quants.py): the same integer block sums, scaled in float32 (summed in another order: within a
+    few ulp), on random rows and on rows at the formats' extreme levels (int16/int32 overflow would show)."""
     rng = np.random.default_rng(t)
     K = 512
     sign = np.where(np.arange(K) % 3 == 0, -1.0, 1.0).astype(np.float32)
@@ -81,11 +106,11 @@ def test_integer_dots_match_ggml_scalar_dots(t):
     ys = np.stack([rng.standard_normal(K), sign, -sign * 7, rng.uniform(-1, 1, K) ** 3]).astype(np.float32)
     xq, yq = QR.quantize(xs, t), QR.quantize(ys, vt)
     name = T.type_name(t).lower()
-    vdot, ref = getattr(D, "vdot_" + name), getattr(Q, "dot_" + name, None) or getattr(KQ, "dot_" + name)
+    vdot = getattr(D, "vdot_" + name)
     nb = K // T.blck_size(t)
     for xr in xq:
         for yr in yq:
-            want, got = ref(xr, yr, nb), vdot(xr, yr, nb)
+            want, got = D.xdot(xr, yr, nb, t), vdot(xr, yr, nb)
             scale = float(np.abs(QR.dequantize(xr, t)) @ np.abs(QR.dequantize(yr, vt)))
             assert abs(got - want) <= 1e-6 * scale, (T.type_name(t), got, want)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import graphcore as gc
-from graphcore import kquants as KQ
+from graphcore import qdot as D
 from graphcore import quant_rows as QR
 from graphcore import quants as Q
 from graphcore import types as T
@@ -77,20 +77,15 @@ def test_k_quants_round_trip(t, bound):
     assert np.array_equal(QR.quantize(np.zeros((1, 256), np.float32), t), np.zeros((1, T.type_size(t)), np.uint8))
 
 
-DOTS = {T.TYPE_Q4_0: Q.dot_q4_0, T.TYPE_Q4_1: Q.dot_q4_1, T.TYPE_Q5_0: Q.dot_q5_0, T.TYPE_Q5_1: Q.dot_q5_1,
-        T.TYPE_Q8_0: Q.dot_q8_0, T.TYPE_Q2_K: KQ.dot_q2_k, T.TYPE_Q3_K: KQ.dot_q3_k, T.TYPE_Q4_K: KQ.dot_q4_k,
-        T.TYPE_Q5_K: KQ.dot_q5_k, T.TYPE_Q6_K: KQ.dot_q6_k}
-
-
-@pytest.mark.parametrize("t", list(DOTS))
-def test_vec_dot_tracks_ggml(t):
-    """The scalar block dots against ggml's vec_dot_*_q8_* (its AVX build) on the same bytes."""
+@pytest.mark.parametrize("t", list(Q.VEC_DOT_TYPE))
+def test_vec_dot_is_ggml_s(t):
+    """qdot.xdot (mul_mat's ggml_dots) against ggml's vec_dot_*_q8_* (its AVX2 build) on the same bytes: every
+    bit; and both are the sum of the dequantized products (float64 here) but for float32 rounding."""
     qx, qy = QR.quantize(DATA["dot_x"], t), QR.quantize(DATA["dot_y"], Q.VEC_DOT_TYPE[t])
     nb = DATA["dot_x"].shape[1] // T.blck_size(t)
-    got = np.array([[DOTS[t](qx[i], qy[j], nb) for j in range(4)] for i in range(4)], np.float32)
-    want = DATA[f"dot{t}"]
-    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
-    # and both are the sum of the dequantized products (float64 here)
+    got = np.array([[D.xdot(qx[i], qy[j], nb, t) for j in range(4)] for i in range(4)], np.float32)
+    want = DATA[f"dot{t}"].astype(np.float32)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
     exact = QR.dequantize(qx, t).astype(np.float64) @ QR.dequantize(qy, Q.VEC_DOT_TYPE[t]).T.astype(np.float64)
     assert np.abs(got - exact).max() <= 1e-5 * np.abs(exact).max()
 

@@ -70,8 +70,9 @@ def bench_quant(args):
                 mm = ggml_c.MulMat(lib, t, rows, X, n_threads)
                 mm.run()
                 diff = np.linalg.norm(mm.result() - result()) / np.linalg.norm(ref)
-                # ggml's x86 quantize_row_q8_0/q8_1 round src1 their own way: not bit for bit
-                assert diff < 1e-3, (gc.type_name(t), "graphcore and ggml differ", diff)
+                # the same src1 levels; the float sums run in another order (BLAS, vdot_X's running sum)
+                # unless mul_mat's ggml_dots option is on (tests/test_ops_quant.py: bit for bit)
+                assert diff < 1e-5, (gc.type_name(t), "graphcore and ggml differ", diff)
                 runs[("ggml", t)] = mm.run
         times = {k: [] for k in runs}
         for _ in range(args.repeat * 5):

@@ -11,8 +11,8 @@ import numpy as np
 
 from .. import tensor as TN
 from ..errors import GraphError
-from ..kernel import (F32, R_NSRC, exp_f32, f32_at, inline, max_f32_lanes, param_f32, param_i32, record, row_addr,
-                      rows_contiguous, split, sum_f64_lanes, t_addr, t_ne, view_f32)
+from ..kernel import (F32, R_NSRC, exp_f32, f32_at, fp16_to_fp32, fp32_to_fp16, inline, max_f32_lanes, param_f32,
+                      param_i32, record, row_addr, rows_contiguous, split, sum_f64_lanes, t_addr, t_ne, view_f32)
 from .args import integer, real
 from .common import check_f32, check_same_shape, inplace_of, inplace_view, my_rows, next_row, row_index, shapes
 from .elementwise import mul, scale, sub
@@ -127,7 +127,12 @@ def _diag_mask_rebuild(ctx, srcs, rec):
     return _diag_mask(ctx, rec.op, *srcs, rec.i32(0), rec.inplace, name)
 
 
-# -- soft_max: softmax(x * scale + mask + alibi) over each row; op_params = {scale, max_bias} -----------------
+# -- soft_max: softmax(x * scale + mask + alibi) over each row; op_params = {scale, max_bias, exp_f16} --------
+# ggml 4480542's table of exp over every fp16 value (ggml_table_exp_f16: fp16(expf(fp16 value))), which its
+# soft_max reads at fp16(w - max) (exp_f16 = 1); float64 exp rounded to float32 is expf's result
+_H = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+with np.errstate(over="ignore", invalid="ignore"):
+    EXP_F16 = np.exp(_H.astype(np.float64)).astype(np.float32).astype(np.float16).view(np.uint16)
 @inline
 def _alibi_slope(h, n_head, max_bias):
     if max_bias <= 0.0:
@@ -141,9 +146,10 @@ def _alibi_slope(h, n_head, max_bias):
 
 
 @inline
-def _soft_max_row(x, mrow, prow, y, n, scale, slope, has_mask, has_pos):
+def _soft_max_row(x, mrow, prow, y, n, scale, slope, has_mask, has_pos, exp_f16):
     """One row in float32, as ggml does: w = x * scale (+ mask) (+ slope * pos) (kept in y), its
-    maximum, y = exp(w - max) (exp_f32: 8 lanes a step), their sum in float64 lanes, y * (1 / sum).
+    maximum, y = exp(w - max) (exp_f32: 8 lanes a step; with exp_f16 ggml's table, EXP_F16[fp16(w - max)]),
+    their sum in float64 lanes (exact for fp16 values in any order), y * (1 / sum).
     Each pass is a flat loop over an L1-resident row that vectorises; the order of every sum depends
     on n only, so the bits do not depend on the thread count or the layout. A row with no maximum
     (all -inf) gives zeros; a NaN gives NaN."""
@@ -162,8 +168,12 @@ def _soft_max_row(x, mrow, prow, y, n, scale, slope, has_mask, has_pos):
         for i in range(n):
             y[i] = F32(0.0)
         return
-    for i in range(n):
-        y[i] = exp_f32(src[i] - mx)
+    if exp_f16:
+        for i in range(n):
+            y[i] = fp16_to_fp32(EXP_F16[fp32_to_fp16(src[i] - mx)])
+    else:
+        for i in range(n):
+            y[i] = exp_f32(src[i] - mx)
     rs = F32(1.0 / sum_f64_lanes(y, n))
     for i in range(n):
         y[i] *= rs
@@ -176,6 +186,7 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
     # pos only counts with ALiBi (max_bias > 0): its slope is 0 otherwise, and 0 * inf would be NaN
     has_pos = nsrc > 2 and t_addr(r, 3) != 0 and param_f32(rec, 1) > 0.0
     scale, max_bias = param_f32(rec, 0), np.float64(param_f32(rec, 1))
+    exp_f16 = param_i32(rec, 2) != 0
     ne0, ne1, ne2 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2)
     m1 = t_ne(r, 2, 1) if has_mask else 1
     lo, hi = split(ne1 * ne2 * t_ne(r, 1, 3), ith, nth)
@@ -189,7 +200,7 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
             prow = f32_at(t_addr(r, 3), ne0) if has_pos else x
             slope = F32(_alibi_slope(i2, ne2, max_bias)) if has_pos else F32(0.0)
             # (in place, x is y: one instantiation only, each costs seconds of a cold start)
-            _soft_max_row(x, mrow, prow, y, ne0, scale, slope, has_mask, has_pos)
+            _soft_max_row(x, mrow, prow, y, ne0, scale, slope, has_mask, has_pos, exp_f16)
             i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     d, a, m, pp = view_f32(r, 0), view_f32(r, 1), view_f32(r, 2), view_f32(r, 3)
@@ -197,7 +208,7 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
         x = a[i3, i2, i1]
         slope = F32(_alibi_slope(i2, ne2, max_bias)) if has_pos else F32(0.0)
         _soft_max_row(x, m[0, 0, i1 % m1] if has_mask else x, pp[0, 0, 0] if has_pos else x, d[i3, i2, i1], ne0,
-                      scale, slope, has_mask, has_pos)
+                      scale, slope, has_mask, has_pos, exp_f16)
         i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
 
 
@@ -240,9 +251,16 @@ def _soft_max_reference(node, srcs):
         h = np.arange(n_head)
         slope = np.where(h < n2, m0 ** (h + 1), m1 ** (2 * (h - n2) + 1))
         x = x + slope.reshape(1, -1, 1, 1) * f64(pos).reshape(1, 1, 1, -1)
+    if param_i32_of(node, 2):               # ggml's fp16 exp table, read at fp16(w - max) of float32 w
+        x = x.astype(np.float32)
     mx = x.max(axis=3, keepdims=True)
     dead = mx == -np.inf                       # a row masked everywhere gives zeros
-    e = np.exp(x - np.where(dead, 0.0, mx))
+    if param_i32_of(node, 2):
+        with np.errstate(invalid="ignore"):
+            e = EXP_F16[(x - np.where(dead, 0, mx)).astype(np.float16).view(np.uint16)].view(np.float16)
+        e = e.astype(np.float64)
+    else:
+        e = np.exp(x - np.where(dead, 0.0, mx))
     return np.where(dead, 0.0, e / np.where(dead, 1.0, e.sum(axis=3, keepdims=True)))
 
 
@@ -254,14 +272,15 @@ def _soft_max_sample(d):
     mask = d.f32([a.ne[0], d.choice(_divisors(a.ne[1]))], domain="mask") if d.coin(70) else None
     pos = d.f32([a.ne[0]], new=True, param=False) if d.coin(40) else None
     max_bias = d.choice([0.0, 8.0, 0.5]) if pos is not None else 0.0
-    return soft_max_ext(d.ctx, a, mask, pos, d.choice([1.0, 0.125, -2.0]), max_bias)
+    exp_f16 = not d.backward and d.coin(30)         # a step function of its input: no gradient to check
+    return soft_max_ext(d.ctx, a, mask, pos, d.choice([1.0, 0.125, -2.0]), max_bias, exp_f16=exp_f16)
 
 
 def _divisors(n):
     return [k for k in range(1, n + 1) if n % k == 0]
 
 
-def _soft_max(ctx, a, mask, pos, scale, max_bias, inplace, op):
+def _soft_max(ctx, a, mask, pos, scale, max_bias, inplace, op, exp_f16=False):
     check_f32(op, a)
     scale = real(op, "scale", scale)
     max_bias = real(op, "max_bias", max_bias)
@@ -280,7 +299,7 @@ def _soft_max(ctx, a, mask, pos, scale, max_bias, inplace, op):
         srcs = [a]
     else:
         srcs = [a, mask, pos]
-    return _node(ctx, SOFT_MAX, a, srcs, [scale, max_bias], inplace)
+    return _node(ctx, SOFT_MAX, a, srcs, [scale, max_bias, int(bool(exp_f16))], inplace)
 
 
 def soft_max(ctx, a):
@@ -295,20 +314,24 @@ def soft_max_inplace(ctx, a):
     return _soft_max(ctx, a, None, None, 1.0, 0.0, True, "soft_max_inplace")
 
 
-def soft_max_ext(ctx, a, mask, pos, scale: float, max_bias: float):
+def soft_max_ext(ctx, a, mask, pos, scale: float, max_bias: float, exp_f16: bool = False):
     """ggml_soft_max_ext: softmax(a * scale + mask + slope_h * pos) per row; mask (optional) is a
     matrix tiled over the rows, pos (optional, needed when max_bias > 0) a vector of positions,
     slope_h ALiBi's slope of head h = the row's ne2 index. F32 a [ne0, ne1, ne2, ne3] -> same shape.
 
+    exp_f16 (a graphcore option, off by default) takes exp as ggml 4480542's CPU soft_max does: from
+    its table of fp16 values, fp16(expf(fp16(w - max))) (about 1e-3 relative error per value), for
+    results bit-identical to llama.cpp's; off, exp is float32 to 2 ulp.
+
     GraphError when mask is not [ne0, n] with n dividing ne1, pos not [ne0], or max_bias > 0
     without pos."""
-    return _soft_max(ctx, a, mask, pos, scale, max_bias, False, "soft_max_ext")
+    return _soft_max(ctx, a, mask, pos, scale, max_bias, False, "soft_max_ext", exp_f16)
 
 
 @rebuild_of(SOFT_MAX)
 def _soft_max_rebuild(ctx, srcs, rec):
     a, mask, pos = (list(srcs) + [None, None])[:3]
-    return _soft_max(ctx, a, mask, pos, rec.f32(0), rec.f32(1), rec.inplace, "soft_max")
+    return _soft_max(ctx, a, mask, pos, rec.f32(0), rec.f32(1), rec.inplace, "soft_max", rec.i32(2))
 
 
 # -- soft_max_back: gradient of softmax given dy (src0) and y = softmax(x) (src1) ------------------------------

@@ -13,12 +13,12 @@ from .. import quant_rows as QR
 from .. import quants as Q
 from .. import types as T
 from ..errors import GraphError
-from ..kernel import R_BLAS, fp16_to_fp32, record, split, t_addr, t_ne, t_nb
-from ..native import f32_2d_strided, u16_2d_strided
+from ..kernel import F32, R_BLAS, fp16_to_fp32, param_i32, record, split, t_addr, t_ne, t_nb
+from ..native import f32_1d, f32_2d_strided, fma_f32, stack_f32, u16_2d_strided
 from .common import shapes
 from .gemm import gemm
 from .layout import cont, cpy, transpose
-from .quantized import MM_BLAS_N, MM_BLAS_ROWS, MM_ROWS, mul_mat_work
+from .quantized import MM_BLAS_ROWS, MM_ROWS, mul_mat_work, uses_block_dots
 from .quantized import MUL_MAT as QUANT_MUL_MAT
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
@@ -70,8 +70,43 @@ def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_
 def _mul_mat_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     K, M, N = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 2, 1)
+    if param_i32(rec, 0) != 0:
+        _ggml_dots_f32(r, ith, nth, K, M, N, t_addr(r, 1), t_nb(r, 1, 1), t_nb(r, 1, 0), t_nb(r, 1, 2),
+                       t_nb(r, 1, 3))
+        return
     batched_gemm(r, ith, nth, M, N, K, t_addr(r, 1), t_nb(r, 1, 1), t_nb(r, 1, 0), t_nb(r, 1, 2),
                  t_nb(r, 1, 3), t_nb(r, 2, 0), t_nb(r, 2, 1), t_nb(r, 0, 1))
+
+
+@njit(cache=True, nogil=True)
+def _ggml_dots_f32(r, ith, nth, K, M, N, a, a_sm, a_sk, a_s2, a_s3):
+    """mul_mat's ggml_dots option for F32 src0: each result is ggml_vec_dot_f32 (AVX2, 4480542) of a src0
+    row and a src1 row, bit for bit: 32 float32 lanes of fused multiply-adds over the first K & ~31
+    elements, reduced as GGML_F32x8_REDUCE does, then the rest added in float64 (ggml_vec_dot_f16 is the
+    same arithmetic on fp16 values, whose products are exact). src0 at a with batched_gemm's strides."""
+    ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
+    r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)      # src0's batches broadcast by blocks
+    acc = stack_f32()
+    np_ = K - K % 32
+    lo, hi = split(M * ne2 * ne3, ith, nth)
+    for u in range(lo, hi):
+        m, i2, i3 = u % M, (u // M) % ne2, u // (M * ne2)
+        x = f32_1d(a + m * a_sm + (i2 // r2) * a_s2 + (i3 // r3) * a_s3, (K,), (a_sk,))
+        for n in range(N):
+            y = f32_1d(t_addr(r, 2) + n * t_nb(r, 2, 1) + i2 * t_nb(r, 2, 2) + i3 * t_nb(r, 2, 3), (K,),
+                       (t_nb(r, 2, 0),))
+            for t in range(32):
+                acc[t] = F32(0.0)
+            for i in range(0, np_, 32):
+                for t in range(32):
+                    acc[t] = fma_f32(x[i + t], y[i + t], acc[t])
+            for t in range(8):          # sum[0] += sum[2], sum[1] += sum[3]; sum[0] += sum[1]
+                acc[t] = (acc[t] + acc[16 + t]) + (acc[8 + t] + acc[24 + t])
+            sumf = np.float64(((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])))
+            for i in range(np_, K):
+                sumf += np.float64(x[i] * y[i])
+            f32_1d(t_addr(r, 0) + m * 4 + n * t_nb(r, 0, 1) + i2 * t_nb(r, 0, 2) + i3 * t_nb(r, 0, 3), (1,),
+                   (4,))[0] = F32(sumf)
 
 
 def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
@@ -90,6 +125,9 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
             for k in range(K):
                 W[ir, k] = fp16_to_fp32(src[0, k])
         return
+    if param_i32(rec, 0) != 0:      # ggml_vec_dot_f16 (src1 F16-rounded by the caller, as ggml's vec_dot_type)
+        _ggml_dots_f32(r, ith, nth, K, M, N, wdata, K * 4, 4, M * K * 4, M * K * 4 * ne02)
+        return
     batched_gemm(r, ith, nth, M, N, K, wdata, K * 4, 4, M * K * 4, M * K * 4 * ne02,
                  t_nb(r, 2, 0), t_nb(r, 2, 1), t_nb(r, 0, 1))
 
@@ -97,7 +135,7 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
 def _mm_tasks(node, n_threads):
     if T.is_quantized(node.src[0].type):     # units of MM_ROWS (MM_BLAS_ROWS) rows of src0 per batch
         M, K = node.ne[0], node.src[0].ne[0]
-        units = -(-M // (MM_ROWS if node.ne[1] < MM_BLAS_N else MM_BLAS_ROWS)) * node.ne[2] * node.ne[3]
+        units = -(-M // (MM_ROWS if uses_block_dots(node) else MM_BLAS_ROWS)) * node.ne[2] * node.ne[3]
         flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
         return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
     M, N = node.ne[0], node.ne[1]
@@ -111,7 +149,7 @@ def _mm_tasks(node, n_threads):
 def _mm_work(node, n_tasks):
     a, b = node.src
     if T.is_quantized(a.type):      # src1's rows quantized to the vec_dot partner type, and a tile a task
-        return mul_mat_work(a, b, n_tasks)
+        return mul_mat_work(a, b, n_tasks, uses_block_dots(node))
     return 4 * TN.nelements(a) if a.type == T.TYPE_F16 else 0
 
 
@@ -146,13 +184,13 @@ MUL_MAT = register("MUL_MAT", "X*Y", _mul_mat_kernel, n_tasks=_mm_tasks, work_si
 @reference_of(MUL_MAT, nmse=1e-6)
 def _mul_mat_reference(node, srcs):
     # dst[n, m] = sum_k a[m, k] b[n, k]; a's batches broadcast by blocks. A quantized a (its values
-    # here) multiplies b as ggml does, b's rows first stored in a's vec_dot type (Q8_0, Q8_1, Q8_K): so
+    # here) multiplies b as ggml does, b's rows first stored in a's vec_dot type (Q8_0, Q8_1, Q8_K, x86's): so
     # does the reference, leaving float32 rounding only (tests/test_ops_quant.py also checks the
     # plain product, within test-backend-ops' 5e-4)
     a, b = f64(srcs[0]), f64(srcs[1])
     vt = Q.VEC_DOT_TYPE.get(node.src[0].type)
     if vt is not None:
-        b = f64(QR.dequantize(QR.quantize(b.astype(np.float32), vt), vt))
+        b = f64(QR.dequantize(QR.quantize_src1(b.astype(np.float32), node.src[0].type), vt))
     return np.einsum("ijnk,ijmk->ijnm", b, blocks(a, b.shape[:2]))
 
 
@@ -166,7 +204,7 @@ def _mul_mat_sample(d):
         a = d.tensor(t, [T.blck_size(t) * d.int(1, 2), d.side(), d.side(), 1], new=True,
                      accept=lambda a: bool(np.isfinite(QR.dequantize(a.numpy(), a.type)).all()))
         b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), d.int(1, 2)], accept=lambda t: t.nb[0] == 4)
-        return mul_mat(d.ctx, a, b)
+        return mul_mat(d.ctx, a, b, ggml_dots=d.coin(30))
     if d.coin():
         a = d.tensor(d.any_type((T.TYPE_F32, T.TYPE_F16)), accept=not_transposed)
         b = d.f32([a.ne[0], d.side(), a.ne[2] * d.int(1, 2), a.ne[3] * d.int(1, 2)])
@@ -177,11 +215,17 @@ def _mul_mat_sample(d):
     return mul_mat(d.ctx, a, b)
 
 
-def mul_mat(ctx, a, b):
+def mul_mat(ctx, a, b, ggml_dots: bool = False):
     """ggml_mul_mat: a [K, M, ne02, ne03] (F32, F16 or quantized), b [K, N, ne12, ne13] F32 ->
     [M, N, ne12, ne13], dst[n, m] = sum_k a[m, k] * b[n, k]; a is broadcast over dims 2 and 3 by
     blocks. A quantized a is multiplied as ggml does: b's rows quantized to the vec_dot partner type
-    (Q8_0, Q8_1 or Q8_K) in the work buffer, then integer dot products block by block."""
+    (Q8_0, Q8_1 or Q8_K) in the work buffer, then integer dot products block by block for fewer than
+    4 columns; from 4 columns on, dequantized tiles of a through BLAS (faster; other float roundings).
+    ggml_dots (a graphcore option, op_params[0]) computes as ggml 4480542's CPU code does, for its
+    results bit for bit (tests/test_ops_quant.py): a quantized a keeps the block dots (ggml's AVX2 order
+    of sums) for any number of columns, an F32 a takes ggml_vec_dot_f32's order of sums instead of BLAS (also
+    ggml_vec_dot_f16's on fp16 values: a cache of F16-rounded K/V), an F16 a ggml_vec_dot_f16's (b's
+    values must be F16 values, as ggml rounds them; graphcore does not round b)."""
     TN.check_tensor("mul_mat", a, b)
     if (a.type not in (T.TYPE_F32, T.TYPE_F16) and a.type not in Q.VEC_DOT_TYPE) or b.type != T.TYPE_F32:
         raise GraphError(f"mul_mat: src0 must be F32, F16 or one of "
@@ -195,10 +239,13 @@ def mul_mat(ctx, a, b):
                          f"must be multiples of src0's: {shapes(a, b)}")
     if TN.is_transposed(a):
         raise GraphError(f"mul_mat: src0 must not be transposed (use cont): {shapes(a, b)}")
-    return new_node(ctx, MUL_MAT, T.TYPE_F32, [a.ne[1], b.ne[1], b.ne[2], b.ne[3]], [a, b])
+    return new_node(ctx, MUL_MAT, T.TYPE_F32, [a.ne[1], b.ne[1], b.ne[2], b.ne[3]], [a, b],
+                    [int(bool(ggml_dots))])
 
 
-rebuild_of(MUL_MAT)(rebuild_by(mul_mat))
+@rebuild_of(MUL_MAT)
+def _mul_mat_rebuild(ctx, srcs, rec):
+    return mul_mat(ctx, *srcs, ggml_dots=bool(rec.i32(0)))
 
 
 # -- out_prod: dst[i0, i1] = sum_k a[i0, k] * b[i1, k] (k runs over ne01 == ne11) ---------------------------

@@ -1,10 +1,11 @@
 """Row normalisation: norm, rms_norm and rms_norm_back (ggml's definitions, any strides).
 
-Each row of ne0 elements is reduced in float64. rms_norm and rms_norm_back: short rows (ne0 <=
-ACROSS) in order, taken across a group of rows at once; longer ones in 8 fixed lanes
-(kernel.dot_f64_lanes: the sums vectorise); norm: in order. The order depends on ne0 only, so
-results are the same bits for any thread count and layout. eps is stored as op_params[0] (float32
-bits), as in ggml.
+Each row of ne0 elements is reduced in float64. rms_norm is ggml's arithmetic bit for bit (float32
+squares summed in order in float64, scale and product in float32; short rows, ne0 <= ACROSS, summed
+across a group of rows at once). rms_norm_back: short rows in order, taken across a group of rows,
+longer ones in 8 fixed lanes (kernel.dot_f64_lanes: the sums vectorise); norm: in order. The order
+depends on ne0 only, so results are the same bits for any thread count and layout. eps is stored as
+op_params[0] (float32 bits), as in ggml.
 """
 from __future__ import annotations
 
@@ -38,10 +39,11 @@ def _row_dot(a, b, n):
 
 
 @inline
-def _group_sums(xg, zg, n, ne0, sxx, sxz, with_z):
+def _group_sums(xg, zg, n, ne0, sxx, sxz, forward):
     """Over n dense rows of ne0 elements (xg, zg: the rows' elements, back to back), each row in
-    order: sxx[j] = sum(x^2) and, when with_z, sxz[j] = sum(x z). Taken across the rows at once,
-    so the loop vectorises; the same order as _row_dot's for short rows."""
+    order, summed in float64: sxx[j] = sum(x^2), for rms_norm (forward) of ggml's float32 squares;
+    for rms_norm_back of float64 squares, and sxz[j] = sum(x z). Taken across the rows at once, so
+    the loop vectorises; the same order as the row-by-row paths for short rows."""
     for j in range(n):
         sxx[j] = 0.0
         sxz[j] = 0.0
@@ -49,9 +51,11 @@ def _group_sums(xg, zg, n, ne0, sxx, sxz, with_z):
         xc = xg[i0::ne0]
         zc = zg[i0::ne0]
         for j in range(n):
-            v = np.float64(xc[j])
-            sxx[j] += v * v
-            if with_z:
+            if forward:
+                sxx[j] += np.float64(xc[j] * xc[j])
+            else:
+                v = np.float64(xc[j])
+                sxx[j] += v * v
                 sxz[j] += v * np.float64(zc[j])
 
 
@@ -150,13 +154,13 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
         for g0 in range(lo, hi, STACK_N):
             g = min(STACK_N, hi - g0)
             xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, g * ne0)
-            _group_sums(xg, xg, g, ne0, ss, ss, False)
+            _group_sums(xg, xg, g, ne0, ss, ss, True)
             for j in range(g):
                 x = xg[j * ne0:j * ne0 + ne0]
                 y = f32_at(row_addr(r, 0, i1, i2, i3), ne0)
-                rs = 1.0 / np.sqrt(ss[j] / ne0 + eps)
+                rs = _rms_scale(ss[j], ne0, eps)
                 for i0 in range(ne0):
-                    y[i0] = np.float32(np.float64(x[i0]) * rs)
+                    y[i0] = x[i0] * rs
                 i1, i2, i3 = next_row(i1, i2, i3, ne1, ne2)
         return
     fast = rows_contiguous(r, 0) and rows_contiguous(r, 1)
@@ -173,10 +177,22 @@ def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 @inline
+def _rms_scale(sum_sq, n, eps):
+    """ggml's rms_norm scale in its float32 arithmetic: 1 / sqrtf((float)(sum / n) + eps)."""
+    mean = np.float32(sum_sq / n)
+    return np.float32(1.0) / np.float32(np.sqrt(np.float32(mean + np.float32(eps))))
+
+
+@inline
 def _rms_norm_row(x, y, n, eps):
-    rs = 1.0 / np.sqrt(_row_dot(x, x, n) / n + eps)
+    # as ggml computes it, bit for bit: float32 squares summed in order in float64 (one chain: lanes would
+    # change the sum's last bits, and now and then the float32 mean), x * scale in float32
+    s = 0.0
     for i0 in range(n):
-        y[i0] = np.float32(np.float64(x[i0]) * rs)
+        s += np.float64(x[i0] * x[i0])
+    rs = _rms_scale(s, n, eps)
+    for i0 in range(n):
+        y[i0] = x[i0] * rs
 
 
 def _rms_norm_backward(ctx, t, g, d):
@@ -212,7 +228,7 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
             n = min(STACK_N, hi - g0)
             xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, n * ne0)
             zg = f32_at(t_addr(r, 2) + 4 * g0 * ne0, n * ne0)
-            _group_sums(xg, zg, n, ne0, sxx, sxdz, True)
+            _group_sums(xg, zg, n, ne0, sxx, sxdz, False)
             for j in range(n):
                 _rms_norm_back_row(xg[j * ne0:j * ne0 + ne0], zg[j * ne0:j * ne0 + ne0],
                                    f32_at(row_addr(r, 0, i1, i2, i3), ne0), ne0, sxx[j], sxdz[j], eps)

@@ -15,7 +15,7 @@ from .. import kquants as KQ
 from .. import qdot as D
 from .. import quants as Q
 from .. import types as T
-from ..kernel import R_BLAS, record, split, t_addr, t_nb, t_ne, t_type, view_i32
+from ..kernel import R_BLAS, param_i32, record, split, t_addr, t_nb, t_ne, t_type, view_i32
 from ..native import f32_1d, stack_f32, u8_1d
 from .common import check_indices, next_row
 from .gemm import gemm
@@ -111,25 +111,35 @@ MM_BLAS_ROWS = 128  # ... same bits for any thread count); src0 rows per BLAS ti
 MM_BLAS_N = 4       # from this many src1 columns on, BLAS sgemm multiplies dequantized tiles
 
 
-def mul_mat_work(a, b, n_tasks) -> int:
+def uses_block_dots(node) -> bool:
+    """Whether mul_mat's node (a quantized src0) multiplies with the block dots: fewer than MM_BLAS_N
+    columns, or its ggml_dots option (op_params[0])."""
+    return node.ne[1] < MM_BLAS_N or bool(node.op_params[0])
+
+
+def mul_mat_work(a, b, n_tasks, dots) -> int:
     """Work bytes of mul_mat(a quantized, b): b's rows in the vec_dot type, the same values as float32,
-    and per task a tile of MM_BLAS_ROWS dequantized rows of a (the last two for MM_BLAS_N columns on)."""
+    and per task a tile of MM_BLAS_ROWS dequantized rows of a (the last two without block dots)."""
     K, rows = b.ne[0], b.ne[1] * b.ne[2] * b.ne[3]
     work = T.row_size(Q.VEC_DOT_TYPE[a.type], K) * rows + 64
-    return work if b.ne[1] < MM_BLAS_N else work + 4 * K * rows + n_tasks * MM_BLAS_ROWS * K * 4
+    return work if dots else work + 4 * K * rows + n_tasks * MM_BLAS_ROWS * K * 4
 
 
 @Q.inline
 def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantize, vdot, bs, ts, vts):
     """dst[n, m] = sum_k a[m, k] b[n, k] with b's rows first quantized to the vec_dot type, as ggml
-    (its from_float is the reference quantizer). Fewer than MM_BLAS_N columns (token generation):
-    ggml's integer block dots (graphcore.qdot). More: the blocks' values dequantized (the terms of
-    those dots, each exact in float32 but for one rounding) and multiplied by BLAS sgemm in tiles."""
+    (its from_float: on x86, quantize_row_q8_0/q8_1's AVX2 code; Q8_K's reference quantizer). Fewer than
+    MM_BLAS_N columns (token generation): ggml's integer block dots (graphcore.qdot: vdot, the float
+    sums over blocks in one running sum); with the node's ggml_dots option, for any number of columns,
+    ggml's AVX2 dots bit for bit (xdot). Else the blocks' values dequantized (the terms of those dots,
+    each exact in float32 but for one rounding) and multiplied by BLAS sgemm in tiles."""
     r = record(rec)
     K, M, N = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 2, 1)
     ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
     vrow = K // bs * vts
     rows = N * ne2 * ne3
+    exact = param_i32(rec, 0) != 0
+    dots = N < MM_BLAS_N or exact
     yf = (wdata + rows * vrow + 63) // 64 * 64           # b's rows as float32, 64-byte aligned (BLAS)
     if phase == 0:
         lo, hi = split(rows, ith, nth)
@@ -138,11 +148,11 @@ def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantiz
             x = f32_1d(t_addr(r, 2) + i1 * t_nb(r, 2, 1) + i2 * t_nb(r, 2, 2) + i3 * t_nb(r, 2, 3), (K,), (4,))
             q = u8_1d(wdata + ir * vrow, (vrow,), (1,))
             vquantize(x, q)
-            if N >= MM_BLAS_N:
+            if not dots:
                 vdequantize(q, f32_1d(yf + ir * K * 4, (K,), (4,)))
         return
     r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)
-    tr = MM_ROWS if N < MM_BLAS_N else MM_BLAS_ROWS
+    tr = MM_ROWS if dots else MM_BLAS_ROWS
     chunks = (M + tr - 1) // tr
     tile = yf + rows * K * 4 + ith * MM_BLAS_ROWS * K * 4
     xrow = K // bs * ts
@@ -151,13 +161,14 @@ def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantiz
         a = t_addr(r, 1) + (i2 // r2) * t_nb(r, 1, 2) + (i3 // r3) * t_nb(r, 1, 3)
         m0, m1 = c * tr, min(M, (c + 1) * tr)
         d = t_addr(r, 0) + m0 * 4 + i2 * t_nb(r, 0, 2) + i3 * t_nb(r, 0, 3)
-        if N < MM_BLAS_N:
+        if dots:
             yq = wdata + (i2 + i3 * ne2) * N * vrow
             for m in range(m1 - m0):
                 x = u8_1d(a + (m0 + m) * t_nb(r, 1, 1), (xrow,), (1,))
                 for n in range(N):
                     y = u8_1d(yq + n * vrow, (vrow,), (1,))
-                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = vdot(x, y, K // bs)
+                    f32_1d(d + m * 4 + n * t_nb(r, 0, 1), (1,), (4,))[0] = (D.xdot(x, y, K // bs, t_type(r, 1))
+                                                                             if exact else vdot(x, y, K // bs))
             continue
         for m in range(m0, m1):
             dequantize(u8_1d(a + m * t_nb(r, 1, 1), (xrow,), (1,)), f32_1d(tile + (m - m0) * K * 4, (K,), (4,)))
@@ -264,27 +275,27 @@ def _from_q8_k(rec, ith, nth, phase, wdata, wsize):
 
 def _mm_q4_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q4_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
+                  Q.dequantize_q4_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
 
 
 def _mm_q4_1(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q4_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
+                  Q.dequantize_q4_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
 
 
 def _mm_q5_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q5_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
+                  Q.dequantize_q5_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
 
 
 def _mm_q5_1(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q5_1, Q.quantize_q8_1, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
+                  Q.dequantize_q5_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
 
 
 def _mm_q8_0(rec, ith, nth, phase, wdata, wsize):
     mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q8_0, Q.quantize_q8_0, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
+                  Q.dequantize_q8_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
 
 
 def _mm_q2_k(rec, ith, nth, phase, wdata, wsize):

@@ -32,7 +32,7 @@ def _node(ctx, op, a, srcs, params, inplace):
 # -- rope ----------------------------------------------------------------------------------------------------
 # op_params (ggml's layout): [0] n_past (0) [1] n_dims [2] mode [3] n_ctx [4] n_orig_ctx,
 # floats [5] freq_base [6] freq_scale [7] ext_factor [8] attn_factor [9] beta_fast [10] beta_slow
-# [11] xpos_base, [12] xpos_down.
+# [11] xpos_base, [12] xpos_down, and graphcore's [13] ggml_f32 (ggml's float32 arithmetic, mode 0 only).
 # mode 0: pairs (x[2k], x[2k+1]) for 2k < n_dims; mode 2 (NeoX): pairs (x[k], x[k + n_dims/2]).
 # theta_k = pos * base^(-2k/n_dims) (scaled by freq_scale, mixed with YaRN's ramp when ext_factor != 0).
 # Elements from n_dims on pass through in both modes (ggml at this commit rotates them in mode 0).
@@ -69,6 +69,7 @@ def _rope_loop(rec, ith, nth, wdata, sin_sign):
     beta_slow = np.float64(param_f32(rec, 10))
     xpos_base = np.float64(param_f32(rec, 11))
     xpos_down = param_i32(rec, 12) != 0
+    g32 = param_i32(rec, 13) != 0
     ne3, ne2, ne1, ne0 = a.shape
     half = n_dims // 2
     cache = f64_1d(wdata + ith * _cache_bytes(n_dims), (n_dims,), (8,))
@@ -101,7 +102,9 @@ def _rope_loop(rec, ith, nth, wdata, sin_sign):
         if i2 != last:                      # cos/sin depend on the position (dim 2) only
             last = i2
             p = np.float64(pos[0, 0, 0, i2])
-            for k in range(half):
+            if g32:
+                _ggml_cos_sin(cache, half, p, base, freq_scale, mscale, sin_sign)
+            for k in range(half if not g32 else 0):
                 theta_extrap = p * (fk[k] if half <= STACK_N else base ** (-2.0 * k / n_dims))
                 theta = freq_scale * theta_extrap
                 if ext_factor != 0.0:
@@ -128,9 +131,7 @@ def _rope_loop(rec, ith, nth, wdata, sin_sign):
             y = f32_at(row_addr(r, 0, 0, i2, i3), ne1 * ne0)
             for q in range(npair):          # the strided loop's arithmetic, pairs interleaved
                 c, sn = cp[q], sp[q]
-                x0, x1 = np.float64(x[2 * q]), np.float64(x[2 * q + 1])
-                y[2 * q] = np.float32(x0 * c - x1 * sn)
-                y[2 * q + 1] = np.float32(x0 * sn + x1 * c)
+                y[2 * q], y[2 * q + 1] = _rot(x[2 * q], x[2 * q + 1], c, sn, g32)
             u += ne1
             i3 += 1
             if i3 == ne3:
@@ -139,27 +140,45 @@ def _rope_loop(rec, ith, nth, wdata, sin_sign):
             continue
         if fast:
             _rope_row(f32_at(row_addr(r, 1, i1, i2, i3), ne0), f32_at(row_addr(r, 0, i1, i2, i3), ne0), cache,
-                      half, n_dims, ne0, neox)
+                      half, n_dims, ne0, neox, g32)
         else:
-            _rope_row(a[i3, i2, i1], d[i3, i2, i1], cache, half, n_dims, ne0, neox)
+            _rope_row(a[i3, i2, i1], d[i3, i2, i1], cache, half, n_dims, ne0, neox, g32)
         u += 1
         i1, i3, i2 = next_row(i1, i3, i2, ne1, ne3)     # rows in ne1, ne3, ne2 order (see above)
 
 
 @inline
-def _rope_row(x, dst, cache, half, n_dims, ne0, neox):
+def _ggml_cos_sin(cache, half, p, base, freq_scale, mscale, sin_sign):
+    """ggml_rope_cache_init's float32 arithmetic: theta from float(p), times powf(base, -2/n_dims) per
+    pair; cosf, sinf of freq_scale * theta, times mscale."""
+    theta = np.float32(p)
+    step = np.float32(np.float32(base) ** np.float32(np.float32(-2.0) / np.float32(2 * half)))
+    for k in range(half):
+        th = np.float32(np.float32(freq_scale) * theta)
+        cache[2 * k] = np.float32(math.cos(th)) * np.float32(mscale)
+        cache[2 * k + 1] = np.float32(np.float32(math.sin(th)) * np.float32(mscale)) * sin_sign
+        theta = np.float32(theta * step)
+
+
+@inline
+def _rot(x0, x1, c, s, g32):
+    """(x0 c - x1 s, x0 s + x1 c) in float64 rounded once, or (g32) in ggml's float32: each product
+    rounded, then the sum."""
+    if g32:
+        c32, s32 = np.float32(c), np.float32(s)
+        return x0 * c32 - x1 * s32, x0 * s32 + x1 * c32
+    x0, x1 = np.float64(x0), np.float64(x1)
+    return np.float32(x0 * c - x1 * s), np.float32(x0 * s + x1 * c)
+
+
+@inline
+def _rope_row(x, dst, cache, half, n_dims, ne0, neox, g32):
     if neox:
         for k in range(half):
-            c, s = cache[2 * k], cache[2 * k + 1]
-            x0, x1 = np.float64(x[k]), np.float64(x[k + half])
-            dst[k] = np.float32(x0 * c - x1 * s)
-            dst[k + half] = np.float32(x0 * s + x1 * c)
+            dst[k], dst[k + half] = _rot(x[k], x[k + half], cache[2 * k], cache[2 * k + 1], g32)
     else:
         for k in range(half):
-            c, s = cache[2 * k], cache[2 * k + 1]
-            x0, x1 = np.float64(x[2 * k]), np.float64(x[2 * k + 1])
-            dst[2 * k] = np.float32(x0 * c - x1 * s)
-            dst[2 * k + 1] = np.float32(x0 * s + x1 * c)
+            dst[2 * k], dst[2 * k + 1] = _rot(x[2 * k], x[2 * k + 1], cache[2 * k], cache[2 * k + 1], g32)
     for i0 in range(n_dims, ne0):
         dst[i0] = x[i0]
 
@@ -178,7 +197,7 @@ def _rope_work(node, n_tasks):
 
 def _rope_params(t):
     p = [int(t.op_params[i]) for i in range(5)] + [param_f32_of(t, i) for i in range(5, 12)]
-    return p[1:] + [bool(t.op_params[12])]
+    return p[1:] + [bool(t.op_params[12]), bool(t.op_params[13])]
 
 
 def _rope_backward(ctx, t, g, d):
@@ -211,6 +230,9 @@ def _rope_reference(node, srcs):
     k = np.arange(half, dtype=np.float64)
     p = pos.reshape(1, -1, 1, 1)                                     # position per i2
     theta_extrap = p * base ** (-2.0 * k / n_dims)
+    if param_i32_of(node, 13):          # ggml's float32 angles: p times powf(base, -2/n_dims) k times
+        step = np.float32(base) ** np.float32(np.float32(-2.0) / np.float32(n_dims))
+        theta_extrap = np.cumprod(np.broadcast_to(step, (half,)), dtype=np.float32) / step * p.astype(np.float32)
     theta = freq_scale * theta_extrap
     mscale = attn_factor
     if ext_factor != 0.0:
@@ -275,7 +297,7 @@ def _rope_back_sample(d):
 
 def _rope_impl(ctx, op_code, op, a, b, n_dims, mode, n_ctx, n_orig_ctx=0, freq_base=10000.0, freq_scale=1.0,
                ext_factor=0.0, attn_factor=1.0, beta_fast=0.0, beta_slow=0.0, xpos_base=0.0, xpos_down=False,
-               inplace=False):
+               ggml_f32=False, inplace=False):
     check_f32(op, a)
     check_types(op, b, (T.TYPE_I32,), "src1 (positions)", (a,))
     if b.ne[1] != 1 or b.ne[2] != 1 or b.ne[3] != 1 or b.ne[0] != a.ne[2]:
@@ -303,8 +325,12 @@ def _rope_impl(ctx, op_code, op, a, b, n_dims, mode, n_ctx, n_orig_ctx=0, freq_b
                          f"got n_orig_ctx={n_orig_ctx} beta_fast={beta_fast} beta_slow={beta_slow}")
     if xpos_base != 0.0 and mode != 0:
         raise GraphError(f"{op}: xpos_base is defined for mode 0 only, got mode {mode}")
+    ggml_f32 = boolean(op, "ggml_f32", ggml_f32)
+    if ggml_f32 and (mode != 0 or ext_factor != 0.0 or xpos_base != 0.0):
+        raise GraphError(f"{op}: ggml_f32 is ggml's arithmetic of mode 0 without YaRN or xPos, got mode {mode} "
+                         f"ext_factor={ext_factor} xpos_base={xpos_base}")
     params = [0, n_dims, mode, n_ctx, n_orig_ctx, freq_base, freq_scale, ext_factor, attn_factor,
-              beta_fast, beta_slow, xpos_base, int(xpos_down)]
+              beta_fast, beta_slow, xpos_base, int(xpos_down), int(ggml_f32)]
     return _node(ctx, op_code, a, [a, b], params, inplace)
 
 
@@ -326,12 +352,17 @@ def rope_inplace(ctx, a, b, n_dims: int, mode: int, n_ctx: int):
 
 def rope_custom(ctx, a, b, n_dims: int, mode: int, n_ctx: int, n_orig_ctx: int = 0, freq_base: float = 10000.0,
                 freq_scale: float = 1.0, ext_factor: float = 0.0, attn_factor: float = 1.0,
-                beta_fast: float = 0.0, beta_slow: float = 0.0):
+                beta_fast: float = 0.0, beta_slow: float = 0.0, ggml_f32: bool = False):
     """rope with theta_k = freq_scale * pos * freq_base^(-2k/n_dims), and YaRN (ext_factor,
     n_orig_ctx, beta_fast, beta_slow) and magnitude scaling (attn_factor) as ggml defines them
-    (ggml_rope_custom). Shapes and rules as rope; freq_base and freq_scale must be > 0."""
+    (ggml_rope_custom). Shapes and rules as rope; freq_base and freq_scale must be > 0.
+
+    ggml_f32 (a graphcore option, mode 0 without YaRN or xPos) computes as ggml 4480542's CPU code
+    does, bit for bit: theta_k by repeated float32 multiplication with powf(base, -2/n_dims) (its
+    error grows with k, up to about 1e-5 relative), cosf/sinf, the rotation in float32; off, theta_k
+    and the rotation are float64, rounded once."""
     return _rope_impl(ctx, ROPE, "rope_custom", a, b, n_dims, mode, n_ctx, n_orig_ctx, freq_base, freq_scale,
-                      ext_factor, attn_factor, beta_fast, beta_slow)
+                      ext_factor, attn_factor, beta_fast, beta_slow, ggml_f32=ggml_f32)
 
 
 @inplace_of(rope_custom)

@@ -51,7 +51,7 @@ def cmd_generate(a):
         raise ValueError(f"prompt ({len(prompt)} tokens) + {a.n_predict} new tokens exceed the context of "
                          f"{n_ctx} (-c)")
     sampler = Sampler(SamplingParams(a.temp, a.top_k, a.top_p, a.repeat_penalty, a.repeat_last_n, a.seed))
-    session = LlamaSession(model, n_ctx, a.threads)
+    session = LlamaSession(model, n_ctx, a.threads, ggml_dots=a.ggml_dots)
     _outb(b"".join(tok.piece_bytes(t) for t in prompt))
     t0 = time.perf_counter()
     logits = session.eval(prompt)
@@ -89,7 +89,7 @@ def cmd_perplexity(a):
     tokens = tok.encode(text, bos=tok.add_bos)
     print(f"perplexity: tokenized {len(text)} bytes into {len(tokens)} tokens in "
           f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
-    session = LlamaSession(model, a.ctx_size, a.threads)
+    session = LlamaSession(model, a.ctx_size, a.threads, ggml_dots=a.ggml_dots)
     start = time.perf_counter()
 
     def progress(i, n, ppl, dt):
@@ -171,6 +171,8 @@ def parser():
         s.add_argument("-m", "--model", required=True, help="GGUF model file")
         if threads:
             s.add_argument("-t", "--threads", type=int, default=None, help="executor threads (default: all cores)")
+            s.add_argument("--ggml-dots", action="store_true",
+                           help="llama.cpp's CPU arithmetic in every product: its numbers bit for bit, slower")
     g = sub.add_parser("generate", help="continue a prompt")
     common(g)
     g.add_argument("-p", "--prompt", default="")

@@ -14,8 +14,10 @@ ggml_rounding (on by default) reproduces the F16 roundings llama.cpp's numbers g
 cached as F16 values (held in an F32 cache, so reading them back costs no widening); Q and the softmax
 are rounded to F16 before their products with the cache, and activations before products with F16
 weights (ggml's F16 dot products convert their F32 operand); SiLU sees F16-rounded inputs and gives
-F16-rounded outputs (ggml's lookup table). What remains different is ggml's softmax taking exp from an
-F16 table, and the order of float sums: perplexities agree to about 1e-5 relative (see the tests).
+F16-rounded outputs (ggml's lookup table); the softmax takes exp from ggml's F16 table (soft_max_ext's
+exp_f16) and rope computes its angles in ggml's float32 (rope_custom's ggml_f32). What remains
+different is the order of float sums in the products; ggml_dots (off by default: slower) takes
+ggml's there too, and then perplexities equal llama.cpp's to the digits it prints (tests).
 """
 from __future__ import annotations
 
@@ -131,15 +133,22 @@ class LlamaModel:
 
 class LlamaSession:
     """A KV cache of n_ctx positions and the evaluation of token batches against it (llama_context).
-    kv_type is the cache's storage type (F32 holding F16-rounded values with ggml_rounding, or F16)."""
+    kv_type is the cache's storage type (F32 holding F16-rounded values with ggml_rounding, or F16).
+    ggml_dots (off by default; needs ggml_rounding) multiplies as llama.cpp's CPU code does: ggml's
+    block dots for quantized weights at any batch size, ggml_vec_dot_f16's order for K.Q and
+    V.softmax. Then every number is llama.cpp's, bit for bit (the tests compare perplexities), at the
+    price of speed: no BLAS for batches."""
 
     def __init__(self, model: LlamaModel, n_ctx: int = 512, n_threads: int | None = None,
-                 kv_type: int = gc.TYPE_F32, ggml_rounding: bool = True):
+                 kv_type: int = gc.TYPE_F32, ggml_rounding: bool = True, ggml_dots: bool = False):
         hp = model.hparams
         if not isinstance(n_ctx, int) or n_ctx < 1:
             raise ValueError(f"n_ctx must be a positive int, got {n_ctx!r}")
         self.model, self.n_ctx, self.n_threads, self.kv_type = model, n_ctx, n_threads, kv_type
         self.rounding = ggml_rounding
+        if ggml_dots and not (ggml_rounding and kv_type == gc.TYPE_F32):
+            raise ValueError("ggml_dots needs ggml_rounding and an F32 cache (kv_type) of F16-rounded values")
+        self.dots = ggml_dots
         self._rounded = {}          # per build: id(x) -> (x, x rounded to F16)
         es = gc.type_size(kv_type)
         # one row more than n_ctx: the decode graph writes the new token's K/V into the spare row `slot`
@@ -246,7 +255,7 @@ class LlamaSession:
         es = gc.type_size(self.kv_type)
         yarn = hp.rope_scaling == "yarn"
         rope_args = (hp.n_rot, 0, 0, hp.n_orig_ctx, hp.rope_freq_base, hp.rope_freq_scale,
-                     1.0 if yarn else 0.0, 1.0, 32.0 if yarn else 0.0, 1.0 if yarn else 0.0)
+                     1.0 if yarn else 0.0, 1.0, 32.0 if yarn else 0.0, 1.0 if yarn else 0.0, self.rounding and not yarn)
         x = gc.get_rows(ctx, m.tok_embd, inp)                                # [E, n_tokens]
         for il, L in enumerate(m.layers):
             cur = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), L["attn_norm"])
@@ -266,12 +275,13 @@ class LlamaSession:
             if self.rounding:
                 q = self._f16(ctx, q)
             qq = gc.permute(ctx, q, 0, 2, 1, 3)                                   # [D, n_tokens, H]
-            kq = gc.mul_mat(ctx, kk, qq)                                          # [n_kv, n_tokens, H]
-            kq = gc.soft_max_ext(ctx, kq, kq_mask, None, 1.0 / float(np.sqrt(np.float32(D))), 0.0)
+            kq = gc.mul_mat(ctx, kk, qq, ggml_dots=self.dots)                     # [n_kv, n_tokens, H]
+            kq = gc.soft_max_ext(ctx, kq, kq_mask, None, 1.0 / float(np.sqrt(np.float32(D))), 0.0,
+                                 exp_f16=self.rounding)
             if self.rounding:
                 kq = self._f16(ctx, kq)
             vv = gc.view_3d(ctx, vc, n_kv, D, Hkv, rows * es, rows * D * es, 0)   # [n_kv, D, Hkv]
-            kqv = gc.mul_mat(ctx, vv, kq)                                         # [D, n_tokens, H]
+            kqv = gc.mul_mat(ctx, vv, kq, ggml_dots=self.dots)                    # [D, n_tokens, H]
             att = gc.cont_2d(ctx, gc.permute(ctx, kqv, 0, 2, 1, 3), E, n_tokens)
             x = gc.add_inplace(ctx, self._mm(ctx, L["wo"], att), x)
             cur = gc.mul_inplace(ctx, gc.rms_norm(ctx, x, hp.rms_eps), L["ffn_norm"])
@@ -294,7 +304,7 @@ class LlamaSession:
             if id(x) not in self._rounded:          # Q, K and V share one rounded input
                 self._rounded[id(x)] = (x, self._f16(ctx, x))
             x = self._rounded[id(x)][1]
-        return gc.mul_mat(ctx, w, x)
+        return gc.mul_mat(ctx, w, x, ggml_dots=self.dots)
 
     @staticmethod
     def _f16(ctx, t):
