@@ -15,7 +15,7 @@ from .. import kquants as KQ
 from .. import qdot as D
 from .. import quants as Q
 from .. import types as T
-from ..kernel import R_BLAS, param_i32, record, split, t_addr, t_nb, t_ne, t_type, view_i32
+from ..kernel import R_BLAS, param_i32, record, specialise, split, t_addr, t_nb, t_ne, t_type, view_i32
 from ..native import f32_1d, stack_f32, u8_1d
 from .common import check_indices, next_row
 from .gemm import gemm
@@ -176,159 +176,48 @@ def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantiz
         gemm(r[R_BLAS], m1 - m0, N, K, tile, K * 4, 4, y, 4, K * 4, d, t_nb(r, 0, 1))
 
 
-# -- one kernel per type ----------------------------------------------------------------------------------
-def _to_q4_0(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, Q.quantize_q4_0, QK, 18)
+# -- one kernel per type: three templates, specialised to each type's functions (kernel.specialise) ------------
+QUANTIZE = DEQUANTIZE = VQUANTIZE = VDEQUANTIZE = VDOT = None      # set in each copy
+BS = TS = VTS = 0
 
 
-def _to_q4_1(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, Q.quantize_q4_1, QK, 20)
+def _to_quant(rec, ith, nth, phase, wdata, wsize):
+    copy_to_quant(rec, ith, nth, QUANTIZE, BS, TS)
 
 
-def _to_q5_0(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, Q.quantize_q5_0, QK, 22)
+def _from_quant(rec, ith, nth, phase, wdata, wsize):
+    copy_from_quant(rec, ith, nth, DEQUANTIZE, BS, TS)
 
 
-def _to_q5_1(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, Q.quantize_q5_1, QK, 24)
+def _mul_mat(rec, ith, nth, phase, wdata, wsize):
+    mul_mat_quant(rec, ith, nth, phase, wdata, DEQUANTIZE, VQUANTIZE, VDEQUANTIZE, VDOT, BS, TS, VTS)
 
 
-def _to_q8_0(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, Q.quantize_q8_0, QK, 34)
+# src1's type for each vec_dot (ggml's vec_dot_type): its quantizer (ggml's x86 one), dequantizer, block bytes
+_Q8_0 = (Q.quantize_q8_0_x86, Q.dequantize_q8_0, T.type_size(T.TYPE_Q8_0))
+_Q8_1 = (Q.quantize_q8_1_x86, Q.dequantize_q8_1, T.type_size(T.TYPE_Q8_1))
+_Q8_K = (Q.quantize_q8_k, Q.dequantize_q8_k, T.type_size(T.TYPE_Q8_K))
+# type -> (the module with its quantize_<name> and dequantize_<name>, its vec_dot partner: None, no mul_mat);
+# its vec_dot is qdot.vdot_<name>
+_FORMATS = {T.TYPE_Q4_0: (Q, _Q8_0), T.TYPE_Q4_1: (Q, _Q8_1), T.TYPE_Q5_0: (Q, _Q8_0), T.TYPE_Q5_1: (Q, _Q8_1),
+            T.TYPE_Q8_0: (Q, _Q8_0), T.TYPE_Q8_1: (Q, None), T.TYPE_Q2_K: (KQ, _Q8_K), T.TYPE_Q3_K: (KQ, _Q8_K),
+            T.TYPE_Q4_K: (KQ, _Q8_K), T.TYPE_Q5_K: (KQ, _Q8_K), T.TYPE_Q6_K: (KQ, _Q8_K), T.TYPE_Q8_K: (Q, None)}
 
 
-def _to_q8_1(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, Q.quantize_q8_1, QK, 40)
+def _kernels(template, prefix, constants):
+    """{type: template specialised to constants(quantize, dequantize, partner, vec_dot) of the type},
+    for the types where that is not None."""
+    out = {}
+    for t, (module, partner) in _FORMATS.items():
+        name = T.type_name(t).lower()
+        values = constants(getattr(module, f"quantize_{name}"), getattr(module, f"dequantize_{name}"), partner,
+                           getattr(D, f"vdot_{name}", None))
+        if values is not None:
+            out[t] = specialise(template, f"{prefix}_{name}", BS=T.blck_size(t), TS=T.type_size(t), **values)
+    return out
 
 
-def _to_q2_k(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, KQ.quantize_q2_k, QK_K, 84)
-
-
-def _to_q3_k(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, KQ.quantize_q3_k, QK_K, 110)
-
-
-def _to_q4_k(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, KQ.quantize_q4_k, QK_K, 144)
-
-
-def _to_q5_k(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, KQ.quantize_q5_k, QK_K, 176)
-
-
-def _to_q6_k(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, KQ.quantize_q6_k, QK_K, 210)
-
-
-def _to_q8_k(rec, ith, nth, phase, wdata, wsize):
-    copy_to_quant(rec, ith, nth, Q.quantize_q8_k, QK_K, 292)
-
-
-def _from_q4_0(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, Q.dequantize_q4_0, QK, 18)
-
-
-def _from_q4_1(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, Q.dequantize_q4_1, QK, 20)
-
-
-def _from_q5_0(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, Q.dequantize_q5_0, QK, 22)
-
-
-def _from_q5_1(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, Q.dequantize_q5_1, QK, 24)
-
-
-def _from_q8_0(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, Q.dequantize_q8_0, QK, 34)
-
-
-def _from_q8_1(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, Q.dequantize_q8_1, QK, 40)
-
-
-def _from_q2_k(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, KQ.dequantize_q2_k, QK_K, 84)
-
-
-def _from_q3_k(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, KQ.dequantize_q3_k, QK_K, 110)
-
-
-def _from_q4_k(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, KQ.dequantize_q4_k, QK_K, 144)
-
-
-def _from_q5_k(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, KQ.dequantize_q5_k, QK_K, 176)
-
-
-def _from_q6_k(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, KQ.dequantize_q6_k, QK_K, 210)
-
-
-def _from_q8_k(rec, ith, nth, phase, wdata, wsize):
-    copy_from_quant(rec, ith, nth, Q.dequantize_q8_k, QK_K, 292)
-
-
-def _mm_q4_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q4_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q4_0, QK, 18, 34)
-
-
-def _mm_q4_1(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q4_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q4_1, QK, 20, 40)
-
-
-def _mm_q5_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q5_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q5_0, QK, 22, 34)
-
-
-def _mm_q5_1(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q5_1, Q.quantize_q8_1_x86, Q.dequantize_q8_1, D.vdot_q5_1, QK, 24, 40)
-
-
-def _mm_q8_0(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  Q.dequantize_q8_0, Q.quantize_q8_0_x86, Q.dequantize_q8_0, D.vdot_q8_0, QK, 34, 34)
-
-
-def _mm_q2_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q2_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q2_k, QK_K, 84, 292)
-
-
-def _mm_q3_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q3_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q3_k, QK_K, 110, 292)
-
-
-def _mm_q4_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q4_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q4_k, QK_K, 144, 292)
-
-
-def _mm_q5_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q5_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q5_k, QK_K, 176, 292)
-
-
-def _mm_q6_k(rec, ith, nth, phase, wdata, wsize):
-    mul_mat_quant(rec, ith, nth, phase, wdata,
-                  KQ.dequantize_q6_k, Q.quantize_q8_k, Q.dequantize_q8_k, D.vdot_q6_k, QK_K, 210, 292)
-
-
-_TYPES = (T.TYPE_Q4_0, T.TYPE_Q4_1, T.TYPE_Q5_0, T.TYPE_Q5_1, T.TYPE_Q8_0, T.TYPE_Q8_1,
-          T.TYPE_Q2_K, T.TYPE_Q3_K, T.TYPE_Q4_K, T.TYPE_Q5_K, T.TYPE_Q6_K, T.TYPE_Q8_K)
-TO_QUANT = dict(zip(_TYPES, (_to_q4_0, _to_q4_1, _to_q5_0, _to_q5_1, _to_q8_0, _to_q8_1,
-                             _to_q2_k, _to_q3_k, _to_q4_k, _to_q5_k, _to_q6_k, _to_q8_k)))
-FROM_QUANT = dict(zip(_TYPES, (_from_q4_0, _from_q4_1, _from_q5_0, _from_q5_1, _from_q8_0, _from_q8_1,
-                               _from_q2_k, _from_q3_k, _from_q4_k, _from_q5_k, _from_q6_k, _from_q8_k)))
-MUL_MAT = {T.TYPE_Q4_0: _mm_q4_0, T.TYPE_Q4_1: _mm_q4_1, T.TYPE_Q5_0: _mm_q5_0, T.TYPE_Q5_1: _mm_q5_1,
-           T.TYPE_Q8_0: _mm_q8_0, T.TYPE_Q2_K: _mm_q2_k, T.TYPE_Q3_K: _mm_q3_k, T.TYPE_Q4_K: _mm_q4_k,
-           T.TYPE_Q5_K: _mm_q5_k, T.TYPE_Q6_K: _mm_q6_k}
+TO_QUANT = _kernels(_to_quant, "_to", lambda q, dq, partner, dot: dict(QUANTIZE=q))
+FROM_QUANT = _kernels(_from_quant, "_from", lambda q, dq, partner, dot: dict(DEQUANTIZE=dq))
+MUL_MAT = _kernels(_mul_mat, "_mm", lambda q, dq, partner, dot: partner and dict(
+    DEQUANTIZE=dq, VQUANTIZE=partner[0], VDEQUANTIZE=partner[1], VTS=partner[2], VDOT=dot))
