@@ -74,6 +74,7 @@ class World:
         """Print message on stderr and end every rank of the job (MPI_Abort); does not return."""
         sys.stderr.write(message.rstrip("\n") + "\n")
         sys.stderr.flush()
+        time.sleep(0.2)     # MPI_Abort tears down mpiexec's output forwarding: let the line reach it first
         self.comm.Abort(code)
         os._exit(code)
 
