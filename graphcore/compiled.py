@@ -44,7 +44,7 @@ class CompiledGraph:
     def compute(self, callback=None, check_finite: bool | None = None) -> int:
         """graph_compute(graph, plan, callback, check_finite), re-planned if the graph changed."""
         plan = self.plan
-        if plan.version != self.graph.version:
+        if plan._version != self.graph._version:
             plan = self.plan = self._replan()
         return graph_compute(self.graph, plan, callback, check_finite)
 

@@ -70,11 +70,20 @@ def init(mem_size: int = 16 * 1024 * 1024, mem_buffer=None, no_alloc: bool = Fal
     return Context(mem_size, mem_buffer, no_alloc)
 
 
+_frees = [0]
+
+
+def frees() -> int:
+    """How many contexts were freed so far (the executor re-checks a kept plan when this changes)."""
+    return _frees[0]
+
+
 def free(ctx: Context) -> None:
     """ggml_free: release the arena. Tensors of a freed context can no longer be computed or read."""
     if not isinstance(ctx, Context):
         raise GraphError(f"free: expected a Context, got {type(ctx).__name__}")
     ctx.freed = True
+    _frees[0] += 1
     ctx.arena = None
     ctx.work_buffers = []
     ctx.no_data = []

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from . import context as CTX
 from . import kernel as K
 from . import tensor as TN
 from . import types as T
@@ -66,16 +67,12 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
     the same tensors or share a work_data buffer you set yourself. A compute started from inside a
     custom function of a running compute runs on one thread, and raises GraphError if its graph is
     the one being computed."""
-    _check_plan(g, cplan)
+    low, wdata, wsize, most = _ready(g, cplan)
     n = len(g._nodes)
     if n == 0:
         return STATUS_SUCCESS
     if check_finite is None:
         check_finite = CHECK_FINITE
-    low = lowered(cplan)
-    for ctx in low.contexts:
-        if ctx.freed:
-            raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
     inside = getattr(W.local, "inside", False)
     lock = g._compute_lock
     if not lock.acquire(False):
@@ -85,9 +82,7 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
                              "thread's compute)")
         lock.acquire()
     try:                    # from right after the acquire: a Ctrl-C anywhere below releases the lock
-        nth = 1 if inside else min(cplan._n_threads, low.most_tasks)   # no waking threads that would only wait
-        wd = cplan.work_data
-        wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
+        nth = 1 if inside else most
         K.RUNNING[low.address] = g._nodes            # Python custom functions find their tensors here
         W.local.inside = True
         args = (low, wdata, wsize)
@@ -96,14 +91,35 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
             status = STATUS_SUCCESS
         else:
             status = _step(g, cplan, args, nth, callback, check_finite)
-        if status == STATUS_SUCCESS and g.computed_version != g.version:
+        if status == STATUS_SUCCESS and g.computed_version != g._version:
             TN.mark_computed(g.nodes)        # once per graph version: reading a node never computed
-            g.computed_version = g.version   # warns (gc.NotComputedWarning)
+            g.computed_version = g._version  # warns (gc.NotComputedWarning)
         return status
     finally:
         W.local.inside = inside
         K.RUNNING.pop(low.address, None)
         lock.release()
+
+
+def _ready(g, cplan):
+    """(lowering, work buffer address and size, threads worth waking) for computing g with cplan, all
+    checked. Kept on the plan while nothing they depend on changes (the graph's version, where tensors
+    live, freed contexts, the work_data array): a compute's own Python then costs about a microsecond
+    (numpy's .ctypes alone costs 1-2)."""
+    wd = getattr(cplan, "work_data", None)
+    kept = getattr(cplan, "_ready", None)
+    if (kept is not None and kept[0] is g and kept[1] == g._version and kept[2] == TN._moves[0]
+            and kept[3] == CTX._frees[0] and kept[4] is wd):
+        return kept[5]
+    _check_plan(g, cplan)
+    low = lowered(cplan)
+    for ctx in low.contexts:
+        if ctx.freed:
+            raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
+    wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
+    ready = (low, wdata, wsize, min(cplan._n_threads, low.most_tasks))   # no waking threads that would only wait
+    cplan._ready = (g, g._version, TN.data_moves(), CTX.frees(), wd, ready)
+    return ready
 
 
 def _run(args, nth, lo, hi, g):

@@ -45,6 +45,7 @@ class CPlan:
         self._version = graph.version
         self._n_nodes = graph.n_nodes
         self._lowered = None       # a Lowered, on first compute (again when the allocator moved tensors)
+        self._ready = None         # what the executor checked, kept while nothing changes (executor._ready)
 
     graph = TN.read_only("_graph", "the graph this plan is for")
     n_threads = TN.read_only("_n_threads", "threads the compute may use")

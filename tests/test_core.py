@@ -56,6 +56,7 @@ def test_freed_context_is_refused():
     g = gc.new_graph(ctx)
     gc.build_forward_expand(g, gc.neg(ctx, a))
     plan = gc.graph_plan(g, 1)
+    gc.graph_compute(g, plan)           # the executor keeps its checks on the plan: freeing must undo that
     gc.free(ctx)
     with pytest.raises(gc.GraphError, match="freed"):
         gc.graph_compute(g, plan)
@@ -244,6 +245,14 @@ def test_plan_misuse_is_refused():
         gc.graph_compute(g, plan)
     plan.work_data = np.empty(plan.work_size - 1, np.uint8)
     with pytest.raises(gc.GraphError, match="work_data holds"):
+        gc.graph_compute(g, plan)
+    plan.work_data = np.empty(plan.work_size, np.uint8)
+    gc.graph_compute(g, plan)           # checked once, then kept: a new work_data is checked again
+    plan.work_data = np.empty(plan.work_size - 1, np.uint8)
+    with pytest.raises(gc.GraphError, match="work_data holds"):
+        gc.graph_compute(g, plan)
+    plan.work_data = None
+    with pytest.raises(gc.GraphError, match="work buffer"):
         gc.graph_compute(g, plan)
     plan.work_data = np.empty(plan.work_size, np.uint8)
     gc.build_forward_expand(g, gc.neg(ctx, loss))
