@@ -82,12 +82,13 @@ def test_out_prod(pair, la, lb, seed):
 
 # -- sizes around the BLAS threshold and the chunking ----------------------------------------------------------
 def _sizes():
-    """(K, M, N) below SMALL_GEMM, just above it, split along M, split along N."""
+    """(K, M, N) below SMALL_GEMM, just above it, split along M, along N, along both."""
     small = (4, 5, 3)
     above = (32, 24, 16)
     along_m = (20, 3 * MM.CHUNK + 5, MM.CHUNK - 1)
     along_n = (9, MM.CHUNK // 2 + 3, 5 * MM.CHUNK + 3)
-    return {"small": small, "above_blas": above, "split_m": along_m, "split_n": along_n}
+    both = (5, 2 * MM.CHUNK + 1, 2 * MM.CHUNK + 7)
+    return {"small": small, "above_blas": above, "split_m": along_m, "split_n": along_n, "split_mn": both}
 
 
 SIZES = _sizes()
@@ -104,10 +105,12 @@ def test_size_cases_cover_thresholds():
     assert K * M * N < GEMM.SMALL_GEMM
     K, M, N = SIZES["above_blas"]
     assert K * M * N >= GEMM.SMALL_GEMM
-    along_n, _, count = MM.chunking(SIZES["split_m"][1], SIZES["split_m"][2])
-    assert not along_n and count > 1
-    along_n, _, count = MM.chunking(SIZES["split_n"][1], SIZES["split_n"][2])
-    assert along_n and count > 1
+    cm, _, cn, _ = MM.chunking(SIZES["split_m"][1], SIZES["split_m"][2])
+    assert cm > 1 and cn == 1
+    cm, _, cn, _ = MM.chunking(SIZES["split_n"][1], SIZES["split_n"][2])
+    assert cm == 1 and cn > 1
+    cm, _, cn, _ = MM.chunking(SIZES["split_mn"][1], SIZES["split_mn"][2])
+    assert cm > 1 and cn > 1
 
 
 @pytest.mark.parametrize("type_a", [F32, F16], ids=["f32", "f16"])
@@ -150,13 +153,15 @@ def test_mul_mat_special_values():
 
 
 # -- thread counts ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["f32", "f16", "transposed_src1", "split_n", "bcast", "out_prod"])
+@pytest.mark.parametrize("case", ["f32", "f16", "transposed_src1", "split_n", "split_mn", "bcast", "out_prod"])
 def test_threads_same_bits(case):
     K, M, N = 64, 8 * MM.CHUNK + 7, 2 * MM.CHUNK - 3
     ne_a, ne_b = [K, M, 1, 1], [K, N, 1, 1]
     type_a, lb = (F16 if case == "f16" else F32), Layout("transposed" if case == "transposed_src1" else "contiguous")
     if case == "split_n":
         ne_a, ne_b = [K, 40, 1, 1], [K, 9 * MM.CHUNK + 1, 1, 1]
+    if case == "split_mn":         # 2 x 2 pieces
+        ne_a, ne_b = [K, 2 * MM.CHUNK + 1, 1, 1], [K, 2 * MM.CHUNK + 7, 1, 1]
     if case == "bcast":
         ne_a, ne_b = [K, 96, 2, 1], [K, 48, 4, 3]
     ctx = sentinel_context(8 << 20)

@@ -28,28 +28,31 @@ CHUNK = 128
 
 
 @njit(cache=True)
-def _chunks(length):
-    """How many pieces a product dimension of this length is cut into: an even number (two threads
-    share it evenly) of pieces at least 2 CHUNK long, or 1 for a short one. BLAS packs the other
-    operand again for every call, so a piece narrower than ~256 loses 15-25% of sgemm's speed."""
-    return 1 if length <= CHUNK else 2 * max(1, length // (4 * CHUNK))
+def _pieces(length):
+    """How many pieces one dimension of a product is cut into: one per 2 CHUNK of it (at least CHUNK
+    long: BLAS packs the other operand again for every call, and sgemm loses 15-25% on pieces 128
+    wide), rounded down to an even number so that two threads share it evenly; 1 for a short one."""
+    n = max(length // (2 * CHUNK), 2 if length >= 2 * CHUNK else 1)
+    return n - n % 2 if n > 1 else 1
 
 
 @njit(cache=True)
 def chunking(M, N):
-    """(along_n, chunk, count): how one M x N product is cut into tasks. Shapes only, never the thread
+    """(pieces along M, their height, pieces along N, their width): how one M x N product is cut into
+    tasks, in both dimensions so that large products feed many threads. Shapes only, never the thread
     count: sgemm's bits depend on where a product is cut, and results are the same for any thread count."""
-    along_n = N >= 2 * CHUNK
-    count = _chunks(N if along_n else M)
-    return along_n, -(-(N if along_n else M) // count), count
+    cm, cn = _pieces(M), _pieces(N)
+    return cm, -(-M // cm), cn, -(-N // cn)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")     # not inlined: compiled once, shared by both products
 def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_sn):
-    """Block-broadcast product over dims 2 and 3 of dst: src0 batch i2 // (ne2 / ne02)."""
+    """Block-broadcast product over dims 2 and 3 of dst (src0 batch i2 // (ne2 / ne02)), each batch cut
+    into chunking's pieces; thread ith takes units ith, ith + nth, ..."""
     ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
     r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)
-    along_n, size, count = chunking(M, N)
+    cm, hm, cn, wn = chunking(M, N)
+    count = cm * cn
     units = ne2 * ne3 * count
     ch, bt = ith % count, ith // count
     i2, i3 = bt % ne2, bt // ne2
@@ -57,13 +60,9 @@ def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_
         ab = a + (i2 // r2) * a_s2 + (i3 // r3) * a_s3
         bb = t_addr(r, 2) + i2 * t_nb(r, 2, 2) + i3 * t_nb(r, 2, 3)
         cb = t_addr(r, 0) + i2 * t_nb(r, 0, 2) + i3 * t_nb(r, 0, 3)
-        lo = ch * size
-        if along_n:
-            n = min(size, N - lo)
-            gemm(r[R_BLAS], M, n, K, ab, a_sm, a_sk, bb + lo * b_sn, b_sk, b_sn, cb + lo * c_sn, c_sn)
-        else:
-            m = min(size, M - lo)
-            gemm(r[R_BLAS], m, N, K, ab + lo * a_sm, a_sm, a_sk, bb, b_sk, b_sn, cb + lo * 4, c_sn)
+        m0, n0 = (ch // cn) * hm, (ch % cn) * wn
+        gemm(r[R_BLAS], min(hm, M - m0), min(wn, N - n0), K, ab + m0 * a_sm, a_sm, a_sk, bb + n0 * b_sn, b_sk, b_sn,
+             cb + n0 * c_sn + m0 * 4, c_sn)
         ch += nth                   # the next unit, u + nth, without divisions
         while ch >= count:
             ch -= count
@@ -146,8 +145,8 @@ def _mm_tasks(node, n_threads):
         flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
         return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
     M, N = node.ne[0], node.ne[1]
-    _, _, count = chunking(M, N)
-    units = count * node.ne[2] * node.ne[3]
+    cm, _, cn, _ = chunking(M, N)
+    units = cm * cn * node.ne[2] * node.ne[3]
     K = node.src[0].ne[0] if node.op == MUL_MAT else node.src[0].ne[1]
     flops = M * N * K * node.ne[2] * node.ne[3]
     return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
