@@ -327,49 +327,27 @@ def exp_f32(x):
 
 
 @inline
-def _value(a, b, i):
-    return np.float64(a[i])
-
-
-@inline
-def _product(a, b, i):
-    return np.float64(a[i]) * np.float64(b[i])
-
-
-@inline
-def _lanes_sum(term, a, b, n):
-    """The sum of term(a, b, i) for i < n in float64, in 8 lanes (term i in lane i % 8, lanes added
-    pairwise, the tail last): independent accumulators vectorise where one in-order chain waits on
-    each add, and the order depends on n alone (the same bits for any thread count or layout)."""
+def sum_f64_lanes(v, n):
+    """sum(v[:n]) of float32 values in float64, in 8 lanes (v[i] in lane i % 8, lanes added pairwise,
+    the tail last): independent accumulators vectorise where one in-order chain waits on each add,
+    and the order depends on n alone (the same bits for any thread count or layout)."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
     i = 0
     while i + 8 <= n:
-        s0 += term(a, b, i)
-        s1 += term(a, b, i + 1)
-        s2 += term(a, b, i + 2)
-        s3 += term(a, b, i + 3)
-        s4 += term(a, b, i + 4)
-        s5 += term(a, b, i + 5)
-        s6 += term(a, b, i + 6)
-        s7 += term(a, b, i + 7)
+        s0 += np.float64(v[i])
+        s1 += np.float64(v[i + 1])
+        s2 += np.float64(v[i + 2])
+        s3 += np.float64(v[i + 3])
+        s4 += np.float64(v[i + 4])
+        s5 += np.float64(v[i + 5])
+        s6 += np.float64(v[i + 6])
+        s7 += np.float64(v[i + 7])
         i += 8
     t = 0.0
     while i < n:
-        t += term(a, b, i)
+        t += np.float64(v[i])
         i += 1
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + t
-
-
-@inline
-def sum_f64_lanes(v, n):
-    """sum(v[:n]) of float32 values in float64, in 8 fixed lanes (see _lanes_sum)."""
-    return _lanes_sum(_value, v, v, n)
-
-
-@inline
-def dot_f64_lanes(a, b, n):
-    """sum(a[:n] * b[:n]) of float32 values, products and sum in float64, in 8 fixed lanes."""
-    return _lanes_sum(_product, a, b, n)
 
 
 @inline

@@ -1,17 +1,18 @@
 """Row normalisation: norm, rms_norm and rms_norm_back (ggml's definitions, any strides).
 
-Each row of ne0 elements is reduced in float64. rms_norm is ggml's arithmetic bit for bit (float32
-squares summed in order in float64, scale and product in float32; short rows, ne0 <= ACROSS, summed
-across a group of rows at once). rms_norm_back: short rows in order, taken across a group of rows,
-longer ones in 8 fixed lanes (kernel.dot_f64_lanes: the sums vectorise); norm: in order. The order
-depends on ne0 only, so results are the same bits for any thread count and layout. eps is stored as
-op_params[0] (float32 bits), as in ggml.
+Each row of ne0 elements is reduced in float64, in order, as ggml does. rms_norm is ggml's arithmetic
+bit for bit (float32 squares summed in order in float64, scale and product in float32). A sum in order
+is a chain of dependent adds (4 cycles each), so dense rows are summed across a group of rows at once:
+each row's sum is still its own chain, in its own order, and the chains run side by side (in vector
+lanes for short rows, in the core's parallel adders for long ones). The order depends on ne0 only, so
+results are the same bits for any thread count and layout. eps is stored as op_params[0] (float32
+bits), as in ggml.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..kernel import (dot_f64_lanes, f32_at, inline, is_dense, param_f32, row_addr, rows_contiguous, t_addr, view_f32)
+from ..kernel import f32_at, inline, is_dense, param_f32, row_addr, rows_contiguous, t_addr, view_f32
 from ..native import STACK_N, stack_f64
 from .args import real
 from .common import check_f32, check_same_shape, inplace_doc, inplace_view, linear_in_dy, my_rows, next_row, row_index
@@ -23,15 +24,18 @@ from .registry import param_f32 as param_f32_of
 from .registry import rebuild_of
 
 
-ACROSS = 64     # rows up to this long, when dense, are summed across a group of rows (vectorises)
+GROUP_FLOATS = 16384     # dense rows are summed in groups of about this many elements (64 KiB: in L2)
+
+
+@inline
+def _group_rows(ne0):
+    """Rows per group: about GROUP_FLOATS elements, at least 8 (8 chains keep both adders busy)."""
+    return min(STACK_N, max(8, GROUP_FLOATS // max(ne0, 1)))
 
 
 @inline
 def _row_dot(a, b, n):
-    """sum(a * b) over a row in float64 in the order the short-row path uses (in order up to
-    ACROSS elements), or in lanes for longer rows."""
-    if n > ACROSS:
-        return dot_f64_lanes(a, b, n)
+    """sum(a * b) over a row in float64, in order: the group path's order, for strided rows."""
     s = 0.0
     for i in range(n):
         s += np.float64(a[i]) * np.float64(b[i])
@@ -42,8 +46,20 @@ def _row_dot(a, b, n):
 def _group_sums(xg, zg, n, ne0, sxx, sxz, forward):
     """Over n dense rows of ne0 elements (xg, zg: the rows' elements, back to back), each row in
     order, summed in float64: sxx[j] = sum(x^2), for rms_norm (forward) of ggml's float32 squares;
-    for rms_norm_back of float64 squares, and sxz[j] = sum(x z). Taken across the rows at once, so
-    the loop vectorises; the same order as the row-by-row paths for short rows."""
+    for rms_norm_back of float64 squares, and sxz[j] = sum(x z). Short rows are taken across the
+    group (the loop over rows vectorises); long ones eight chains at a time (_eight_chains)."""
+    if ne0 > 64:
+        j = 0
+        step = 8 if forward else 4          # rms_norm_back has two sums a row: 8 chains either way
+        while j + step <= n:
+            _eight_chains(xg, zg, j * ne0, ne0, sxx, sxz, j, forward)
+            j += step
+        for k in range(j, n):
+            sxx[k] = 0.0
+            sxz[k] = 0.0
+            for i0 in range(k * ne0, k * ne0 + ne0):
+                _add_terms(xg, zg, i0, sxx, sxz, k, forward)
+        return
     for j in range(n):
         sxx[j] = 0.0
         sxz[j] = 0.0
@@ -51,12 +67,54 @@ def _group_sums(xg, zg, n, ne0, sxx, sxz, forward):
         xc = xg[i0::ne0]
         zc = zg[i0::ne0]
         for j in range(n):
-            if forward:
-                sxx[j] += np.float64(xc[j] * xc[j])
-            else:
-                v = np.float64(xc[j])
-                sxx[j] += v * v
-                sxz[j] += v * np.float64(zc[j])
+            _add_terms(xc, zc, j, sxx, sxz, j, forward)
+
+
+@inline
+def _add_terms(x, z, i, sxx, sxz, j, forward):
+    if forward:
+        sxx[j] += np.float64(x[i] * x[i])
+    else:
+        v = np.float64(x[i])
+        sxx[j] += v * v
+        sxz[j] += v * np.float64(z[i])
+
+
+@inline
+def _sq(x, i, forward):
+    return np.float64(x[i] * x[i]) if forward else np.float64(x[i]) * np.float64(x[i])
+
+
+@inline
+def _eight_chains(xg, zg, o, ne0, sxx, sxz, j, forward):
+    """Eight in-order sums side by side (an add takes 4 cycles and two run at once, so one chain
+    uses an eighth of the adders): forward, sum(x^2) of rows j..j+7; else sum(x^2) and sum(x z) of
+    rows j..j+3. Row k starts at xg[o + (k - j) ne0]."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    if forward:
+        for i in range(o, o + ne0):
+            a0 += _sq(xg, i, True)
+            a1 += _sq(xg, i + ne0, True)
+            a2 += _sq(xg, i + 2 * ne0, True)
+            a3 += _sq(xg, i + 3 * ne0, True)
+            a4 += _sq(xg, i + 4 * ne0, True)
+            a5 += _sq(xg, i + 5 * ne0, True)
+            a6 += _sq(xg, i + 6 * ne0, True)
+            a7 += _sq(xg, i + 7 * ne0, True)
+        sxx[j], sxx[j + 1], sxx[j + 2], sxx[j + 3] = a0, a1, a2, a3
+        sxx[j + 4], sxx[j + 5], sxx[j + 6], sxx[j + 7] = a4, a5, a6, a7
+        return
+    for i in range(o, o + ne0):
+        a0 += _sq(xg, i, False)
+        a1 += np.float64(xg[i]) * np.float64(zg[i])
+        a2 += _sq(xg, i + ne0, False)
+        a3 += np.float64(xg[i + ne0]) * np.float64(zg[i + ne0])
+        a4 += _sq(xg, i + 2 * ne0, False)
+        a5 += np.float64(xg[i + 2 * ne0]) * np.float64(zg[i + 2 * ne0])
+        a6 += _sq(xg, i + 3 * ne0, False)
+        a7 += np.float64(xg[i + 3 * ne0]) * np.float64(zg[i + 3 * ne0])
+    sxx[j], sxz[j], sxx[j + 1], sxz[j + 1] = a0, a1, a2, a3
+    sxx[j + 2], sxz[j + 2], sxx[j + 3], sxz[j + 3] = a4, a5, a6, a7
 
 
 @inline
@@ -147,12 +205,13 @@ def _norm_reference(node, srcs):
 def _rms_norm_kernel(rec, ith, nth, phase, wdata, wsize):
     r, d, a, eps, lo, hi = _row_setup(rec, ith, nth)
     ne3, ne2, ne1, ne0 = a.shape
-    if ne0 <= ACROSS and is_dense(r, 1, 4) and rows_contiguous(r, 0):
-        # short dense rows: the sums (same order) taken across a group of rows, then each row
+    if is_dense(r, 1, 4) and rows_contiguous(r, 0):
+        # dense rows: the sums (same order) taken across a group of rows, then each row
         ss = stack_f64()
         i1, i2, i3 = row_index(lo, ne1, ne2)
-        for g0 in range(lo, hi, STACK_N):
-            g = min(STACK_N, hi - g0)
+        group = _group_rows(ne0)
+        for g0 in range(lo, hi, group):
+            g = min(group, hi - g0)
             xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, g * ne0)
             _group_sums(xg, xg, g, ne0, ss, ss, True)
             for j in range(g):
@@ -186,7 +245,7 @@ def _rms_scale(sum_sq, n, eps):
 @inline
 def _rms_norm_row(x, y, n, eps):
     # as ggml computes it, bit for bit: float32 squares summed in order in float64 (one chain: lanes would
-    # change the sum's last bits, and now and then the float32 mean), x * scale in float32
+    # change the sum's last bits, and now and then the float32 mean), x * scale in float32 (strided rows)
     s = 0.0
     for i0 in range(n):
         s += np.float64(x[i0] * x[i0])
@@ -219,13 +278,14 @@ def _rms_norm_back_kernel(rec, ith, nth, phase, wdata, wsize):
     r, d, a, eps, lo, hi = _row_setup(rec, ith, nth)
     g = view_f32(r, 2)
     ne3, ne2, ne1, ne0 = a.shape
-    if ne0 <= ACROSS and is_dense(r, 1, 4) and is_dense(r, 2, 4) and rows_contiguous(r, 0):
-        # short dense rows: both sums (same order) taken across a group of rows, then each row
+    if is_dense(r, 1, 4) and is_dense(r, 2, 4) and rows_contiguous(r, 0):
+        # dense rows: both sums (same order) taken across a group of rows, then each row
         sxx = stack_f64()
         sxdz = stack_f64()
         i1, i2, i3 = row_index(lo, ne1, ne2)
-        for g0 in range(lo, hi, STACK_N):
-            n = min(STACK_N, hi - g0)
+        group = _group_rows(ne0)
+        for g0 in range(lo, hi, group):
+            n = min(group, hi - g0)
             xg = f32_at(t_addr(r, 1) + 4 * g0 * ne0, n * ne0)
             zg = f32_at(t_addr(r, 2) + 4 * g0 * ne0, n * ne0)
             _group_sums(xg, zg, n, ne0, sxx, sxdz, False)
