@@ -8,8 +8,9 @@
 Sources as graphcore-dump's: a graph file, --model baby-llama --graph forward|backward|generation,
 or --from package.module:function. The whole graph is computed once (so every tensor holds real
 values) and timed; then each node is timed alone: a graph whose node list is that node repeated
---copies times is planned for --threads and computed --repeat times, and the median (or, with
---stat min, the least disturbed) time divided by the copies is the node's time (the executor's
+as many times as fill about 2 ms (at most --copies) is planned for --threads and computed --repeat
+times, and the median (or, with --stat min, the least disturbed) time divided by the copies is the
+node's time (the executor's
 per-node cost is included; graph_compute's Python overhead is amortised over the copies). A node
 that writes into its own source (an in-place result, whose repeats would compound) runs one copy
 per compute, with graph_compute's measured overhead subtracted. A node timed alone finds its
@@ -123,6 +124,17 @@ def compute_overhead(n_threads, repeat, stat=statistics.median):
     return timed(gc.graph_compile(tg, n_threads), max(repeat, 200), stat)
 
 
+COMPUTE_TARGET_S = 2e-3      # a timed compute of a node's copies lasts about this long
+
+
+def _copies_for(node, n_threads, most):
+    """Copies of a node per timed compute: enough for about COMPUTE_TARGET_S (a tiny node's time is
+    then far above graph_compute's own), at most `most` (a slow node gets one or a few, so a large
+    graph's profile takes seconds, not hours)."""
+    one = timed(gc.graph_compile(_repeated(node, 1), n_threads), 3, min, warmup=1)
+    return max(1, min(most, int(COMPUTE_TARGET_S / max(one, 1e-9))))
+
+
 def profile_graph(g, n_threads: int = 1, copies: int = 200, repeat: int = 21, stat=statistics.median) -> Profile:
     """Time g whole and each of its computing nodes alone (see the module's docs)."""
     full = gc.graph_compile(g, n_threads)
@@ -134,7 +146,7 @@ def profile_graph(g, n_threads: int = 1, copies: int = 200, repeat: int = 21, st
             continue
         full()                               # fresh values for every node's inputs
         single = _writes_own_source(node)
-        n = 1 if single else copies
+        n = 1 if single else _copies_for(node, n_threads, copies)
         rg = _repeated(node, n)
         repeated = gc.graph_compile(rg, n_threads)
         t = timed(repeated, repeat, stat)
@@ -194,7 +206,9 @@ def profile_json(prof: Profile) -> str:
 
 def add_profile_arguments(p) -> None:
     g = p.add_argument_group("profile")
-    g.add_argument("--copies", type=int, default=200, help="copies of a node per timed compute (default 200)")
+    g.add_argument("--copies", type=int, default=200,
+                   help="at most this many copies of a node per timed compute (default 200; fewer for a slow "
+                        "node: each timed compute lasts about 2 ms)")
     g.add_argument("--repeat", type=int, default=21, help="timed computes per node (default 21)")
     g.add_argument("--stat", choices=("median", "min"), default="median",
                    help="statistic of the timed computes (default median; min is steadier on a busy machine)")
