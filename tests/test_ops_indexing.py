@@ -210,6 +210,26 @@ def test_set_acc(op, type_, inplace, case, lb, seed):
         assert_same_bits(a.numpy().ravel(), np.asarray(x).ravel(), f"{op} must not change src0")
 
 
+@pytest.mark.parametrize("op", ["set", "acc", "acc_inplace"])
+def test_set_acc_split_across_threads(op):
+    """A view's gradient is an acc into a 1-D tensor (one row): the copy and the region's rows are
+    split across threads, with the same bits at any thread count, equal to numpy's."""
+    n, ne_b, s1, off = 70_001, [300, 200], 333, 17
+    x, y = random_values([n], 5), random_values(ne_b, 6)
+    ri = region_indices(ne4(ne_b), s1, s1 * ne_b[1], s1 * ne_b[1], off)
+    expected = x.ravel().copy()
+    yv = y.reshape(ri.shape)
+    expected[ri] = (expected[ri] + yv) if op.startswith("acc") else yv
+    for n_threads in (1, 2, 3):
+        ctx = gc.init(4 << 20)
+        out = getattr(gc, op)(ctx, gc.from_numpy(ctx, x), gc.from_numpy(ctx, y), s1 * 4, s1 * ne_b[1] * 4,
+                              s1 * ne_b[1] * 4, off * 4)
+        g = gc.build_forward(out)
+        assert gc.graph_plan(g, n_threads).n_tasks[g.nodes.index(out)] == n_threads
+        compute_guarded(ctx, out, n_threads, graph=g, what=f"{op} x{n_threads}")
+        assert_same_bits(out.numpy().ravel(), expected, f"{op} on {n_threads} threads")
+
+
 @given(n=st.integers(1, 6), lb=layouts(), seed=seeds(), off=st.integers(0, 3))
 def test_set_1d_2d(n, lb, seed, off):
     ctx = sentinel_context(1 << 17)

@@ -379,9 +379,15 @@ def _acc_backward(ctx, t, g, d):
         d.add(1, reshape_4d(ctx, cont(ctx, gv), *t.src[1].ne))
 
 
-SET = register("SET", "y->view(x)", _set_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True,
+def _set_tasks(node, n_threads):
+    """set/acc: phase 0 copies src0 whole (split by elements when dense, so a 1-D result of a view's
+    gradient splits too), phase 1 splits src1's rows: one task per MIN_ELEMENTS_PER_TASK elements."""
+    return max(1, min(n_threads, TN.nelements(node) // MIN_ELEMENTS_PER_TASK))
+
+
+SET = register("SET", "y->view(x)", _set_kernel, n_tasks=_set_tasks, n_phases=2, inplace=True,
                backward=_set_backward)
-ACC = register("ACC", "view(x,nb,offset)+=y->x", _acc_kernel, n_tasks=tasks_by_rows, n_phases=2, inplace=True,
+ACC = register("ACC", "view(x,nb,offset)+=y->x", _acc_kernel, n_tasks=_set_tasks, n_phases=2, inplace=True,
                backward=_acc_backward)
 
 
