@@ -246,6 +246,28 @@ def _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, end, bound, ys_over_yy):
 
 
 @njit(cache=True, nogil=True)
+def _lbfgs_direction(x, xp, g, gp, d, lm_s, lm_y, lm_ys, lm_alpha, e, bound):
+    """After a line search: the curvature pair s = x - xp, y = g - gp into slot e, then the new
+    direction d by the two-loop recursion over the last `bound` pairs, and xp, gp = x, g for the
+    next line search. Returns the two-loop's final j."""
+    s, y = lm_s[e], lm_y[e]
+    for i in range(x.shape[0]):
+        s[i] = x[i] - xp[i]
+        y[i] = g[i] - gp[i]
+    ys, yy = np.float32(_dot(y, s)), np.float32(_dot(y, y))
+    lm_ys[e] = ys
+    j = _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, (e + 1) % lm_s.shape[0], bound, ys / yy)
+    xp[:] = x
+    gp[:] = g
+    return j
+
+
+@njit(cache=True, nogil=True)
+def _norms(x, g):
+    return _norm(x), _norm(g)
+
+
+@njit(cache=True, nogil=True)
 def _adam_update(x, g, m, v, offs, decay_flags, gnorm, beta1, beta2, beta1h, beta2h, eps, p_decay):
     """One Adam(W) step over x in place, in ggml's float32 operation order, without temporaries;
     parameter p decays by p_decay when decay_flags[p] (it has >= decay_min_ndim dims)."""
@@ -271,18 +293,43 @@ def _scatter(x, addrs, offs):
 
 
 @njit(cache=True, nogil=True)
-def _gather(x, addrs, offs, scale, accumulate):
-    """x's slices = (x + ) scale * the tensors at addrs (parameters or gradients -> x)."""
+def _step_scatter(x, xp, d, step, addrs, offs):
+    """A line search's trial point: x = xp + step * d, written into the parameters too."""
+    _step_from(x, xp, d, step)
+    _scatter(x, addrs, offs)
+
+
+GATHER_SET, GATHER_ADD, GATHER_FIRST = 0, 1, 2
+
+
+@njit(cache=True, nogil=True)
+def _gather(x, addrs, offs, scale, mode):
+    """x's slices = scale * the tensors at addrs (parameters or gradients -> x); GATHER_ADD adds to
+    x, GATHER_FIRST adds to zero (what zeroing x then adding gives, -0.0 included, in one pass)."""
     sc = np.float32(scale)
     for p in range(addrs.shape[0]):
         n = offs[p + 1] - offs[p]
         t = f32_1d(addrs[p], (n,), (4,))
-        if accumulate:
+        o = offs[p]
+        if mode == GATHER_ADD:
             for i in range(n):
-                x[offs[p] + i] += t[i] * sc
+                x[o + i] += t[i] * sc
+        elif mode == GATHER_FIRST:
+            for i in range(n):
+                x[o + i] = np.float32(0.0) + t[i] * sc
         else:
             for i in range(n):
-                x[offs[p] + i] = t[i] * sc
+                x[o + i] = t[i] * sc
+
+
+def _compiled(g, n_threads):
+    """g's CompiledGraph for n_threads, made once and kept on g: a training loop calls the optimizer per
+    batch on the same graphs, and planning them anew each time cost as much as a batch's arithmetic
+    (the CompiledGraph re-plans by itself when g has changed since)."""
+    c = g._compiled.get(n_threads)
+    if c is None:
+        c = g._compiled[n_threads] = graph_compile(g, n_threads)
+    return c
 
 
 class _Problem:
@@ -312,7 +359,7 @@ class _Problem:
         self.offs = np.array([0] + [TN.nelements(p) for p in self.ps], dtype=np.int64).cumsum()
         self.nx = int(self.offs[-1])
         self.f, self.gb = f, gb
-        self.compute_gb = graph_compile(gb, params.n_threads)
+        self.compute_gb = _compiled(gb, params.n_threads)
         self.n_accum = max(1, params.n_gradient_accumulation)
         # data addresses: parameters and gradients move with one compiled call each way
         self.p_addrs = np.array([p.data for p in self.ps], dtype=np.int64)
@@ -322,28 +369,26 @@ class _Problem:
         self.reduce = reduce
 
     def get_params(self, x):
-        _gather(x, self.p_addrs, self.offs, 1.0, False)
+        _gather(x, self.p_addrs, self.offs, 1.0, GATHER_SET)
 
     def set_params(self, x):
         _scatter(x, self.p_addrs, self.offs)
-
-    def acc_grad(self, g, scale):
-        _gather(g, self.g_addrs, self.offs, scale, True)
 
     def evaluate(self, opt, g, callback, sched_box):
         """f at the parameters now in the graph, its gradient accumulated into g (zeroed first).
         Returns f, or None when the callback cancelled."""
         norm = _F(1.0) / _F(self.n_accum)
         fx = _F(0.0)
-        g[:] = 0
         for accum_step in range(self.n_accum):
             if callback is not None:
                 if callback(accum_step, sched_box):
+                    if accum_step == 0:
+                        g[:] = 0
                     return None
             self.f_seed[0] = 1.0
             self.compute_gb()
             opt.n_evals += 1
-            self.acc_grad(g, norm)
+            _gather(g, self.g_addrs, self.offs, norm, GATHER_ADD if accum_step else GATHER_FIRST)
             fx += self.f_value[0]
         fx = _F(fx * norm)
         # data-parallel training: every rank's loss and gradient combined here, so all take one step
@@ -437,8 +482,7 @@ def _linesearch_backtracking(params: OptParams, x, fx, g, d, step, xp, prob: _Pr
     count = 0
     sched = _Sched(0.0)                             # L-BFGS ignores the learning-rate schedule
     while True:
-        _step_from(x, xp, d, step)
-        prob.set_params(x)
+        _step_scatter(x, xp, d, step, prob.p_addrs, prob.offs)
         fx = prob.evaluate(opt, g, callback, sched)
         if fx is None:
             return OPT_CANCEL, finit, step, True
@@ -510,10 +554,10 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
         opt.j, opt.k, opt.end, opt.n_no_improvement = 0, 1, 0, 0
         opt.just_initialized = False
 
+    xp[:] = x
+    gp[:] = g
     it = 0
     while True:
-        xp[:] = x
-        gp[:] = g
         try:
             ls, fx, opt.step, cancelled = _linesearch_backtracking(params, x, fx, g, d, opt.step, xp, prob, opt,
                                                                   callback)
@@ -533,8 +577,8 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
             prob.set_params(x)
             return ls
         opt.loss_after = fx
-        xnorm, gnorm = max(_norm(x), 1.0), _norm(g)
-        if gnorm / xnorm <= lb.eps:
+        xnorm, gnorm = _norms(x, g)
+        if gnorm / max(xnorm, 1.0) <= lb.eps:
             return OPT_OK
         if pf is not None:
             if params.past <= opt.k:
@@ -553,19 +597,13 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
         if lb.n_iter != 0 and lb.n_iter < it + 1:
             return OPT_DID_NOT_CONVERGE
 
-        # new curvature pair: s = x - xp, y = g - gp
-        e = opt.end
-        lm_s[e] = x - xp
-        lm_y[e] = g - gp
-        ys, yy = _F(_dot(lm_y[e], lm_s[e])), _F(_dot(lm_y[e], lm_y[e]))
-        lm_ys[e] = ys
+        # new curvature pair (s = x - xp, y = g - gp), the two-loop recursion for the new direction,
+        # and xp, gp = x, g: one compiled call
         bound = mm if mm <= opt.k else opt.k
+        opt.j = _lbfgs_direction(x, xp, g, gp, d, lm_s, lm_y, lm_ys, lm_alpha, opt.end, bound)
         opt.k += 1
         it += 1
         opt.end = (opt.end + 1) % mm
-
-        # two-loop recursion for the new direction
-        opt.j = _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, opt.end, bound, float(ys / yy))
         opt.step = 1.0
 
 
