@@ -352,7 +352,8 @@ class _Problem:
                                  f"{TN.describe(p.grad)} must be contiguous F32 tensors")
             for t, what in ((p, "parameter"), (p.grad, "gradient of parameter")):
                 # the optimizer moves values by address: a tensor without memory must stop here
-                t.ctx.check_alive(f"opt: {what} {TN.describe(p)}")
+                if t.ctx.freed:
+                    raise GraphError(f"opt: {what} {TN.describe(p)}: the context was freed")
                 if not t.has_data:
                     raise GraphError(f"opt: {what} {TN.describe(p)} has no data (its context is no_alloc "
                                      f"and it was never allocated)")
