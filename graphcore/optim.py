@@ -257,8 +257,9 @@ def _lbfgs_direction(x, xp, g, gp, d, lm_s, lm_y, lm_ys, lm_alpha, e, bound):
     ys, yy = np.float32(_dot(y, s)), np.float32(_dot(y, y))
     lm_ys[e] = ys
     j = _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, (e + 1) % lm_s.shape[0], bound, ys / yy)
-    xp[:] = x
-    gp[:] = g
+    for i in range(x.shape[0]):         # a loop: numba's slice assignment is a generic strided copy, 3x slower
+        xp[i] = x[i]
+        gp[i] = g[i]
     return j
 
 
