@@ -8,7 +8,8 @@ problem drawn from a fixed seed, and a few baby-llama batches; it keeps the sha2
 parameter's bits after each optimizer call, the loss's bits, the result code and the evaluations made.
 Recorded once from the optimizer as it was before its vector work was compiled into fewer calls, so
 the test proves a faster optimizer takes bit for bit the same steps; with a fingerprint of the CPU's
-arithmetic (the test skips where it differs: another vector width or BLAS kernel sums otherwise).
+arithmetic and of the graphs' (the test skips where either differs: another vector width or BLAS
+kernel, or kernels changed since; record again then, from an optimizer checked against the old one).
 """
 from __future__ import annotations
 
@@ -120,19 +121,38 @@ def run_baby_llama(optimizer, examples=3):
             "params": _digest([t.numpy() for t in model.tensors()])}
 
 
+def _first_gradient(problem):
+    """The gradient of a problem at its start (one compute of its backward graph), as a digest."""
+    ctx = gc.init(64 << 20)
+    f, params = problem(ctx)
+    gf = gc.new_graph_custom(ctx, 2048, True)
+    gc.build_forward_expand(gf, f)
+    gb = gc.graph_dup(ctx, gf)
+    gc.build_backward_expand(ctx, gf, gb, True)
+    f.grad.numpy4d().reshape(-1)[0] = 1.0
+    gc.graph_compute_with_ctx(ctx, gb, 1)
+    out = _digest([p.grad.numpy() for p in params])
+    gc.free(ctx)
+    return out
+
+
 def fingerprint():
-    """What makes the recorded bits this CPU's: the float64 lane order numba's vectorised _dot takes
-    (its vector width) and OpenBLAS's sgemm kernel (the products in the graphs)."""
+    """What makes the recorded bits this machine's and this code's: the float64 lane order numba's
+    vectorised _dot takes (the CPU's vector width), and the graphs' arithmetic (OpenBLAS's sgemm
+    kernel, graphcore's kernels): each problem's first gradient and baby-llama's first batch."""
     from graphcore.optim import _dot
     rng = np.random.default_rng(7)
     a, b = rng.standard_normal((2, 1003)).astype(np.float32)
-    ctx = gc.init(16 << 20)
-    w = gc.from_numpy(ctx, rng.standard_normal((40, 200)).astype(np.float32))
-    x = gc.from_numpy(ctx, rng.standard_normal((30, 200)).astype(np.float32))
-    y = gc.mul_mat(ctx, w, x)
-    gc.graph_compute_with_ctx(ctx, gc.build_forward(y), 1)
-    out = {"dot": f"{int(np.float64(_dot(a, b)).view(np.uint64)):016x}", "mul_mat": _digest([y.numpy()])}
-    gc.free(ctx)
+    out = {"dot": f"{int(np.float64(_dot(a, b)).view(np.uint64)):016x}",
+           "gradients": [_first_gradient(p) for p in (_least_squares, _rosenbrock)]}
+    args = SimpleNamespace(**{**vars(bl.parser().parse_args([])), "examples": 1})
+    model, kv = bl.new_model(args)
+    tg = bl.build_training_graphs(model, kv, args.n_batch)
+    bl.get_example_targets_batch(tg.ctx0, 0, tg.tokens_input, tg.targets)
+    tg.tokens.numpy()[:] = tg.tokens_input.numpy().reshape(-1)
+    tg.error.grad.numpy4d().reshape(-1)[0] = 1.0
+    gc.graph_compute_with_ctx(tg.ctx0, tg.gb, 1)
+    out["gradients"].append(_digest([t.grad.numpy() for t in model.tensors()]))
     return out
 
 
