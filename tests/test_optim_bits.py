@@ -35,7 +35,7 @@ def test_compiled_lbfgs_steps_equal_their_numpy_composition():
     """The fused compiled calls against the numpy steps they replace, on any machine (the recording
     above holds for CPUs that sum _dot's lanes and run BLAS as the recording machine did): the
     curvature pair and two-loop recursion, a line-search trial point, the gradient gathered onto zero."""
-    from graphcore import optim as O
+    from graphcore import optim_kernels as O
     rng = np.random.default_rng(5)
     for n, m, e, bound in [(12960, 6, 2, 6), (37, 3, 0, 1), (5, 4, 3, 4), (1000, 6, 5, 3)]:
         f32 = lambda *s: rng.standard_normal(s).astype(np.float32)     # noqa: E731

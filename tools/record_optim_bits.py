@@ -89,15 +89,21 @@ def _f32_bits(v) -> str:
     return f"{int(np.float32(v).view(np.uint32)):08x}"
 
 
-def run_case(name):
-    """[{result, loss_after bits, n_evals, params sha256}] after each optimizer call of the case."""
-    problem, make_params, calls = CASES[name]
+def _problem_graphs(problem):
+    """A problem in a new context: (ctx, f, its parameters, forward graph, backward graph)."""
     ctx = gc.init(64 << 20)
     f, params = problem(ctx)
     gf = gc.new_graph_custom(ctx, 2048, True)
     gc.build_forward_expand(gf, f)
     gb = gc.graph_dup(ctx, gf)
     gc.build_backward_expand(ctx, gf, gb, True)
+    return ctx, f, params, gf, gb
+
+
+def run_case(name):
+    """[{result, loss_after bits, n_evals, params sha256}] after each optimizer call of the case."""
+    problem, make_params, calls = CASES[name]
+    ctx, f, params, gf, gb = _problem_graphs(problem)
     opt = gc.opt_init(ctx, gc.OptContext(), make_params(), 0)
     steps = []
     for _ in range(calls):
@@ -123,12 +129,7 @@ def run_baby_llama(optimizer, examples=3):
 
 def _first_gradient(problem):
     """The gradient of a problem at its start (one compute of its backward graph), as a digest."""
-    ctx = gc.init(64 << 20)
-    f, params = problem(ctx)
-    gf = gc.new_graph_custom(ctx, 2048, True)
-    gc.build_forward_expand(gf, f)
-    gb = gc.graph_dup(ctx, gf)
-    gc.build_backward_expand(ctx, gf, gb, True)
+    ctx, f, params, _, gb = _problem_graphs(problem)
     f.grad.numpy4d().reshape(-1)[0] = 1.0
     gc.graph_compute_with_ctx(ctx, gb, 1)
     out = _digest([p.grad.numpy() for p in params])
