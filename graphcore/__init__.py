@@ -9,6 +9,8 @@ Shapes are written in ggml's `ne` order, innermost dimension first: `[ne0, ne1, 
 `graphcore.ops.reduce.sum`, `graphcore.ops.unary.abs_` and `graphcore.ops.indexing.set`.
 """
 from . import _cache  # noqa: F401,I001 (first: where numba caches the kernels; see _cache.py)
+from .blas import preload_cython_blas as _preload_cython_blas
+_preload_cython_blas()   # before numba loads a compiled function: it imports scipy.linalg otherwise (blas.py)
 from .errors import ComputeError, GraphError, NonFiniteError, NotComputedWarning, OutOfMemoryError
 from .types import (TYPE_F16, TYPE_F32, TYPE_I32, TYPE_TRAITS, blck_size, fp16_to_fp32, fp32_to_fp16,
                     type_name, type_size)

@@ -25,6 +25,7 @@ class Graph:
         self._version = 0          # bumped on every change, so a plan can tell it is stale
         self._lowered_cache = None  # the Lowered of the last plan computed (planner.lower), and its barrier slots
         self._compute_lock = threading.Lock()   # computes of one graph run one at a time (executor)
+        self._compiled = {}        # n_threads -> CompiledGraph kept for repeated optimizer calls (optim)
         self.computed_version = -1  # the version whose nodes graph_compute last marked computed
 
     @property

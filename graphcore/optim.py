@@ -12,7 +12,6 @@ from enum import IntEnum
 from typing import Callable, Optional
 
 import numpy as np
-from numba import njit
 
 from . import autodiff
 from . import tensor as TN
@@ -21,7 +20,8 @@ from .dump import graph_print
 from .errors import GraphError
 from .compiled import graph_compile
 from .graph import build_forward_expand, graph_dup, new_graph_custom
-from .native import f32_1d
+from .optim_kernels import (GATHER_ADD, GATHER_FIRST, GATHER_SET, _adam_update, _dot, _gather, _lbfgs_direction,
+                            _norm, _norms, _scatter, _step_scatter)
 
 class OptType(IntEnum):
     """ggml_opt_type: which optimizer opt_default_params sets up."""
@@ -196,93 +196,14 @@ def opt_init(ctx, opt: OptContext, params: OptParams, nx: int) -> OptContext:
     return opt
 
 
-# Vector kernels of the optimizers, compiled: a training step of a small model makes thousands
-# of them, so each must cost microseconds (numpy's float64 BLAS dot may even wake a second
-# thread for 13k elements). Reductions accumulate in float64 in a fixed (vectorised) order.
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _dot(a, b):
-    s = 0.0
-    for i in range(a.shape[0]):
-        s += np.float64(a[i]) * np.float64(b[i])
-    return s
-
-
-@njit(cache=True, nogil=True)
-def _norm(a):
-    return np.sqrt(_dot(a, a))
-
-
-@njit(cache=True, nogil=True)
-def _step_from(x, xp, d, step):
-    """x = xp + step * d"""
-    st = np.float32(step)
-    for i in range(x.shape[0]):
-        x[i] = xp[i] + d[i] * st
-
-
-@njit(cache=True, nogil=True)
-def _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, end, bound, ys_over_yy):
-    """L-BFGS two-loop recursion: d = -H g from the last `bound` pairs; returns the final j."""
-    m = lm_s.shape[0]
-    for i in range(d.shape[0]):
-        d[i] = -g[i]
-    j = end
-    for _ in range(bound):
-        j = (j + m - 1) % m
-        lm_alpha[j] = np.float32(_dot(lm_s[j], d)) / lm_ys[j]
-        a = lm_alpha[j]
-        for i in range(d.shape[0]):
-            d[i] -= lm_y[j, i] * a
-    c = np.float32(ys_over_yy)
-    for i in range(d.shape[0]):
-        d[i] *= c
-    for _ in range(bound):
-        beta = np.float32(_dot(lm_y[j], d)) / lm_ys[j]
-        c = np.float32(lm_alpha[j] - beta)
-        for i in range(d.shape[0]):
-            d[i] += lm_s[j, i] * c
-        j = (j + 1) % m
-    return j
-
-
-@njit(cache=True, nogil=True)
-def _adam_update(x, g, m, v, offs, decay_flags, gnorm, beta1, beta2, beta1h, beta2h, eps, p_decay):
-    """One Adam(W) step over x in place, in ggml's float32 operation order, without temporaries;
-    parameter p decays by p_decay when decay_flags[p] (it has >= decay_min_ndim dims)."""
-    omb1, omb2 = np.float32(1.0) - beta1, np.float32(1.0) - beta2
-    for p in range(offs.shape[0] - 1):
-        keep = np.float32(1.0) - (p_decay if decay_flags[p] else np.float32(0.0))
-        for i in range(offs[p], offs[p + 1]):
-            gi = g[i] * gnorm
-            m[i] = m[i] * beta1 + gi * omb1
-            v[i] = v[i] * beta2 + gi * gi * omb2
-            vh = np.sqrt(v[i] * beta2h) + eps
-            x[i] = x[i] * keep - (m[i] * beta1h) / vh
-
-
-@njit(cache=True, nogil=True)
-def _scatter(x, addrs, offs):
-    """Copy x's slices into the contiguous float32 tensors at addrs (x -> parameters)."""
-    for p in range(addrs.shape[0]):
-        n = offs[p + 1] - offs[p]
-        t = f32_1d(addrs[p], (n,), (4,))
-        for i in range(n):
-            t[i] = x[offs[p] + i]
-
-
-@njit(cache=True, nogil=True)
-def _gather(x, addrs, offs, scale, accumulate):
-    """x's slices = (x + ) scale * the tensors at addrs (parameters or gradients -> x)."""
-    sc = np.float32(scale)
-    for p in range(addrs.shape[0]):
-        n = offs[p + 1] - offs[p]
-        t = f32_1d(addrs[p], (n,), (4,))
-        if accumulate:
-            for i in range(n):
-                x[offs[p] + i] += t[i] * sc
-        else:
-            for i in range(n):
-                x[offs[p] + i] = t[i] * sc
+def _compiled(g, n_threads):
+    """g's CompiledGraph for n_threads, made once and kept on g: a training loop calls the optimizer per
+    batch on the same graphs, and planning them anew each time cost as much as a batch's arithmetic
+    (the CompiledGraph re-plans by itself when g has changed since)."""
+    c = g._compiled.get(n_threads)
+    if c is None:
+        c = g._compiled[n_threads] = graph_compile(g, n_threads)
+    return c
 
 
 class _Problem:
@@ -305,14 +226,15 @@ class _Problem:
                                  f"{TN.describe(p.grad)} must be contiguous F32 tensors")
             for t, what in ((p, "parameter"), (p.grad, "gradient of parameter")):
                 # the optimizer moves values by address: a tensor without memory must stop here
-                t.ctx.check_alive(f"opt: {what} {TN.describe(p)}")
+                if t.ctx.freed:
+                    raise GraphError(f"opt: {what} {TN.describe(p)}: the context was freed")
                 if not t.has_data:
                     raise GraphError(f"opt: {what} {TN.describe(p)} has no data (its context is no_alloc "
                                      f"and it was never allocated)")
         self.offs = np.array([0] + [TN.nelements(p) for p in self.ps], dtype=np.int64).cumsum()
         self.nx = int(self.offs[-1])
         self.f, self.gb = f, gb
-        self.compute_gb = graph_compile(gb, params.n_threads)
+        self.compute_gb = _compiled(gb, params.n_threads)
         self.n_accum = max(1, params.n_gradient_accumulation)
         # data addresses: parameters and gradients move with one compiled call each way
         self.p_addrs = np.array([p.data for p in self.ps], dtype=np.int64)
@@ -322,28 +244,26 @@ class _Problem:
         self.reduce = reduce
 
     def get_params(self, x):
-        _gather(x, self.p_addrs, self.offs, 1.0, False)
+        _gather(x, self.p_addrs, self.offs, 1.0, GATHER_SET)
 
     def set_params(self, x):
         _scatter(x, self.p_addrs, self.offs)
-
-    def acc_grad(self, g, scale):
-        _gather(g, self.g_addrs, self.offs, scale, True)
 
     def evaluate(self, opt, g, callback, sched_box):
         """f at the parameters now in the graph, its gradient accumulated into g (zeroed first).
         Returns f, or None when the callback cancelled."""
         norm = _F(1.0) / _F(self.n_accum)
         fx = _F(0.0)
-        g[:] = 0
         for accum_step in range(self.n_accum):
             if callback is not None:
                 if callback(accum_step, sched_box):
+                    if accum_step == 0:
+                        g[:] = 0
                     return None
             self.f_seed[0] = 1.0
             self.compute_gb()
             opt.n_evals += 1
-            self.acc_grad(g, norm)
+            _gather(g, self.g_addrs, self.offs, norm, GATHER_ADD if accum_step else GATHER_FIRST)
             fx += self.f_value[0]
         fx = _F(fx * norm)
         # data-parallel training: every rank's loss and gradient combined here, so all take one step
@@ -437,8 +357,7 @@ def _linesearch_backtracking(params: OptParams, x, fx, g, d, step, xp, prob: _Pr
     count = 0
     sched = _Sched(0.0)                             # L-BFGS ignores the learning-rate schedule
     while True:
-        _step_from(x, xp, d, step)
-        prob.set_params(x)
+        _step_scatter(x, xp, d, step, prob.p_addrs, prob.offs)
         fx = prob.evaluate(opt, g, callback, sched)
         if fx is None:
             return OPT_CANCEL, finit, step, True
@@ -510,10 +429,10 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
         opt.j, opt.k, opt.end, opt.n_no_improvement = 0, 1, 0, 0
         opt.just_initialized = False
 
+    xp[:] = x
+    gp[:] = g
     it = 0
     while True:
-        xp[:] = x
-        gp[:] = g
         try:
             ls, fx, opt.step, cancelled = _linesearch_backtracking(params, x, fx, g, d, opt.step, xp, prob, opt,
                                                                   callback)
@@ -533,8 +452,8 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
             prob.set_params(x)
             return ls
         opt.loss_after = fx
-        xnorm, gnorm = max(_norm(x), 1.0), _norm(g)
-        if gnorm / xnorm <= lb.eps:
+        xnorm, gnorm = _norms(x, g)
+        if gnorm / max(xnorm, 1.0) <= lb.eps:
             return OPT_OK
         if pf is not None:
             if params.past <= opt.k:
@@ -553,19 +472,13 @@ def _lbfgs(opt: OptContext, params: OptParams, prob: _Problem, callback) -> int:
         if lb.n_iter != 0 and lb.n_iter < it + 1:
             return OPT_DID_NOT_CONVERGE
 
-        # new curvature pair: s = x - xp, y = g - gp
-        e = opt.end
-        lm_s[e] = x - xp
-        lm_y[e] = g - gp
-        ys, yy = _F(_dot(lm_y[e], lm_s[e])), _F(_dot(lm_y[e], lm_y[e]))
-        lm_ys[e] = ys
+        # new curvature pair (s = x - xp, y = g - gp), the two-loop recursion for the new direction,
+        # and xp, gp = x, g: one compiled call
         bound = mm if mm <= opt.k else opt.k
+        opt.j = _lbfgs_direction(x, xp, g, gp, d, lm_s, lm_y, lm_ys, lm_alpha, opt.end, bound)
         opt.k += 1
         it += 1
         opt.end = (opt.end + 1) % mm
-
-        # two-loop recursion for the new direction
-        opt.j = _two_loop(d, g, lm_s, lm_y, lm_ys, lm_alpha, opt.end, bound, float(ys / yy))
         opt.step = 1.0
 
 

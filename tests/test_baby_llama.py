@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import subprocess
@@ -180,6 +181,17 @@ def test_example_targets():
     bl.get_example_targets_batch(None, 5, toks, tgts)
     bl.get_example_targets(5 * N_BATCH + 3, tok, tgt)
     assert (toks[3] == tok).all() and (tgts[3] == tgt).all()
+    # every sequence of the default run's 256 batches, against the wave computed one float32 scalar at a time
+    f = np.float32
+    for ex in range(0, 256, 5):
+        bl.get_example_targets_batch(None, ex, toks, tgts)
+        for k in range(N_BATCH):
+            want = [min(max(1 + int(min(max((f(math.sin(f(f(ex * N_BATCH + k) + f(f(f(f(f(i) * f(3.14159)) * f(2.0))
+                                                                               * f(1.0)) * f(0.5)) / f(8))))
+                                                 + f(1.0)) * f(0.5), f(0.0)), f(1.0)) * f(7)), 1), 7)
+                    for i in range(1, 9)]
+            assert toks[k].tolist() == [0] + want[:-1], (ex, k)
+            assert (np.argmax(tgts[k], 1) == want).all() and (tgts[k].sum(1) == -6).all()
     # shift
     before = tok.copy()
     bl.lshift_examples(tok, tgt, 1)

@@ -59,7 +59,7 @@ def _all_layouts_same_bits(build, shapes, n_threads=(1, 2, 4), lo=-3.0, hi=3.0):
         assert np.array_equal(got, first, equal_nan=True), f"{key} differs from {next(iter(results))}"
 
 
-SHAPES = [[8, 8, 8, 8], [4, 8, 8, 8], [86, 64], [32, 64], [7, 5, 3], [33, 9], [600, 3], [1, 17]]
+SHAPES = [[8, 8, 8, 8], [4, 8, 8, 8], [86, 64], [32, 64], [7, 5, 3], [33, 9], [600, 3], [1, 17], [3, 3000]]
 
 
 @pytest.mark.parametrize("ne", SHAPES, ids=str)
@@ -92,14 +92,15 @@ def test_soft_max_ext_fast_path_bits(ne):
 
 
 def test_soft_max_rows_without_maximum_are_zero_and_nan_propagates():
-    x = np.full((3, 8), -np.inf, np.float32)
+    x = np.full((4, 8), -np.inf, np.float32)
     x[1] = np.linspace(-1, 1, 8)
     x[2, 3] = np.nan
+    x[3, :2] = np.inf
     for make in LAYOUTS.values():
         ctx = gc.init(1 << 20)
         y = _compute(gc.soft_max(ctx, make(ctx, x)), 1)[0, 0]
         assert np.array_equal(y[0], np.zeros(8, np.float32))
-        assert np.isnan(y[2]).all()                               # NaN among -inf propagates
+        assert np.isnan(y[2]).all() and np.isnan(y[3]).all()    # NaN among -inf propagates; inf - inf is NaN
         np.testing.assert_allclose(y[1], np.exp(x[1] - 1) / np.exp(x[1] - 1).sum(), rtol=1e-6)
 
 

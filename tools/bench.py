@@ -203,50 +203,77 @@ def bench_ops(args):
         row(name, f"{n / t_np / 1e6:.0f}", f"{n / t1 / 1e6:.0f}", f"{n / t2 / 1e6:.0f}", f"{t_np / t2:.2f}x")
 
 
-ORIGINAL_WALL_S = 2.7          # the C original, whole default run, 1 thread, this machine (BABY_LLAMA.md)
+ORIGINAL_WALL_S = 2.7          # the C original, whole default run, 1 thread, first machine (BABY_LLAMA.md)
 ORIGINAL_EVALS = 5068
+
+
+def _timed_run(cmd, extra_env=None):
+    """(wall s, CPU s of the child (user + system), its stdout, its stderr) of one whole process."""
+    import resource
+    import subprocess
+    env = dict(os.environ, **(extra_env or {}))
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), out.stdout, out.stderr
 
 
 def _run_baby_llama(extra_env=None, threads=1):
     import re
-    import subprocess
-    env = dict(os.environ, **(extra_env or {}))
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "graphcore_models.baby_llama", "--progress", "--threads", str(threads)],
-                         capture_output=True, text=True, env=env, check=True)
-    wall = time.perf_counter() - t0
-    m = re.search(r"(\d+) forward\+backward evaluations, training ([\d.]+) s", out.stderr)
-    return wall, int(m.group(1)), float(m.group(2)), out.stdout
+    cmd = [sys.executable, "-m", "graphcore_models.baby_llama", "--progress", "--threads", str(threads)]
+    wall, cpu, stdout, stderr = _timed_run(cmd, extra_env)
+    m = re.search(r"(\d+) forward\+backward evaluations, training ([\d.]+) s", stderr)
+    return wall, cpu, int(m.group(1)), float(m.group(2)), stdout
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def bench_baby_llama(args):
-    """The full default baby-llama run, cold (empty numba cache) and warm, against the original."""
+    """The full default baby-llama run, cold (empty numba cache) and warm, against the original binary
+    (--ggml-bin), the two runs alternated --repeat times (a shared machine's load hits both alike)."""
     import tempfile
-    print(f"\nbaby-llama, full default run (256 batches, L-BFGS), {args.threads} thread(s)")
-    row("", "wall s", "evals", "evals/s", "vs original")
-    with tempfile.TemporaryDirectory() as cache:
-        wall, evals, train_s, _ = _run_baby_llama({"NUMBA_CACHE_DIR": cache}, args.threads)
-        row("graphcore, cold (fresh numba cache)", f"{wall:.2f}", evals, f"{evals / train_s:.0f}",
-            f"{wall / ORIGINAL_WALL_S:.2f}x time")
-    walls = []
+    print(f"\nbaby-llama, full default run (256 batches, L-BFGS), {args.threads} thread(s), whole processes; "
+          f"Python bytecode {'not written (PYTHONDONTWRITEBYTECODE)' if sys.dont_write_bytecode else 'cached'}")
+    row("", "wall s", "CPU s", "evals", "evals/s", "wall vs orig.", "CPU vs orig.")
+    if not args.no_cold:
+        with tempfile.TemporaryDirectory() as cache:
+            wall, cpu, evals, train_s, _ = _run_baby_llama({"GRAPHCORE_CACHE_DIR": cache}, args.threads)
+        row("graphcore, cold (empty kernel cache)", f"{wall:.2f}", f"{cpu:.2f}", evals, f"{evals / train_s:.0f}")
+    _run_baby_llama(None, args.threads)           # the kernel cache filled, the files in the page cache
+    load_before = _load()
+    ours, orig, stdouts = [], [], set()
     for _ in range(args.repeat):
-        wall, evals, train_s, stdout = _run_baby_llama(None, args.threads)
-        walls.append((wall, evals, train_s))
-    wall, evals, train_s = sorted(walls)[len(walls) // 2]
-    row(f"graphcore, warm (median of {args.repeat})", f"{wall:.2f}", evals, f"{evals / train_s:.0f}",
-        f"{wall / ORIGINAL_WALL_S:.2f}x time")
-    row("original (BABY_LLAMA.md figure)", f"{ORIGINAL_WALL_S:.2f}", ORIGINAL_EVALS,
-        f"{ORIGINAL_EVALS / (0.51e-3 * ORIGINAL_EVALS):.0f}", "1.00x")
-    if args.ggml_bin:
-        import subprocess
-        ts = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            subprocess.run([args.ggml_bin], capture_output=True, check=True)
-            ts.append(time.perf_counter() - t0)
-        t = statistics.median(ts)
-        row("original binary, measured now", f"{t:.2f}", "", "", f"{wall / t:.2f}x time")
-    bench_llama_torch(args)
+        wall, cpu, evals, train_s, stdout = _run_baby_llama(None, args.threads)
+        ours.append((wall, cpu, evals, train_s))
+        stdouts.add(stdout)
+        if args.ggml_bin:
+            wall, cpu, _, _ = _timed_run([args.ggml_bin])
+            orig.append((wall, cpu))
+    load_after = _load()
+    wall, cpu = (statistics.median(x[i] for x in ours) for i in (0, 1))
+    evals, train_s = ours[0][2], statistics.median(x[3] for x in ours)
+    ratios = ["", ""]
+    if orig:
+        o_wall, o_cpu = (statistics.median(x[i] for x in orig) for i in (0, 1))
+        ratios = [f"{wall / o_wall:.2f}x", f"{cpu / o_cpu:.2f}x"]
+    row(f"graphcore, warm (median of {args.repeat})", f"{wall:.2f}", f"{cpu:.2f}", evals, f"{evals / train_s:.0f}",
+        *ratios)
+    if orig:
+        row(f"original binary (median of {args.repeat})", f"{o_wall:.2f}", f"{o_cpu:.2f}", "", "", "1.00x", "1.00x")
+        print("  runs alternated; each run's wall / CPU s: graphcore " +
+              ", ".join(f"{w:.2f}/{c:.2f}" for w, c, _, _ in ours) + "; original " +
+              ", ".join(f"{w:.2f}/{c:.2f}" for w, c in orig))
+    else:
+        row("original (BABY_LLAMA.md figure)", f"{ORIGINAL_WALL_S:.2f}", "", ORIGINAL_EVALS, "",
+            f"{wall / ORIGINAL_WALL_S:.2f}x")
+    print(f"  load average (1/5/15 min) before {load_before}, after {load_after}; graphcore's stdout "
+          f"{'the same bytes in every run' if len(stdouts) == 1 else 'DIFFERED between runs'}")
+    if not args.no_torch:
+        bench_llama_torch(args)
 
 
 def bench_llama_torch(args):
@@ -394,6 +421,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="baby-llama, quant: threads (default 1)")
     p.add_argument("--repeat", type=int, default=3, help="baby-llama: warm runs (median)")
     p.add_argument("--ggml-bin", metavar="PATH", help="baby-llama: also time an original baby-llama binary")
+    p.add_argument("--no-cold", action="store_true", help="baby-llama: skip the cold run (minutes)")
+    p.add_argument("--no-torch", action="store_true", help="baby-llama: skip the larger model against PyTorch")
     p.add_argument("--llama-cpp", metavar="DIR", help="quant: also time ggml's C (DIR/libllama.so, `make libllama.so`)")
     p.add_argument("--all-types", action="store_true", help="quant: every quantized type, not only Q8_0 Q4_0 Q4_K")
     args = p.parse_args(argv)

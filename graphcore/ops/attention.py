@@ -11,8 +11,9 @@ import numpy as np
 
 from .. import tensor as TN
 from ..errors import GraphError
-from ..kernel import (F32, R_NSRC, exp_f32, f32_at, fp16_to_fp32, fp32_to_fp16, inline, max_f32_lanes, param_f32,
-                      param_i32, record, row_addr, rows_contiguous, split, sum_f64_lanes, t_addr, t_ne, view_f32)
+from ..kernel import (F32, R_NSRC, exp_f32, f32_at, fp16_to_fp32, fp32_to_fp16, inline, is_dense, max_f32_lanes,
+                      param_f32, param_i32, record, row_addr, rows_contiguous, split, sum_f64_lanes, t_addr, t_ne,
+                      view_f32)
 from .args import integer, real
 from .common import check_f32, check_same_shape, inplace_of, inplace_view, my_rows, next_row, row_index, shapes
 from .elementwise import mul, scale, sub
@@ -179,6 +180,41 @@ def _soft_max_row(x, mrow, prow, y, n, scale, slope, has_mask, has_pos, exp_f16)
         y[i] *= rs
 
 
+SOFT_MAX_BLOCK = 4096      # elements in a block of rows of _soft_max_dense: its three passes stay in L1
+
+
+@inline
+def _soft_max_dense(xa, ya, n_rows, n):
+    """_soft_max_row (without scale, mask, ALiBi or exp_f16) over n_rows back-to-back rows of n at xa, into
+    ya, a block of rows at a time: each row's w - max, then exp over the whole block in one flat loop (8
+    lanes a step even when rows are shorter than that: 512 rows of 8 went 5x faster), then each row's sum
+    and scaling. The same operations on the same values as row by row, so the same bits."""
+    if n == 0:
+        return
+    per = max(1, SOFT_MAX_BLOCK // n)
+    for k0 in range(0, n_rows, per):
+        k1 = min(n_rows, k0 + per)
+        for k in range(k0, k1):
+            x, y = f32_at(xa + k * n * 4, n), f32_at(ya + k * n * 4, n)
+            mx = max_f32_lanes(x, n)
+            if mx == F32(-np.inf):          # no maximum: exp(-inf) writes the row's zeros
+                for i in range(n):
+                    y[i] = F32(-np.inf)
+            else:
+                for i in range(n):
+                    y[i] = x[i] - mx
+        yb = f32_at(ya + k0 * n * 4, (k1 - k0) * n)
+        for i in range((k1 - k0) * n):
+            yb[i] = exp_f32(yb[i])
+        for k in range(k0, k1):
+            y = f32_at(ya + k * n * 4, n)
+            s = sum_f64_lanes(y, n)
+            if s != 0.0:                    # 0 only for a row of zeros (no maximum); exp(0) = 1 otherwise
+                rs = F32(1.0 / s)
+                for i in range(n):
+                    y[i] *= rs
+
+
 def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
     r = record(rec)
     nsrc = r[R_NSRC]
@@ -190,6 +226,10 @@ def _soft_max_kernel(rec, ith, nth, phase, wdata, wsize):
     ne0, ne1, ne2 = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 1, 2)
     m1 = t_ne(r, 2, 1) if has_mask else 1
     lo, hi = split(ne1 * ne2 * t_ne(r, 1, 3), ith, nth)
+    if (not has_mask and not has_pos and scale == F32(1.0) and not exp_f16 and is_dense(r, 0, 4)
+            and is_dense(r, 1, 4)):
+        _soft_max_dense(t_addr(r, 1) + lo * ne0 * 4, t_addr(r, 0) + lo * ne0 * 4, hi - lo, ne0)
+        return
     i1, i2, i3 = row_index(lo, ne1, ne2)
     if (rows_contiguous(r, 0) and rows_contiguous(r, 1) and (not has_mask or rows_contiguous(r, 2))
             and (not has_pos or rows_contiguous(r, 3))):     # raw rows: loops LLVM vectorises

@@ -162,13 +162,22 @@ def train(model, kv_self, args, out=sys.stdout, history=None, world=None):
         get_example_targets_batch(ctx0, 64 * ex + 0, tokens_input, targets, lo, args.n_batch)
         tokens.numpy()[:] = tokens_input.numpy().reshape(-1)
 
-        error_before_opt = loss()
+        # the optimizer's first evaluation is the forward graph's compute at these weights (gb holds gf's
+        # nodes), and when it stops with OK or DID_NOT_CONVERGE its last one was at the weights it leaves
+        # (logits included): their losses are the original's error_before/after_opt, bit for bit, without
+        # two more computes of gf per batch. Data-parallel, gf's loss is summed over the ranks apart.
+        error_before_opt = loss() if world is not None else None
 
         opt = gc.opt_init(ctx0, gc.OptContext(), params, 0)
         result = gc.opt_resume_g(ctx0, opt, e, gf, gb, reduce=reducer)
         n_evals += opt.n_evals
 
-        error_after_opt = loss()
+        if world is None:
+            error_before_opt = float(opt.loss_before)
+        if world is None and result in (gc.OPT_OK, gc.OPT_DID_NOT_CONVERGE):
+            error_after_opt = float(opt.loss_after)
+        else:
+            error_after_opt = loss()
         if history is not None:
             history.append((error_before_opt, error_after_opt))
 
