@@ -3,24 +3,29 @@
 (bytes) that mul_mat quantized to x's vec_dot type (Q8_0, Q8_1 or Q8_K).
 
 Each block's levels times y's int8 levels are summed in int32 (exact), then scaled by the two block
-scales in float32, as ggml does; only the float32 sum over blocks runs in another order than ggml's
-AVX2 lanes (one running sum; a few ulp apart). They are tested against `xdot(x, y, nb, type)` (below
-the vdot_X), ggml's AVX2 code itself, bit for bit: the same integer products summed in its 8 lanes,
-each lane accumulated with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's
-ggml_dots option); it is several times slower than vdot_X (scalar lane sums).
+scales in float32, as ggml does. For Q4_0, Q8_0, Q4_K and Q6_K on a CPU with AVX2, vdot_X is adot_X:
+ggml's AVX2 instruction sequence itself (graphcore.simd, LLVM IR), so its results are ggml's and
+xdot's bit for bit. The others, and those four on other CPUs (or with GRAPHCORE_PORTABLE_DOTS set:
+pdot_X), are portable loops whose float32 sum over blocks runs in another order than ggml's AVX2 lanes
+(one running sum; a few ulp apart). All are tested against `xdot(x, y, nb, type)` (below the vdot_X),
+ggml's AVX2 code in scalar numba, bit for bit: the same integer products summed in its 8 lanes, each
+lane accumulated with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's
+ggml_dots option); it is several times slower than the portable loops (scalar lane sums).
 
-Written for LLVM's loop vectoriser: the inner loops run over a block's elements with a trip count
-it cannot see (native.opaque: with a constant 16 or 32 it unrolls the loop into scalar code instead),
-two streams of levels per loop where a format packs two into the same bytes, and every intermediate
-cast back to int32 (numba would widen int32 products to int64, which AVX2 cannot multiply in
-vectors). The loops compile to vpmovsxbw/vpmaddwd on AVX2 (seen with inspect_asm on a copy compiled
-without cache=True: numba shows no assembly for cached code).
+The portable loops are written for LLVM's loop vectoriser: the inner loops run over a block's elements
+with a trip count it cannot see (native.opaque: with a constant 16 or 32 it unrolls the loop into
+scalar code instead), two streams of levels per loop where a format packs two into the same bytes, and
+every intermediate cast back to int32 (numba would widen int32 products to int64, which AVX2 cannot
+multiply in vectors). They compile to vpmovsxbw/vpmaddwd on AVX2 (16 pairs an instruction, where
+ggml's vpmaddubsw takes 32; seen with inspect_asm on a copy compiled without cache=True: numba shows
+no assembly for cached code).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from . import simd
 from . import types as T
 from .kquants import scale_min_k4
 from .native import f16_to_f32, fma_f32, opaque, stack_f32, stack_i32
@@ -109,7 +114,7 @@ def _bsum(y, p, j):
 
 # -- 32-element blocks ------------------------------------------------------------------------------------
 @vjit
-def vdot_q4_0(x, y, nb):
+def pdot_q4_0(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 18 * i, 34 * i
@@ -150,7 +155,7 @@ def vdot_q5_1(x, y, nb):
 
 
 @vjit
-def vdot_q8_0(x, y, nb):
+def pdot_q8_0(x, y, nb):
     n, sumf = opaque(32), _F(0)
     for i in range(nb):
         o = 34 * i
@@ -219,7 +224,7 @@ def _dot_k45(x, o, qo, ho, hm, y, p, n):
 
 
 @vjit
-def vdot_q4_k(x, y, nb):
+def pdot_q4_k(x, y, nb):
     n, sumf = opaque(32), _F(0)
     for i in range(nb):
         sumf += _dot_k45(x, 144 * i, 144 * i + 16, 144 * i + 16, 0, y, 292 * i, n)
@@ -235,7 +240,7 @@ def vdot_q5_k(x, y, nb):
 
 
 @vjit
-def vdot_q6_k(x, y, nb):
+def pdot_q6_k(x, y, nb):
     n, sumf = opaque(32), _F(0)
     for i in range(nb):
         o, p = 210 * i, 292 * i
@@ -248,6 +253,35 @@ def vdot_q6_k(x, y, nb):
                             _i8(x[sc + 5]), n)
         sumf += np.float32(rd_f16(x, o + 208) * rd_f32(y, p)) * _F(isum)
     return sumf
+
+
+# -- ggml's AVX2 instruction sequence (graphcore.simd), where the CPU has it ---------------------------------
+@vjit
+def adot_q4_0(x, y, nb):
+    return simd.dot_q4_0(x, y, nb)
+
+
+@vjit
+def adot_q8_0(x, y, nb):
+    return simd.dot_q8_0(x, y, nb)
+
+
+@vjit
+def adot_q4_k(x, y, nb):
+    return simd.dot_q4_k(x, y, nb)
+
+
+@vjit
+def adot_q6_k(x, y, nb):
+    return simd.dot_q6_k(x, y, nb)
+
+
+# mul_mat's vec_dot for these four: ggml's AVX2 dots (bit for bit xdot's) unless the CPU lacks AVX2/FMA/F16C
+# or GRAPHCORE_PORTABLE_DOTS is set (then the portable loops above: the float sum in another order)
+if simd.AVAILABLE:
+    vdot_q4_0, vdot_q8_0, vdot_q4_k, vdot_q6_k = adot_q4_0, adot_q8_0, adot_q4_k, adot_q6_k
+else:
+    vdot_q4_0, vdot_q8_0, vdot_q4_k, vdot_q6_k = pdot_q4_0, pdot_q8_0, pdot_q4_k, pdot_q6_k
 
 
 # -- 32-element blocks: ggml's AVX2 dots, bit for bit ----------------------------------------------------
