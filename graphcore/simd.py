@@ -57,9 +57,16 @@ class _Ops:
         return self.b.load(self.b.bitcast(self.b.gep(base, [I64(off)] if isinstance(off, int) else [off]),
                                           ty.as_pointer()), align=1)
 
-    def f16(self, base, off):
-        """The fp16 at base[off] as float32 (vcvtph2ps)."""
-        return self.b.fpext(self.b.bitcast(self.load(base, off, I16), ir.HalfType()), F32)
+    def f16_splat(self, base, off, n, lane=0):
+        """n float32 lanes, each the fp16 at base[off] (vcvtph2ps), read as lane `lane` of the 4 bytes
+        at base[off - 2 * lane]. A scalar fp16 load compiles to vpinsrw into whatever register LLVM
+        picks, the fma accumulator included: a false dependency that halved Q4_0's speed; a 4-byte
+        vector load does not merge into a register."""
+        v = self.shuffle(self.load(base, off - 2 * lane, _v(I16, 2)), None, [lane] * n)
+        return self.b.fpext(self.b.bitcast(v, _v(ir.HalfType(), n)), _v(F32, n))
+
+    def f32_splat(self, base, off, n):
+        return self.splat(self.load(base, off, F32), n)
 
     def shuffle(self, a, b, mask):
         return self.b.shuffle_vector(a, ir.Constant(a.type, ir.Undefined) if b is None else b,
@@ -142,7 +149,7 @@ def _hsum_only(ops, state):
 
 def _step_q4_0(ops, x, y, state):
     b = ops.b
-    d = ops.splat(b.fmul(ops.f16(x, 0), ops.f16(y, 0)), 8)
+    d = b.fmul(ops.f16_splat(x, 0, 8), ops.f16_splat(y, 0, 8))
     q = ops.load(x, 2, _v(I8, 16))          # bytes_from_nibbles_32: low nibbles, then high, minus 8
     bx = ops.shuffle(b.and_(q, _c(I8, 16, 15)), b.lshr(q, _c(I8, 16, 4)), list(range(32)))
     bx = b.sub(bx, _c(I8, 32, 8))
@@ -150,7 +157,7 @@ def _step_q4_0(ops, x, y, state):
 
 
 def _step_q8_0(ops, x, y, state):
-    d = ops.splat(ops.b.fmul(ops.f16(x, 0), ops.f16(y, 0)), 8)
+    d = ops.b.fmul(ops.f16_splat(x, 0, 8), ops.f16_splat(y, 0, 8))
     return [ops.fma(d, ops.mul_sum_i8_pairs(ops.load(x, 2, _v(I8, 32)), ops.load(y, 2, _v(I8, 32))), state[0])]
 
 
@@ -158,9 +165,9 @@ def _step_q4_k(ops, x, y, state):
     """ggml_vec_dot_q4_K_q8_K's AVX2 super-block: 8 sub-blocks of 32 with 6-bit scales and mins."""
     b = ops.b
     acc, acc_m = state
-    yd = ops.load(y, 0, F32)
-    d = b.fmul(yd, ops.f16(x, 0))
-    dmin = b.fmul(b.fneg(yd), ops.f16(x, 2))
+    yd = ops.f32_splat(y, 0, 8)
+    d = b.fmul(yd, ops.f16_splat(x, 0, 8))
+    dmin = b.fmul(b.fneg(ops.f32_splat(y, 0, 4)), ops.f16_splat(x, 2, 4, lane=1))
     u = [ops.load(x, 4 + 4 * k, I32) for k in range(3)]     # the 12 scale bytes, as ggml unpacks them
     k1, k2, k3 = I32(0x3F3F3F3F), I32(0x0F0F0F0F), I32(0x03030303)
     t3 = b.or_(b.and_(b.lshr(u[2], I32(4)), k2), b.shl(b.and_(b.lshr(u[1], I32(6)), k3), I32(4)))
@@ -172,14 +179,14 @@ def _step_q4_k(ops, x, y, state):
     bs = ops.load(y, 260, _v(I16, 16))
     q8s = b.add(ops.shuffle(bs, None, list(range(0, 16, 2))), ops.shuffle(bs, None, list(range(1, 16, 2))))
     prod = ops.madd(ops.shuffle(ms, None, list(range(8, 16))), q8s)
-    acc_m = ops.fma(ops.splat(dmin, 4), ops.to_float(prod), acc_m)
+    acc_m = ops.fma(dmin, ops.to_float(prod), acc_m)
     sumi = _c(I32, 8, 0)
     for j in range(4):
         q4 = ops.load(x, 16 + 32 * j, _v(I8, 32))
         for h, q in enumerate((b.and_(q4, _c(I8, 32, 15)), b.lshr(q4, _c(I8, 32, 4)))):
             p16 = ops.maddubs(q, ops.load(y, 4 + 64 * j + 32 * h, _v(I8, 32)))
             sumi = b.add(sumi, ops.madd(ops.shuffle(ms, None, [2 * j + h] * 16), p16))
-    return [ops.fma(ops.splat(d, 8), ops.to_float(sumi), acc), acc_m]
+    return [ops.fma(d, ops.to_float(sumi), acc), acc_m]
 
 
 def _finish_q4_k(ops, state):
@@ -193,7 +200,7 @@ def _step_q6_k(ops, x, y, state):
     """ggml_vec_dot_q6_K_q8_K's AVX2 super-block: 6-bit levels (ql nibbles, qh pairs) minus 32, 16 int8
     scales of 16 elements."""
     b = ops.b
-    d = b.fmul(ops.load(y, 0, F32), ops.f16(x, 208))
+    d = b.fmul(ops.f32_splat(y, 0, 8), ops.f16_splat(x, 208, 8, lane=1))     # (the block's last 2 bytes)
     scales = b.sext(ops.load(x, 192, _v(I8, 16)), _v(I16, 16))
     sumi = _c(I32, 8, 0)
     m4, m2, m32 = _c(I8, 32, 15), _c(I8, 32, 3), _c(I8, 32, 32)
@@ -207,7 +214,7 @@ def _step_q6_k(ops, x, y, state):
             p16 = b.sub(ops.maddubs(b.or_(lows[k], hi), q8), ops.maddubs(m32, q8))
             g = 8 * j + 2 * k
             sumi = b.add(sumi, ops.madd(ops.shuffle(scales, None, [g] * 8 + [g + 1] * 8), p16))
-    return [ops.fma(ops.splat(d, 8), ops.to_float(sumi), state[0])]
+    return [ops.fma(d, ops.to_float(sumi), state[0])]
 
 
 def _dot_intrinsic(name, xs, ys, init, step, finish):
