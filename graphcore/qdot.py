@@ -3,14 +3,14 @@
 (bytes) that mul_mat quantized to x's vec_dot type (Q8_0, Q8_1 or Q8_K).
 
 Each block's levels times y's int8 levels are summed in int32 (exact), then scaled by the two block
-scales in float32, as ggml does. For Q4_0, Q8_0, Q4_K and Q6_K on a CPU with AVX2, vdot_X is adot_X:
-ggml's AVX2 instruction sequence itself (graphcore.simd, LLVM IR), so its results are ggml's and
-xdot's bit for bit. The others, and those four on other CPUs (or with GRAPHCORE_PORTABLE_DOTS set:
-pdot_X), are portable loops whose float32 sum over blocks runs in another order than ggml's AVX2 lanes
-(one running sum; a few ulp apart). All are tested against `xdot(x, y, nb, type)` (below the vdot_X),
-ggml's AVX2 code in scalar numba, bit for bit: the same integer products summed in its 8 lanes, each
-lane accumulated with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's
-ggml_dots option); it is several times slower than the portable loops (scalar lane sums).
+scales in float32, as ggml does. On a CPU with AVX2 (FMA, F16C), vdot_X is adot_X for every type but
+Q2_K and Q3_K: ggml's AVX2 instruction sequence itself (graphcore.simd, LLVM IR), so its results are
+ggml's and xdot's bit for bit. Elsewhere (also with GRAPHCORE_PORTABLE_DOTS set, and for Q2_K/Q3_K)
+vdot_X is pdot_X, a portable loop whose float32 sum over blocks runs in another order than ggml's AVX2
+lanes (one running sum; a few ulp apart). All are tested against `xdot(x, y, nb, type)` (below), ggml's
+AVX2 code in scalar numba, bit for bit: the same integer products summed in its 8 lanes, each lane
+accumulated with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's ggml_dots
+option); it is several times slower than the portable loops (scalar lane sums).
 
 The portable loops are written for LLVM's loop vectoriser: the inner loops run over a block's elements
 with a trip count it cannot see (native.opaque: with a constant 16 or 32 it unrolls the loop into
@@ -27,6 +27,7 @@ from numba import njit
 
 from . import simd
 from . import types as T
+from .kernel import specialise
 from .kquants import scale_min_k4
 from .native import f16_to_f32, fma_f32, opaque, stack_f32, stack_i32
 from .quants import _F, inline, rd_f32, rd_u32
@@ -124,7 +125,7 @@ def pdot_q4_0(x, y, nb):
 
 
 @vjit
-def vdot_q4_1(x, y, nb):
+def pdot_q4_1(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 20 * i, 40 * i
@@ -135,7 +136,7 @@ def vdot_q4_1(x, y, nb):
 
 
 @vjit
-def vdot_q5_0(x, y, nb):
+def pdot_q5_0(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 22 * i, 34 * i
@@ -145,7 +146,7 @@ def vdot_q5_0(x, y, nb):
 
 
 @vjit
-def vdot_q5_1(x, y, nb):
+def pdot_q5_1(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 24 * i, 40 * i
@@ -168,7 +169,7 @@ def pdot_q8_0(x, y, nb):
 
 # -- k-quants (y: Q8_K, d f32 at 0, 256 int8 at 4, 16 int16 group sums at 260) ------------------------
 @vjit
-def vdot_q2_k(x, y, nb):
+def pdot_q2_k(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 84 * i, 292 * i
@@ -192,7 +193,7 @@ def _q3_scale(x, so, j):
 
 
 @vjit
-def vdot_q3_k(x, y, nb):
+def pdot_q3_k(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 110 * i, 292 * i
@@ -232,7 +233,7 @@ def pdot_q4_k(x, y, nb):
 
 
 @vjit
-def vdot_q5_k(x, y, nb):
+def pdot_q5_k(x, y, nb):
     n, sumf = opaque(32), _F(0)
     for i in range(nb):
         sumf += _dot_k45(x, 176 * i, 176 * i + 48, 176 * i + 16, 1, y, 292 * i, n)
@@ -256,32 +257,17 @@ def pdot_q6_k(x, y, nb):
 
 
 # -- ggml's AVX2 instruction sequence (graphcore.simd), where the CPU has it ---------------------------------
-@vjit
-def adot_q4_0(x, y, nb):
-    return simd.dot_q4_0(x, y, nb)
+def _adot(x, y, nb):
+    return DOT(x, y, nb)        # noqa: F821 (a global of each specialised copy)
 
 
-@vjit
-def adot_q8_0(x, y, nb):
-    return simd.dot_q8_0(x, y, nb)
-
-
-@vjit
-def adot_q4_k(x, y, nb):
-    return simd.dot_q4_k(x, y, nb)
-
-
-@vjit
-def adot_q6_k(x, y, nb):
-    return simd.dot_q6_k(x, y, nb)
-
-
-# mul_mat's vec_dot for these four: ggml's AVX2 dots (bit for bit xdot's) unless the CPU lacks AVX2/FMA/F16C
-# or GRAPHCORE_PORTABLE_DOTS is set (then the portable loops above: the float sum in another order)
-if simd.AVAILABLE:
-    vdot_q4_0, vdot_q8_0, vdot_q4_k, vdot_q6_k = adot_q4_0, adot_q8_0, adot_q4_k, adot_q6_k
-else:
-    vdot_q4_0, vdot_q8_0, vdot_q4_k, vdot_q6_k = pdot_q4_0, pdot_q8_0, pdot_q4_k, pdot_q6_k
+# adot_X: simd.dot_X in a numba function (intrinsics are called from compiled code only)
+AVX2 = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k")
+globals().update({f"adot_{n}": vjit(specialise(_adot, f"adot_{n}", DOT=getattr(simd, f"dot_{n}"))) for n in AVX2})
+# mul_mat's vec_dot vdot_X: ggml's AVX2 dots (xdot's bits) where the CPU has AVX2/FMA/F16C and
+# GRAPHCORE_PORTABLE_DOTS is not set, else (and for Q2_K, Q3_K) the portable loop pdot_X
+globals().update({f"vdot_{n}": globals()[f"{'a' if simd.AVAILABLE and n in AVX2 else 'p'}dot_{n}"]
+                  for n in AVX2 + ("q2_k", "q3_k")})
 
 
 # -- 32-element blocks: ggml's AVX2 dots, bit for bit ----------------------------------------------------

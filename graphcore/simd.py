@@ -1,6 +1,7 @@
 """ggml's AVX2 block dots (ggml_vec_dot_X_q8_Y, llama.cpp 4480542) written as LLVM IR: numba intrinsics
 `dot_<type>(x, y, nb) -> float32` over nb blocks of a quantized row x and its Q8 partner row y (uint8
-arrays), for Q4_0, Q8_0, Q4_K and Q6_K.
+arrays), for the 32-element types and Q4_K, Q5_K, Q6_K
+(Q2_K and Q3_K keep qdot's portable loops).
 
 LLVM's loop vectoriser does not form vpmaddubsw (32 u8 x i8 products summed in pairs) from plain numba
 code, so these spell out ggml's instruction sequence with LLVM's x86 intrinsics: vpsignb/vpmaddubsw/
@@ -156,17 +157,50 @@ def _step_q4_0(ops, x, y, state):
     return [ops.fma(d, ops.mul_sum_i8_pairs(bx, ops.load(y, 2, _v(I8, 32))), state[0])]
 
 
+def _nibbles_32(ops, x, qo):
+    """bytes_from_nibbles_32: the 16 bytes at x[qo] as 32 levels, low nibbles then high nibbles."""
+    q = ops.load(x, qo, _v(I8, 16))
+    return ops.shuffle(ops.b.and_(q, _c(I8, 16, 15)), ops.b.lshr(q, _c(I8, 16, 4)), list(range(32)))
+
+
+def _fifth_bits(ops, x, ho):
+    """Bit e of the 32-bit word at x[ho] as 16 (or 0) in byte e (bytes_from_bits_32, shifted)."""
+    b = ops.b
+    w = ops.splat(ops.load(x, ho, I32), 32)
+    bits = b.trunc(b.and_(b.lshr(w, _c(I32, 32, list(range(32)))), _c(I32, 32, 1)), _v(I8, 32))
+    return b.shl(bits, _c(I8, 32, 4))
+
+
+def _step_32(ops, x, y, state, qo, hb, minus):
+    """ggml_vec_dot_q4_1_q8_1 (nibbles at x[4], no fifth bits, minus False), q5_0_q8_0 (x[6], fifth bits
+    at x[2], minus 16) and q5_1_q8_1 (x[8], x[4], False): levels times y's, summed in 8 lanes of 4, fma by
+    d; the Q8_1 ones also sum min * y's s over the blocks (a float32 state)."""
+    b = ops.b
+    q = _nibbles_32(ops, x, qo)
+    if hb is not None:
+        q = b.or_(q, _fifth_bits(ops, x, hb))
+    if minus is False:          # unsigned levels, Q8_1: f32 d at y[0], s at y[4], levels at y[8]
+        dy = ops.f32_splat(y, 0, 8)
+        xy = ops.to_float(ops.madd(ops.maddubs(q, ops.load(y, 8, _v(I8, 32))), _c(I16, 16, 1)))
+        acc = ops.fma(b.fmul(ops.f16_splat(x, 0, 8), dy), xy, state[0])
+        m = b.fmul(b.extract_element(ops.f16_splat(x, 2, 4, lane=1), I32(0)), ops.load(y, 4, F32))
+        return [acc, b.fadd(state[1], m)]
+    q = b.sub(q, _c(I8, 32, minus))
+    d = b.fmul(ops.f16_splat(x, 0, 8), ops.f16_splat(y, 0, 8))
+    return [ops.fma(d, ops.mul_sum_i8_pairs(q, ops.load(y, 2, _v(I8, 32))), state[0])]
+
+
 def _step_q8_0(ops, x, y, state):
     d = ops.b.fmul(ops.f16_splat(x, 0, 8), ops.f16_splat(y, 0, 8))
     return [ops.fma(d, ops.mul_sum_i8_pairs(ops.load(x, 2, _v(I8, 32)), ops.load(y, 2, _v(I8, 32))), state[0])]
 
 
-def _step_q4_k(ops, x, y, state):
-    """ggml_vec_dot_q4_K_q8_K's AVX2 super-block: 8 sub-blocks of 32 with 6-bit scales and mins."""
+def _k45(ops, x, y, qo, hb):
+    """The parts of a Q4_K (hb: None) or Q5_K (hb: offset of its fifth bits) super-block that ggml's AVX2
+    functions share: (d, dmin, the 4 int32 lanes of min * group-pair sum, the 8 int32 lanes of the
+    scale * level * y sums), d and dmin 4 or 8 float lanes."""
     b = ops.b
-    acc, acc_m = state
-    yd = ops.f32_splat(y, 0, 8)
-    d = b.fmul(yd, ops.f16_splat(x, 0, 8))
+    d = b.fmul(ops.f32_splat(y, 0, 8), ops.f16_splat(x, 0, 8))
     dmin = b.fmul(b.fneg(ops.f32_splat(y, 0, 4)), ops.f16_splat(x, 2, 4, lane=1))
     u = [ops.load(x, 4 + 4 * k, I32) for k in range(3)]     # the 12 scale bytes, as ggml unpacks them
     k1, k2, k3 = I32(0x3F3F3F3F), I32(0x0F0F0F0F), I32(0x03030303)
@@ -179,14 +213,39 @@ def _step_q4_k(ops, x, y, state):
     bs = ops.load(y, 260, _v(I16, 16))
     q8s = b.add(ops.shuffle(bs, None, list(range(0, 16, 2))), ops.shuffle(bs, None, list(range(1, 16, 2))))
     prod = ops.madd(ops.shuffle(ms, None, list(range(8, 16))), q8s)
-    acc_m = ops.fma(dmin, ops.to_float(prod), acc_m)
+    hbits = None if hb is None else ops.load(x, hb, _v(I8, 32))
     sumi = _c(I32, 8, 0)
     for j in range(4):
-        q4 = ops.load(x, 16 + 32 * j, _v(I8, 32))
+        q4 = ops.load(x, qo + 32 * j, _v(I8, 32))
         for h, q in enumerate((b.and_(q4, _c(I8, 32, 15)), b.lshr(q4, _c(I8, 32, 4)))):
+            if hbits is not None:   # sub-block 2j + h's fifth bits: bit 2j + h of each byte
+                q = b.or_(q, b.shl(b.and_(b.lshr(hbits, _c(I8, 32, 2 * j + h)), _c(I8, 32, 1)), _c(I8, 32, 4)))
             p16 = ops.maddubs(q, ops.load(y, 4 + 64 * j + 32 * h, _v(I8, 32)))
             sumi = b.add(sumi, ops.madd(ops.shuffle(ms, None, [2 * j + h] * 16), p16))
-    return [ops.fma(d, ops.to_float(sumi), acc), acc_m]
+    return d, dmin, prod, sumi
+
+
+def _step_q4_k(ops, x, y, state):
+    """ggml_vec_dot_q4_K_q8_K's AVX2 super-block: 8 sub-blocks of 32 with 6-bit scales and mins, the
+    mins' part in a 4-lane accumulator of its own."""
+    acc, acc_m = state
+    d, dmin, prod, sumi = _k45(ops, x, y, 16, None)
+    return [ops.fma(d, ops.to_float(sumi), acc), ops.fma(dmin, ops.to_float(prod), acc_m)]
+
+
+def _step_q5_k(ops, x, y, state):
+    """ggml_vec_dot_q5_K_q8_K's: Q4_K's with a fifth bit per level, the mins' part a float32 sum of each
+    super-block's integer."""
+    b = ops.b
+    acc, summs = state
+    d, dmin, prod, sumi = _k45(ops, x, y, 48, 16)
+    e = [b.extract_element(prod, I32(j)) for j in range(4)]
+    m = b.sitofp(b.add(b.add(e[0], e[1]), b.add(e[2], e[3])), F32)
+    return [ops.fma(d, ops.to_float(sumi), acc), b.fadd(summs, b.fmul(b.extract_element(dmin, I32(0)), m))]
+
+
+def _finish_plus_sum(ops, state):
+    return ops.b.fadd(ops.hsum8(state[0]), state[1])
 
 
 def _finish_q4_k(ops, state):
@@ -235,6 +294,13 @@ def _dot_intrinsic(name, xs, ys, init, step, finish):
 
 dot_q4_0 = _dot_intrinsic("q4_0", 18, 34, _zero8, _step_q4_0, _hsum_only)
 dot_q8_0 = _dot_intrinsic("q8_0", 34, 34, _zero8, _step_q8_0, _hsum_only)
+_acc_and_sum = (lambda ops: [_c(F32, 8, 0.0), F32(0.0)])
+dot_q4_1 = _dot_intrinsic("q4_1", 20, 40, _acc_and_sum, lambda o, x, y, s: _step_32(o, x, y, s, 4, None, False),
+                          _finish_plus_sum)
+dot_q5_0 = _dot_intrinsic("q5_0", 22, 34, _zero8, lambda o, x, y, s: _step_32(o, x, y, s, 6, 2, 16), _hsum_only)
+dot_q5_1 = _dot_intrinsic("q5_1", 24, 40, _acc_and_sum, lambda o, x, y, s: _step_32(o, x, y, s, 8, 4, False),
+                          _finish_plus_sum)
 dot_q4_k = _dot_intrinsic("q4_k", 144, 292, lambda ops: [_c(F32, 8, 0.0), _c(F32, 4, 0.0)], _step_q4_k,
                           _finish_q4_k)
+dot_q5_k = _dot_intrinsic("q5_k", 176, 292, _acc_and_sum, _step_q5_k, _finish_plus_sum)
 dot_q6_k = _dot_intrinsic("q6_k", 210, 292, _zero8, _step_q6_k, _hsum_only)

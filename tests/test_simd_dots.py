@@ -1,4 +1,4 @@
-"""graphcore.simd's AVX2 block dots (mul_mat's one-token vec_dot for Q4_0, Q8_0, Q4_K, Q6_K on AVX2 CPUs)
+"""graphcore.simd's AVX2 block dots (mul_mat's one-token vec_dot on AVX2 CPUs for all types but Q2_K, Q3_K)
 against ggml's C (dots recorded from its AVX2 build) and qdot.xdot (ggml's arithmetic in scalar numba):
 every bit; the portable loops they replace (qdot.pdot_X, taken without AVX2 or with
 GRAPHCORE_PORTABLE_DOTS set) within a few ulp of them, vectorised, and chosen in a child process whose
@@ -21,7 +21,8 @@ from graphcore import simd
 from graphcore import types as T
 from graphcore.testing import compute_guarded, sentinel_context
 
-SIMD_TYPES = [T.TYPE_Q4_0, T.TYPE_Q8_0, T.TYPE_Q4_K, T.TYPE_Q6_K]
+SIMD_TYPES = [T.TYPE_Q4_0, T.TYPE_Q4_1, T.TYPE_Q5_0, T.TYPE_Q5_1, T.TYPE_Q8_0, T.TYPE_Q4_K, T.TYPE_Q5_K,
+              T.TYPE_Q6_K]
 DATA = np.load(Path(__file__).parent / "data" / "ggml_quants_4480542.npz")
 needs_avx2 = pytest.mark.skipif(not simd.AVAILABLE, reason="no AVX2/FMA/F16C here, or GRAPHCORE_PORTABLE_DOTS set")
 
@@ -69,15 +70,15 @@ def test_portable_dots_within_ulps_of_ggml_s(t):
 
 
 @needs_avx2
-@pytest.mark.parametrize("t", [T.TYPE_Q4_0, T.TYPE_Q6_K])
-def test_instructions(t):
+@pytest.mark.parametrize("prefix,t,op", [("adot_", T.TYPE_Q5_0, "vpmaddubsw"), ("adot_", T.TYPE_Q6_K, "vpmaddubsw"),
+                                         ("pdot_", T.TYPE_Q4_0, "vpmaddwd"), ("pdot_", T.TYPE_Q6_K, "vpmaddwd")])
+def test_instructions(prefix, t, op):
     """adot_X runs vpmaddubsw (ggml's 32 products an instruction); the portable loops still vectorise to
     vpmaddwd. numba shows no assembly for cached code: copies are compiled here without the cache."""
     xq, yq, nb = _rows(t, K=256)
-    for prefix, op in (("adot_", "vpmaddubsw"), ("pdot_", "vpmaddwd")):
-        f = njit(nogil=True, error_model="numpy")(getattr(D, prefix + _name(t)).py_func)
-        f(xq[0], yq[0], nb)
-        assert op in f.inspect_asm(f.signatures[0]), prefix
+    f = njit(nogil=True, error_model="numpy")(getattr(D, prefix + _name(t)).py_func)
+    f(xq[0], yq[0], nb)
+    assert op in f.inspect_asm(f.signatures[0])
 
 
 def _mul_mat(t, w, x, n_threads=1, ggml_dots=False):
@@ -107,7 +108,7 @@ import graphcore as gc
 from graphcore import qdot as D, quant_rows as QR, simd
 from graphcore.ops import quantized
 w, x = np.load(sys.argv[1]), np.load(sys.argv[2])
-out = {"available": simd.AVAILABLE, "portable": D.vdot_q4_0 is D.pdot_q4_0 and D.vdot_q6_k is D.pdot_q6_k}
+out = {"available": simd.AVAILABLE, "portable": all(getattr(D, "vdot_" + n) is getattr(D, "pdot_" + n) for n in D.AVX2)}
 ctx = gc.init(8 << 20)
 a = gc.new_tensor_2d(ctx, gc.TYPE_Q4_0, w.shape[1], w.shape[0])
 a.numpy()[...] = QR.quantize(w, gc.TYPE_Q4_0)
