@@ -164,11 +164,12 @@ def _nibbles_32(ops, x, qo):
 
 
 def _fifth_bits(ops, x, ho):
-    """Bit e of the 32-bit word at x[ho] as 16 (or 0) in byte e (bytes_from_bits_32, shifted)."""
+    """Bit e of the 32-bit word at x[ho] as 16 (or 0) in byte e, as bytes_from_bits_32 finds it: byte e
+    holds the word's byte e // 8 (vpshufb), tested against bit e % 8."""
     b = ops.b
-    w = ops.splat(ops.load(x, ho, I32), 32)
-    bits = b.trunc(b.and_(b.lshr(w, _c(I32, 32, list(range(32)))), _c(I32, 32, 1)), _v(I8, 32))
-    return b.shl(bits, _c(I8, 32, 4))
+    w = ops.shuffle(ops.load(x, ho, _v(I8, 4)), None, [e // 8 for e in range(32)])
+    bit = _c(I8, 32, [(1 << (e % 8)) - (256 if e % 8 == 7 else 0) for e in range(32)])
+    return b.select(b.icmp_unsigned("!=", b.and_(w, bit), _c(I8, 32, 0)), _c(I8, 32, 16), _c(I8, 32, 0))
 
 
 def _step_32(ops, x, y, state, qo, hb, minus):
