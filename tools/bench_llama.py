@@ -96,6 +96,7 @@ def main(argv=None):
     p.add_argument("--chunks", type=int, default=4, help="perplexity chunks of n_ctx tokens")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", choices=("perplexity", "generation"), help="time only this (default: both)")
     a = p.parse_args(argv)
     if a.n_gen < 3:
         p.error(f"--n-gen {a.n_gen}: give at least 3 (the prompt's token, then two timed ones)")
@@ -132,7 +133,7 @@ def main(argv=None):
         print(f"{'':22s}{'threads':>8s}{'graphcore tok/s':>17s}{'llama.cpp tok/s':>17s}{'ratio':>8s}"
               f"{'after 1st token':>17s}{'ratio':>8s}")
         for th in a.threads:
-            for what in ("perplexity", "generation"):
+            for what in [w for w in ("perplexity", "generation") if a.only in (None, w)]:
                 if what == "perplexity":
                     ours = (lambda: graphcore_perplexity(model, tokens, a.n_ctx, th))
                     ref = (lambda: llama_cpp_perplexity(a.llama_cpp, path, text_path, a.n_ctx, th, tmp))
