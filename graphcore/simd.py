@@ -1,7 +1,6 @@
 """ggml's AVX2 block dots (ggml_vec_dot_X_q8_Y, llama.cpp 4480542) written as LLVM IR: numba intrinsics
 `dot_<type>(x, y, nb) -> float32` over nb blocks of a quantized row x and its Q8 partner row y (uint8
-arrays), for the 32-element types and Q4_K, Q5_K, Q6_K
-(Q2_K and Q3_K keep qdot's portable loops).
+arrays), for the 32-element types and Q4_K, Q5_K, Q6_K (Q2_K and Q3_K keep qdot's portable loops).
 
 LLVM's loop vectoriser does not form vpmaddubsw (32 u8 x i8 products summed in pairs) from plain numba
 code, so these spell out ggml's instruction sequence with LLVM's x86 intrinsics: vpsignb/vpmaddubsw/
@@ -148,15 +147,6 @@ def _hsum_only(ops, state):
     return ops.hsum8(state[0])
 
 
-def _step_q4_0(ops, x, y, state):
-    b = ops.b
-    d = b.fmul(ops.f16_splat(x, 0, 8), ops.f16_splat(y, 0, 8))
-    q = ops.load(x, 2, _v(I8, 16))          # bytes_from_nibbles_32: low nibbles, then high, minus 8
-    bx = ops.shuffle(b.and_(q, _c(I8, 16, 15)), b.lshr(q, _c(I8, 16, 4)), list(range(32)))
-    bx = b.sub(bx, _c(I8, 32, 8))
-    return [ops.fma(d, ops.mul_sum_i8_pairs(bx, ops.load(y, 2, _v(I8, 32))), state[0])]
-
-
 def _nibbles_32(ops, x, qo):
     """bytes_from_nibbles_32: the 16 bytes at x[qo] as 32 levels, low nibbles then high nibbles."""
     q = ops.load(x, qo, _v(I8, 16))
@@ -173,14 +163,15 @@ def _fifth_bits(ops, x, ho):
 
 
 def _step_32(ops, x, y, state, qo, hb, minus):
-    """ggml_vec_dot_q4_1_q8_1 (nibbles at x[4], no fifth bits, minus False), q5_0_q8_0 (x[6], fifth bits
-    at x[2], minus 16) and q5_1_q8_1 (x[8], x[4], False): levels times y's, summed in 8 lanes of 4, fma by
-    d; the Q8_1 ones also sum min * y's s over the blocks (a float32 state)."""
+    """ggml_vec_dot_q4_0_q8_0 (nibbles at x[2], no fifth bits, levels minus 8), q4_1_q8_1 (x[4], none, 0),
+    q5_0_q8_0 (x[6], fifth bits at x[2], minus 16) and q5_1_q8_1 (x[8], x[4], 0): levels times y's, summed
+    in 8 lanes of 4, fma by d; the Q8_1 ones (minus 0) also sum min * y's s over the blocks (a float32
+    state)."""
     b = ops.b
     q = _nibbles_32(ops, x, qo)
     if hb is not None:
         q = b.or_(q, _fifth_bits(ops, x, hb))
-    if minus is False:          # unsigned levels, Q8_1: f32 d at y[0], s at y[4], levels at y[8]
+    if not minus:               # unsigned levels, Q8_1: f32 d at y[0], s at y[4], levels at y[8]
         dy = ops.f32_splat(y, 0, 8)
         xy = ops.to_float(ops.madd(ops.maddubs(q, ops.load(y, 8, _v(I8, 32))), _c(I16, 16, 1)))
         acc = ops.fma(b.fmul(ops.f16_splat(x, 0, 8), dy), xy, state[0])
@@ -293,13 +284,13 @@ def _dot_intrinsic(name, xs, ys, init, step, finish):
     return dot
 
 
-dot_q4_0 = _dot_intrinsic("q4_0", 18, 34, _zero8, _step_q4_0, _hsum_only)
+dot_q4_0 = _dot_intrinsic("q4_0", 18, 34, _zero8, lambda o, x, y, s: _step_32(o, x, y, s, 2, None, 8), _hsum_only)
 dot_q8_0 = _dot_intrinsic("q8_0", 34, 34, _zero8, _step_q8_0, _hsum_only)
 _acc_and_sum = (lambda ops: [_c(F32, 8, 0.0), F32(0.0)])
-dot_q4_1 = _dot_intrinsic("q4_1", 20, 40, _acc_and_sum, lambda o, x, y, s: _step_32(o, x, y, s, 4, None, False),
+dot_q4_1 = _dot_intrinsic("q4_1", 20, 40, _acc_and_sum, lambda o, x, y, s: _step_32(o, x, y, s, 4, None, 0),
                           _finish_plus_sum)
 dot_q5_0 = _dot_intrinsic("q5_0", 22, 34, _zero8, lambda o, x, y, s: _step_32(o, x, y, s, 6, 2, 16), _hsum_only)
-dot_q5_1 = _dot_intrinsic("q5_1", 24, 40, _acc_and_sum, lambda o, x, y, s: _step_32(o, x, y, s, 8, 4, False),
+dot_q5_1 = _dot_intrinsic("q5_1", 24, 40, _acc_and_sum, lambda o, x, y, s: _step_32(o, x, y, s, 8, 4, 0),
                           _finish_plus_sum)
 dot_q4_k = _dot_intrinsic("q4_k", 144, 292, lambda ops: [_c(F32, 8, 0.0), _c(F32, 4, 0.0)], _step_q4_k,
                           _finish_q4_k)
