@@ -3,25 +3,31 @@
 (bytes) that mul_mat quantized to x's vec_dot type (Q8_0, Q8_1 or Q8_K).
 
 Each block's levels times y's int8 levels are summed in int32 (exact), then scaled by the two block
-scales in float32, as ggml does; only the float32 sum over blocks runs in another order than ggml's
-AVX2 lanes (one running sum; a few ulp apart). They are tested against `xdot(x, y, nb, type)` (below
-the vdot_X), ggml's AVX2 code itself, bit for bit: the same integer products summed in its 8 lanes,
-each lane accumulated with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's
-ggml_dots option); it is several times slower than vdot_X (scalar lane sums).
+scales in float32, as ggml does. On a CPU with AVX2 (FMA, F16C), vdot_X is adot_X for every type but
+Q2_K and Q3_K: ggml's AVX2 instruction sequence itself (graphcore.simd, LLVM IR), so its results are
+ggml's and xdot's bit for bit. Elsewhere (also with GRAPHCORE_PORTABLE_DOTS set, and for Q2_K/Q3_K)
+vdot_X is pdot_X, a portable loop whose float32 sum over blocks runs in another order than ggml's AVX2
+lanes (one running sum; a few ulp apart). All are tested against `xdot(x, y, nb, type)` (below), ggml's
+AVX2 code in scalar numba, bit for bit: the same integer products summed in its 8 lanes, each lane
+accumulated with a fused multiply-add and the lanes added as hsum_float_8 does (mul_mat's ggml_dots
+option); it is several times slower than the portable loops (scalar lane sums).
 
-Written for LLVM's loop vectoriser: the inner loops run over a block's elements with a trip count
-it cannot see (native.opaque: with a constant 16 or 32 it unrolls the loop into scalar code instead),
-two streams of levels per loop where a format packs two into the same bytes, and every intermediate
-cast back to int32 (numba would widen int32 products to int64, which AVX2 cannot multiply in
-vectors). The loops compile to vpmovsxbw/vpmaddwd on AVX2 (seen with inspect_asm on a copy compiled
-without cache=True: numba shows no assembly for cached code).
+The portable loops are written for LLVM's loop vectoriser: the inner loops run over a block's elements
+with a trip count it cannot see (native.opaque: with a constant 16 or 32 it unrolls the loop into
+scalar code instead), two streams of levels per loop where a format packs two into the same bytes, and
+every intermediate cast back to int32 (numba would widen int32 products to int64, which AVX2 cannot
+multiply in vectors). They compile to vpmovsxbw/vpmaddwd on AVX2 (16 pairs an instruction, where
+ggml's vpmaddubsw takes 32; seen with inspect_asm on a copy compiled without cache=True: numba shows
+no assembly for cached code).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
+from . import simd
 from . import types as T
+from .kernel import specialise
 from .kquants import scale_min_k4
 from .native import f16_to_f32, fma_f32, opaque, stack_f32, stack_i32
 from .quants import _F, inline, rd_f32, rd_u32
@@ -109,7 +115,7 @@ def _bsum(y, p, j):
 
 # -- 32-element blocks ------------------------------------------------------------------------------------
 @vjit
-def vdot_q4_0(x, y, nb):
+def pdot_q4_0(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 18 * i, 34 * i
@@ -119,7 +125,7 @@ def vdot_q4_0(x, y, nb):
 
 
 @vjit
-def vdot_q4_1(x, y, nb):
+def pdot_q4_1(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 20 * i, 40 * i
@@ -130,7 +136,7 @@ def vdot_q4_1(x, y, nb):
 
 
 @vjit
-def vdot_q5_0(x, y, nb):
+def pdot_q5_0(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 22 * i, 34 * i
@@ -140,7 +146,7 @@ def vdot_q5_0(x, y, nb):
 
 
 @vjit
-def vdot_q5_1(x, y, nb):
+def pdot_q5_1(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 24 * i, 40 * i
@@ -150,7 +156,7 @@ def vdot_q5_1(x, y, nb):
 
 
 @vjit
-def vdot_q8_0(x, y, nb):
+def pdot_q8_0(x, y, nb):
     n, sumf = opaque(32), _F(0)
     for i in range(nb):
         o = 34 * i
@@ -163,7 +169,7 @@ def vdot_q8_0(x, y, nb):
 
 # -- k-quants (y: Q8_K, d f32 at 0, 256 int8 at 4, 16 int16 group sums at 260) ------------------------
 @vjit
-def vdot_q2_k(x, y, nb):
+def pdot_q2_k(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 84 * i, 292 * i
@@ -187,7 +193,7 @@ def _q3_scale(x, so, j):
 
 
 @vjit
-def vdot_q3_k(x, y, nb):
+def pdot_q3_k(x, y, nb):
     n, sumf = opaque(16), _F(0)
     for i in range(nb):
         o, p = 110 * i, 292 * i
@@ -219,7 +225,7 @@ def _dot_k45(x, o, qo, ho, hm, y, p, n):
 
 
 @vjit
-def vdot_q4_k(x, y, nb):
+def pdot_q4_k(x, y, nb):
     n, sumf = opaque(32), _F(0)
     for i in range(nb):
         sumf += _dot_k45(x, 144 * i, 144 * i + 16, 144 * i + 16, 0, y, 292 * i, n)
@@ -227,7 +233,7 @@ def vdot_q4_k(x, y, nb):
 
 
 @vjit
-def vdot_q5_k(x, y, nb):
+def pdot_q5_k(x, y, nb):
     n, sumf = opaque(32), _F(0)
     for i in range(nb):
         sumf += _dot_k45(x, 176 * i, 176 * i + 48, 176 * i + 16, 1, y, 292 * i, n)
@@ -235,7 +241,7 @@ def vdot_q5_k(x, y, nb):
 
 
 @vjit
-def vdot_q6_k(x, y, nb):
+def pdot_q6_k(x, y, nb):
     n, sumf = opaque(32), _F(0)
     for i in range(nb):
         o, p = 210 * i, 292 * i
@@ -248,6 +254,20 @@ def vdot_q6_k(x, y, nb):
                             _i8(x[sc + 5]), n)
         sumf += np.float32(rd_f16(x, o + 208) * rd_f32(y, p)) * _F(isum)
     return sumf
+
+
+# -- ggml's AVX2 instruction sequence (graphcore.simd), where the CPU has it ---------------------------------
+def _adot(x, y, nb):
+    return DOT(x, y, nb)        # noqa: F821 (a global of each specialised copy)
+
+
+# adot_X: simd.dot_X in a numba function (intrinsics are called from compiled code only)
+AVX2 = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k")
+globals().update({f"adot_{n}": vjit(specialise(_adot, f"adot_{n}", DOT=getattr(simd, f"dot_{n}"))) for n in AVX2})
+# mul_mat's vec_dot vdot_X: ggml's AVX2 dots (xdot's bits) where the CPU has AVX2/FMA/F16C and
+# GRAPHCORE_PORTABLE_DOTS is not set, else (and for Q2_K, Q3_K) the portable loop pdot_X
+globals().update({f"vdot_{n}": globals()[f"{'a' if simd.AVAILABLE and n in AVX2 else 'p'}dot_{n}"]
+                  for n in AVX2 + ("q2_k", "q3_k")})
 
 
 # -- 32-element blocks: ggml's AVX2 dots, bit for bit ----------------------------------------------------

@@ -17,8 +17,9 @@ import graphcore as gc
 
 from . import ggml_c
 
-TYPES = (gc.TYPE_F32, gc.TYPE_Q8_0, gc.TYPE_Q4_0, gc.TYPE_Q4_K)
-ALL_TYPES = TYPES + (gc.TYPE_Q4_1, gc.TYPE_Q5_0, gc.TYPE_Q5_1, gc.TYPE_Q2_K, gc.TYPE_Q3_K, gc.TYPE_Q5_K, gc.TYPE_Q6_K)
+# Q6_K: the output weights of every quantized llama file (its generation's largest product)
+TYPES = (gc.TYPE_F32, gc.TYPE_Q8_0, gc.TYPE_Q4_0, gc.TYPE_Q4_K, gc.TYPE_Q6_K)
+ALL_TYPES = TYPES + (gc.TYPE_Q4_1, gc.TYPE_Q5_0, gc.TYPE_Q5_1, gc.TYPE_Q2_K, gc.TYPE_Q3_K, gc.TYPE_Q5_K)
 
 
 def _graphcore(t, rows, X, n_threads):
@@ -54,6 +55,7 @@ def bench_quant(args):
     rng = np.random.default_rng(0)
     K = M = 4096
     W = rng.standard_normal((M, K)).astype(np.float32)
+    same = []          # products whose every bit is ggml's
     for N in (1, 64):
         X = rng.standard_normal((N, K)).astype(np.float32)
         runs = {"numpy": (lambda: X @ W.T)}
@@ -70,9 +72,11 @@ def bench_quant(args):
                 mm = ggml_c.MulMat(lib, t, rows, X, n_threads)
                 mm.run()
                 diff = np.linalg.norm(mm.result() - result()) / np.linalg.norm(ref)
-                # the same src1 levels; the float sums run in another order (BLAS, vdot_X's running sum)
-                # unless mul_mat's ggml_dots option is on (tests/test_ops_quant.py: bit for bit)
+                # the same src1 levels; the float sums may run in another order (BLAS, the portable dots' running sum)
+                # (the AVX2 dots of graphcore.simd and mul_mat's ggml_dots option: ggml's bits)
                 assert diff < 1e-5, (gc.type_name(t), "graphcore and ggml differ", diff)
+                if np.array_equal(mm.result().ravel().view(np.uint32), result().ravel().view(np.uint32)):
+                    same.append(f"{gc.type_name(t)} N={N}")
                 runs[("ggml", t)] = mm.run
         times = {k: [] for k in runs}
         for _ in range(args.repeat * 5):
@@ -91,3 +95,5 @@ def bench_quant(args):
             print("  ".join(f"{c:>11}" if i else f"{c:<16}" for i, c in enumerate(cells)))
         print(f"{'numpy, N=' + str(N):<16}  {med['numpy'] * 1e3:>11.2f}  {'':>11}  {'':>11}  "
               f"{least['numpy'] * 1e3:>11.2f}")
+    if lib:
+        print("the same bits as ggml's C: " + (", ".join(same) or "none"))

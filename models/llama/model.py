@@ -159,7 +159,8 @@ class LlamaSession:
         self.v = [gc.new_tensor_1d(self.cache_ctx, kv_type, rows * hp.n_embd_gqa) for _ in range(hp.n_layer)]
         self.n_past = 0
         self._buf = np.empty(0, np.uint8)
-        self._decode = None         # (bucket, ctx, compiled graph, token, pos, mask, logits) of the one-token graph
+        self._decode = None         # (bucket, ctx, compiled graph, and numpy views of its token, pos, mask, logits)
+        self._kv_views = None       # numpy views of the cache tensors (k, v as [G, rows]), made on first use
 
     def clear(self):
         """llama_kv_cache_clear: forget every position."""
@@ -227,23 +228,24 @@ class LlamaSession:
             gf = gc.new_graph_custom(ctx, 64 + 80 * hp.n_layer, False)
             logits = self._build(ctx, gf, tok, pos, mask, 1, bucket, bucket + 1, 1)
             gc.build_forward_expand(gf, logits)
-            self._decode = (bucket, ctx, gc.graph_compile(gf, self.n_threads), tok, pos, mask, logits)
-        _, ctx, compiled, tok, pos, mask, logits = self._decode
-        tok.numpy()[0] = token
-        pos.numpy()[0] = p
-        m = mask.numpy().reshape(1, -1)
-        m[0, :p] = 0.0                  # the cached positions, then the unused rows, then the new token (slot)
-        m[0, p:bucket] = -np.inf
-        m[0, bucket] = 0.0
+            # numpy views made once: Tensor.numpy() costs microseconds, a token's whole overhead is ~0.1 ms
+            self._decode = (bucket, ctx, gc.graph_compile(gf, self.n_threads), tok.numpy(), pos.numpy(),
+                            mask.numpy().reshape(-1), logits.numpy4d().reshape(-1))   # (numpy4d: not computed yet)
+        _, ctx, compiled, tok, pos, m, logits = self._decode
+        tok[0] = token
+        pos[0] = p
+        m[:p] = 0.0                     # the cached positions, then the unused rows, then the new token (slot)
+        m[p:bucket] = -np.inf
+        m[bucket] = 0.0
         compiled()
         G = hp.n_embd_gqa
-        for kc, vc in zip(self.k, self.v):          # move the new K row and V column from the slot to p
-            k = kc.numpy()
+        if self._kv_views is None:
+            self._kv_views = [(kc.numpy(), vc.numpy().reshape(G, self.rows)) for kc, vc in zip(self.k, self.v)]
+        for k, v in self._kv_views:                 # move the new K row and V column from the slot to p
             k[p * G:(p + 1) * G] = k[bucket * G:(bucket + 1) * G]
-            v = vc.numpy().reshape(G, self.rows)
             v[:, p] = v[:, bucket]
         self.n_past = p + 1
-        return logits.numpy().reshape(-1).copy()
+        return logits.copy()
 
     def _build(self, ctx, gf, inp, pos, kq_mask, n_tokens, write_at, n_kv, n_out):
         """The llama graph for n_tokens tokens whose K/V go to cache rows write_at.., attending to cache
