@@ -131,8 +131,9 @@ def mul_mat_quant(rec, ith, nth, phase, wdata, dequantize, vquantize, vdequantiz
     (its from_float: on x86, quantize_row_q8_0/q8_1's AVX2 code; Q8_K's reference quantizer). Fewer than
     MM_BLAS_N columns (token generation): ggml's integer block dots (graphcore.qdot: vdot, ggml's AVX2 code
     itself on AVX2 CPUs, else a portable loop summing the blocks in one running sum); with the node's
-    ggml_dots option, for any number of columns, ggml's AVX2 dots bit for bit (xdot). Else the blocks' values dequantized (the terms of those dots,
-    each exact in float32 but for one rounding) and multiplied by BLAS sgemm in tiles."""
+    ggml_dots option, for any number of columns, ggml's AVX2 dots bit for bit (xdot). Else the blocks'
+    values dequantized (the terms of those dots, each exact in float32 but for one rounding) and
+    multiplied by BLAS sgemm in tiles."""
     r = record(rec)
     K, M, N = t_ne(r, 1, 0), t_ne(r, 1, 1), t_ne(r, 2, 1)
     ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
