@@ -9,6 +9,7 @@ Shapes are written in ggml's `ne` order, innermost dimension first: `[ne0, ne1, 
 `graphcore.ops.reduce.sum`, `graphcore.ops.unary.abs_` and `graphcore.ops.indexing.set`.
 """
 from . import _cache  # noqa: F401,I001 (first: where numba caches the kernels; see _cache.py)
+from . import interrupts  # noqa: F401 (Ctrl-C held while numba compiles or loads a kernel)
 from .blas import preload_cython_blas as _preload_cython_blas
 _preload_cython_blas()   # before numba loads a compiled function: it imports scipy.linalg otherwise (blas.py)
 from .errors import ComputeError, GraphError, NonFiniteError, NotComputedWarning, OutOfMemoryError

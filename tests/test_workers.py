@@ -95,9 +95,12 @@ def test_idle_workers_park_and_use_no_cpu():
 
 def test_ctrl_c_during_multithreaded_computes():
     # SIGINT arrives while computes run on 3 threads (some workers polling, some parked): the
-    # KeyboardInterrupt comes out in the caller, never a hang, and later computes are right
+    # KeyboardInterrupt comes out in the caller, never a hang, and later computes are right.
+    # The kernels are loaded first: a SIGINT while numba loads them waits for numba (the test below)
     scenario("""
     import os, signal, threading, time
+    check(2)
+    check(3)
     go, done = threading.Event(), threading.Event()
 
     def interrupter():

@@ -23,6 +23,7 @@ import numba
 from numba.core.caching import FunctionCache
 from numba.core.registry import cpu_target
 
+from ..interrupts import held as sigint_held
 from ..kernel import SPECIALISED
 from .registry import KERNEL_SIG, OPS, _compiled_now, compile_cfunc
 
@@ -34,9 +35,10 @@ def in_disk_cache(fn) -> bool | None:
     index lists the key numba would look up), without loading it; None when numba's cache cannot be
     asked this way (another numba version): the caller then cannot tell ahead of compiling."""
     try:
-        cache = FunctionCache(fn)
-        key = cache._index_key(KERNEL_SIG, cpu_target.target_context.codegen())
-        return key in cache._cache_file._load_index()
+        with sigint_held:       # a Ctrl-C inside llvmlite's string handling frees a string twice (interrupts.py)
+            cache = FunctionCache(fn)
+            key = cache._index_key(KERNEL_SIG, cpu_target.target_context.codegen())
+            return key in cache._cache_file._load_index()
     except Exception:      # noqa: BLE001 (numba's private cache layout moved: only parallelism is lost)
         return None
 
