@@ -366,7 +366,11 @@ class _Workers:
                 lock.release()
 
 
-local = threading.local()     # .inside: this thread runs a compute (a worker, or a caller mid-compute)
+class _Local(threading.local):
+    inside = False          # this thread runs a compute (a worker, or a caller mid-compute)
+
+
+local = _Local()            # (a class default: reading an attribute never set costs an AttributeError)
 pool = _Workers()
 
 
