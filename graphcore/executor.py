@@ -79,8 +79,9 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
     low, wdata, wsize, most, n = kept[5:]
     if n == 0:
         return STATUS_SUCCESS
-    stepping = (callback is not None or cplan.abort_callback is not None
-                or (CHECK_FINITE if check_finite is None else check_finite))
+    if check_finite is None:
+        check_finite = CHECK_FINITE
+    stepping = callback is not None or cplan.abort_callback is not None or check_finite
     local = W.local
     inside = local.inside
     lock = g._compute_lock
