@@ -105,7 +105,7 @@ def test_size_cases_cover_thresholds():
     assert K * M * N < GEMM.SMALL_GEMM
     K, M, N = SIZES["above_blas"]
     assert K * M * N >= GEMM.SMALL_GEMM
-    chunks = {k: MM.chunking(M, N, K, 12) for k, (K, M, N) in SIZES.items()}    # 12 batches: see below
+    chunks = {k: MM.chunking(M, N) for k, (K, M, N) in SIZES.items()}
     assert chunks["split_m"][0] > 1 and chunks["split_m"][2] == 1
     assert chunks["split_n"][0] == 1 and chunks["split_n"][2] > 1
     assert chunks["split_mn"][0] > 1 and chunks["split_mn"][2] > 1
@@ -113,19 +113,15 @@ def test_size_cases_cover_thresholds():
 
 def test_chunking():
     """Pieces 128 to 1023 long in an even number (two threads share them evenly), 512 or more from
-    1024 on; a lone product too short to cut is cut in two halves along its longer side when it has
-    HALVES_FLOPS multiply-adds, never in a node of several products, never into empty pieces."""
-    for length in (255, 256, 511, 1023, 1024, 1535, 2047, 2048, 3071, 4096, 5000):
-        cm, hm, _, _ = MM.chunking(length, 1, 1, 1)
+    1024 on, none empty; short dimensions stay whole."""
+    for length in (1, 255, 256, 511, 1023, 1024, 1535, 2047, 2048, 3071, 4096, 5000):
+        cm, hm, _, _ = MM.chunking(length, 1)
         assert cm == 1 or (cm % 2 == 0 and MM.CHUNK <= hm <= 8 * MM.CHUNK and (cm - 1) * hm < length), length
+        assert (cm > 1) == (length >= 2 * MM.CHUNK), length
         if length >= 8 * MM.CHUNK:
             assert hm >= 4 * MM.CHUNK, length
-    assert MM.chunking(1024, 1024, 1024, 1) == (2, 512, 2, 512)
-    assert MM.chunking(64, 64, 64, 1) == (2, 32, 1, 64) and MM.HALVES_FLOPS == 64 ** 3
-    assert MM.chunking(40, 100, 66, 1) == (1, 40, 2, 50)
-    assert MM.chunking(64, 64, 63, 1) == (1, 64, 1, 64)                  # too little work
-    assert MM.chunking(64, 64, 64, 2) == (1, 64, 1, 64)                  # batches are the tasks
-    assert MM.chunking(1, 1, 1 << 20, 1) == (1, 1, 1, 1)                 # nothing to cut
+    assert MM.chunking(1024, 1024) == (2, 512, 2, 512)
+    assert MM.chunking(2048, 300) == (4, 512, 2, 150)
 
 
 @pytest.mark.parametrize("type_a", [F32, F16], ids=["f32", "f16"])
@@ -168,7 +164,7 @@ def test_mul_mat_special_values():
 
 
 # -- thread counts ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["f32", "f16", "transposed_src1", "split_n", "split_mn", "halves", "bcast", "out_prod"])
+@pytest.mark.parametrize("case", ["f32", "f16", "transposed_src1", "split_n", "split_mn", "bcast", "out_prod"])
 def test_threads_same_bits(case):
     K, M, N = 64, 16 * MM.CHUNK + 7, 2 * MM.CHUNK - 3       # 4 x 1 pieces
     ne_a, ne_b = [K, M, 1, 1], [K, N, 1, 1]
@@ -177,8 +173,6 @@ def test_threads_same_bits(case):
         ne_a, ne_b = [K, 40, 1, 1], [K, 17 * MM.CHUNK + 1, 1, 1]
     if case == "split_mn":         # 2 x 2 pieces
         ne_a, ne_b = [K, 2 * MM.CHUNK + 1, 1, 1], [K, 2 * MM.CHUNK + 7, 1, 1]
-    if case == "halves":           # a lone 64^3 product: two halves
-        ne_a, ne_b = [K, 64, 1, 1], [K, 64, 1, 1]
     if case == "bcast":
         ne_a, ne_b = [K, 96, 2, 1], [K, 48, 4, 3]
     ctx = sentinel_context(8 << 20)
@@ -196,7 +190,7 @@ def test_threads_same_bits(case):
     node = g.nodes.index(out)
     results = []
     for n in (1, 2, 4):
-        assert gc.graph_plan(g, n).n_tasks[node] == min(n, 2 if case == "halves" else 4), f"{case}: no split"
+        assert gc.graph_plan(g, n).n_tasks[node] == n, f"{case}: no split at {n} threads"
         out.numpy4d()[...] = np.nan
         compute_guarded(ctx, out, n, graph=g, what=f"{case} x{n}")
         results.append(out.numpy4d().copy())

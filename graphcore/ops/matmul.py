@@ -25,7 +25,6 @@ from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, regist
 from .registry import rebuild_by, rebuild_of
 
 CHUNK = 128
-HALVES_FLOPS = 1 << 18      # a lone product of at least this many multiply-adds (64^3) is cut in two halves
 
 
 @njit(cache=True)
@@ -40,18 +39,12 @@ def _pieces(length):
 
 
 @njit(cache=True)
-def chunking(M, N, K, batches):
-    """(pieces along M, their height, pieces along N, their width): how one M x N product (of `batches`
-    in the node) is cut into tasks, in both dimensions so that large products feed many threads. A
-    lone product too short to cut (64 x 64 x 64) is cut in two along its longer side when it is worth
-    two threads. Shapes only, never the thread count: sgemm's bits depend on where a product is cut,
-    and results are the same for any thread count (one thread runs both halves)."""
+def chunking(M, N):
+    """(pieces along M, their height, pieces along N, their width): how one M x N product is cut into
+    tasks, in both dimensions so that large products feed many threads. Shapes only, never the thread
+    count: sgemm's bits depend on where a product is cut (README, issue 16 session 6), and results are
+    the same for any thread count."""
     cm, cn = _pieces(M), _pieces(N)
-    if cm * cn == 1 and batches == 1 and M * N * K >= HALVES_FLOPS:
-        if M >= N and M > 1:
-            cm = 2
-        elif N > 1:
-            cn = 2
     return cm, -(-M // cm), cn, -(-N // cn)
 
 
@@ -61,7 +54,7 @@ def batched_gemm(r, ith, nth, M, N, K, a, a_sm, a_sk, a_s2, a_s3, b_sk, b_sn, c_
     into chunking's pieces; thread ith takes units ith, ith + nth, ..."""
     ne2, ne3 = t_ne(r, 0, 2), t_ne(r, 0, 3)
     r2, r3 = ne2 // t_ne(r, 1, 2), ne3 // t_ne(r, 1, 3)
-    cm, hm, cn, wn = chunking(M, N, K, ne2 * ne3)
+    cm, hm, cn, wn = chunking(M, N)
     count = cm * cn
     units = ne2 * ne3 * count
     ch, bt = ith % count, ith // count
@@ -155,9 +148,9 @@ def _mm_tasks(node, n_threads):
         flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
         return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
     M, N = node.ne[0], node.ne[1]
-    K = node.src[0].ne[0] if node.op == MUL_MAT else node.src[0].ne[1]
-    cm, _, cn, _ = chunking(M, N, K, node.ne[2] * node.ne[3])
+    cm, _, cn, _ = chunking(M, N)
     units = cm * cn * node.ne[2] * node.ne[3]
+    K = node.src[0].ne[0] if node.op == MUL_MAT else node.src[0].ne[1]
     flops = M * N * K * node.ne[2] * node.ne[3]
     return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
 
