@@ -24,6 +24,8 @@ from .graph import Graph
 from .ops.registry import OPS, op_name
 from .planner import CPlan, graph_plan, lowered
 
+_moves, _frees, RUNNING = TN._moves, CTX._frees, K.RUNNING     # read on every compute
+
 GGML_STATUS_SUCCESS = 0
 STATUS_SUCCESS = 0
 STATUS_ABORTED = 1     # ggml's GGML_STATUS_ABORTED: a callback asked to stop
@@ -67,13 +69,21 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
     the same tensors or share a work_data buffer you set yourself. A compute started from inside a
     custom function of a running compute runs on one thread, and raises GraphError if its graph is
     the one being computed."""
-    low, wdata, wsize, most = _ready(g, cplan)
-    n = len(g._nodes)
+    try:
+        kept, wd = cplan._ready, cplan.work_data
+    except AttributeError:      # not a CPlan: _ready says so
+        kept = wd = None
+    if (kept is None or kept[0] is not g or kept[1] != g._version or kept[2] != _moves[0]
+            or kept[3] != _frees[0] or kept[4] is not wd):
+        kept = _ready(g, cplan)
+    low, wdata, wsize, most, n = kept[5:]
     if n == 0:
         return STATUS_SUCCESS
     if check_finite is None:
         check_finite = CHECK_FINITE
-    inside = getattr(W.local, "inside", False)
+    stepping = callback is not None or cplan.abort_callback is not None or check_finite
+    local = W.local
+    inside = local.inside
     lock = g._compute_lock
     if not lock.acquire(False):
         if inside:     # waiting here could wait for ourselves
@@ -81,71 +91,72 @@ def graph_compute(g, cplan: CPlan, callback=None, check_finite: bool | None = No
                              "custom function cannot compute the graph it belongs to, nor wait for another "
                              "thread's compute)")
         lock.acquire()
+    # where Python runs during the compute (a custom function, a callback) it may start another compute:
+    # that one then runs on one thread, and a Python custom function finds its tensors in RUNNING
+    marks = stepping or low.python
     try:                    # from right after the acquire: a Ctrl-C anywhere below releases the lock
         nth = 1 if inside else most
-        K.RUNNING[low.address] = g._nodes            # Python custom functions find their tensors here
-        W.local.inside = True
-        args = (low, wdata, wsize)
-        if callback is None and cplan.abort_callback is None and not check_finite:
-            _run(args, nth, 0, n, g)
+        if marks:
+            RUNNING[low.address] = g._nodes
+            local.inside = True
+        if not stepping:
+            failed = W.pool.run(low.job_address, nth, wdata, wsize, 0, n)
+            if failed >= 0:
+                _raise_failure(low, g, failed)
             status = STATUS_SUCCESS
         else:
-            status = _step(g, cplan, args, nth, callback, check_finite)
+            status = _step(g, cplan, (low, wdata, wsize), nth, callback, check_finite)
         if status == STATUS_SUCCESS and g.computed_version != g._version:
             TN.mark_computed(g.nodes)        # once per graph version: reading a node never computed
             g.computed_version = g._version  # warns (gc.NotComputedWarning)
         return status
     finally:
-        W.local.inside = inside
-        K.RUNNING.pop(low.address, None)
+        if marks:
+            local.inside = inside
+            RUNNING.pop(low.address, None)
         lock.release()
 
 
 def _ready(g, cplan):
-    """(lowering, work buffer address and size, threads worth waking) for computing g with cplan, all
-    checked. Kept on the plan while nothing they depend on changes (the graph's version, where tensors
-    live, freed contexts, the work_data array): a compute's own Python then costs about a microsecond
-    (numpy's .ctypes alone costs 1-2)."""
-    wd = getattr(cplan, "work_data", None)
-    kept = getattr(cplan, "_ready", None)
-    if (kept is not None and kept[0] is g and kept[1] == g._version and kept[2] == TN._moves[0]
-            and kept[3] == CTX._frees[0] and kept[4] is wd):
-        return kept[5]
+    """What graph_compute keeps on the plan once checked: (graph, its version, tensor.data_moves(),
+    context.frees(), the work_data array; lowering, work buffer address and size, threads worth waking,
+    nodes). Kept while none of the first five changes, so that a compute's own Python costs about a
+    microsecond (numpy's .ctypes alone costs 1-2)."""
     _check_plan(g, cplan)
+    wd = cplan.work_data
     low = lowered(cplan)
     for ctx in low.contexts:
         if ctx.freed:
             raise GraphError("graph_compute: a tensor of the graph belongs to a freed context")
     wdata, wsize = (wd.ctypes.data, wd.nbytes) if wd is not None and wd.nbytes else (0, 0)
-    ready = (low, wdata, wsize, min(cplan._n_threads, low.most_tasks))   # no waking threads that would only wait
-    cplan._ready = (g, g._version, TN.data_moves(), CTX.frees(), wd, ready)
-    return ready
+    most = min(cplan._n_threads, low.most_tasks)         # no waking threads that would only wait
+    cplan._ready = (g, g._version, TN.data_moves(), CTX.frees(), wd, low, wdata, wsize, most, len(g._nodes))
+    return cplan._ready
 
 
-def _run(args, nth, lo, hi, g):
-    """Nodes lo..hi-1 on nth threads; raises the ComputeError of a failed node."""
-    low, wdata, wsize = args
-    failed = W.pool.run(low.job_address, nth, wdata, wsize, lo, hi)
-    if failed >= 0:
-        recs, sync = low.recs, low.sync
-        node = g.nodes[failed]
-        code, arg = int(recs[failed, K.R_ERR]), int(recs[failed, K.R_ERRARG])
-        recs[:, K.R_ERR] = 0
-        sync[W.ABORT_SLOTS] = 0
-        err = compute_error(node, failed, code, arg)
-        cause = err.__cause__
-        if cause is not None and not isinstance(cause, Exception):
-            raise cause          # KeyboardInterrupt, SystemExit in a Python custom function
-        raise err
+def _raise_failure(low, g, failed):
+    """Raise the ComputeError of failed node `failed` (the compiled loop's answer), its record cleared."""
+    recs, sync = low.recs, low.sync
+    node = g.nodes[failed]
+    code, arg = int(recs[failed, K.R_ERR]), int(recs[failed, K.R_ERRARG])
+    recs[:, K.R_ERR] = 0
+    sync[W.ABORT_SLOTS] = 0
+    err = compute_error(node, failed, code, arg)
+    cause = err.__cause__
+    if cause is not None and not isinstance(cause, Exception):
+        raise cause          # KeyboardInterrupt, SystemExit in a Python custom function
+    raise err
 
 
 def _step(g, cplan, args, nth, callback, check_finite) -> int:
     """The debugging path: one node at a time (on as many threads as that node has tasks), then
     the finite check, the callback and the abort callback."""
-    n_tasks = args[0].n_tasks
+    low, wdata, wsize = args
     abort = cplan.abort_callback
     for i, node in enumerate(g.nodes):
-        _run(args, min(nth, int(n_tasks[i])), i, i + 1, g)
+        failed = W.pool.run(low.job_address, min(nth, int(low.n_tasks[i])), wdata, wsize, i, i + 1)
+        if failed >= 0:
+            _raise_failure(low, g, failed)
         TN.mark_computed((node,))
         if check_finite:
             check_node_finite(i, node)

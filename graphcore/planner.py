@@ -116,6 +116,7 @@ class Lowered:
     address: int            # recs' address (kept: numpy's .ctypes costs microseconds a call)
     job: np.ndarray         # the arrays' addresses for the executor's threads (workers.job_record)
     job_address: int
+    python: bool            # a kernel may call Python, which may start another compute (executor)
 
 
 def lower(plan: CPlan) -> Lowered:
@@ -157,8 +158,9 @@ def lower(plan: CPlan) -> Lowered:
     most = int(n_tasks.max())
     sync = cached.sync if cached is not None and cached.most_tasks >= most else sync_array(most)
     job = job_record(recs, fns, n_tasks, phases, sync)
+    python = any(OPS[node.op].calls_python for node in g.nodes)
     plan._lowered = g._lowered_cache = Lowered(recs, fns, n_tasks, phases, tuple(contexts.values()),
-                                               most, sync, key, recs.ctypes.data, job, job.ctypes.data)
+                                               most, sync, key, recs.ctypes.data, job, job.ctypes.data, python)
     return plan._lowered
 
 

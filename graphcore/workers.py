@@ -158,7 +158,8 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
 
     Nodes with one task run on thread 0 alone and need no barrier; the others wait at the next
     barrier. A barrier is placed before a multi-task node only when a single-task node ran since
-    the last one, and after each phase of a multi-task node."""
+    the last one, after each phase of a multi-task node, and at the end only when a single-task
+    node ran since the last one (a product alone in its graph: one barrier, not two)."""
     base = recs.ctypes.data
     stride = recs.shape[1] * 8
     e = atomic_load(sync, _EPOCH)
@@ -175,12 +176,12 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
             if ith == 0:
                 for ph in range(n_phases[i]):
                     call_kernel(fn, rec, 0, 1, ph, wdata, wsize)
-                if recs[i, K.R_ERR] != 0:
-                    if nth == 1:
-                        return i
-                    _record_failure(sync, i, e)
-                    break            # the others wait at their next barrier: meet them there, leave together
             pending = True
+            if ith == 0 and recs[i, K.R_ERR] != 0:
+                if nth == 1:
+                    return i
+                _record_failure(sync, i, e)
+                break                # the others wait at their next barrier: meet them there, leave together
             continue
         if pending:
             failed, mine = _barrier(sync, ith, nth, e, ctl, gen, mine, i, 0, 0, 0, 0, wdata, wsize)
@@ -203,7 +204,7 @@ def run_nodes(recs, fns, n_tasks, n_phases, ith, nth, sync, wdata, wsize, lo, hi
                 break
         if failed != -1:
             break
-    if nth > 1 and failed == -1:
+    if nth > 1 and pending and failed == -1:      # single-task nodes ran since the last barrier
         failed, mine = _barrier(sync, ith, nth, e, ctl, gen, mine, hi, 0, 0, 0, 0, wdata, wsize)
         e += 1
     if ith == 0:
@@ -366,7 +367,11 @@ class _Workers:
                 lock.release()
 
 
-local = threading.local()     # .inside: this thread runs a compute (a worker, or a caller mid-compute)
+class _Local(threading.local):
+    inside = False          # this thread runs a compute (a worker, or a caller mid-compute)
+
+
+local = _Local()            # (a class default: reading an attribute never set costs an AttributeError)
 pool = _Workers()
 
 

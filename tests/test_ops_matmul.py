@@ -105,12 +105,23 @@ def test_size_cases_cover_thresholds():
     assert K * M * N < GEMM.SMALL_GEMM
     K, M, N = SIZES["above_blas"]
     assert K * M * N >= GEMM.SMALL_GEMM
-    cm, _, cn, _ = MM.chunking(SIZES["split_m"][1], SIZES["split_m"][2])
-    assert cm > 1 and cn == 1
-    cm, _, cn, _ = MM.chunking(SIZES["split_n"][1], SIZES["split_n"][2])
-    assert cm == 1 and cn > 1
-    cm, _, cn, _ = MM.chunking(SIZES["split_mn"][1], SIZES["split_mn"][2])
-    assert cm > 1 and cn > 1
+    chunks = {k: MM.chunking(M, N) for k, (K, M, N) in SIZES.items()}
+    assert chunks["split_m"][0] > 1 and chunks["split_m"][2] == 1
+    assert chunks["split_n"][0] == 1 and chunks["split_n"][2] > 1
+    assert chunks["split_mn"][0] > 1 and chunks["split_mn"][2] > 1
+
+
+def test_chunking():
+    """Pieces 128 to 1023 long in an even number (two threads share them evenly), 512 or more from
+    1024 on, none empty; short dimensions stay whole."""
+    for length in (1, 255, 256, 511, 1023, 1024, 1535, 2047, 2048, 3071, 4096, 5000):
+        cm, hm, _, _ = MM.chunking(length, 1)
+        assert cm == 1 or (cm % 2 == 0 and MM.CHUNK <= hm <= 8 * MM.CHUNK and (cm - 1) * hm < length), length
+        assert (cm > 1) == (length >= 2 * MM.CHUNK), length
+        if length >= 8 * MM.CHUNK:
+            assert hm >= 4 * MM.CHUNK, length
+    assert MM.chunking(1024, 1024) == (2, 512, 2, 512)
+    assert MM.chunking(2048, 300) == (4, 512, 2, 150)
 
 
 @pytest.mark.parametrize("type_a", [F32, F16], ids=["f32", "f16"])
@@ -155,11 +166,11 @@ def test_mul_mat_special_values():
 # -- thread counts ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["f32", "f16", "transposed_src1", "split_n", "split_mn", "bcast", "out_prod"])
 def test_threads_same_bits(case):
-    K, M, N = 64, 8 * MM.CHUNK + 7, 2 * MM.CHUNK - 3
+    K, M, N = 64, 16 * MM.CHUNK + 7, 2 * MM.CHUNK - 3       # 4 x 1 pieces
     ne_a, ne_b = [K, M, 1, 1], [K, N, 1, 1]
     type_a, lb = (F16 if case == "f16" else F32), Layout("transposed" if case == "transposed_src1" else "contiguous")
     if case == "split_n":
-        ne_a, ne_b = [K, 40, 1, 1], [K, 9 * MM.CHUNK + 1, 1, 1]
+        ne_a, ne_b = [K, 40, 1, 1], [K, 17 * MM.CHUNK + 1, 1, 1]
     if case == "split_mn":         # 2 x 2 pieces
         ne_a, ne_b = [K, 2 * MM.CHUNK + 1, 1, 1], [K, 2 * MM.CHUNK + 7, 1, 1]
     if case == "bcast":

@@ -62,9 +62,12 @@ def _custom_tasks(node, n_threads):
     return n_threads if n == N_TASKS_MAX else max(1, min(n, n_threads))
 
 
-MAP_CUSTOM1 = register("MAP_CUSTOM1", "custom(x)", _custom_kernel, n_tasks=_custom_tasks, inplace=True)
-MAP_CUSTOM2 = register("MAP_CUSTOM2", "custom(x,y)", _custom_kernel, n_tasks=_custom_tasks, inplace=True)
-MAP_CUSTOM3 = register("MAP_CUSTOM3", "custom(x,y,z)", _custom_kernel, n_tasks=_custom_tasks, inplace=True)
+MAP_CUSTOM1 = register("MAP_CUSTOM1", "custom(x)", _custom_kernel, n_tasks=_custom_tasks, inplace=True,
+                       calls_python=True)
+MAP_CUSTOM2 = register("MAP_CUSTOM2", "custom(x,y)", _custom_kernel, n_tasks=_custom_tasks, inplace=True,
+                       calls_python=True)
+MAP_CUSTOM3 = register("MAP_CUSTOM3", "custom(x,y,z)", _custom_kernel, n_tasks=_custom_tasks, inplace=True,
+                       calls_python=True)
 
 
 @reference_of(MAP_CUSTOM1, MAP_CUSTOM2, MAP_CUSTOM3)

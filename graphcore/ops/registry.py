@@ -63,6 +63,7 @@ class OpDef:
     # only the variants a graph uses get compiled (ops/compiling.py), which keeps a cold start short
     variant: Optional[Callable] = field(default=None, repr=False)
     uses_blas: bool = False                      # the kernel reads BLAS sgemm's address from its record (R_BLAS)
+    calls_python: bool = False                   # the kernel may call Python (a custom function): see executor
     _addresses: dict = field(default_factory=dict, repr=False)
 
     def kernel_function(self, node=None):
@@ -125,11 +126,12 @@ def no_work(node, n_tasks):
 
 
 def register(name, symbol, kernel=None, n_tasks=tasks_by_rows, work_size=no_work, backward=None,
-             inplace=False, n_phases=1, variant=None, uses_blas=False) -> int:
+             inplace=False, n_phases=1, variant=None, uses_blas=False, calls_python=False) -> int:
     if name in BY_NAME:
         raise RuntimeError(f"op {name} registered twice")
     op = OpDef(name, symbol, len(OPS), kernel, n_tasks if kernel is not None else tasks_one,
-               work_size, backward, inplace, n_phases, variant=variant, uses_blas=uses_blas)
+               work_size, backward, inplace, n_phases, variant=variant, uses_blas=uses_blas,
+               calls_python=calls_python)
     OPS.append(op)
     BY_NAME[name] = op
     TN.OP_NAMES.append(name)
