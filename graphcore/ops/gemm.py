@@ -12,6 +12,7 @@ from ..native import (f32_1d, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, ge
                       gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, gemm_tile_r8x4, gemm_tile_r16x1, sgemm)
 
 SMALL_GEMM = 8192      # below this many multiply-adds a plain loop beats a BLAS call
+SMALL_GEMM_FLOPS_PER_TASK = 8192     # ... whose float64 sums run ~3 multiply-adds/ns: 2.5 us a task at least
 MATVEC_N = 4           # up to this many src1 columns a streaming dot-product loop beats BLAS sgemm
 
 
