@@ -93,12 +93,14 @@ def graph_plan(g, n_threads: int | None = None) -> CPlan:
     return CPlan(g, n_threads, n_tasks, work)
 
 
-def _slot(node, what):
-    if not node.has_data:
-        raise GraphError(f"graph_compute: {what} {TN.describe(node)} has no data (its context is no_alloc): "
-                         f"give the graph's tensors bytes with gallocr_alloc_graph(galloc, graph), and "
-                         f"parameters and inputs with alloc_ctx_tensors(ctx)")
-    if node.ctx.freed:
+def _slot(node, i, op, j=-1):
+    """node's record slot; it is node i itself (j < 0) or that node's src[j], as the errors say."""
+    if not node.has_data or node.ctx.freed:
+        what = f"node {i} ({op.name})" if j < 0 else f"src[{j}] of node {i} ({op.name})"
+        if not node.has_data:
+            raise GraphError(f"graph_compute: {what} {TN.describe(node)} has no data (its context is no_alloc): "
+                             f"give the graph's tensors bytes with gallocr_alloc_graph(galloc, graph), and "
+                             f"parameters and inputs with alloc_ctx_tensors(ctx)")
         raise GraphError(f"graph_compute: {what} {TN.describe(node)} belongs to a freed context")
     return [node.type, node.data, *node.ne, *node.nb]
 
@@ -136,6 +138,13 @@ def lower(plan: CPlan) -> Lowered:
         return cached
     _check_tasks(plan)
     fns, phases, rows = [0] * max(n, 1), [1] * max(n, 1), []
+    slots = {}          # id -> a tensor's slot, made once however many nodes read it
+
+    def slot(t, i, op, j=-1):
+        s = slots.get(id(t))
+        if s is None:
+            s = slots[id(t)] = _slot(t, i, op, j)
+        return s
     blas = sgemm_address()
     compile_kernels(g.nodes)                   # all at once, with progress on stderr when compiling
     for i, node in enumerate(g.nodes):        # each record built as a list, then one array of them all
@@ -144,10 +153,10 @@ def lower(plan: CPlan) -> Lowered:
         phases[i] = op.n_phases(node) if callable(op.n_phases) else op.n_phases
         r = [0] * K.SLOT0
         r[K.R_OP], r[K.R_NSRC], r[K.R_NODE] = node.op, len(node.src), i
-        r += _slot(node, f"node {i} ({op.name})")
+        r += slot(node, i, op)
         if fn != 0:
             for j, s in enumerate(node.src):
-                r += _NO_SLOT if s is None else _slot(s, f"src[{j}] of node {i} ({op.name})")
+                r += _NO_SLOT if s is None else slot(s, i, op, j)
             r += [0] * (K.P_BASE - len(r))
             r += node.op_params.view(np.int64).tolist()
             if op.uses_blas:
