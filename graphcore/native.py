@@ -368,7 +368,8 @@ def _transpose8(builder, rows):
         return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(ir.IntType(32), 8), idx))
     t = []
     for i in range(0, 8, 2):
-        t += [sh(rows[i], rows[i + 1], [0, 8, 1, 9, 4, 12, 5, 13]), sh(rows[i], rows[i + 1], [2, 10, 3, 11, 6, 14, 7, 15])]
+        t += [sh(rows[i], rows[i + 1], [0, 8, 1, 9, 4, 12, 5, 13]),
+              sh(rows[i], rows[i + 1], [2, 10, 3, 11, 6, 14, 7, 15])]
     s = []
     for i in (0, 4):    # t[i], t[i+2] (rows 0-3 or 4-7: unpacklo pair) and t[i+1], t[i+3] (unpackhi)
         for x, y in ((t[i], t[i + 2]), (t[i + 1], t[i + 3])):
