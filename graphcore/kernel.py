@@ -21,8 +21,8 @@ import numpy as np
 from numba import njit
 
 from ._inline_copy import install as _install_inline_copy
-from .native import (f32_1d, f32_4d, f32_bits, f32_from_bits, f64_from_bits, fma_f32, fma_f64, i32_1d, i32_4d, i64_1d,
-                     u16_4d)
+from .native import (f16_to_f32, f32_1d, f32_4d, f32_bits, f32_from_bits, f32_to_f16, f64_from_bits, fma_f32, fma_f64,
+                     i32_1d, i32_4d, i64_1d, u16_4d)
 
 REC_LEN = 88
 R_OP, R_NSRC, R_ERR, R_ERRARG, R_NODE, R_BLAS = 0, 1, 2, 3, 4, 5
@@ -171,7 +171,10 @@ def fail(r, code, arg):
 
 @inline
 def fp16_to_fp32(h):
-    """IEEE half bits -> float32 (exact)."""
+    """IEEE half bits -> float32 (exact): the hardware's conversion but for inf and NaN, whose payload
+    bits are kept as they are (the hardware sets a signalling NaN's quiet bit)."""
+    if (np.uint16(h) & np.uint16(0x7C00)) != np.uint16(0x7C00):
+        return f16_to_f32(np.uint16(h))
     h = np.uint32(h)
     sign = (h & np.uint32(0x8000)) << np.uint32(16)
     e = (h >> np.uint32(10)) & np.uint32(0x1F)
@@ -186,8 +189,12 @@ def fp16_to_fp32(h):
 
 @inline
 def fp32_to_fp16(x):
-    """float32 -> IEEE half bits, round to nearest even; overflow gives inf, NaN stays NaN."""
+    """float32 -> IEEE half bits, round to nearest even; overflow gives inf, NaN stays NaN (numpy's bits).
+    All but NaN by the hardware (F16C: 3-6x faster than the bit manipulation, the same bits); the NaN
+    test is on the bits, so that fastmath kernels cannot fold it away."""
     f = f32_bits(np.float32(x))
+    if (f & np.uint32(0x7FFFFFFF)) <= np.uint32(0x7F800000):
+        return f32_to_f16(np.float32(x))
     sgn = np.uint16((f & np.uint32(0x80000000)) >> np.uint32(16))
     fe = f & np.uint32(0x7F800000)
     if fe >= np.uint32(0x47800000):

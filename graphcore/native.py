@@ -131,6 +131,18 @@ def f16_to_f32(typingctx, bits):
 
 
 @intrinsic
+def f32_to_f16(typingctx, x):
+    """float32 -> IEEE half bits (uint16) by LLVM's fptrunc (vcvtps2ph with F16C): round to nearest even,
+    overflow to inf; NaN payloads are the hardware's (kernel.fp32_to_fp16 keeps numpy's)."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return sig, codegen
+
+
+@intrinsic
 def atomic_add(typingctx, arr, idx, val):
     """Atomically add `val` to arr[idx] (int64 array); returns the old value (seq_cst)."""
     sig = types.int64(arr, idx, types.int64)
@@ -349,14 +361,35 @@ def _splat(builder, val, vty):
                                   ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count))
 
 
-def _gemm_tile(vl: int, nc: int, gather: bool):
+def _transpose8(builder, rows):
+    """The 8 x 8 transpose of eight <8 x float> rows: column j of the result is element j of each row
+    (unpack, shuffle and 128-bit lane permutes: 24 shuffles, where eight gathers cost ~20 cycles each)."""
+    def sh(x, y, idx):
+        return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(ir.IntType(32), 8), idx))
+    t = []
+    for i in range(0, 8, 2):
+        t += [sh(rows[i], rows[i + 1], [0, 8, 1, 9, 4, 12, 5, 13]),
+              sh(rows[i], rows[i + 1], [2, 10, 3, 11, 6, 14, 7, 15])]
+    s = []
+    for i in (0, 4):    # t[i], t[i+2] (rows 0-3 or 4-7: unpacklo pair) and t[i+1], t[i+3] (unpackhi)
+        for x, y in ((t[i], t[i + 2]), (t[i + 1], t[i + 3])):
+            s += [sh(x, y, [0, 1, 8, 9, 4, 5, 12, 13]), sh(x, y, [2, 3, 10, 11, 6, 7, 14, 15])]
+    lo, hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return [sh(s[j], s[4 + j], lo) for j in range(4)] + [sh(s[j], s[4 + j], hi) for j in range(4)]
+
+
+def _gemm_tile(vl: int, nc: int, gather: bool, rows8: bool = False):
     """An intrinsic `f(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)` computing a tile of a small
     product C[m, n] = sum_k A[m, k] * B[k, n] with explicit vector types (numba's loop vectoriser
     leaves such short loops scalar): rows m < mb (mb <= vl) of A at byte address a (byte strides
     a_sm, a_sk), columns n < nc of B at b (b_sk, b_sn), C at c (m stride 4 bytes, n stride c_sn).
     Each float32 product is added in k order into a float64, rounded once: the plain triple loop's
     bits. A's vl rows are read per k with one masked gather (any a_sm), or one masked load when
-    gather is False (a_sm == 4); rows past mb are neither read nor written."""
+    gather is False (a_sm == 4); rows past mb are neither written nor (but by rows8) read.
+    rows8 (vl 8 or 16, gather, rows contiguous in k: a_sk == 4, e.g. K·Q of a KV cache): 8 k at a
+    time from one load of each row and in-register transposes, then the last K % 8 by gathers; row
+    m >= mb reads row mb - 1 instead (the same sums in the same order: the same bits). 16 rows keep
+    two vectors of sums in flight, where one column's 8 would wait on each add's latency."""
 
     @intrinsic
     def gemm_tile(typingctx, a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn):
@@ -383,19 +416,64 @@ def _gemm_tile(vl: int, nc: int, gather: bool):
                                                       f"llvm.masked.load.v{vl}f32.p0")
             store = cgutils.get_or_insert_function(mod, ir.FunctionType(ir.VoidType(), [vf, ptr, i32, vb]),
                                                    f"llvm.masked.store.v{vl}f32.p0")
+            bcols = [builder.add(b_, builder.mul(bsn_, ir.Constant(_I64, j))) for j in range(nc)]
+
+            def mac(accs, av, boff):        # accs[j] + fpext(av * B[k, j]), the product rounded to float32
+                out = []
+                for j in range(nc):
+                    bv = builder.load(builder.inttoptr(builder.add(bcols[j], boff), ptr), align=4, typ=f32)
+                    out.append(builder.fadd(accs[j], builder.fpext(builder.fmul(av, _splat(builder, bv, vf)), vd)))
+                return out
+
             entry = builder.block
-            cond = builder.append_basic_block("gemm_tile.cond")
+            k0, acc0 = ir.Constant(_I64, 0), [ir.Constant(vd, [0.0] * vl)] * nc
+            if rows8:
+                cond8 = builder.append_basic_block("gemm_tile.cond8")
+                body8 = builder.append_basic_block("gemm_tile.body8")
+                last = builder.sub(mb_, ir.Constant(_I64, 1))
+                rowp = [builder.add(a_, builder.mul(asm_, builder.select(
+                    builder.icmp_signed("<", ir.Constant(_I64, j), mb_), ir.Constant(_I64, j), last)))
+                    for j in range(vl)]
+                k8 = builder.and_(K_, ir.Constant(_I64, -8))
+                vptr8 = ir.VectorType(f32, 8).as_pointer()
+                builder.branch(cond8)
+                builder.position_at_end(cond8)
+                k = builder.phi(_I64)
+                k.add_incoming(k0, entry)
+                accs = []
+                for j in range(nc):
+                    accs.append(builder.phi(vd))
+                    accs[j].add_incoming(acc0[j], entry)
+                cond = builder.append_basic_block("gemm_tile.cond")
+                builder.cbranch(builder.icmp_signed("<", k, k8), body8, cond)
+                builder.position_at_end(body8)
+                ko = builder.mul(k, ir.Constant(_I64, 4))
+                rows = [builder.load(builder.inttoptr(builder.add(p, ko), vptr8), align=4) for p in rowp]
+                cols = _transpose8(builder, rows[:8])
+                if vl == 16:        # two groups of 8 rows, each column joined into one vector
+                    cols = [builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 16), list(range(16))))
+                            for x, y in zip(cols, _transpose8(builder, rows[8:]))]
+                new = accs
+                for i in range(8):
+                    new = mac(new, cols[i], builder.mul(builder.add(k, ir.Constant(_I64, i)), bsk_))
+                k.add_incoming(builder.add(k, ir.Constant(_I64, 8)), body8)
+                for j in range(nc):
+                    accs[j].add_incoming(new[j], body8)
+                builder.branch(cond8)
+                entry, k0, acc0 = cond8, k, accs
+                builder.position_at_end(cond)
+            else:
+                cond = builder.append_basic_block("gemm_tile.cond")
+                builder.branch(cond)
+                builder.position_at_end(cond)
             body = builder.append_basic_block("gemm_tile.body")
             done = builder.append_basic_block("gemm_tile.done")
-            bcols = [builder.add(b_, builder.mul(bsn_, ir.Constant(_I64, j))) for j in range(nc)]
-            builder.branch(cond)
-            builder.position_at_end(cond)
             k = builder.phi(_I64)
-            k.add_incoming(ir.Constant(_I64, 0), entry)
+            k.add_incoming(k0, entry)
             accs = []
             for j in range(nc):
                 acc = builder.phi(vd)
-                acc.add_incoming(ir.Constant(vd, [0.0] * vl), entry)
+                acc.add_incoming(acc0[j], entry)
                 accs.append(acc)
             builder.cbranch(builder.icmp_signed("<", k, K_), body, done)
             builder.position_at_end(body)
@@ -405,11 +483,8 @@ def _gemm_tile(vl: int, nc: int, gather: bool):
                 av = builder.call(load, [ptrs, align, mask, zero])
             else:
                 av = builder.call(load, [builder.inttoptr(base, ptr), align, mask, zero])
-            boff = builder.mul(k, bsk_)
-            for j in range(nc):
-                bv = builder.load(builder.inttoptr(builder.add(bcols[j], boff), ptr), align=4, typ=f32)
-                prod = builder.fpext(builder.fmul(av, _splat(builder, bv, vf)), vd)
-                accs[j].add_incoming(builder.fadd(accs[j], prod), body)
+            for j, v in enumerate(mac(accs, av, builder.mul(k, bsk_))):
+                accs[j].add_incoming(v, body)
             k.add_incoming(builder.add(k, ir.Constant(_I64, 1)), body)
             builder.branch(cond)
             builder.position_at_end(done)
@@ -428,6 +503,7 @@ gemm_tile_g8x4, gemm_tile_g8x1, gemm_tile_g4x4, gemm_tile_g4x1 = (_gemm_tile(v, 
                                                                   ((8, 4), (8, 1), (4, 4), (4, 1)))
 gemm_tile_c8x4, gemm_tile_c8x1, gemm_tile_c4x4, gemm_tile_c4x1 = (_gemm_tile(v, n, False) for v, n in
                                                                   ((8, 4), (8, 1), (4, 4), (4, 1)))
+gemm_tile_r8x4, gemm_tile_r16x1 = _gemm_tile(8, 4, True, True), _gemm_tile(16, 1, True, True)   # rows8
 
 
 @intrinsic

@@ -44,6 +44,7 @@ class CPlan:
         self.abort_callback_data = None
         self._version = graph.version
         self._n_nodes = graph.n_nodes
+        self._planned = n_tasks.copy()   # what graph_plan chose (work_size fits it): edits are checked
         self._lowered = None       # a Lowered, on first compute (again when the allocator moved tensors)
         self._ready = None         # what the executor checked, kept while nothing changes (executor._ready)
 
@@ -92,14 +93,19 @@ def graph_plan(g, n_threads: int | None = None) -> CPlan:
     return CPlan(g, n_threads, n_tasks, work)
 
 
-def _slot(node, what):
-    if not node.has_data:
-        raise GraphError(f"graph_compute: {what} {TN.describe(node)} has no data (its context is no_alloc): "
-                         f"give the graph's tensors bytes with gallocr_alloc_graph(galloc, graph), and "
-                         f"parameters and inputs with alloc_ctx_tensors(ctx)")
-    if node.ctx.freed:
+def _slot(node, i, op, j=-1):
+    """node's record slot; it is node i itself (j < 0) or that node's src[j], as the errors say."""
+    if not node.has_data or node.ctx.freed:
+        what = f"node {i} ({op.name})" if j < 0 else f"src[{j}] of node {i} ({op.name})"
+        if not node.has_data:
+            raise GraphError(f"graph_compute: {what} {TN.describe(node)} has no data (its context is no_alloc): "
+                             f"give the graph's tensors bytes with gallocr_alloc_graph(galloc, graph), and "
+                             f"parameters and inputs with alloc_ctx_tensors(ctx)")
         raise GraphError(f"graph_compute: {what} {TN.describe(node)} belongs to a freed context")
     return [node.type, node.data, *node.ne, *node.nb]
+
+
+_NO_SLOT = [0] * K.SLOT_LEN
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,27 +138,33 @@ def lower(plan: CPlan) -> Lowered:
         plan._lowered = cached                 # same tasks as a lowering already checked
         return cached
     _check_tasks(plan)
-    recs = np.zeros((max(n, 1), K.REC_LEN), dtype=np.int64)
-    fns = np.zeros(max(n, 1), dtype=np.int64)
-    phases = np.ones(max(n, 1), dtype=np.int64)
+    fns, phases, rows = [0] * max(n, 1), [1] * max(n, 1), []
+    slots = {}          # id -> a tensor's slot, made once however many nodes read it
+
+    def slot(t, i, op, j=-1):
+        s = slots.get(id(t))
+        if s is None:
+            s = slots[id(t)] = _slot(t, i, op, j)
+        return s
     blas = sgemm_address()
     compile_kernels(g.nodes)                   # all at once, with progress on stderr when compiling
-    for i, node in enumerate(g.nodes):
+    for i, node in enumerate(g.nodes):        # each record built as a list, then one array of them all
         op = OPS[node.op]
-        fns[i] = op.kernel_address(node)
+        fns[i] = fn = op.kernel_address(node)
         phases[i] = op.n_phases(node) if callable(op.n_phases) else op.n_phases
-        r = recs[i]
+        r = [0] * K.SLOT0
         r[K.R_OP], r[K.R_NSRC], r[K.R_NODE] = node.op, len(node.src), i
-        r[K.SLOT0:K.SLOT0 + K.SLOT_LEN] = _slot(node, f"node {i} ({op.name})")
-        if fns[i] == 0:
-            continue
-        for j, s in enumerate(node.src):
-            if s is not None:
-                b = K.SLOT0 + K.SLOT_LEN * (j + 1)
-                r[b:b + K.SLOT_LEN] = _slot(s, f"src[{j}] of node {i} ({op.name})")
-        r[K.P_BASE:K.P_BASE + 8] = node.op_params.view(np.int64)
-        if op.uses_blas:
-            r[K.R_BLAS] = blas
+        r += slot(node, i, op)
+        if fn != 0:
+            for j, s in enumerate(node.src):
+                r += _NO_SLOT if s is None else slot(s, i, op, j)
+            r += [0] * (K.P_BASE - len(r))
+            r += node.op_params.view(np.int64).tolist()
+            if op.uses_blas:
+                r[K.R_BLAS] = blas
+        rows.append(r + [0] * (K.REC_LEN - len(r)))
+    recs = np.array(rows, dtype=np.int64) if n else np.zeros((1, K.REC_LEN), dtype=np.int64)
+    fns, phases = np.array(fns, dtype=np.int64), np.array(phases, dtype=np.int64)
     contexts = {id(t.ctx): t.ctx for node in g.nodes for t in (node, *node.src) if t is not None}
     n_tasks = plan.n_tasks.copy() if n else np.ones(1, np.int64)
     most = int(n_tasks.max())
@@ -178,6 +190,8 @@ def _check_tasks(plan):
     if nt.shape != (plan.n_nodes,) or (plan.n_nodes and (nt.min() < 1 or nt.max() > plan.n_threads)):
         raise GraphError(f"graph_compute: cplan.n_tasks must hold {plan.n_nodes} values in 1..{plan.n_threads} "
                          f"(n_threads), got {nt.tolist()[:16]}")
+    if np.array_equal(nt, plan._planned):
+        return
     for i, node in enumerate(plan.graph.nodes):
         need = int(OPS[node.op].work_size(node, int(nt[i])))
         if need > plan.work_size:

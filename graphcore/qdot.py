@@ -261,9 +261,10 @@ def _adot(x, y, nb):
     return DOT(x, y, nb)        # noqa: F821 (a global of each specialised copy)
 
 
-# adot_X: simd.dot_X in a numba function (intrinsics are called from compiled code only)
+# adot_X: simd.dot_X in a numba function (intrinsics are called from compiled code only), inlined into the
+# product's row loop: a call per row (arrays passed as their fields) cost 2-3 ns of a 256-element row's 16
 AVX2 = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k")
-globals().update({f"adot_{n}": vjit(specialise(_adot, f"adot_{n}", DOT=getattr(simd, f"dot_{n}"))) for n in AVX2})
+globals().update({f"adot_{n}": inline(specialise(_adot, f"adot_{n}", DOT=getattr(simd, f"dot_{n}"))) for n in AVX2})
 # mul_mat's vec_dot vdot_X: ggml's AVX2 dots (xdot's bits) where the CPU has AVX2/FMA/F16C and
 # GRAPHCORE_PORTABLE_DOTS is not set, else (and for Q2_K, Q3_K) the portable loop pdot_X
 globals().update({f"vdot_{n}": globals()[f"{'a' if simd.AVAILABLE and n in AVX2 else 'p'}dot_{n}"]

@@ -78,9 +78,9 @@ class Tensor:
     What kernels rely on (ne, nb, type, op, src, op_params, the view) is read-only once built."""
 
     __slots__ = ("ctx", "_type", "_ne", "_nb", "_op", "_op_params", "flags", "_src", "grad", "name",
-                 "_view_src", "_view_offs", "_buf", "_offs", "__weakref__")
+                 "_view_src", "_view_offs", "_buf", "_offs", "_base", "_nbytes", "__weakref__")
 
-    def __init__(self, ctx, type_, ne, nb, buf, offs, view_src=None, view_offs=0):
+    def __init__(self, ctx, type_, ne, nb, buf, offs, view_src=None, view_offs=0, base=None, nbytes=None):
         self.ctx = ctx
         self._type = type_
         self._ne = ReadOnlyList(ne)     # 4 ints
@@ -95,6 +95,8 @@ class Tensor:
         self._view_offs = view_offs
         self._buf = buf         # the arena array (kept alive as long as the tensor is)
         self._offs = offs       # byte offset of element 0 in _buf, or -1 when there is no data
+        self._base = _address(buf) if base is None else base    # _buf's address (numpy's .ctypes: microseconds)
+        self._nbytes = _span(type_, ne, nb) if nbytes is None else nbytes     # (ne, nb and type never change)
 
     type = read_only("_type", "type code (TYPE_F32, ...)")
     ne = read_only("_ne", "elements per dimension, ne[0] innermost (read-only list of 4)")
@@ -113,9 +115,9 @@ class Tensor:
     @property
     def data(self) -> int:
         """Address of element 0 (as ggml's `data` pointer); 0 when there is none."""
-        if not self.has_data:
+        if self._offs < 0 or self._buf is None:
             return 0
-        return int(self._buf.ctypes.data) + self._offs
+        return self._base + self._offs
 
     def numpy(self) -> np.ndarray:
         """Zero-copy writable view: shape is ne reversed and cut to n_dims; strides from nb. Warns
@@ -200,7 +202,13 @@ def _contiguous_nb(type_, ne):
     return nb
 
 
+def _address(buf) -> int:
+    return 0 if buf is None else int(buf.ctypes.data)
+
+
 def _norm_ne(op, ne):
+    if isinstance(ne, (list, tuple)) and 0 < len(ne) <= MAX_DIMS and all(type(x) is int and x > 0 for x in ne):
+        return [*ne, *(1,) * (MAX_DIMS - len(ne))]      # the common case, checked at once
     try:
         ne = list(ne)
     except TypeError:
@@ -220,28 +228,29 @@ def new_tensor_impl(ctx: Context, type_: int, ne, view_src: Tensor | None = None
                     op: str = "new_tensor", nb=None) -> Tensor:
     """Create a tensor; with view_src it shares that tensor's bytes (nb: its strides, default contiguous)."""
     _check_ctx(op, ctx)
-    T.traits(type_)
+    tt = T.traits(type_)
     ne = _norm_ne(op, ne)
-    if ne[0] % T.blck_size(type_):
-        raise GraphError(f"{op}: ne={ne}: ne[0]={ne[0]} is not a multiple of {T.type_name(type_)}'s "
-                         f"block size {T.blck_size(type_)}")
+    if ne[0] % tt.blck_size:
+        raise GraphError(f"{op}: ne={ne}: ne[0]={ne[0]} is not a multiple of {tt.name}'s "
+                         f"block size {tt.blck_size}")
     nb = _contiguous_nb(type_, ne) if nb is None else [int(x) for x in nb]
     nbytes = _span(type_, ne, nb)
+    base = 0
     if view_src is not None:
         view_src.ctx.check_alive(op)
         if view_src.view_src is not None:       # always point at the tensor that owns the data
             view_offs += view_src.view_offs
             view_src = view_src.view_src
-        if view_offs < 0 or view_offs + nbytes > nbytes_of(view_src):
+        if view_offs < 0 or view_offs + nbytes > view_src._nbytes:
             raise GraphError(f"{op}: view of {nbytes} bytes at offset {view_offs} reaches outside "
                              f"{describe(view_src)} ({nbytes_of(view_src)} bytes)")
-        buf, offs = view_src._buf, (view_src._offs + view_offs if view_src._offs >= 0 else -1)
+        buf, offs, base = view_src._buf, (view_src._offs + view_offs if view_src._offs >= 0 else -1), view_src._base
     elif ctx.no_alloc:
         buf, offs = None, -1
     else:
-        buf, offs = ctx.arena, ctx.alloc(nbytes)
+        buf, offs, base = ctx.arena, ctx.alloc(nbytes), ctx.base
     ctx.n_objects += 1
-    t = Tensor(ctx, type_, ne, nb, buf, offs, view_src, view_offs)
+    t = Tensor(ctx, type_, ne, nb, buf, offs, view_src, view_offs, base, nbytes)
     if offs < 0:
         ctx.no_data.append(t)
     return t
@@ -256,6 +265,8 @@ def place(t: Tensor, buf, offs: int) -> None:
     refresh_view. Used by the graph allocator; tensors created with data are never placed."""
     if t.has_data and (t._buf is not buf or t._offs != offs):
         _moves[0] += 1
+    if buf is not t._buf:
+        t._base = _address(buf)
     t._buf, t._offs = buf, int(offs)
 
 
@@ -276,10 +287,9 @@ def data_moves() -> int:
 
 
 def _span(type_, ne, nb):
-    n = T.type_size(type_)
-    for i in range(MAX_DIMS):
-        n += ((ne[i] // T.blck_size(type_) if i == 0 else ne[i]) - 1) * nb[i]
-    return n
+    tt = T.traits(type_)
+    return (tt.type_size + (ne[0] // tt.blck_size - 1) * nb[0] + (ne[1] - 1) * nb[1] + (ne[2] - 1) * nb[2]
+            + (ne[3] - 1) * nb[3])
 
 
 # -- constructors (ggml_new_tensor_*) --------------------------------------------------------------
@@ -378,7 +388,7 @@ def nrows(t) -> int:
 
 def nbytes_of(t) -> int:
     """ggml_nbytes: bytes spanned from the first to one past the last element."""
-    return _span(t.type, t.ne, t.nb)
+    return t._nbytes
 
 
 nbytes = nbytes_of

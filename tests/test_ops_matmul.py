@@ -163,6 +163,24 @@ def test_mul_mat_special_values():
     assert list(r[2]) == [6.0, 1.0]
 
 
+@pytest.mark.parametrize("M,K,N", [(129, 32, 1), (32, 129, 1), (17, 8, 3), (9, 15, 5), (5, 40, 2), (24, 9, 4)])
+def test_small_products_of_strided_rows_bits(M, K, N):
+    """Products below BLAS's size whose src0 rows are contiguous in k but spaced out (K·Q and V·softmax of a
+    KV cache, rows loaded whole and transposed in registers): each float32 product added in k order into a
+    float64 (a cumulative sum in numpy), the plain loop's bits, for any tile remainder in m, k and n."""
+    ctx = sentinel_context(1 << 20)
+    sm = 4 * (K + 3)                                # src0 rows sm bytes apart, 2 batches (heads)
+    x = random_values([2 * M * (K + 3)], 3)
+    a = gc.view_3d(ctx, gc.from_numpy(ctx, x), K, M, 2, sm, M * sm, 0)
+    y = random_values([K, N, 2], 4)
+    b = gc.from_numpy(ctx, y.reshape(2, N, K))
+    out = gc.mul_mat(ctx, a, b)
+    compute_guarded(ctx, out)
+    A = np.lib.stride_tricks.as_strided(x, (2, M, K), (M * sm, sm, 4))
+    prods = (A[:, None, :, :] * y.reshape(2, N, K)[:, :, None, :]).astype(np.float64)   # float32 products
+    assert_same_bits(out.numpy4d()[0], np.cumsum(prods, axis=-1)[..., -1].astype(np.float32), f"{M}x{K}x{N}")
+
+
 # -- thread counts ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["f32", "f16", "transposed_src1", "split_n", "split_mn", "bcast", "out_prod"])
 def test_threads_same_bits(case):

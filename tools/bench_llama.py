@@ -11,7 +11,7 @@ median of --repeats runs, the two programs' runs alternated. llama.cpp's figures
 prints itself (llama_print_timings: "prompt eval time" of perplexity, "eval time" of main), so process
 start and model loading are left out on both sides. For generation graphcore's rate is also given
 without its first generated token, which builds, plans and lowers the session's one-token graph (about
-10 ms of Python; llama.cpp builds its graph in C for every token). The model is a random llama written
+8 ms here, mostly Python; llama.cpp builds its graph in C for every token). The model is a random llama written
 from a seed unless --model names one.
 """
 from __future__ import annotations
@@ -47,8 +47,8 @@ def graphcore_perplexity(model, tokens, n_ctx, threads):
 
 def graphcore_generate(model, n_ctx, n_gen, threads):
     """(tokens/s, tokens/s without the first generated token): as llama.cpp's "eval time", the tokens after
-    the prompt; the first of them also builds, plans and lowers the session's one-token graph (Python, ~10 ms
-    here), which the second figure leaves out."""
+    the prompt; the first of them also builds, plans and lowers the session's one-token graph (~8 ms here,
+    mostly Python), which the second figure leaves out."""
     session = LlamaSession(model, n_ctx, threads)
     logits = session.eval(model.tokenizer.encode(PROMPT, special=True))
     t0 = time.perf_counter()

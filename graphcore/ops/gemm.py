@@ -9,9 +9,10 @@ from numba import njit
 
 from ..kernel import inline
 from ..native import (f32_1d, gemm_tile_c4x1, gemm_tile_c4x4, gemm_tile_c8x1, gemm_tile_c8x4, gemm_tile_g4x1,
-                      gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, sgemm)
+                      gemm_tile_g4x4, gemm_tile_g8x1, gemm_tile_g8x4, gemm_tile_r8x4, gemm_tile_r16x1, sgemm)
 
 SMALL_GEMM = 8192      # below this many multiply-adds a plain loop beats a BLAS call
+SMALL_GEMM_FLOPS_PER_TASK = 8192     # ... whose float64 sums run ~3 multiply-adds/ns: 2.5 us a task at least
 MATVEC_N = 4           # up to this many src1 columns a streaming dot-product loop beats BLAS sgemm
 
 
@@ -76,6 +77,10 @@ def _tile(vl, nc, contiguous, a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn):
             gemm_tile_c4x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
         else:
             gemm_tile_c4x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+    elif vl == 16:                              # rows contiguous in k (small_gemm's rows): one column
+        gemm_tile_r16x1(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
+    elif vl == 8 and nc == 4 and a_sk == 4 and K >= 8:
+        gemm_tile_r8x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
     elif vl == 8:
         if nc == 4:
             gemm_tile_g8x4(a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn)
@@ -91,16 +96,21 @@ def _tile(vl, nc, contiguous, a, a_sm, a_sk, mb, K, b, b_sk, b_sn, c, c_sn):
 def small_gemm(M, N, K, a, a_sm, a_sk, b, b_sk, b_sn, c, c_sn):
     """C[m, n] = sum_k A[m, k] * B[k, n] without BLAS, for any strides: each float32 product added in
     k order into a float64, rounded once (the plain triple loop's bits), in tiles of 8 (or, for
-    M <= 4, 4) rows by 4 columns, each a vector loop over k (native.gemm_tile_*)."""
+    M <= 4, 4) rows by 4 columns, each a vector loop over k (native.gemm_tile_*). Rows of A contiguous
+    in k but not in m (K·Q and V·softmax of a KV cache) are loaded whole and transposed in registers
+    (the r tiles, 16 rows for single columns) instead of gathered."""
     vl = 4 if M <= 4 else 8
     contiguous = a_sm == 4
+    n4 = N - N % 4
     for m0 in range(0, M, vl):
         mb = min(vl, M - m0)
-        am = a + m0 * a_sm
-        n0 = 0
-        while n0 + 4 <= N:
-            _tile(vl, 4, contiguous, am, a_sm, a_sk, mb, K, b + n0 * b_sn, b_sk, b_sn, c + n0 * c_sn + m0 * 4, c_sn)
-            n0 += 4
-        while n0 < N:
-            _tile(vl, 1, contiguous, am, a_sm, a_sk, mb, K, b + n0 * b_sn, b_sk, b_sn, c + n0 * c_sn + m0 * 4, c_sn)
-            n0 += 1
+        for n0 in range(0, n4, 4):
+            _tile(vl, 4, contiguous, a + m0 * a_sm, a_sm, a_sk, mb, K, b + n0 * b_sn, b_sk, b_sn,
+                  c + n0 * c_sn + m0 * 4, c_sn)
+    if vl == 8 and not contiguous and a_sk == 4 and K >= 8:
+        vl = 16
+    for m0 in range(0, M, vl):
+        mb = min(vl, M - m0)
+        for n0 in range(n4, N):
+            _tile(vl, 1, contiguous, a + m0 * a_sm, a_sm, a_sk, mb, K, b + n0 * b_sn, b_sk, b_sn,
+                  c + n0 * c_sn + m0 * 4, c_sn)

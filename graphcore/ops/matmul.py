@@ -16,9 +16,9 @@ from ..errors import GraphError
 from ..kernel import F32, R_BLAS, fp16_to_fp32, param_i32, record, split, t_addr, t_ne, t_nb
 from ..native import f32_1d, f32_2d_strided, fma_f32, stack_f32, u16_2d_strided
 from .common import shapes
-from .gemm import gemm
+from .gemm import SMALL_GEMM, SMALL_GEMM_FLOPS_PER_TASK, gemm
 from .layout import cont, cpy, transpose
-from .quantized import MM_BLAS_ROWS, MM_ROWS, mul_mat_work, uses_block_dots
+from .quantized import MM_BLAS_ROWS, MM_DOT_FLOPS_PER_TASK, MM_ROWS, mul_mat_work, uses_block_dots
 from .quantized import MUL_MAT as QUANT_MUL_MAT
 from .refs import blocks, f64
 from .registry import BLOCKS, MIN_FLOPS_PER_TASK, new_node, reference_of, register, sample_of
@@ -142,17 +142,22 @@ def _mul_mat_f16_kernel(rec, ith, nth, phase, wdata, wsize):
 
 
 def _mm_tasks(node, n_threads):
+    # a task must cover MIN_FLOPS_PER_TASK multiply-adds of BLAS or the streaming mat-vec, fewer of the block
+    # dots (a token's mat-vecs of quantized weights) and of small_gemm's float64 sums (K·Q of a KV cache),
+    # which take several times longer per multiply-add: ggml splits those over its threads too
     if T.is_quantized(node.src[0].type):     # units of MM_ROWS (MM_BLAS_ROWS) rows of src0 per batch
         M, K = node.ne[0], node.src[0].ne[0]
-        units = -(-M // (MM_ROWS if uses_block_dots(node) else MM_BLAS_ROWS)) * node.ne[2] * node.ne[3]
+        dots = uses_block_dots(node)
+        units = -(-M // (MM_ROWS if dots else MM_BLAS_ROWS)) * node.ne[2] * node.ne[3]
         flops = M * node.ne[1] * K * node.ne[2] * node.ne[3]
-        return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
+        return max(1, min(n_threads, units, flops // (MM_DOT_FLOPS_PER_TASK if dots else MIN_FLOPS_PER_TASK)))
     M, N = node.ne[0], node.ne[1]
-    cm, _, cn, _ = chunking(M, N)
+    cm, hm, cn, wn = chunking(M, N)
     units = cm * cn * node.ne[2] * node.ne[3]
     K = node.src[0].ne[0] if node.op == MUL_MAT else node.src[0].ne[1]
     flops = M * N * K * node.ne[2] * node.ne[3]
-    return max(1, min(n_threads, units, flops // MIN_FLOPS_PER_TASK))
+    small = hm * wn * K < SMALL_GEMM      # each piece through small_gemm (or ggml_dots' rows: as slow)
+    return max(1, min(n_threads, units, flops // (SMALL_GEMM_FLOPS_PER_TASK if small else MIN_FLOPS_PER_TASK)))
 
 
 def _mm_work(node, n_tasks):

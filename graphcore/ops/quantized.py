@@ -109,6 +109,8 @@ def copy_quant_same(rec, ith, nth, phase, wdata, wsize):
 MM_ROWS = 32        # src0 rows per work unit, fewer than MM_BLAS_N columns (units depend only on the shapes:
 MM_BLAS_ROWS = 128  # ... same bits for any thread count); src0 rows per BLAS tile
 MM_BLAS_N = 4       # from this many src1 columns on, BLAS sgemm multiplies dequantized tiles
+MM_DOT_FLOPS_PER_TASK = 1 << 15   # block dots run ~10 multiply-adds/ns: a task of 3 us at least (a 256 x 256
+                                  # mat-vec splits in two), against about 0.5 us per barrier at 2 threads
 
 
 def uses_block_dots(node) -> bool:

@@ -6,6 +6,7 @@ sits in one place; dispatch tables, docs and dot symbols are derived from OPS.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -217,35 +218,50 @@ def new_node(ctx, op: int, type_: int, ne, srcs, params=None, view_of=None, view
     t = TN.new_tensor_impl(ctx, type_, ne, view_of, view_offs, op=OPS[op].name.lower(), nb=nb)
     t._op = op
     t._src = TN.ReadOnlyList(srcs)
-    if params is not None:
-        set_op_params(t, params)
-    _freeze_params(t)      # kernels trust them (addresses, sizes): set_op_params only
+    # read-only bytes (kernels trust them: addresses, sizes), replaced whole by set_op_params only
+    t._op_params = _NO_PARAMS if not params else _frozen(_param_words(op, params))
     if view_of is not None:
         t.name = f"{view_of.name} ({name or 'view'})"[:TN.MAX_NAME - 1] if view_of.name else ""
     return t
 
 
-def set_op_params(t, params):
-    """Store params (ints or floats; floats as float32 bits) in the op_params slots."""
+def _param_words(op: int, params) -> list:
+    """params (ints, or floats stored as their float32 bits) as int32 words."""
     if len(params) > TN.MAX_OP_PARAMS:
-        raise GraphError(f"{op_name(t.op)}: too many op params ({len(params)})")
-    w = np.array(t.op_params)        # op_params are read-only once built: replace them whole
+        raise GraphError(f"{op_name(op)}: too many op params ({len(params)})")
+    words = []
     for i, p in enumerate(params):
         if isinstance(p, (float, np.floating)):
-            w[i] = np.array([p], dtype=np.float32).view(np.int32)[0]
+            try:
+                words.append(_F32_AS_I32.unpack(_F32_AS_I32_SRC.pack(p))[0])
+            except OverflowError:       # beyond float32: inf, as numpy converts it
+                words.append(int(np.array([p], dtype=np.float32).view(np.int32)[0]))
         else:
             if not -2**31 <= int(p) < 2**31:
-                raise GraphError(f"{op_name(t.op)}: op param {i} = {int(p)} does not fit in int32")
-            w[i] = int(p)
-    frozen = not t.op_params.flags.writeable
-    t._op_params = w
-    if frozen:
-        _freeze_params(t)
+                raise GraphError(f"{op_name(op)}: op param {i} = {int(p)} does not fit in int32")
+            words.append(int(p))
+    return words
 
 
-def _freeze_params(t):
+def _frozen(words) -> np.ndarray:
     # over immutable bytes: not even flags.writeable = True can reopen them
-    t._op_params = np.frombuffer(t.op_params.tobytes(), dtype=np.int32)
+    return np.frombuffer(_PARAMS.pack(*words, *(0,) * (TN.MAX_OP_PARAMS - len(words))), dtype=np.int32)
+
+
+_F32_AS_I32, _F32_AS_I32_SRC = struct.Struct("<i"), struct.Struct("<f")
+_PARAMS = struct.Struct(f"<{TN.MAX_OP_PARAMS}i")
+_NO_PARAMS = _frozen([])
+
+
+def set_op_params(t, params):
+    """Store params (ints or floats; floats as float32 bits) in the op_params slots."""
+    w = t.op_params.tolist()        # op_params are read-only once built: replace them whole
+    words = _param_words(t.op, params)
+    w[:len(words)] = words
+    if t.op_params.flags.writeable:
+        t._op_params = np.array(w, dtype=np.int32)
+    else:
+        t._op_params = _frozen(w)
 
 
 def param_f32(t, i) -> float:

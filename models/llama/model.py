@@ -32,7 +32,7 @@ from .tokenizer import SPMTokenizer
 
 ALIGN_SLACK = 64        # bytes of alignment padding budgeted per tensor of an evaluation graph
 DECODE_BUCKET = 128     # the one-token graph attends to a multiple of this many cache rows (the rest masked):
-                        # rebuilt every 128 tokens (tens of ms of Python), masked rows cost next to nothing
+                        # rebuilt every 128 tokens (about 8 ms, mostly Python), masked rows cost next to nothing
 
 
 @dataclass(frozen=True)
@@ -267,8 +267,8 @@ class LlamaSession:
                                *rope_args)
             v = self._mm(ctx, L["wv"], cur)                                  # [G, n_tokens]
             # store K (rows of G) and V transposed (rows of n_ctx per channel) into the cache
-            if self.rounding and self.kv_type == gc.TYPE_F32:
-                k, v = self._f16(ctx, k), self._f16(ctx, v)     # the values an F16 cache would hold
+            if self.rounding and self.kv_type == gc.TYPE_F32:     # the values an F16 cache would hold:
+                k, v = self._half(ctx, k), self._half(ctx, v)      # F16 copies, widened into the cache
             kc, vc = self.k[il], self.v[il]
             gc.build_forward_expand(gf, gc.cpy(ctx, k, gc.view_1d(ctx, kc, n_tokens * G, write_at * G * es)))
             gc.build_forward_expand(gf, gc.cpy(ctx, gc.transpose(ctx, v),
@@ -309,7 +309,11 @@ class LlamaSession:
         return gc.mul_mat(ctx, w, x, ggml_dots=self.dots)
 
     @staticmethod
-    def _f16(ctx, t):
+    def _half(ctx, t):
+        """t copied to F16."""
+        return gc.cpy(ctx, t, gc.new_tensor(ctx, gc.TYPE_F16, t.ne))
+
+    @classmethod
+    def _f16(cls, ctx, t):
         """t rounded to F16 and widened back (two copies)."""
-        h = gc.cpy(ctx, t, gc.new_tensor(ctx, gc.TYPE_F16, t.ne))
-        return gc.cpy(ctx, h, gc.new_tensor(ctx, gc.TYPE_F32, t.ne))
+        return gc.cpy(ctx, cls._half(ctx, t), gc.new_tensor(ctx, gc.TYPE_F32, t.ne))
