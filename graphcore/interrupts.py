@@ -1,7 +1,7 @@
 """Ctrl-C while numba compiles or loads a kernel: held until numba is done, then raised.
 
 A KeyboardInterrupt that lands just after llvmlite has freed one of its C strings (its
-_OutputString.close frees, then forgets the pointer, with no try/finally between) leaves the
+OutputString.close frees, then forgets the pointer, with no try/finally between) leaves the
 pointer to be freed again when the object is collected, and glibc then kills the process ("free():
 double free detected") instead of Python raising. llvmlite makes such strings whenever numba
 compiles, loads a kernel from its disk cache or asks for the CPU's name. numba compiles and
@@ -22,7 +22,7 @@ from numba.core import event
 
 
 class _HoldSigint(event.Listener):
-    """held() as a numba event listener; also a context manager for graphcore's own calls into numba's
+    """`held`: a numba event listener, and a context manager for graphcore's own calls into numba's
     internals outside the lock (ops/compiling.in_disk_cache asks numba's code generator for the CPU's
     name, through llvmlite strings whose release a KeyboardInterrupt can cut short)."""
 
